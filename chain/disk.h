@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * disk.h - the format-neutral disk handle: what every VHD and VHDX file is to the rest of the
+ * engine (identity, type, size, parent link, virtual I/O through a chain).
+ *
+ * A handle opens one file. A differencing disk's parent is attached by whoever resolved it
+ * (vh_disk_set_parent); reads of ranges the child does not hold go to the parent, or read as
+ * zeros when no parent is attached. The formats (vhd.c, vhdx.c) implement vh_disk_ops; this file
+ * adds what is the same for both: chain reads by runs, unaligned writes by read-modify-write,
+ * sniffing the format by content.
+ */
+#ifndef VH_DISK_H
+#define VH_DISK_H
+
+#include "io.h"
+#include "util.h"
+
+typedef enum { VH_FORMAT_NONE = 0, VH_FORMAT_VHD, VH_FORMAT_VHDX } vh_format;
+typedef enum { VH_TYPE_FIXED = 2, VH_TYPE_DYNAMIC = 3, VH_TYPE_DIFFERENCING = 4 } vh_type;
+
+const char *vh_format_name(vh_format f); /* "vhd", "vhdx" */
+const char *vh_type_name(vh_type t);     /* "fixed", "dynamic", "differencing" */
+
+/*
+ * Where a parent locator says the parent is. The enum order is the resolver's order within a
+ * format (DESIGN.md, resolver rule 1); the text is as stored (Windows form, UTF-8).
+ */
+typedef enum {
+    /* VHDX parent locator keys */
+    VH_LOC_RELATIVE_PATH = 0,
+    VH_LOC_VOLUME_PATH,
+    VH_LOC_ABSOLUTE_WIN32_PATH,
+    /* VHD */
+    VH_LOC_W2RU,        /* relative, UTF-16LE */
+    VH_LOC_W2KU,        /* absolute, UTF-16LE */
+    VH_LOC_PARENT_NAME, /* the header's Parent Unicode Name, UTF-16BE */
+    VH_LOC_WI2R,        /* deprecated relative, single-byte */
+    VH_LOC_WI2K,        /* deprecated absolute, single-byte */
+    VH_LOC_MACX,        /* file URL, UTF-8 */
+    VH_LOC_COUNT_
+} vh_locator_kind;
+
+const char *vh_locator_kind_name(vh_locator_kind k); /* "relative_path", "W2ru", ... */
+
+typedef struct vh_locator {
+    vh_locator_kind kind;
+    char *path; /* decoded, as stored (UTF-8); never NULL */
+    int slot;   /* VHD: locator entry 0..7 (-1 for the Parent Unicode Name); VHDX: entry */
+    uint64_t data_offset; /* absolute file offset of the stored bytes (diagnostics) */
+    uint32_t data_space;  /* bytes reserved there (VHD) or the value length (VHDX) */
+} vh_locator;
+
+typedef struct vh_parent_link {
+    vh_id parent_id;     /* VHD: Parent Unique Id; VHDX: parent_linkage */
+    bool has_parent_id2; /* VHDX: a non-zero parent_linkage2 */
+    vh_id parent_id2;
+    uint32_t parent_timestamp; /* VHD only (0 = not set, as Windows writes) */
+    GPtrArray *locators;       /* of vh_locator*, in the order found in the file */
+} vh_parent_link;
+
+typedef struct vh_disk vh_disk;
+
+/* A contiguous run of virtual bytes with one source. */
+typedef enum {
+    VH_RUN_DATA,   /* stored in this file at file_offset */
+    VH_RUN_PARENT, /* not in this file: read from the parent (zeros without one) */
+    VH_RUN_ZERO,   /* reads as zeros */
+} vh_run_kind;
+
+typedef struct vh_run {
+    vh_run_kind kind;
+    uint64_t length;
+    uint64_t file_offset; /* VH_RUN_DATA only */
+} vh_run;
+
+/* A sink for `vhdheal info`: format-specific fields as key/value text. */
+typedef void (*vh_info_fn)(void *ctx, const char *key, const char *value);
+
+typedef struct vh_disk_ops {
+    /* The run starting at virtual offset voff (< virtual_size), at most max_len long (> 0). */
+    int (*map)(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GError **err);
+    /* Reads `len` bytes stored at file offset off; lets a format serve replayed-log overlays. */
+    int (*read_data)(vh_disk *d, void *buf, size_t len, uint64_t off, GError **err);
+    /*
+     * Writes whole logical sectors: voff and len are multiples of logical_sector_size. Allocates
+     * blocks and sets bitmap bits as needed; never touches the parent.
+     */
+    int (*write_sectors)(vh_disk *d, const void *buf, uint64_t voff, uint64_t len, GError **err);
+    int (*flush)(vh_disk *d, GError **err);
+    /* Format-specific fields for `vhdheal info`. */
+    void (*info)(vh_disk *d, vh_info_fn fn, void *ctx);
+    void (*close)(vh_disk *d); /* frees d->priv */
+} vh_disk_ops;
+
+struct vh_disk {
+    const vh_disk_ops *ops;
+    vh_format format;
+    vh_type type;
+    uint64_t virtual_size;
+    uint32_t logical_sector_size;  /* 512 for VHD */
+    uint32_t physical_sector_size; /* 512 for VHD */
+    uint32_t block_size;           /* 0 for a fixed VHD */
+    vh_id id;                      /* VHD footer unique id; VHDX DataWriteGuid */
+    vh_parent_link link;           /* meaningful for VH_TYPE_DIFFERENCING only */
+    vh_file file;
+    bool writable;
+    GPtrArray *warnings; /* of char*: what was odd but not fatal (fallback copies, ...) */
+    vh_disk *parent;     /* owned: closed with the child */
+    void *priv;          /* the format's state */
+};
+
+typedef enum {
+    VH_OPEN_READ = 0,
+    VH_OPEN_WRITE = 1 << 0,
+} vh_open_flags;
+
+/* What the file's bytes say it is (VH_FORMAT_NONE for anything else, including I/O errors). */
+vh_format vh_sniff_file(vh_file *f);
+vh_format vh_sniff_path(const char *path);
+
+/* Opens one disk file (no parents). ENOTSUP-coded error (EINVAL) when it is not a VHD/VHDX. */
+int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **err);
+void vh_disk_close(vh_disk *d);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_disk, vh_disk_close)
+
+/* Attaches an opened parent (ownership passes to the child). */
+void vh_disk_set_parent(vh_disk *child, vh_disk *parent);
+
+/* Reads virtual bytes through the chain. Range must lie within virtual_size. */
+int vh_disk_read(vh_disk *d, void *buf, uint64_t voff, size_t len, GError **err);
+/* Writes virtual bytes (any alignment): partial sectors are merged with the chain's content. */
+int vh_disk_write(vh_disk *d, const void *buf, uint64_t voff, size_t len, GError **err);
+int vh_disk_flush(vh_disk *d, GError **err);
+/* The first run at voff through the whole chain (PARENT resolved down to DATA/ZERO), for views:
+ * *owner is the disk whose file holds a DATA run. */
+int vh_disk_map_chain(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, vh_disk **owner,
+                      GError **err);
+
+void vh_disk_warn(vh_disk *d, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void vh_locator_free(vh_locator *l);
+vh_locator *vh_locator_new(vh_locator_kind kind, const char *path, int slot, uint64_t off,
+                           uint32_t space);
+
+/* --- creation --- */
+typedef struct vh_create_opts {
+    vh_format format;
+    vh_type type;
+    uint64_t size;                 /* virtual size in bytes (ignored for differencing) */
+    uint32_t block_size;           /* 0 = format default (VHD 2 MiB, VHDX 32 MiB; 2 MiB diff) */
+    uint32_t logical_sector_size;  /* VHDX: 512 or 4096 (0 = 512) */
+    uint32_t physical_sector_size; /* VHDX: 512 or 4096 (0 = 4096) */
+    /* differencing: */
+    vh_disk *parent;             /* the opened parent (size, sector size, id are taken from it) */
+    const char *parent_relative; /* Windows relative path, ".\name.vhdx" */
+    const char *parent_absolute; /* Windows absolute path, or NULL */
+    const char *parent_volume;   /* VHDX volume_path, or NULL */
+    int64_t parent_mtime;        /* VHD parent time stamp source (unix seconds; 0 = write 0) */
+} vh_create_opts;
+
+int vh_disk_create(const char *path, const vh_create_opts *opts, GError **err);
+
+#endif

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * io.h - the one place where the engine touches disk files.
+ *
+ * Every read is a full read (a short read past EOF is an error naming the structure and offset);
+ * every write is a full write. Mutating operations (write, flush, truncate) go through a fault
+ * injector so that tests can stop the engine after the N-th mutating operation, or tear the N-th
+ * write at a 512-byte boundary, and then check what a crash at that point would leave behind.
+ */
+#ifndef VH_IO_H
+#define VH_IO_H
+
+#include "common.h"
+
+typedef struct vh_file {
+    int fd;
+    char *path;
+    bool writable;
+    uint64_t size; /* kept current by vh_file_write / vh_file_truncate */
+} vh_file;
+
+/* Opens path read-only or read-write. The file must be a regular file. */
+int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
+/* Creates a new file (O_EXCL) for writing. */
+int vh_file_create(vh_file *f, const char *path, GError **err);
+void vh_file_close(vh_file *f);
+
+/* Reads exactly len bytes at off; `what` names the structure for error messages. */
+int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *what, GError **err);
+/* Writes exactly len bytes at off (may extend the file). */
+int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const char *what,
+                  GError **err);
+int vh_file_flush(vh_file *f, GError **err);
+int vh_file_truncate(vh_file *f, uint64_t size, GError **err);
+
+/* --- fault injection (tests only; inert unless armed) --- */
+typedef enum {
+    VH_FAULT_NONE = 0,
+    VH_FAULT_STOP, /* the N-th mutating op does nothing and fails; so does every later one */
+    VH_FAULT_TEAR, /* the N-th op, if a write, writes only its first tear_bytes, then as STOP */
+} vh_fault_kind;
+
+/* Arms the injector: the op numbered `nth` (1-based, counting writes, flushes and truncates
+ * since the last arm) triggers `kind`. */
+void vh_fault_arm(vh_fault_kind kind, long nth, size_t tear_bytes);
+void vh_fault_disarm(void);
+/* Mutating operations counted since the last arm (or disarm). */
+long vh_fault_ops(void);
+/* True once an armed fault has fired (the simulated crash happened). */
+bool vh_fault_fired(void);
+
+#endif

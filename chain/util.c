@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* util.c - CRC-32C, VHD checksums, UTF-16 and identities (see util.h). */
+#include "util.h"
+
+#include <uuid/uuid.h>
+
+static uint32_t crc32c_table[256];
+static GOnce crc32c_once = G_ONCE_INIT;
+
+static gpointer crc32c_init(gpointer unused)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[i] = c;
+    }
+    return NULL;
+}
+
+uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len)
+{
+    g_once(&crc32c_once, crc32c_init, NULL);
+    const uint8_t *p = buf;
+    crc = ~crc;
+    while (len--)
+        crc = crc32c_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+uint32_t vh_crc32c(const void *buf, size_t len)
+{
+    return vh_crc32c_update(0, buf, len);
+}
+
+uint32_t vh_vhd_checksum(const uint8_t *buf, size_t len, size_t skip_off)
+{
+    uint32_t sum = 0;
+    for (size_t i = 0; i < len; i++)
+        if (i < skip_off || i >= skip_off + 4)
+            sum += buf[i];
+    return ~sum;
+}
+
+static char *utf16_to_utf8(const uint8_t *buf, size_t len, bool big_endian)
+{
+    GString *s = g_string_sized_new(len / 2 + 1);
+    size_t units = len / 2;
+    for (size_t i = 0; i < units; i++) {
+        const uint8_t *p = buf + 2 * i;
+        uint32_t u = big_endian ? vh_be16(p) : vh_le16(p);
+        if (u == 0)
+            break;
+        if (u >= 0xD800 && u <= 0xDBFF && i + 1 < units) {
+            const uint8_t *q = p + 2;
+            uint32_t lo = big_endian ? vh_be16(q) : vh_le16(q);
+            if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                g_string_append_unichar(s, 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00));
+                i++;
+                continue;
+            }
+        }
+        if (u >= 0xD800 && u <= 0xDFFF)
+            u = 0xFFFD; /* unpaired surrogate */
+        g_string_append_unichar(s, u);
+    }
+    return g_string_free(s, FALSE);
+}
+
+char *vh_utf16le_to_utf8(const uint8_t *buf, size_t len)
+{
+    return utf16_to_utf8(buf, len, false);
+}
+
+char *vh_utf16be_to_utf8(const uint8_t *buf, size_t len)
+{
+    return utf16_to_utf8(buf, len, true);
+}
+
+static ssize_t utf8_to_utf16(const char *s, uint8_t *out, size_t cap, bool big_endian)
+{
+    if (!g_utf8_validate(s, -1, NULL))
+        return -EINVAL;
+    size_t n = 0;
+    for (const char *p = s; *p; p = g_utf8_next_char(p)) {
+        gunichar c = g_utf8_get_char(p);
+        uint16_t units[2];
+        int count = 1;
+        if (c >= 0x10000) {
+            units[0] = (uint16_t)(0xD800 + ((c - 0x10000) >> 10));
+            units[1] = (uint16_t)(0xDC00 + ((c - 0x10000) & 0x3FF));
+            count = 2;
+        } else {
+            units[0] = (uint16_t)c;
+        }
+        for (int k = 0; k < count; k++) {
+            if (n + 2 > cap)
+                return -ENAMETOOLONG;
+            if (big_endian)
+                vh_put_be16(out + n, units[k]);
+            else
+                vh_put_le16(out + n, units[k]);
+            n += 2;
+        }
+    }
+    return (ssize_t)n;
+}
+
+ssize_t vh_utf8_to_utf16le(const char *s, uint8_t *out, size_t cap)
+{
+    return utf8_to_utf16(s, out, cap, false);
+}
+
+ssize_t vh_utf8_to_utf16be(const char *s, uint8_t *out, size_t cap)
+{
+    return utf8_to_utf16(s, out, cap, true);
+}
+
+void vh_id_format(const vh_id *id, char out[VH_ID_STRLEN + 1])
+{
+    uuid_unparse_lower(id->b, out);
+}
+
+bool vh_id_parse(const char *s, vh_id *out)
+{
+    char tmp[VH_ID_STRLEN + 1];
+    size_t len = strlen(s);
+    if (len == VH_ID_STRLEN + 2 && s[0] == '{' && s[len - 1] == '}') {
+        memcpy(tmp, s + 1, VH_ID_STRLEN);
+        tmp[VH_ID_STRLEN] = '\0';
+        s = tmp;
+    } else if (len != VH_ID_STRLEN) {
+        return false;
+    }
+    return uuid_parse(s, out->b) == 0;
+}
+
+bool vh_id_is_zero(const vh_id *id)
+{
+    static const vh_id zero;
+    return memcmp(id->b, zero.b, 16) == 0;
+}
+
+bool vh_id_equal(const vh_id *a, const vh_id *b)
+{
+    return memcmp(a->b, b->b, 16) == 0;
+}
+
+/* GUID storage: Data1 (4, LE), Data2 (2, LE), Data3 (2, LE), Data4 (8 bytes as is). */
+vh_id vh_id_from_guid_le(const uint8_t le[16])
+{
+    vh_id id;
+    static const int map[16] = {3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (int i = 0; i < 16; i++)
+        id.b[i] = le[map[i]];
+    return id;
+}
+
+void vh_id_to_guid_le(const vh_id *id, uint8_t le[16])
+{
+    static const int map[16] = {3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (int i = 0; i < 16; i++)
+        le[map[i]] = id->b[i];
+}
+
+vh_id vh_id_random(void)
+{
+    vh_id id;
+    uuid_generate_random(id.b);
+    return id;
+}

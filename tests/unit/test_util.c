@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* test_util.c - CRC-32C, VHD checksum, UTF-16 both ways, identities. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "util.h"
+
+static void crc32c_known_vectors(void **state)
+{
+    /* RFC 3720 B.4 test vectors */
+    uint8_t zeros[32] = {0}, ones[32], inc[32];
+    memset(ones, 0xFF, sizeof ones);
+    for (int i = 0; i < 32; i++)
+        inc[i] = (uint8_t)i;
+    assert_int_equal(vh_crc32c(zeros, 32), 0x8A9136AA);
+    assert_int_equal(vh_crc32c(ones, 32), 0x62A8AB43);
+    assert_int_equal(vh_crc32c(inc, 32), 0x46DD794E);
+    assert_int_equal(vh_crc32c("123456789", 9), 0xE3069283);
+    /* incremental == one shot */
+    uint32_t c = vh_crc32c_update(0, inc, 10);
+    assert_int_equal(vh_crc32c_update(c, inc + 10, 22), 0x46DD794E);
+}
+
+static void vhd_checksum_skips_its_field(void **state)
+{
+    uint8_t buf[16] = {1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF, 5};
+    assert_int_equal(vh_vhd_checksum(buf, sizeof buf, 4), ~(uint32_t)15);
+}
+
+static void utf16_decodes_both_orders(void **state)
+{
+    const uint8_t le[] = {'C', 0, ':', 0, '\\', 0, 0xE9, 0, 0x3D, 0xD8, 0x00, 0xDE, 0, 0, 'x', 0};
+    g_autofree char *a = vh_utf16le_to_utf8(le, sizeof le);
+    assert_string_equal(a, "C:\\\xC3\xA9\xF0\x9F\x98\x80"); /* stops at the NUL */
+    const uint8_t be[] = {0, 'a', 0, 'b', 0};
+    g_autofree char *b = vh_utf16be_to_utf8(be, sizeof be); /* odd trailing byte ignored */
+    assert_string_equal(b, "ab");
+}
+
+static void utf16_unpaired_surrogates_become_replacement(void **state)
+{
+    const uint8_t lone_high[] = {0x00, 0xD8, 'a', 0};
+    const uint8_t lone_low[] = {0x00, 0xDC};
+    const uint8_t high_at_end[] = {'z', 0, 0x00, 0xD8};
+    g_autofree char *a = vh_utf16le_to_utf8(lone_high, sizeof lone_high);
+    g_autofree char *b = vh_utf16le_to_utf8(lone_low, sizeof lone_low);
+    g_autofree char *c = vh_utf16le_to_utf8(high_at_end, sizeof high_at_end);
+    assert_string_equal(a, "\xEF\xBF\xBD"
+                           "a");
+    assert_string_equal(b, "\xEF\xBF\xBD");
+    assert_string_equal(c, "z\xEF\xBF\xBD");
+}
+
+static void utf16_encode_roundtrip_and_limits(void **state)
+{
+    uint8_t out[16];
+    ssize_t n = vh_utf8_to_utf16le("a\xF0\x9F\x98\x80", out, sizeof out);
+    assert_int_equal(n, 6);
+    assert_memory_equal(out, ((uint8_t[]){'a', 0, 0x3D, 0xD8, 0x00, 0xDE}), 6);
+    n = vh_utf8_to_utf16be("ab", out, sizeof out);
+    assert_int_equal(n, 4);
+    assert_memory_equal(out, ((uint8_t[]){0, 'a', 0, 'b'}), 4);
+    assert_int_equal(vh_utf8_to_utf16le("abcdefghi", out, sizeof out), -ENAMETOOLONG);
+    assert_int_equal(vh_utf8_to_utf16le("\xFF", out, sizeof out), -EINVAL);
+}
+
+static void ids_format_parse_and_guid_order(void **state)
+{
+    /* the WS2019 checkpoint's parent_linkage (FORMATS.md §2.5) */
+    vh_id id;
+    assert_true(vh_id_parse("{FF34003B-11ED-4CF8-A166-B2BE05E20B80}", &id));
+    char s[VH_ID_STRLEN + 1];
+    vh_id_format(&id, s);
+    assert_string_equal(s, "ff34003b-11ed-4cf8-a166-b2be05e20b80");
+    uint8_t le[16];
+    vh_id_to_guid_le(&id, le);
+    assert_int_equal(le[0], 0x3B);
+    assert_int_equal(le[3], 0xFF);
+    assert_int_equal(le[4], 0xED);
+    assert_int_equal(le[6], 0xF8);
+    assert_int_equal(le[8], 0xA1);
+    vh_id back = vh_id_from_guid_le(le);
+    assert_true(vh_id_equal(&id, &back));
+    assert_false(vh_id_parse("ff34003b-11ed-4cf8-a166-b2be05e20b8", &id));
+    assert_false(vh_id_parse("{ff34003b-11ed-4cf8-a166-b2be05e20b80", &id));
+    assert_false(vh_id_parse("ff34003b-11ed-4cf8-a166-b2be05e20b8g", &id));
+    vh_id zero = {{0}};
+    assert_true(vh_id_is_zero(&zero));
+    vh_id r1 = vh_id_random(), r2 = vh_id_random();
+    assert_false(vh_id_equal(&r1, &r2));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(crc32c_known_vectors),
+        cmocka_unit_test(vhd_checksum_skips_its_field),
+        cmocka_unit_test(utf16_decodes_both_orders),
+        cmocka_unit_test(utf16_unpaired_surrogates_become_replacement),
+        cmocka_unit_test(utf16_encode_roundtrip_and_limits),
+        cmocka_unit_test(ids_format_parse_and_guid_order),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
