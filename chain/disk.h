@@ -73,6 +73,19 @@ typedef struct vh_run {
     uint64_t file_offset; /* VH_RUN_DATA only */
 } vh_run;
 
+/*
+ * A new parent link for a differencing disk (the reconnect engine fills it; DESIGN.md
+ * "Reconnect rules" says which field goes where for each format).
+ */
+typedef struct vh_link_update {
+    vh_id parent_id;       /* the new parent's identity */
+    int64_t parent_mtime;  /* VHD: parent time stamp source (kept 0 where it was 0) */
+    const char *relative;  /* ".\dir\parent.vhdx" (Windows form) */
+    const char *absolute;  /* absolute Windows path under winroot, or NULL */
+    const char *volume;    /* VHDX volume_path, or NULL */
+    const char *file_name; /* the parent's file name */
+} vh_link_update;
+
 /* A sink for `vhdheal info`: format-specific fields as key/value text. */
 typedef void (*vh_info_fn)(void *ctx, const char *key, const char *value);
 
@@ -87,6 +100,13 @@ typedef struct vh_disk_ops {
      */
     int (*write_sectors)(vh_disk *d, const void *buf, uint64_t voff, uint64_t len, GError **err);
     int (*flush)(vh_disk *d, GError **err);
+    /*
+     * Rewrites the parent link of a differencing disk opened for writing. Touches only
+     * parent-link fields (never payload or bitmaps); every write goes through vh_file_write so
+     * that the journal hook sees it; VHDX metadata goes through the log. A crash at any write
+     * leaves a file that opens with the old link or the new one. On success d->link is updated.
+     */
+    int (*set_parent_link)(vh_disk *d, const vh_link_update *u, GError **err);
     /* Format-specific fields for `vhdheal info`. */
     void (*info)(vh_disk *d, vh_info_fn fn, void *ctx);
     void (*close)(vh_disk *d); /* frees d->priv */

@@ -55,8 +55,8 @@ static bool fault_blocks_op(void)
 
 static int open_checked(vh_file *f, const char *path, int flags, bool writable, GError **err)
 {
+    memset(f, 0, sizeof *f);
     f->fd = -1;
-    f->path = NULL;
     int fd = open(path, flags | O_CLOEXEC, 0666);
     if (fd < 0)
         return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
@@ -144,6 +144,11 @@ int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const c
 {
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: writing %s: opened read-only", f->path, what);
+    if (f->hook) {
+        int r = f->hook(f->hook_ctx, f, off, len, err);
+        if (r < 0)
+            return r;
+    }
     if (fault_blocks_op()) {
         if (fault.kind == VH_FAULT_TEAR && fault.ops == fault.nth && fault.tear_bytes > 0)
             write_all(f, buf, MIN(len, fault.tear_bytes), off, what, NULL);
@@ -168,6 +173,11 @@ int vh_file_truncate(vh_file *f, uint64_t size, GError **err)
 {
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: resizing: opened read-only", f->path);
+    if (f->hook) {
+        int r = f->hook(f->hook_ctx, f, size, 0, err);
+        if (r < 0)
+            return r;
+    }
     if (fault_blocks_op())
         return vh_fail(err, EIO, "%s: resizing to %" G_GUINT64_FORMAT ": injected fault", f->path,
                        size);

@@ -12,12 +12,23 @@
 
 #include "common.h"
 
-typedef struct vh_file {
+typedef struct vh_file vh_file;
+
+/*
+ * Called before every write or truncate of a file that has one, with the range about to change
+ * (for a truncate: off = new size, len = 0). The reconnect journal uses it to save the original
+ * bytes, durably, before they are overwritten. A negative return cancels the operation.
+ */
+typedef int (*vh_write_hook)(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err);
+
+struct vh_file {
     int fd;
     char *path;
     bool writable;
     uint64_t size; /* kept current by vh_file_write / vh_file_truncate */
-} vh_file;
+    vh_write_hook hook;
+    void *hook_ctx;
+};
 
 /* Opens path read-only or read-write. The file must be a regular file. */
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
