@@ -132,6 +132,11 @@ struct vh_disk {
 typedef enum {
     VH_OPEN_READ = 0,
     VH_OPEN_WRITE = 1 << 0,
+    /*
+     * Identity, type, size, sector sizes and parent link only: a format may skip loading its
+     * block tables, and then map/read/write fail. For scanning large stores quickly.
+     */
+    VH_OPEN_PROBE = 1 << 1,
 } vh_open_flags;
 
 /* What the file's bytes say it is (VH_FORMAT_NONE for anything else, including I/O errors). */
