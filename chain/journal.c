@@ -67,6 +67,8 @@ static void parsed_free(gpointer p)
     g_free(r);
 }
 
+static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err);
+
 const char *vh_journal_store(const vh_journal *j)
 {
     return j->store;
@@ -75,6 +77,13 @@ const char *vh_journal_store(const vh_journal *j)
 const char *vh_repair_id(const vh_repair *r)
 {
     return r->id;
+}
+
+void vh_repair_set_file(vh_repair *r, vh_file *f)
+{
+    r->child = f;
+    f->hook = journal_hook;
+    f->hook_ctx = r;
 }
 
 int vh_journal_open(const char *store, vh_journal **out, GError **err)

@@ -59,6 +59,9 @@ int vh_journal_commit(vh_repair *r, GError **err);
 /* Restores the child from the journaled bytes now, records ROLLBACK, removes the hook. Frees r. */
 int vh_journal_abort(vh_repair *r, GError **err);
 const char *vh_repair_id(const vh_repair *r);
+/* Moves the repair (and its hook) to another vh_file for the same file, e.g. after a disk
+ * handle took over the vh_file it was begun on. */
+void vh_repair_set_file(vh_repair *r, vh_file *f);
 
 /*
  * Rolls back every open (uncommitted) repair; with child_rel only that child's. Returns the
