@@ -121,7 +121,8 @@ int vhdheal_cmd_info(int argc, char **argv)
 {
     gboolean json = FALSE;
     GOptionEntry entries[] = {
-        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL}, {NULL}};
+        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL},
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new("FILE... - describe disks");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
@@ -200,7 +201,7 @@ int vhdheal_cmd_create(int argc, char **argv)
         {"logical-sector-size", 0, 0, G_OPTION_ARG_INT, &lss, "VHDX: 512 or 4096", "N"},
         {"physical-sector-size", 0, 0, G_OPTION_ARG_INT, &pss, "VHDX: 512 or 4096", "N"},
         {"parent", 0, 0, G_OPTION_ARG_FILENAME, &parent, "Create a differencing disk", "PARENT"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new("FILE - create a disk");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
@@ -260,7 +261,7 @@ int vhdheal_cmd_read(int argc, char **argv)
     g_autofree char *out_path = NULL;
     GOptionEntry entries[] = {
         {"output", 'o', 0, G_OPTION_ARG_FILENAME, &out_path, "Write to OUT, not stdout", "OUT"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new("FILE [OFFSET LENGTH] - read virtual content through the chain");
     g_option_context_add_main_entries(oc, entries, NULL);

@@ -67,7 +67,7 @@ int vhdheal_cmd_reconnect(int argc, char **argv)
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (journal, boundary)", "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         {"dry-run", 'n', 0, G_OPTION_ARG_NONE, &dry_run, "Check and show, change nothing", NULL},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new("CHILD PARENT - make PARENT the parent of CHILD");
     g_option_context_add_main_entries(oc, entries, NULL);
@@ -135,7 +135,7 @@ int vhdheal_cmd_undo(int argc, char **argv)
     GOptionEntry entries[] = {
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store", "DIR"},
         {"list", 0, 0, G_OPTION_ARG_NONE, &list, "List journaled repairs, oldest first", NULL},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new("(--list | ID...) - revert repairs");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
