@@ -18,6 +18,8 @@ typedef struct {
 
 static const command commands[] = {
     {"info", vhdheal_cmd_info, "info [--json] FILE..."},
+    {"check", vhdheal_cmd_check,
+     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
     {"create", vhdheal_cmd_create,
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
