@@ -138,8 +138,8 @@ static char *fix_command(check_run *c, const vh_link *l, const char *parent)
     g_autofree char *par = g_build_filename(vh_store_root(c->store), parent, NULL);
     g_autofree char *qc = g_shell_quote(child), *qp = g_shell_quote(par);
     g_autofree char *qw = c->winroot ? g_shell_quote(c->winroot) : NULL;
-    return g_strdup_printf("vhdheal reconnect%s%s %s %s", qw ? " --winroot " : "", qw ? qw : "",
-                           qc, qp);
+    return g_strdup_printf("vhdheal reconnect%s%s %s %s", qw ? " --winroot " : "", qw ? qw : "", qc,
+                           qp);
 }
 
 static void print_link_text(check_run *c, const vh_link *l)
@@ -256,9 +256,9 @@ static void json_link(check_run *c, vh_json *j, const vh_link *l)
         vh_json_kv_string(j, "kind", vh_locator_kind_name(t->kind));
         vh_json_kv_string(j, "stored", t->stored);
         vh_json_kv_string(j, "target", t->target);
-        vh_json_kv_string(j, "mapped_by", t->target || t->result == VH_VERDICT_OUTSIDE_STORE
-                                              ? vh_wp_via_name(t->via)
-                                              : NULL);
+        vh_json_kv_string(
+            j, "mapped_by",
+            t->target || t->result == VH_VERDICT_OUTSIDE_STORE ? vh_wp_via_name(t->via) : NULL);
         vh_json_kv_string(j, "result", vh_verdict_name(t->result));
         vh_json_kv_string(j, "detail", t->detail);
         vh_json_end_object(j);
@@ -380,8 +380,7 @@ int vhdheal_cmd_check(int argc, char **argv)
         {"json", 0, 0, G_OPTION_ARG_NONE, &json, "One JSON document (doc/json-check.md)", NULL},
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (nothing outside is opened)",
          "DIR"},
-        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows hosts see the store",
-         "W"},
+        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows hosts see the store", "W"},
         {"maxdepth", 0, 0, G_OPTION_ARG_INT, &maxdepth, "Longest chain followed (256)", "N"},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
