@@ -337,6 +337,12 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         t->detail = g_strdup("the stored path cannot be mapped into the store");
     for (guint k = 0; k < places->len; k++) {
         vh_wp_candidate *c = places->pdata[k];
+        if (c->outside && c->via == VH_WP_VIA_WINROOT) {
+            /* Windows would look outside STORE; here it names no file we could know of */
+            try_note(t, VH_VERDICT_PARENT_MISSING, NULL, c->via,
+                     g_strdup_printf("not under the winroot %s", r->winroot));
+            continue;
+        }
         if (c->outside) {
             try_note(t, VH_VERDICT_OUTSIDE_STORE, NULL, c->via,
                      g_strdup("the path lies outside the store (not opened)"));
@@ -353,7 +359,7 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         }
         if (e < 0) {
             try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via,
-                     g_strdup_printf("%s: %s", c->rel, g_strerror(-e)));
+                     g_strdup(e == -ENOENT ? "not found" : g_strerror(-e)));
             continue;
         }
         g_autoptr(GError) err = NULL;
