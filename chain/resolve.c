@@ -669,12 +669,21 @@ vh_chain *vh_resolve_chain(vh_resolver *r, const char *rel, GError **err)
 /* ---------------------------------------------------------------------------------------- */
 /* Opening a chain */
 
-static int broken_link_error(const vh_link *l, GError **err)
+static int broken_link_error(vh_store *store, const vh_link *l, GError **err)
 {
     const char *fix = vh_link_fix_parent(l);
-    return vh_fail(err, vh_verdict_errno(l->verdict), "the chain is broken at %s: %s: %s%s%s%s",
-                   l->child, vh_verdict_name(l->verdict), l->detail,
-                   fix ? " (fix: vhdheal reconnect " : "", fix ? fix : "", fix ? ")" : "");
+    g_autofree char *hint = NULL;
+    if (fix) {
+        g_autofree char *c = g_build_filename(vh_store_root(store), l->child, NULL);
+        g_autofree char *p = g_build_filename(vh_store_root(store), fix, NULL);
+        g_autofree char *qc = g_shell_quote(c), *qp = g_shell_quote(p);
+        hint = g_strdup_printf(" (fix: vhdheal reconnect %s %s)", qc, qp);
+    } else if (l->verdict == VH_VERDICT_OUTSIDE_STORE) {
+        hint = g_strdup_printf(" (the store is %s; --store DIR names a wider one)",
+                               vh_store_root(store));
+    }
+    return vh_fail(err, vh_verdict_errno(l->verdict), "the chain is broken at %s: %s: %s%s",
+                   l->child, vh_verdict_name(l->verdict), l->detail, hint ? hint : "");
 }
 
 static int open_resolved(vh_store *store, const vh_chain *c, bool writable, vh_disk **top,
@@ -730,7 +739,7 @@ int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **to
         bool crossable = opts->use_heal_target && l->heal_target &&
                          l->verdict != VH_VERDICT_CYCLE && l->verdict != VH_VERDICT_TOO_DEEP;
         if (l->verdict != VH_VERDICT_OK && !crossable) {
-            int e = broken_link_error(l, err);
+            int e = broken_link_error(store, l, err);
             vh_fail_prefix(err, "%s", path);
             return e;
         }
