@@ -56,15 +56,15 @@ static void add_chain(check_run *c, vh_chain *ch, GHashTable *covered)
     g_ptr_array_add(c->chains, ch);
 }
 
-/* The parent a disk's chain continues with (resolved or heal target), or NULL. */
-static const char *next_of(check_run *c, const vh_disk_info *d)
+/* The parent a disk's chain continues with (resolved or heal target): a new string, or NULL. */
+static char *next_of(check_run *c, const vh_disk_info *d)
 {
     if (!vh_disk_info_is_disk(d) || d->type != VH_TYPE_DIFFERENCING)
         return NULL;
     g_autoptr(vh_link) l = vh_resolve_link(c->resolver, d->path, NULL);
     if (!l)
         return NULL;
-    return g_intern_string(l->parent ? l->parent : l->heal_target ? l->heal_target : "");
+    return g_strdup(l->parent ? l->parent : l->heal_target);
 }
 
 /* Chains of every disk at or below a store folder: from each top (a disk that is no listed
@@ -72,7 +72,7 @@ static const char *next_of(check_run *c, const vh_disk_info *d)
 static int check_folder(check_run *c, const char *rel, GHashTable *covered, GError **err)
 {
     g_autoptr(GPtrArray) disks = vh_store_list(c->store, rel);
-    g_autoptr(GHashTable) parents = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GHashTable) parents = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     for (guint k = 0; k < disks->len; k++) {
         vh_disk_info *d = disks->pdata[k];
         if (d->error) {
@@ -80,10 +80,10 @@ static int check_folder(check_run *c, const char *rel, GHashTable *covered, GErr
             continue;
         }
         c->disks++;
-        const char *p = next_of(c, d);
-        if (p && *p)
-            g_hash_table_add(parents, (gpointer)p);
-        if (c->progress && (k % 256 == 0 || k + 1 == disks->len))
+        char *p = next_of(c, d);
+        if (p)
+            g_hash_table_add(parents, p);
+        if (c->progress && disks->len >= PROGRESS_MIN && (k % 256 == 0 || k + 1 == disks->len))
             fprintf(stderr, "\rvhdheal: checking %u/%u disks", k + 1, disks->len);
     }
     for (int pass = 0; pass < 2; pass++) {

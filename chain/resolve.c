@@ -357,6 +357,10 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
                                      c->rel));
             continue;
         }
+        if (e == 0 && (strcmp(found, ".vhdheal") == 0 || g_str_has_prefix(found, ".vhdheal/"))) {
+            e = -ENOENT; /* the journal's folder holds no disks of the store */
+            g_clear_pointer(&found, g_free);
+        }
         if (e < 0) {
             try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via,
                      g_strdup(e == -ENOENT ? "not found" : g_strerror(-e)));

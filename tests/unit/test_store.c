@@ -220,6 +220,7 @@ static gpointer reader(gpointer p)
         for (guint k = 0; k < a->len; k++)
             assert_int_equal(((vh_disk_info *)a->pdata[k])->virtual_size, 1048576);
         g_autoptr(GPtrArray) all = vh_store_list(r->s, NULL);
+        assert_true(all->len >= 1);
         g_atomic_int_inc(&r->lookups);
     }
     return NULL;
