@@ -7,103 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "cli.h"
 #include "json.h"
 #include "winpath.h"
 
 #define IO_CHUNK (4 * 1024 * 1024)
-
-/* ---------- opening a chain (simple locator following; the resolver refines it) ---------- */
-
-static int compare_locators(gconstpointer a, gconstpointer b)
-{
-    const vh_locator *la = *(vh_locator *const *)a, *lb = *(vh_locator *const *)b;
-    return (int)la->kind - (int)lb->kind;
-}
-
-/* Candidate POSIX paths for one locator, relative to the child's folder. */
-static void locator_candidates(const vh_locator *l, const char *child_dir, GPtrArray *out)
-{
-    g_autofree char *posix = g_strdup(l->path);
-    for (char *p = posix; *p; p++)
-        if (*p == '\\')
-            *p = '/';
-    const char *rel = posix;
-    if (g_str_has_prefix(rel, "file://localhost"))
-        rel += strlen("file://localhost");
-    else if (g_str_has_prefix(rel, "file://"))
-        rel += strlen("file://");
-    bool relative = l->kind == VH_LOC_RELATIVE_PATH || l->kind == VH_LOC_W2RU ||
-                    l->kind == VH_LOC_WI2R || !strchr(rel, '/');
-    if (relative)
-        g_ptr_array_add(out, g_build_filename(child_dir, rel, NULL));
-    else if (rel[0] == '/')
-        g_ptr_array_add(out, g_strdup(rel));
-    const char *base = strrchr(rel, '/');
-    if (base && base[1])
-        g_ptr_array_add(out, g_build_filename(child_dir, base + 1, NULL));
-}
-
-static bool parent_matches(const vh_disk *child, const vh_disk *parent)
-{
-    if (parent->format != child->format || parent->virtual_size != child->virtual_size)
-        return false;
-    if (parent->logical_sector_size != child->logical_sector_size)
-        return false;
-    return vh_id_equal(&parent->id, &child->link.parent_id) ||
-           (child->link.has_parent_id2 && vh_id_equal(&parent->id, &child->link.parent_id2));
-}
-
-static vh_disk *find_parent(vh_disk *child)
-{
-    g_autofree char *dir = g_path_get_dirname(child->file.path);
-    g_autoptr(GPtrArray) locs = g_ptr_array_copy(child->link.locators, NULL, NULL);
-    g_ptr_array_sort(locs, compare_locators);
-    for (guint i = 0; i < locs->len; i++) {
-        g_autoptr(GPtrArray) cands = g_ptr_array_new_with_free_func(g_free);
-        locator_candidates(locs->pdata[i], dir, cands);
-        for (guint k = 0; k < cands->len; k++) {
-            vh_disk *p = NULL;
-            if (vh_disk_open(cands->pdata[k], VH_OPEN_READ, &p, NULL) < 0)
-                continue;
-            if (parent_matches(child, p))
-                return p;
-            vh_disk_close(p);
-        }
-    }
-    return NULL;
-}
-
-int vh_cli_open_chain(const char *path, bool writable, vh_disk **out, GError **err)
-{
-    *out = NULL;
-    vh_disk *top = NULL;
-    int r = vh_disk_open(path, writable ? VH_OPEN_WRITE : VH_OPEN_READ, &top, err);
-    if (r < 0)
-        return r;
-    vh_disk *d = top;
-    for (int depth = 1; d->type == VH_TYPE_DIFFERENCING; depth++) {
-        if (depth > 256) {
-            vh_disk_close(top);
-            return vh_fail(err, ELOOP, "%s: chain deeper than 256 disks (a cycle?)", path);
-        }
-        vh_disk *p = find_parent(d);
-        if (!p) {
-            char id[VH_ID_STRLEN + 1];
-            vh_id_format(&d->link.parent_id, id);
-            r = vh_fail(err, ENOENT,
-                        "%s: the chain is broken: no parent with id %s found where its locators "
-                        "point (try `vhdheal check`)",
-                        d->file.path, id);
-            vh_disk_close(top);
-            return r;
-        }
-        vh_disk_set_parent(d, p);
-        d = p;
-    }
-    *out = top;
-    return 0;
-}
 
 /* ---------- info ---------- */
 
@@ -212,7 +121,8 @@ int vhdheal_cmd_info(int argc, char **argv)
 {
     gboolean json = FALSE;
     GOptionEntry entries[] = {
-        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL}, {NULL}};
+        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL},
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new("FILE... - describe disks");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
@@ -291,7 +201,7 @@ int vhdheal_cmd_create(int argc, char **argv)
         {"logical-sector-size", 0, 0, G_OPTION_ARG_INT, &lss, "VHDX: 512 or 4096", "N"},
         {"physical-sector-size", 0, 0, G_OPTION_ARG_INT, &pss, "VHDX: 512 or 4096", "N"},
         {"parent", 0, 0, G_OPTION_ARG_FILENAME, &parent, "Create a differencing disk", "PARENT"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new("FILE - create a disk");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
@@ -351,7 +261,7 @@ int vhdheal_cmd_read(int argc, char **argv)
     g_autofree char *out_path = NULL;
     GOptionEntry entries[] = {
         {"output", 'o', 0, G_OPTION_ARG_FILENAME, &out_path, "Write to OUT, not stdout", "OUT"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new("FILE [OFFSET LENGTH] - read virtual content through the chain");
     g_option_context_add_main_entries(oc, entries, NULL);
@@ -362,7 +272,7 @@ int vhdheal_cmd_read(int argc, char **argv)
         return vh_cli_usage("read: FILE [OFFSET LENGTH]");
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    if (vh_cli_open_chain(argv[1], false, &d, &err) < 0) {
+    if (vh_chain_open_simple(argv[1], false, 256, false, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }
@@ -428,7 +338,7 @@ int vhdheal_cmd_write(int argc, char **argv)
     }
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    if (vh_cli_open_chain(argv[1], true, &d, &err) < 0) {
+    if (vh_chain_open_simple(argv[1], true, 256, false, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }

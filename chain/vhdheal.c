@@ -23,6 +23,9 @@ static const command commands[] = {
      "  vhdheal create --parent PARENT FILE"},
     {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
     {"read", vhdheal_cmd_read, "read FILE [OFFSET LENGTH] [-o OUT]"},
+    {"reconnect", vhdheal_cmd_reconnect,
+     "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
+    {"undo", vhdheal_cmd_undo, "undo [--store DIR] (--list | ID...)"},
 };
 
 void vh_cli_error(const GError *err)
