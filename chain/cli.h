@@ -21,6 +21,8 @@ bool vh_cli_parse_size(const char *s, uint64_t *out);
 char *vh_cli_find_store(const char *explicit_store, char **paths, int n, bool folders_are_stores);
 
 int vhdheal_cmd_info(int argc, char **argv);
+int vhdheal_cmd_check(int argc, char **argv);
+int vhdheal_cmd_mkstore(int argc, char **argv); /* hidden: tests, benchmarks */
 int vhdheal_cmd_reconnect(int argc, char **argv);
 int vhdheal_cmd_undo(int argc, char **argv);
 int vhdheal_cmd_create(int argc, char **argv);
