@@ -10,22 +10,23 @@
  * free slot), gets new space where the footer is, as a block would (FORMATS.md §1.5's
  * UNCONFIRMED option): data blocks never move.
  *
- * Write order, and what a crash after each write / flush / torn write leaves (the head footer
- * copy at offset 0 is never written and stays a valid fallback throughout):
- *  1. (new space only) the footer at its new place past the new space, then the locator data
- *     into the new space, flush. The header still points at the old data: old link. A torn
- *     footer: the tail is bad, the identical copy at 0 is used: old link.
- *  2. locator data that fits is rewritten in place (zero-padded over its whole space; skipped
- *     when unchanged), flush. The header is still the old one (valid checksum, old parent id,
- *     old name); its W2ru/W2ku entries now read the new text (cut at the old length if longer).
- *     The identity the child expects is still the old one, so the resolver treats the link as
- *     the old one; the journal rolls such a half-done rewrite back or forward.
- *  3. the header, in one 1024-byte write (the commit), flush: new link. Torn after its first
- *     sector: new id/time stamp/name with the old locator entries; the header checksum no longer
- *     matches, so a read-only open warns and an open for writing refuses; the journal restores
- *     the saved header bytes.
- * Doing step 2 before 3 keeps every state a file that opens; no order can make a 1024-byte
- * header with its checksum in the first sector atomic, which is why the journal exists.
+ * Write order: a copy-on-write switch through the footer's Data Offset, so that a crash after
+ * any single write, flush, truncate or torn write leaves a file that opens with exactly the old
+ * link or exactly the new one (the 1024-byte header, its checksum in the first sector, cannot be
+ * rewritten atomically in place; a 512-byte footer can). F = the tail footer's offset.
+ *  1. the current footer (Data Offset 0x200) written at a new end E, past a temporary area T;
+ *     the file still reads through the header at 0x200: old link.
+ *  2. T: a copy of the new header whose locator entries point at copies of the new locator data
+ *     inside T; flush. Unreferenced: old link (a torn T is never read).
+ *  3. the footer at E rewritten with Data Offset = T; flush. The commit: new link (from T).
+ *  4. the permanent locator data (in place, or new space P where the footer was), then the new
+ *     header at 0x200; flush. The tail points at T: these bytes are not read, torn or not.
+ *  5. the footer (Data Offset 0x200) at its final place (F, or after P); flush. Still not the
+ *     tail: new link from T.
+ *  6. truncate the file to end with that footer; flush. The tail now reads the new header at
+ *     0x200: new link, canonical layout (header at 0x200, as Windows writes it), T gone.
+ * The head copy at offset 0 (Data Offset 0x200) is never written; it is only a fallback, used in
+ * none of the states above. After a failure the handle refuses further writes (reopen it).
  */
 #include "vhd_priv.h"
 
@@ -153,18 +154,87 @@ static bool data_unchanged(vh_disk *d, const loc_plan *pl)
            memcmp(cur, pl->data, pl->e.space) == 0;
 }
 
-static int write_locators(vh_disk *d, loc_plan *plans, int n, bool moved, GError **err)
+/* Writes the permanent locator data: new space, and in place where it changed. */
+static int write_locators(vh_disk *d, loc_plan *plans, int n, GError **err)
 {
     int r = 0;
-    bool wrote = false;
     for (int k = 0; r == 0 && k < n; k++) {
-        if (plans[k].moved != moved || (!moved && data_unchanged(d, &plans[k])))
+        if (!plans[k].moved && data_unchanged(d, &plans[k]))
             continue;
         r = vh_file_write(&d->file, plans[k].data, plans[k].e.space, plans[k].e.offset,
                           "parent locator data", err);
-        wrote = true;
     }
-    if (r == 0 && wrote)
+    return r;
+}
+
+/*
+ * The temporary area at t_off: a header like nh whose planned locators point at copies right
+ * after it (each rounded up to a sector). Returns the buffer; *len its size.
+ */
+static uint8_t *build_temp_area(const vhd_header *nh, const loc_plan *plans, int n, uint64_t t_off,
+                                size_t *len)
+{
+    vhd_header th = *nh;
+    size_t total = VHD_HEADER_SIZE;
+    for (int k = 0; k < n; k++)
+        total += vh_round_up(MAX(plans[k].e.length, 1), VHD_SECTOR);
+    uint8_t *buf = g_malloc0(total);
+    size_t at = VHD_HEADER_SIZE;
+    for (int k = 0; k < n; k++) {
+        vhd_locator_entry *e = &th.loc[plans[k].slot];
+        *e = plans[k].e;
+        e->offset = t_off + at;
+        e->space = (uint32_t)vh_round_up(MAX(plans[k].e.length, 1), VHD_SECTOR);
+        memcpy(buf + at, plans[k].data, plans[k].e.length);
+        at += e->space;
+    }
+    vhd_header_serialise(&th, buf);
+    *len = total;
+    return buf;
+}
+
+static int write_footer_at(vh_disk *d, uint64_t data_offset, uint64_t off, GError **err)
+{
+    vhd_footer f = vhd_p(d)->footer;
+    f.data_offset = data_offset;
+    uint8_t buf[VHD_FOOTER_SIZE];
+    vhd_footer_serialise(&f, buf);
+    return vh_file_write(&d->file, buf, sizeof buf, off, "footer", err);
+}
+
+/* Steps 1-6 of the top comment. */
+static int commit_link(vh_disk *d, vhd_header *nh, loc_plan *plans, int n, uint64_t final_footer,
+                       GError **err)
+{
+    vhd_priv *p = vhd_p(d);
+    uint64_t t_off = vh_round_up(final_footer + VHD_FOOTER_SIZE, VHD_SECTOR);
+    size_t t_len;
+    g_autofree uint8_t *t = build_temp_area(nh, plans, n, t_off, &t_len);
+    uint64_t end = t_off + t_len;
+    uint8_t hdr[VHD_HEADER_SIZE];
+    vhd_header_serialise(nh, hdr);
+    int r = write_footer_at(d, p->header_off, end, err);
+    if (r == 0)
+        r = vh_file_write(&d->file, t, t_len, t_off, "parent link (temporary copy)", err);
+    if (r == 0)
+        r = vh_file_flush(&d->file, err);
+    if (r == 0)
+        r = write_footer_at(d, t_off, end, err);
+    if (r == 0)
+        r = vh_file_flush(&d->file, err);
+    if (r == 0)
+        r = write_locators(d, plans, n, err);
+    if (r == 0)
+        r = vh_file_write(&d->file, hdr, sizeof hdr, p->header_off, "dynamic disk header", err);
+    if (r == 0)
+        r = vh_file_flush(&d->file, err);
+    if (r == 0)
+        r = write_footer_at(d, p->header_off, final_footer, err);
+    if (r == 0)
+        r = vh_file_flush(&d->file, err);
+    if (r == 0)
+        r = vh_file_truncate(&d->file, final_footer + VHD_FOOTER_SIZE, err);
+    if (r == 0)
         r = vh_file_flush(&d->file, err);
     return r;
 }
@@ -213,6 +283,7 @@ int vhd_set_parent_link(vh_disk *d, const vh_link_update *u, GError **err)
         return r;
     loc_plan plans[2 * VHD_LOCATORS] = {0};
     int n = 0;
+    /* new space goes where the footer is, 4 KiB aligned as blocks are (FORMATS.md §1.5) */
     uint64_t area_start = vh_round_up(p->footer_off, PAGE), area = area_start;
     r = plan_code(d, VHD_PLAT_W2RU, u->relative, plans, &n, &area, err);
     if (r == 0)
@@ -220,26 +291,19 @@ int vhd_set_parent_link(vh_disk *d, const vh_link_update *u, GError **err)
                       err);
     for (int k = 0; r == 0 && k < n; k++)
         nh.loc[plans[k].slot] = plans[k].e;
-    /* 1: new space and the footer after it; 2: in place; 3: the header (see the top). */
-    if (r == 0 && area > area_start) {
-        r = vhd_move_footer(d, area + PAGE - VHD_FOOTER_SIZE, err);
-        if (r == 0)
-            r = write_locators(d, plans, n, true, err);
-    }
-    if (r == 0)
-        r = write_locators(d, plans, n, false, err);
-    uint8_t buf[VHD_HEADER_SIZE];
+    uint64_t final_footer = area > area_start ? area + PAGE - VHD_FOOTER_SIZE : p->footer_off;
     if (r == 0) {
-        vhd_header_serialise(&nh, buf);
-        r = vh_file_write(&d->file, buf, sizeof buf, p->header_off, "dynamic disk header", err);
+        r = commit_link(d, &nh, plans, n, final_footer, err);
+        if (r < 0)
+            p->integrity_bad = true; /* the file is consistent, this handle's state is not */
     }
-    if (r == 0)
-        r = vh_file_flush(&d->file, err);
     if (r == 0) {
-        p->hdr = nh;
+        vhd_header_parse(nh.raw, &p->hdr);
         for (int k = 0; k < n; k++)
             p->slots[plans[k].slot] =
                 (vhd_slot){.used = true, .valid = true, .space_bytes = plans[k].e.space};
+        p->footer_off = final_footer;
+        p->tail_ok = true;
         r = vhd_load_link(d, err);
     }
     for (int k = 0; k < n; k++)

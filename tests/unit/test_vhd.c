@@ -998,49 +998,89 @@ static void relink_long_path_and_missing_slot(void **state)
     assert_true((uint64_t)vhd_p(r)->bat[0] * 512 >= ku_end);
 }
 
-/* Every fault point of a relink: the file opens (read-only) with the old or the new id. */
+/* The whole link as text: parent id, time stamp, every locator with its place. */
+static char *link_text(const char *path)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(vh_disk) d = NULL;
+    if (vh_disk_open(path, VH_OPEN_READ, &d, &err) < 0)
+        return g_strdup_printf("(does not open: %s)", err->message);
+    char id[VH_ID_STRLEN + 1];
+    vh_id_format(&d->link.parent_id, id);
+    GString *s = g_string_new(NULL);
+    g_string_append_printf(s, "%s %u", id, d->link.parent_timestamp);
+    for (guint i = 0; i < d->link.locators->len; i++) {
+        const vh_locator *l = d->link.locators->pdata[i];
+        g_string_append_printf(s, "; %s %s", vh_locator_kind_name(l->kind), l->path);
+    }
+    return g_string_free(s, FALSE);
+}
+
+/*
+ * Every fault point of a relink (stop, and writes torn after 512 and 1024 bytes): without any
+ * journal the file opens with exactly the old link or exactly the new one, same content.
+ */
 static void relink_crash_at_every_write(void **state)
 {
     g_autofree char *pp = tpath("fb.vhd"), *cp = tpath("fk.vhd");
-    create_disk(pp, VH_TYPE_DYNAMIC, 4 * MIB, 0);
+    create_disk(pp, VH_TYPE_DYNAMIC, 4 * MIB, 512 * 1024);
     create_child(cp, pp, ".\\fb.vhd", "C:\\a\\fb.vhd", 0);
+    {
+        g_autoptr(vh_disk) d = open_ok(cp, VH_OPEN_WRITE);
+        uint8_t buf[3000];
+        memset(buf, 0x3C, sizeof buf);
+        g_autoptr(GError) err = NULL;
+        assert_int_equal(vh_disk_write(d, buf, 1000, sizeof buf, &err), 0);
+    }
     g_autofree char *bytes = NULL;
     gsize blen;
     assert_true(g_file_get_contents(cp, &bytes, &blen, NULL));
-    vh_id old_id;
-    {
-        g_autoptr(vh_disk) d = open_ok(cp, VH_OPEN_READ);
-        old_id = d->link.parent_id;
-    }
-    g_autofree char *longpath = g_strnfill(3000, 'q');
-    const char *abs_paths[] = {"C:\\b\\fb.vhd", longpath};
-    for (int which = 0; which < 2; which++) {
-        for (int tear = 0; tear < 2; tear++) {
-            for (long n = 1;; n++) {
+    g_autofree char *old_link = link_text(cp);
+    g_autofree uint8_t *content = g_malloc(4 * MIB), *got = g_malloc(4 * MIB);
+    read_all(cp, NULL, content, 4 * MIB);
+    GString *lp = g_string_new("C:\\");
+    while (lp->len < 2500)
+        g_string_append(lp, "a rather long folder\\");
+    g_string_append(lp, "fb.vhd");
+    g_autofree char *longpath = g_string_free(lp, FALSE);
+    const char *abs_paths[] = {"C:\\b\\fb.vhd", longpath, NULL};
+    vh_id new_id = vh_id_random();
+    for (int which = 0; which < 3; which++) {
+        vh_link_update u = {.parent_id = new_id,
+                            .relative = ".\\x\\fb.vhd",
+                            .absolute = abs_paths[which],
+                            .file_name = "fb.vhd"};
+        /* a clean run gives the new link */
+        vh_disk *d = open_ok(cp, VH_OPEN_WRITE);
+        g_autoptr(GError) err = NULL;
+        vh_fault_arm(VH_FAULT_NONE, 0, 0);
+        assert_int_equal(d->ops->set_parent_link(d, &u, &err), 0);
+        long total = vh_fault_ops();
+        vh_disk_close(d);
+        g_autofree char *new_link = link_text(cp);
+        assert_string_not_equal(new_link, old_link);
+        assert_true(total > 8);
+        for (size_t tear = 0; tear <= 1024; tear += 512) {
+            for (long n = 1; n <= total; n++) {
                 assert_true(g_file_set_contents(cp, bytes, (gssize)blen, NULL));
-                vh_disk *d = open_ok(cp, VH_OPEN_WRITE);
-                vh_link_update u = {.parent_id = vh_id_random(),
-                                    .relative = ".\\x\\fb.vhd",
-                                    .absolute = abs_paths[which],
-                                    .file_name = "fb.vhd"};
-                vh_fault_arm(tear ? VH_FAULT_TEAR : VH_FAULT_STOP, n, 512);
-                g_autoptr(GError) err = NULL;
-                int r = d->ops->set_parent_link(d, &u, &err);
-                bool fired = vh_fault_fired();
+                d = open_ok(cp, VH_OPEN_WRITE);
+                vh_fault_arm(tear ? VH_FAULT_TEAR : VH_FAULT_STOP, n, tear);
+                g_autoptr(GError) e2 = NULL;
+                int r = d->ops->set_parent_link(d, &u, &e2);
+                assert_true(vh_fault_fired());
                 vh_fault_disarm();
-                vh_disk_close(d);
-                g_autoptr(vh_disk) back = open_ok(cp, VH_OPEN_READ);
-                bool is_old = vh_id_equal(&back->link.parent_id, &old_id);
-                bool is_new = vh_id_equal(&back->link.parent_id, &u.parent_id);
-                assert_true(is_old || is_new);
-                if (!fired) {
-                    assert_int_equal(r, 0);
-                    assert_true(is_new);
-                    assert_true(n > 4); /* locator data, flush, header, flush at least */
-                    assert_null(back->warnings);
-                    break;
-                }
                 assert_true(r < 0);
+                /* the handle refuses further writes after a failed relink */
+                uint8_t sector[512] = {0};
+                g_autoptr(GError) e3 = NULL;
+                assert_true(d->ops->write_sectors(d, sector, 0, 512, &e3) < 0);
+                vh_disk_close(d);
+                g_autofree char *link = link_text(cp);
+                if (strcmp(link, old_link) != 0 && strcmp(link, new_link) != 0)
+                    fail_msg("path %d, fault at op %ld/%ld (tear %zu): link is '%s'", which, n,
+                             total, tear, link);
+                read_all(cp, NULL, got, 4 * MIB);
+                assert_memory_equal(got, content, 4 * MIB);
             }
         }
     }
