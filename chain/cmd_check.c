@@ -11,6 +11,8 @@
 
 #include "cli.h"
 #include "json.h"
+#include "journal.h"
+#include "reconnect.h"
 #include "resolve.h"
 
 #define PROGRESS_MIN 200 /* stores with fewer disks than this show no progress */
@@ -371,58 +373,230 @@ static int check_paths(check_run *c, char **paths, int n, GError **err)
     return 0;
 }
 
-int vhdheal_cmd_check(int argc, char **argv)
+/* Recovers repairs a crash interrupted (DESIGN.md "Journal"), where the store has a journal. */
+static void recover_journal(const char *root)
 {
-    gboolean json = FALSE;
-    gint maxdepth = VH_DEFAULT_MAXDEPTH;
-    g_autofree char *store = NULL, *winroot = NULL;
+    g_autofree char *path = g_build_filename(root, ".vhdheal", "journal", NULL);
+    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR))
+        return;
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) err = NULL;
+    int n = vh_journal_open(root, &j, &err);
+    if (n == 0)
+        n = vh_journal_recover(j, NULL, &err);
+    if (n < 0)
+        fprintf(stderr, "vhdheal: warning: unfinished repairs not recovered: %s\n", err->message);
+    else if (n > 0)
+        fprintf(stderr, "vhdheal: rolled back %d repair%s a crash interrupted\n", n,
+                n == 1 ? "" : "s");
+}
+
+typedef struct run_args {
+    gboolean json, dry_run;
+    gint maxdepth;
+    char *store, *winroot;
+} run_args;
+
+/* Parses the options shared by check and repair, and collects every chain of the paths. */
+static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv)
+{
+    const char *cmd = repair ? "repair" : "check";
     GOptionEntry entries[] = {
-        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "One JSON document (doc/json-check.md)", NULL},
-        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (nothing outside is opened)",
+        {"json", 0, 0, G_OPTION_ARG_NONE, &a->json, "One JSON document (README)", NULL},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &a->store, "The store (nothing outside is opened)",
          "DIR"},
-        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows hosts see the store", "W"},
-        {"maxdepth", 0, 0, G_OPTION_ARG_INT, &maxdepth, "Longest chain followed (256)", "N"},
+        {"winroot", 0, 0, G_OPTION_ARG_STRING, &a->winroot, "Where Windows hosts see the store",
+         "W"},
+        {"maxdepth", 0, 0, G_OPTION_ARG_INT, &a->maxdepth, "Longest chain followed (256)", "N"},
+        /* last: for check, a NULL name ends the list here */
+        {repair ? "dry-run" : NULL, 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
+         "Show what would change, change nothing", NULL},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
-        g_option_context_new("PATH... - check the chains of disks and store folders");
+        g_option_context_new(repair ? "PATH... - repair every broken link that has a heal target"
+                                    : "PATH... - check the chains of disks and store folders");
     g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) err = NULL;
     if (!g_option_context_parse(oc, &argc, &argv, &err))
-        return vh_cli_usage("check: %s", err->message);
+        return vh_cli_usage("%s: %s", cmd, err->message);
     if (argc < 2)
-        return vh_cli_usage("check: PATH... (disk files or store folders)");
-    if (maxdepth < 1)
-        return vh_cli_usage("check: --maxdepth must be at least 1");
-    g_autofree char *root = vh_store_determine(store, argv + 1, argc - 1, true, &err);
+        return vh_cli_usage("%s: PATH... (disk files or store folders)", cmd);
+    if (a->maxdepth < 1)
+        return vh_cli_usage("%s: --maxdepth must be at least 1", cmd);
+    g_autofree char *root = vh_store_determine(a->store, argv + 1, argc - 1, true, &err);
     if (!root)
-        return vh_cli_usage("check: %s", err->message);
-    check_run c = {.winroot = winroot};
-    c.store = vh_store_new(root, &err);
-    if (!c.store) {
+        return vh_cli_usage("%s: %s", cmd, err->message);
+    if (!a->dry_run)
+        recover_journal(root);
+    c->winroot = a->winroot;
+    c->store = vh_store_new(root, &err);
+    if (!c->store) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }
-    c.progress = isatty(STDERR_FILENO);
-    if (c.progress)
-        vh_store_set_progress(c.store, progress_cb, NULL);
-    vh_resolve_opts ro = {.winroot = winroot, .maxdepth = (guint)maxdepth};
-    c.resolver = vh_resolver_new(c.store, &ro);
-    c.chains = g_ptr_array_new_with_free_func((GDestroyNotify)vh_chain_free);
-    c.unreadable = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
-    c.links = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)vh_link_unref);
-    c.link_order = g_ptr_array_new();
-    int r = check_paths(&c, argv + 1, argc - 1, &err);
-    progress_end(&c);
+    c->progress = isatty(STDERR_FILENO);
+    if (c->progress)
+        vh_store_set_progress(c->store, progress_cb, NULL);
+    vh_resolve_opts ro = {.winroot = a->winroot, .maxdepth = (guint)a->maxdepth};
+    c->resolver = vh_resolver_new(c->store, &ro);
+    c->chains = g_ptr_array_new_with_free_func((GDestroyNotify)vh_chain_free);
+    c->unreadable = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    c->links = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)vh_link_unref);
+    c->link_order = g_ptr_array_new();
+    int r = check_paths(c, argv + 1, argc - 1, &err);
+    progress_end(c);
     if (r < 0) {
         vh_cli_error(err);
-        run_clear(&c);
         return VH_EXIT_USAGE;
     }
-    if (json)
-        print_json(&c);
-    else
-        print_text(&c);
-    int rc = broken_links(&c) > 0 || c.unreadable->len > 0 ? VH_EXIT_BROKEN : VH_EXIT_OK;
+    return VH_EXIT_OK;
+}
+
+static void run_args_clear(run_args *a)
+{
+    g_free(a->store);
+    g_free(a->winroot);
+}
+
+int vhdheal_cmd_check(int argc, char **argv)
+{
+    run_args a = {.maxdepth = VH_DEFAULT_MAXDEPTH};
+    check_run c = {0};
+    int rc = collect(&c, &a, false, argc, argv);
+    if (rc == VH_EXIT_OK) {
+        if (a.json)
+            print_json(&c);
+        else
+            print_text(&c);
+        rc = broken_links(&c) > 0 || c.unreadable->len > 0 ? VH_EXIT_BROKEN : VH_EXIT_OK;
+    }
     run_clear(&c);
+    run_args_clear(&a);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Repair */
+
+typedef struct repair_outcome {
+    const vh_link *link;
+    const char *target; /* the heal target, or NULL: not repairable automatically */
+    int error;          /* 0, or the errno of a failed reconnect */
+    char *message;
+    vh_reconnect_result res;
+} repair_outcome;
+
+static void repair_link(check_run *c, const run_args *a, repair_outcome *o)
+{
+    g_autofree char *child = g_build_filename(vh_store_root(c->store), o->link->child, NULL);
+    g_autofree char *parent = g_build_filename(vh_store_root(c->store), o->target, NULL);
+    vh_reconnect_opts ro = {.store = vh_store_root(c->store),
+                            .winroot = a->winroot,
+                            .dry_run = a->dry_run,
+                            .maxdepth = a->maxdepth};
+    g_autoptr(GError) err = NULL;
+    if (vh_reconnect(child, parent, &ro, &o->res, &err) < 0) {
+        o->error = vh_error_errno(err);
+        o->message = g_strdup(err->message);
+    }
+}
+
+static void print_repair_text(const repair_outcome *o, bool dry_run)
+{
+    const vh_link *l = o->link;
+    if (!o->target) {
+        printf("left    %s: %s: %s\n", l->child, vh_verdict_name(l->verdict), l->detail);
+        for (guint k = 0; l->verdict == VH_VERDICT_AMBIGUOUS && k < l->candidates->len; k++)
+            printf("          candidate: %s\n", (char *)l->candidates->pdata[k]);
+    } else if (o->error) {
+        printf("FAILED  %s -> %s: %s\n", l->child, o->target, o->message);
+    } else {
+        printf("%s %s -> %s (%s)\n", dry_run ? "would   " : "repaired", l->child, o->target,
+               vh_verdict_name(l->verdict));
+        printf("          was: %s\n          now: %s\n", o->res.old_link, o->res.new_link);
+        if (o->res.repair_id)
+            printf("          undo id: %s\n", o->res.repair_id);
+    }
+}
+
+static void print_repair_json(vh_json *j, const repair_outcome *o, bool dry_run)
+{
+    const vh_link *l = o->link;
+    vh_json_begin_object(j);
+    vh_json_kv_string(j, "child", l->child);
+    vh_json_kv_string(j, "reason", vh_verdict_name(l->verdict));
+    vh_json_kv_string(j, "detail", l->detail);
+    vh_json_kv_string(j, "parent", o->target);
+    const char *status = !o->target ? "left"
+                         : o->error ? "failed"
+                         : dry_run  ? "would-repair"
+                                    : "repaired";
+    vh_json_kv_string(j, "status", status);
+    vh_json_kv_string(j, "error", o->message);
+    vh_json_kv_string(j, "old_link", o->res.old_link);
+    vh_json_kv_string(j, "new_link", o->res.new_link);
+    vh_json_kv_string(j, "repair_id", o->res.repair_id);
+    json_strings(j, "candidates", l->candidates);
+    vh_json_end_object(j);
+}
+
+int vhdheal_cmd_repair(int argc, char **argv)
+{
+    run_args a = {.maxdepth = VH_DEFAULT_MAXDEPTH};
+    check_run c = {0};
+    int rc = collect(&c, &a, true, argc, argv);
+    if (rc != VH_EXIT_OK) {
+        run_clear(&c);
+        run_args_clear(&a);
+        return rc;
+    }
+    GArray *out = g_array_new(FALSE, TRUE, sizeof(repair_outcome));
+    guint left = 0;
+    for (guint k = 0; k < c.link_order->len; k++) {
+        const vh_link *l = c.link_order->pdata[k];
+        if (l->verdict == VH_VERDICT_OK)
+            continue;
+        repair_outcome o = {.link = l, .target = vh_link_fix_parent(l)};
+        if (o.target)
+            repair_link(&c, &a, &o);
+        left += !o.target || o.error;
+        g_array_append_val(out, o);
+    }
+    g_autoptr(vh_json) j = a.json ? vh_json_new() : NULL;
+    if (j) {
+        vh_json_begin_object(j);
+        vh_json_kv_string(j, "schema", "vhdheal-repair/1");
+        vh_json_kv_string(j, "store", vh_store_root(c.store));
+        vh_json_kv_bool(j, "dry_run", a.dry_run);
+        vh_json_key(j, "links");
+        vh_json_begin_array(j);
+    } else {
+        printf("store: %s\n", vh_store_root(c.store));
+    }
+    for (guint k = 0; k < out->len; k++) {
+        repair_outcome *o = &g_array_index(out, repair_outcome, k);
+        if (j)
+            print_repair_json(j, o, a.dry_run);
+        else
+            print_repair_text(o, a.dry_run);
+        g_free(o->message);
+        vh_reconnect_result_clear(&o->res);
+    }
+    if (j) {
+        vh_json_end_array(j);
+        vh_json_kv_uint(j, "repaired", a.dry_run ? 0 : out->len - left);
+        vh_json_kv_uint(j, "left", left + c.unreadable->len);
+        vh_json_end_object(j);
+        g_autofree char *doc = vh_json_finish(g_steal_pointer(&j));
+        printf("%s\n", doc);
+    } else {
+        printf("%u broken link%s: %u %s, %u left; %u unreadable disk%s\n", out->len,
+               out->len == 1 ? "" : "s", out->len - left, a.dry_run ? "repairable" : "repaired",
+               left, c.unreadable->len, c.unreadable->len == 1 ? "" : "s");
+    }
+    rc = left > 0 || c.unreadable->len > 0 ? VH_EXIT_BROKEN : VH_EXIT_OK;
+    g_array_unref(out);
+    run_clear(&c);
+    run_args_clear(&a);
     return rc;
 }

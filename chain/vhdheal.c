@@ -20,6 +20,8 @@ static const command commands[] = {
     {"info", vhdheal_cmd_info, "info [--json] FILE..."},
     {"check", vhdheal_cmd_check,
      "check [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
+    {"repair", vhdheal_cmd_repair,
+     "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
     {"create", vhdheal_cmd_create,
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},

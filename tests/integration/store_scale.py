@@ -3,7 +3,11 @@
 """store_scale - `vhdheal check --json` on a 10 000-disk synthetic store (vhdheal mkstore, VHD
 and VHDX chains of 4, breaks planted: moves, renames, replacements, deletions) lists exactly
 the broken links that were planted, with their heal targets; a second run over the unchanged
-store agrees. Prints the times taken."""
+store agrees. Then `vhdheal repair`: its dry run lists exactly the healable planted links and
+writes nothing; the repair heals all of them and reports the rest (deleted parents); a third
+check finds only those; `vhdheal undo` of one repair restores that child byte for byte.
+Prints the times taken."""
+import hashlib
 import json
 import os
 import subprocess
@@ -55,9 +59,51 @@ def main():
             fails.append('a second check differs')
         print('mkstore %d disks: %.1f s; check: %.1f s; again: %.1f s' %
               (plan['disks'], t1 - t0, t2 - t1, t3 - t2))
+        fails += repair_checks(store, plan)
         for f in fails:
             print('FAIL:', f, file=sys.stderr)
         return 1 if fails else 0
+
+
+def sha(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def repair_checks(store, plan):
+    fails = []
+    healable = sorted((p['child'], p['heal_target']) for p in plan['planted'] if p['heal_target'])
+    unhealable = sorted(p['child'] for p in plan['planted'] if not p['heal_target'])
+    before = {c: sha(os.path.join(store, c)) for c, _ in healable}
+    t0 = time.monotonic()
+    p = subprocess.run([V, 'repair', '--dry-run', '--json', store], capture_output=True, text=True)
+    doc = json.loads(p.stdout)
+    would = sorted((l['child'], l['parent']) for l in doc['links'] if l['status'] == 'would-repair')
+    if p.returncode != 1 or would != healable:
+        fails.append('dry run (exit %d) would repair %s, planted %s' % (p.returncode, would[:5],
+                                                                         healable[:5]))
+    if any(sha(os.path.join(store, c)) != h for c, h in before.items()):
+        fails.append('the dry run wrote to a child')
+    t1 = time.monotonic()
+    p = subprocess.run([V, 'repair', '--json', store], capture_output=True, text=True)
+    t2 = time.monotonic()
+    doc = json.loads(p.stdout)
+    done = sorted((l['child'], l['parent']) for l in doc['links'] if l['status'] == 'repaired')
+    left = sorted(l['child'] for l in doc['links'] if l['status'] == 'left')
+    if p.returncode != 1 or done != healable or left != unhealable:
+        fails.append('repair (exit %d): repaired %d of %d, left %s (want %s)' % (
+            p.returncode, len(done), len(healable), left, unhealable))
+    p = subprocess.run([V, 'check', '--json', store], capture_output=True, text=True)
+    broken = sorted(l['child'] for l in json.loads(p.stdout)['links'] if l['status'] == 'broken')
+    if broken != unhealable:
+        fails.append('after repair, check finds broken %s (want %s)' % (broken[:5], unhealable))
+    ids = {l['child']: l['repair_id'] for l in doc['links'] if l['status'] == 'repaired'}
+    child = healable[0][0]
+    subprocess.run([V, 'undo', '--store', store, ids[child]], check=True, capture_output=True)
+    if sha(os.path.join(store, child)) != before[child]:
+        fails.append('undo did not restore %s byte for byte' % child)
+    print('repair dry run: %.1f s; repair of %d links: %.1f s' % (t1 - t0, len(done), t2 - t1))
+    return fails
 
 
 if __name__ == '__main__':
