@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -385,6 +386,18 @@ static void session_args(const struct vhfs_config *cfg, const struct fuse_args *
         fuse_opt_add_arg(out, rest->argv[i]);
 }
 
+/* Every object the kernel keeps in its cache holds one descriptor here: allow as many as we may. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            vhfs_debug("setrlimit(RLIMIT_NOFILE): %s", g_strerror(errno));
+    }
+}
+
 static int run_session(struct vhfs *fs)
 {
     struct fuse_loop_config *lc;
@@ -440,6 +453,7 @@ int main(int argc, char *argv[])
     }
     /* The kernel has applied the caller's umask to every mode it sends. */
     umask(0);
+    raise_fd_limit();
     if (vhfs_init(&fs) < 0) {
         status = EXIT_USAGE;
         goto out;

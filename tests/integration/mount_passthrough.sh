@@ -375,6 +375,28 @@ rm "$MNT/big"
 [ ! -e "$STORE/big" ] || fail "unlink through the mount left the STORE file"
 stop_mount
 
+echo "== more objects than a low soft limit of descriptors"
+# Each object the kernel caches holds a descriptor in the daemon, which raises its soft limit.
+if [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge 2048 ]; then
+    (
+        ulimit -Sn 256
+        exec "$VHDHEALFS" -f "$STORE" "$MNT" 2>>"$TMP/daemon.log"
+    ) &
+    PID=$!
+    deadline=$((SECONDS + 20))
+    until mountpoint -q "$MNT"; do
+        kill -0 "$PID" 2>/dev/null || fail "the daemon died before mounting"
+        [ $SECONDS -lt $deadline ] || fail "no mount after 20 s"
+        sleep 0.05
+    done
+    mkdir "$MNT/many"
+    (cd "$MNT/many" && for i in $(seq 1 1000); do echo "$i" >"f$i"; done) || fail "creating 1000 files"
+    [ "$(ls -l "$MNT/many" | grep -c '^-')" = 1000 ] || fail "ls -l of 1000 files"
+    [ "$(cat "$MNT"/many/f* | wc -l)" = 1000 ] || fail "cat of 1000 files"
+    rm -r "$MNT/many"
+    stop_mount
+fi
+
 echo "== SIGTERM and SIGHUP unmount cleanly"
 # (SIGINT too, but a background job of a script starts with SIGINT ignored, and libfuse leaves
 # an ignored signal alone.)
