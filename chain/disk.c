@@ -87,6 +87,25 @@ vh_format vh_sniff_path(const char *path)
     return fmt;
 }
 
+int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
+{
+    *out = NULL;
+    switch (vh_sniff_file(f)) {
+    case VH_FORMAT_VHDX:
+        return vh_vhdx_open(f, flags, out, err);
+    case VH_FORMAT_VHD:
+        return vh_vhd_open(f, flags, out, err);
+    default: {
+        int r = vh_fail(
+            err, EINVAL,
+            "%s: not a VHD or VHDX file (no \"conectix\" footer, no \"vhdxfile\" identifier)",
+            f->path);
+        vh_file_close(f);
+        return r;
+    }
+    }
+}
+
 int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **err)
 {
     *out = NULL;
@@ -94,18 +113,7 @@ int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **
     int r = vh_file_open(&f, path, (flags & VH_OPEN_WRITE) != 0, err);
     if (r < 0)
         return r;
-    switch (vh_sniff_file(&f)) {
-    case VH_FORMAT_VHDX:
-        return vh_vhdx_open(&f, flags, out, err);
-    case VH_FORMAT_VHD:
-        return vh_vhd_open(&f, flags, out, err);
-    default:
-        vh_file_close(&f);
-        return vh_fail(
-            err, EINVAL,
-            "%s: not a VHD or VHDX file (no \"conectix\" footer, no \"vhdxfile\" identifier)",
-            path);
-    }
+    return vh_disk_open_file(&f, flags, out, err);
 }
 
 void vh_disk_close(vh_disk *d)

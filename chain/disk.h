@@ -132,6 +132,11 @@ struct vh_disk {
 typedef enum {
     VH_OPEN_READ = 0,
     VH_OPEN_WRITE = 1 << 0,
+    /*
+     * Identity, type, size, sector sizes and parent link only: a format may skip loading its
+     * block tables, and then map/read/write fail. For scanning large stores quickly.
+     */
+    VH_OPEN_PROBE = 1 << 1,
 } vh_open_flags;
 
 /* What the file's bytes say it is (VH_FORMAT_NONE for anything else, including I/O errors). */
@@ -140,6 +145,8 @@ vh_format vh_sniff_path(const char *path);
 
 /* Opens one disk file (no parents). ENOTSUP-coded error (EINVAL) when it is not a VHD/VHDX. */
 int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **err);
+/* The same for a file opened already (its hook, if any, stays installed); takes ownership. */
+int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err);
 void vh_disk_close(vh_disk *d);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_disk, vh_disk_close)
 

@@ -1,9 +1,119 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* vhdheal.c - PLACEHOLDER: the CLI lands next. */
+/*
+ * vhdheal.c - the offline front of the engine: one table of subcommands, each in its own
+ * module (cmd_*.c). Exit codes: 0 success/healthy, 1 broken links found or left, 2 usage or
+ * I/O error (DESIGN.md "vhdheal").
+ */
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
-int main(void)
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *synopsis;
+} command;
+
+static const command commands[] = {
+    {"info", vhdheal_cmd_info, "info [--json] FILE..."},
+    {"check", vhdheal_cmd_check,
+     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
+    {"create", vhdheal_cmd_create,
+     "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
+     "  vhdheal create --parent PARENT FILE"},
+    {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
+    {"read", vhdheal_cmd_read, "read [--store DIR] [--winroot W] FILE [OFFSET LENGTH] [-o OUT]"},
+    {"reconnect", vhdheal_cmd_reconnect,
+     "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
+    {"undo", vhdheal_cmd_undo, "undo [--store DIR] (--list | ID...)"},
+    {"mkstore", vhdheal_cmd_mkstore, NULL}, /* hidden: synthetic stores for tests */
+};
+
+void vh_cli_error(const GError *err)
 {
-    fprintf(stderr, "vhdheal: not built yet\n");
-    return 2;
+    fprintf(stderr, "vhdheal: %s\n", err ? err->message : "unknown error");
+}
+
+int vh_cli_usage(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("vhdheal: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n(see vhdheal --help)\n", stderr);
+    va_end(ap);
+    return VH_EXIT_USAGE;
+}
+
+bool vh_cli_parse_size(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (!s || !g_ascii_isdigit(s[0]))
+        return false;
+    guint64 v = g_ascii_strtoull(s, &end, 0);
+    if (errno)
+        return false;
+    int shift = 0;
+    switch (g_ascii_toupper(*end)) {
+    case 'K':
+        shift = 10;
+        break;
+    case 'M':
+        shift = 20;
+        break;
+    case 'G':
+        shift = 30;
+        break;
+    case 'T':
+        shift = 40;
+        break;
+    case '\0':
+        break;
+    default:
+        return false;
+    }
+    if (shift) {
+        end++;
+        if (g_ascii_strcasecmp(end, "iB") == 0 || g_ascii_strcasecmp(end, "B") == 0)
+            end += strlen(end);
+    }
+    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+        return false;
+    *out = v << shift;
+    return true;
+}
+
+static void print_help(FILE *f)
+{
+    fprintf(f, "Usage: vhdheal COMMAND [OPTIONS] ...\n\n"
+               "Inspect, create and repair VHD/VHDX disks and their differencing chains.\n\n");
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        if (commands[i].synopsis)
+            fprintf(f, "  vhdheal %s\n", commands[i].synopsis);
+    fprintf(f, "\n`vhdheal COMMAND --help` describes a command's options.\n"
+               "Exit status: 0 success, 1 broken links found or left, 2 usage or I/O error.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stderr);
+        return VH_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        print_help(stdout);
+        return VH_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("vhdheal %s\n", VHDHEAL_VERSION);
+        return VH_EXIT_OK;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    return vh_cli_usage("unknown command '%s'", argv[1]);
 }

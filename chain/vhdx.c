@@ -1,19 +1,741 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* vhdx.c - PLACEHOLDER until the VHDX engine lands: recognises nothing, creates nothing. */
-#include "vhdx.h"
+/*
+ * vhdx.c - opening a VHDX (MS-VHDX; FORMATS.md §2): headers, log replay, region tables,
+ * metadata, parent locator, BAT; mapping virtual offsets to runs; the `info` fields.
+ *
+ * Contract: every structure is validated and bounded by the file size before use; a bad header
+ * or region table falls back to the other copy with a warning; a non-empty log is replayed
+ * before anything else is read (into the file on a writable open, in memory otherwise); an
+ * unknown region or metadata item marked required is refused. Writes live in vhdx_write.c.
+ */
+#include "vhdx_int.h"
+
+#include <stdarg.h>
+
+#define BITMAP_CACHE_MAX 65536 /* cached per-block bitmap slices before the cache is dropped */
+
+static const vh_disk_ops vhdx_ops;
 
 bool vh_vhdx_sniff(vh_file *f)
 {
-    return false;
+    uint8_t sig[8];
+    return vh_file_read(f, sig, sizeof sig, 0, "file type identifier", NULL) == 0 &&
+           vhdx_ident_ok(sig, sizeof sig);
+}
+
+/* The size of the file as the engine sees it (a read-only replay may extend it). */
+static uint64_t file_size(vh_disk *d)
+{
+    vhdx_priv *x = vhdx_p(d);
+    return x->overlay ? MAX(d->file.size, x->replay.end) : d->file.size;
+}
+
+int vhdx_read(vh_disk *d, void *buf, size_t len, uint64_t off, const char *what, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (!x->overlay)
+        return vh_file_read(&d->file, buf, len, off, what, err);
+    if (!vh_range_ok(off, len, file_size(d)))
+        return vh_fail(err, EIO,
+                       "%s: %s at offset %" G_GUINT64_FORMAT
+                       " (%zu bytes) lies past the end of the file (%" G_GUINT64_FORMAT
+                       " bytes after log replay)",
+                       d->file.path, what, off, len, file_size(d));
+    size_t in_file = off < d->file.size ? (size_t)MIN((uint64_t)len, d->file.size - off) : 0;
+    memset((uint8_t *)buf + in_file, 0, len - in_file);
+    int r = in_file ? vh_file_read(&d->file, buf, in_file, off, what, err) : 0;
+    if (r == 0)
+        vhdx_replay_overlay(&x->replay, buf, len, off);
+    return r;
+}
+
+/* ---------------- headers and log ---------------- */
+
+static int load_headers(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    g_autofree uint8_t *buf = g_malloc(VHDX_HDR_SIZE);
+    g_autoptr(GError) e1 = NULL;
+    g_autoptr(GError) e2 = NULL;
+    GError **e[2] = {&e1, &e2};
+    const uint64_t offs[2] = {VHDX_HDR1_OFF, VHDX_HDR2_OFF};
+    for (int i = 0; i < 2; i++) {
+        int r = vh_file_read(&d->file, buf, VHDX_HDR_SIZE, offs[i], "header", e[i]);
+        if (r == 0)
+            r = vhdx_header_parse(buf, offs[i], d->file.size, &x->slot[i], e[i]);
+        x->slot_ok[i] = r == 0;
+    }
+    if (!x->slot_ok[0] && !x->slot_ok[1])
+        return vh_fail(err, EIO, "%s: no valid header: %s; %s", d->file.path, e1->message,
+                       e2->message);
+    for (int i = 0; i < 2; i++)
+        if (!x->slot_ok[i])
+            vh_disk_warn(d, "header %d is not valid (%s); using header %d", i + 1, (*e[i])->message,
+                         2 - i);
+    x->cur = !x->slot_ok[0] ? 1 : !x->slot_ok[1] ? 0 : x->slot[1].seq > x->slot[0].seq;
+    x->h = x->slot[x->cur];
+    if (!vh_id_is_zero(&x->h.log_guid) && x->h.log_version != 0)
+        return vh_fail(err, ENOTSUP,
+                       "%s: header at offset %" G_GUINT64_FORMAT
+                       ": log version %u is unknown and the log is not empty",
+                       d->file.path, offs[x->cur], x->h.log_version);
+    return 0;
+}
+
+static int replay_log(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    x->log_state = "empty";
+    if (vh_id_is_zero(&x->h.log_guid))
+        return 0;
+    if (x->h.log_length > VHDX_LOG_MAX)
+        return vh_fail(err, E2BIG, "%s: log at offset %" G_GUINT64_FORMAT ": %u bytes is too large",
+                       d->file.path, x->h.log_offset, x->h.log_length);
+    g_autofree uint8_t *log = g_malloc(x->h.log_length);
+    int r = vh_file_read(&d->file, log, x->h.log_length, x->h.log_offset, "log", err);
+    if (r < 0)
+        return r;
+    r = vhdx_log_find(log, x->h.log_length, x->h.log_offset, &x->h.log_guid, d->file.size,
+                      &x->replay, err);
+    if (r < 0)
+        return vh_fail_prefix(err, "%s", d->file.path);
+    x->replayed_seq = x->replay.head_seq;
+    x->replayed_entries = x->replay.entries;
+    x->log_seq = x->replay.head_seq + 1;
+    if (!d->writable) {
+        x->overlay = true;
+        x->log_state = "replayed in memory";
+        return 0;
+    }
+    /* FileWriteGuid changes before the replay (MS-VHDX 2.2.2); the log is emptied after it. */
+    if ((r = vhdx_begin_change(d, false, err)) < 0)
+        return r;
+    if ((r = vhdx_replay_apply(&d->file, &x->replay, err)) < 0)
+        return r;
+    x->h.log_guid = (vh_id){{0}};
+    if ((r = vhdx_write_headers(d, err)) < 0)
+        return r;
+    vhdx_replay_clear(&x->replay);
+    x->log_state = "replayed";
+    return 0;
+}
+
+/* ---------------- region table ---------------- */
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+static int check_regions(vh_disk *d, const vhdx_region *bat, const vhdx_region *md, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (ranges_overlap(bat->offset, bat->length, md->offset, md->length) ||
+        ranges_overlap(bat->offset, bat->length, x->h.log_offset, x->h.log_length) ||
+        ranges_overlap(md->offset, md->length, x->h.log_offset, x->h.log_length))
+        return vh_fail(err, EINVAL,
+                       "%s: region table at offset %" G_GUINT64_FORMAT ": BAT (%" G_GUINT64_FORMAT
+                       "+%u), metadata (%" G_GUINT64_FORMAT "+%u) and log (%" G_GUINT64_FORMAT
+                       "+%u) overlap",
+                       d->file.path, x->rt_used == 1 ? VHDX_RT1_OFF : VHDX_RT2_OFF, bat->offset,
+                       bat->length, md->offset, md->length, x->h.log_offset, x->h.log_length);
+    return 0;
+}
+
+static int load_region_table(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    g_autofree uint8_t *buf = g_malloc(VHDX_RT_SIZE);
+    g_autoptr(GError) e1 = NULL;
+    g_autoptr(GError) e2 = NULL;
+    GError **e[2] = {&e1, &e2};
+    const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
+    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
+    vhdx_region_table **t[2] = {&t1, &t2};
+    for (int i = 0; i < 2; i++) {
+        int r = vhdx_read(d, buf, VHDX_RT_SIZE, offs[i], "region table", e[i]);
+        if (r == 0)
+            r = vhdx_region_table_parse(buf, offs[i], file_size(d), *t[i], e[i]);
+        x->rt_ok[i] = r == 0;
+    }
+    if (!x->rt_ok[0] && !x->rt_ok[1])
+        return vh_fail(err, EIO, "%s: no valid region table: %s; %s", d->file.path, e1->message,
+                       e2->message);
+    int use = x->rt_ok[0] ? 0 : 1;
+    if (!x->rt_ok[0])
+        vh_disk_warn(d, "region table 1 is not valid (%s); using region table 2", e1->message);
+    else if (!x->rt_ok[1])
+        vh_disk_warn(d, "region table 2 is not valid (%s)", e2->message);
+    x->rt = g_steal_pointer(t[use]);
+    x->rt_used = use + 1;
+    for (uint32_t i = 0; i < x->rt->count; i++) {
+        const vhdx_region *r = &x->rt->e[i];
+        if (r->required && !vhdx_guid_name(&r->guid)) {
+            char id[VH_ID_STRLEN + 1];
+            vh_id_format(&r->guid, id);
+            return vh_fail(err, ENOTSUP,
+                           "%s: region table at offset %" G_GUINT64_FORMAT
+                           ": entry %u is an unknown region %s marked required",
+                           d->file.path, offs[use], i, id);
+        }
+    }
+    const vhdx_region *bat = vhdx_region_find(x->rt, &vhdx_guid_bat);
+    const vhdx_region *md = vhdx_region_find(x->rt, &vhdx_guid_metadata);
+    if (!bat || !md)
+        return vh_fail(err, EINVAL,
+                       "%s: region table at offset %" G_GUINT64_FORMAT ": no %s region",
+                       d->file.path, offs[use], bat ? "metadata" : "BAT");
+    int r = check_regions(d, bat, md, err);
+    if (r < 0)
+        return r;
+    x->bat_off = bat->offset;
+    x->bat_len = bat->length;
+    x->md_off = md->offset;
+    x->md_len = md->length;
+    return 0;
+}
+
+/* ---------------- metadata ---------------- */
+
+static int read_item(vh_disk *d, const vhdx_md_entry *e, uint8_t **out, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    *out = g_malloc0(MAX(e->length, 1));
+    return vhdx_read(d, *out, e->length, x->md_off + e->offset, "metadata item", err);
+}
+
+static int parse_item(vh_disk *d, int idx, bool *seen, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    const vhdx_md_entry *e = &x->md->e[idx];
+    uint64_t base = x->md_off + e->offset;
+    static const vh_id *const known[] = {&vhdx_guid_file_params, &vhdx_guid_disk_size,
+                                         &vhdx_guid_logical_ss,  &vhdx_guid_physical_ss,
+                                         &vhdx_guid_disk_id,     &vhdx_guid_parent_locator};
+    int k = -1;
+    for (int i = 0; i < (int)G_N_ELEMENTS(known); i++)
+        if (!(e->flags & VHDX_MD_IS_USER) && vh_id_equal(&e->item, known[i]))
+            k = i;
+    if (k < 0) {
+        if (!(e->flags & VHDX_MD_IS_REQUIRED))
+            return 0;
+        char id[VH_ID_STRLEN + 1];
+        vh_id_format(&e->item, id);
+        return vh_fail(err, ENOTSUP,
+                       "%s: metadata table at offset %" G_GUINT64_FORMAT
+                       ": entry %d is an unknown item %s marked required",
+                       d->file.path, x->md_off, idx, id);
+    }
+    g_autofree uint8_t *item = NULL;
+    int r = read_item(d, e, &item, err);
+    if (r < 0)
+        return r;
+    seen[k] = true;
+    switch (k) {
+    case 0:
+        r = vhdx_file_params_parse(item, e->length, base, &x->p, err);
+        break;
+    case 1:
+        r = vhdx_disk_size_parse(item, e->length, base, &x->p, err);
+        break;
+    case 2:
+        r = vhdx_sector_size_parse(item, e->length, base, "logical sector size", &x->p.logical_ss,
+                                   err);
+        break;
+    case 3:
+        r = vhdx_sector_size_parse(item, e->length, base, "physical sector size", &x->p.physical_ss,
+                                   err);
+        break;
+    case 4:
+        r = vhdx_disk_id_parse(item, e->length, base, &x->p.disk_id, err);
+        break;
+    default:
+        vhdx_locator_clear(&x->loc);
+        r = vhdx_locator_parse(item, e->length, base, &x->loc, err);
+        x->loc_index = idx;
+        break;
+    }
+    return r < 0 ? vh_fail_prefix(err, "%s", d->file.path) : 0;
+}
+
+static int load_metadata(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    g_autofree uint8_t *buf = g_malloc(VHDX_MD_TABLE_SIZE);
+    int r = vhdx_read(d, buf, VHDX_MD_TABLE_SIZE, x->md_off, "metadata table", err);
+    if (r < 0)
+        return r;
+    x->md = g_new0(vhdx_md_table, 1);
+    if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0)
+        return vh_fail_prefix(err, "%s", d->file.path);
+    bool seen[6] = {false};
+    static const char *const names[6] = {"file parameters",     "virtual disk size",
+                                         "logical sector size", "physical sector size",
+                                         "virtual disk id",     "parent locator"};
+    for (int i = 0; i < x->md->count; i++)
+        if ((r = parse_item(d, i, seen, err)) < 0)
+            return r;
+    for (int i = 0; i < 5; i++)
+        if (!seen[i])
+            return vh_fail(err, EINVAL,
+                           "%s: metadata table at offset %" G_GUINT64_FORMAT ": no %s item",
+                           d->file.path, x->md_off, names[i]);
+    x->differencing = (x->p.fp_flags & VHDX_FP_HAS_PARENT) != 0;
+    if (x->differencing && !seen[5])
+        return vh_fail(err, EINVAL,
+                       "%s: metadata table at offset %" G_GUINT64_FORMAT
+                       ": HasParent is set but there is no parent locator item",
+                       d->file.path, x->md_off);
+    if (!x->differencing && seen[5])
+        vh_disk_warn(d, "a parent locator is present but HasParent is not set; ignored");
+    if ((r = vhdx_params_check(&x->p, x->md_off, err)) < 0)
+        return vh_fail_prefix(err, "%s", d->file.path);
+    return 0;
+}
+
+static vh_locator_kind kind_of_key(const char *key, bool *known)
+{
+    *known = true;
+    if (strcmp(key, "relative_path") == 0)
+        return VH_LOC_RELATIVE_PATH;
+    if (strcmp(key, "volume_path") == 0)
+        return VH_LOC_VOLUME_PATH;
+    if (strcmp(key, "absolute_win32_path") == 0)
+        return VH_LOC_ABSOLUTE_WIN32_PATH;
+    *known = false;
+    return VH_LOC_COUNT_;
+}
+
+void vhdx_link_from_locator(vh_disk *d)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (d->link.locators)
+        g_ptr_array_unref(d->link.locators);
+    memset(&d->link, 0, sizeof d->link);
+    d->link.locators = g_ptr_array_new_with_free_func((GDestroyNotify)vh_locator_free);
+    if (!x->differencing || x->loc_index < 0)
+        return;
+    const vhdx_md_entry *e = &x->md->e[x->loc_index];
+    for (guint i = 0; i < x->loc.kv->len; i++) {
+        const vhdx_kv *kv = x->loc.kv->pdata[i];
+        bool known;
+        vh_locator_kind k = kind_of_key(kv->key, &known);
+        if (known)
+            g_ptr_array_add(d->link.locators,
+                            vh_locator_new(k, kv->value, (int)i,
+                                           x->md_off + e->offset + kv->value_off, kv->value_len));
+    }
+    const char *l1 = vhdx_locator_get(&x->loc, "parent_linkage");
+    const char *l2 = vhdx_locator_get(&x->loc, "parent_linkage2");
+    if (l1)
+        vh_id_parse(l1, &d->link.parent_id);
+    vh_id id2;
+    /* Hyper-V writes an all-zero parent_linkage2 (FORMATS.md §2.5): not a second identity. */
+    if (l2 && vh_id_parse(l2, &id2) && !vh_id_is_zero(&id2)) {
+        d->link.has_parent_id2 = true;
+        d->link.parent_id2 = id2;
+    }
+}
+
+static int check_locator(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t base = x->md_off + x->md->e[x->loc_index].offset;
+    const char *l1 = vhdx_locator_get(&x->loc, "parent_linkage");
+    vh_id id;
+    if (!l1 || !vh_id_parse(l1, &id))
+        return vh_fail(err, EINVAL,
+                       "%s: parent locator at offset %" G_GUINT64_FORMAT
+                       ": parent_linkage is missing or not a GUID (%s)",
+                       d->file.path, base, l1 ? l1 : "absent");
+    const char *l2 = vhdx_locator_get(&x->loc, "parent_linkage2");
+    if (l2 && !vh_id_parse(l2, &id))
+        vh_disk_warn(d,
+                     "parent locator at offset %" G_GUINT64_FORMAT
+                     ": parent_linkage2 is not a GUID (%s); ignored",
+                     base, l2);
+    if (!vhdx_locator_get(&x->loc, "relative_path") && !vhdx_locator_get(&x->loc, "volume_path") &&
+        !vhdx_locator_get(&x->loc, "absolute_win32_path"))
+        vh_disk_warn(d, "parent locator at offset %" G_GUINT64_FORMAT ": no path key", base);
+    return 0;
+}
+
+/* ---------------- BAT ---------------- */
+
+static int bat_entry_error(vh_disk *d, uint64_t idx, const char *what, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    return vh_fail(err, EINVAL,
+                   "%s: BAT entry %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
+                   " (0x%016" G_GINT64_MODIFIER "x): %s",
+                   d->file.path, idx, x->bat_off + 8 * idx, x->bat[idx], what);
+}
+
+static int check_payload_entry(vh_disk *d, uint64_t blk, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t idx = vhdx_bat_payload_index(blk, x->chunk_ratio);
+    uint64_t e = x->bat[idx];
+    unsigned st = VHDX_BAT_STATE(e);
+    if (st == 4)
+        return bat_entry_error(d, idx, "reserved payload state 4", err);
+    if (st != VHDX_PB_FULLY_PRESENT && st != VHDX_PB_PARTIALLY_PRESENT)
+        return 0;
+    if (st == VHDX_PB_PARTIALLY_PRESENT) {
+        if (!x->differencing)
+            return bat_entry_error(d, idx, "PARTIALLY_PRESENT in a disk without a parent", err);
+        uint64_t sb = x->bat[vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio)];
+        if (VHDX_BAT_STATE(sb) != VHDX_SB_PRESENT)
+            return bat_entry_error(
+                d, idx, "PARTIALLY_PRESENT but its sector bitmap block is not present", err);
+    }
+    uint64_t need = MIN((uint64_t)x->p.block_size, x->p.disk_size - blk * x->p.block_size);
+    uint64_t off = VHDX_BAT_OFFSET(e);
+    if (off < VHDX_HEADER_SECTION || !vh_range_ok(off, need, file_size(d)))
+        return bat_entry_error(d, idx, "block lies in the header section or past the end of file",
+                               err);
+    return 0;
+}
+
+static int check_sb_entry(vh_disk *d, uint64_t idx, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t e = x->bat[idx];
+    unsigned st = VHDX_BAT_STATE(e);
+    if (st == VHDX_SB_NOT_PRESENT)
+        return 0;
+    if (st != VHDX_SB_PRESENT)
+        return bat_entry_error(d, idx, "reserved sector bitmap state", err);
+    if (!x->differencing) {
+        /* MUST NOT happen without a parent; harmless since bitmaps are not read then. */
+        vh_disk_warn(d,
+                     "BAT entry %" G_GUINT64_FORMAT ": sector bitmap present in a disk "
+                     "without a parent; ignored",
+                     idx);
+        return 0;
+    }
+    uint64_t off = VHDX_BAT_OFFSET(e);
+    if (off < VHDX_HEADER_SECTION || !vh_range_ok(off, VHDX_SB_BLOCK, file_size(d)))
+        return bat_entry_error(d, idx, "sector bitmap block past the end of file", err);
+    return 0;
+}
+
+static int load_bat(vh_disk *d, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    x->chunk_ratio = vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss);
+    x->payload_blocks = vhdx_payload_blocks(x->p.disk_size, x->p.block_size);
+    x->bat_count =
+        vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing);
+    /* Read what the differencing rule needs even for a dynamic disk, when it fits: interleaved
+     * SB entries of the last chunk are then addressable in both cases. */
+    if (x->bat_count * 8 > x->bat_len)
+        return vh_fail(err, EINVAL,
+                       "%s: BAT region at offset %" G_GUINT64_FORMAT
+                       ": %u bytes cannot hold the %" G_GUINT64_FORMAT " entries the disk needs",
+                       d->file.path, x->bat_off, x->bat_len, x->bat_count);
+    x->bat = g_try_new(uint64_t, MAX(x->bat_count, 1));
+    if (!x->bat)
+        return vh_fail(err, ENOMEM, "%s: BAT of %" G_GUINT64_FORMAT " entries: out of memory",
+                       d->file.path, x->bat_count);
+    uint8_t *raw = (uint8_t *)x->bat;
+    int r = vhdx_read(d, raw, x->bat_count * 8, x->bat_off, "BAT", err);
+    if (r < 0)
+        return r;
+    for (uint64_t i = 0; i < x->bat_count; i++)
+        x->bat[i] = vh_le64(raw + 8 * i);
+    for (uint64_t b = 0; b < x->payload_blocks; b++)
+        if ((r = check_payload_entry(d, b, err)) < 0)
+            return r;
+    for (uint64_t k = 0; vhdx_bat_sb_index(k, x->chunk_ratio) < x->bat_count; k++)
+        if ((r = check_sb_entry(d, vhdx_bat_sb_index(k, x->chunk_ratio), err)) < 0)
+            return r;
+    return 0;
+}
+
+/* ---------------- open ---------------- */
+
+static int open_all(vh_disk *d, vh_open_flags flags, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (d->file.size < VHDX_HEADER_SECTION)
+        return vh_fail(err, EINVAL,
+                       "%s: header section at offset 0: the file (%" G_GUINT64_FORMAT
+                       " bytes) is shorter than 1 MiB",
+                       d->file.path, d->file.size);
+    g_autofree uint8_t *ident = g_malloc(VHDX_IDENT_CREATOR_OFF + VHDX_IDENT_CREATOR_LEN);
+    int r = vh_file_read(&d->file, ident, VHDX_IDENT_CREATOR_OFF + VHDX_IDENT_CREATOR_LEN, 0,
+                         "file type identifier", err);
+    if (r < 0)
+        return r;
+    if (!vhdx_ident_ok(ident, 8))
+        return vh_fail(err, EINVAL, "%s: file type identifier at offset 0: no \"vhdxfile\"",
+                       d->file.path);
+    x->creator = vhdx_ident_creator(ident, VHDX_IDENT_CREATOR_OFF + VHDX_IDENT_CREATOR_LEN);
+    if ((r = load_headers(d, err)) < 0 || (r = replay_log(d, err)) < 0 ||
+        (r = load_region_table(d, err)) < 0 || (r = load_metadata(d, err)) < 0)
+        return r;
+    if (x->differencing && (r = check_locator(d, err)) < 0)
+        return r;
+    if (!(flags & VH_OPEN_PROBE) && (r = load_bat(d, err)) < 0)
+        return r;
+    d->type = x->differencing                             ? VH_TYPE_DIFFERENCING
+              : (x->p.fp_flags & VHDX_FP_LEAVE_ALLOCATED) ? VH_TYPE_FIXED
+                                                          : VH_TYPE_DYNAMIC;
+    d->virtual_size = x->p.disk_size;
+    d->logical_sector_size = x->p.logical_ss;
+    d->physical_sector_size = x->p.physical_ss;
+    d->block_size = x->p.block_size;
+    d->id = x->h.data_write;
+    vhdx_link_from_locator(d);
+    return 0;
 }
 
 int vh_vhdx_open(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 {
-    vh_file_close(f);
-    return vh_fail(err, ENOTSUP, "VHDX is not implemented yet");
+    *out = NULL;
+    vh_disk *d = g_new0(vh_disk, 1);
+    d->ops = &vhdx_ops;
+    d->format = VH_FORMAT_VHDX;
+    d->file = *f;
+    d->writable = f->writable;
+    vhdx_priv *x = g_new0(vhdx_priv, 1);
+    d->priv = x;
+    x->loc_index = -1;
+    x->log_state = "empty";
+    x->durable_size = f->size;
+    x->log_seq = 1;
+    vhdx_locator_init(&x->loc);
+    x->bitmaps = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
+    vhdx_replay_init(&x->replay);
+    int r = open_all(d, flags, err);
+    if (r < 0) {
+        vh_disk_close(d);
+        return r;
+    }
+    *out = d;
+    return 0;
 }
 
-int vh_vhdx_create(const char *path, const vh_create_opts *opts, GError **err)
+/* ---------------- map and read ---------------- */
+
+typedef enum { CLS_DATA, CLS_PARENT, CLS_ZERO, CLS_PARTIAL } block_class;
+
+static block_class classify(vhdx_priv *x, uint64_t blk)
 {
-    return vh_fail(err, ENOTSUP, "VHDX is not implemented yet");
+    unsigned st = VHDX_BAT_STATE(x->bat[vhdx_bat_payload_index(blk, x->chunk_ratio)]);
+    switch (st) {
+    case VHDX_PB_FULLY_PRESENT:
+        return CLS_DATA;
+    case VHDX_PB_PARTIALLY_PRESENT:
+        return CLS_PARTIAL;
+    case VHDX_PB_NOT_PRESENT:
+        return x->differencing ? CLS_PARENT : CLS_ZERO;
+    default: /* UNDEFINED, ZERO, UNMAPPED (3, and 5 from draft files): zeros */
+        return CLS_ZERO;
+    }
 }
+
+static uint64_t block_offset(vhdx_priv *x, uint64_t blk)
+{
+    return VHDX_BAT_OFFSET(x->bat[vhdx_bat_payload_index(blk, x->chunk_ratio)]);
+}
+
+/* The block's slice of its chunk's sector bitmap (bits for its sectors), cached. */
+const uint8_t *vhdx_block_bitmap(vh_disk *d, uint64_t blk, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint8_t *bm = g_hash_table_lookup(x->bitmaps, &blk);
+    if (bm)
+        return bm;
+    uint64_t bits = x->p.block_size / x->p.logical_ss;
+    uint64_t sb = x->bat[vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio)];
+    uint64_t off = VHDX_BAT_OFFSET(sb) + (blk % x->chunk_ratio) * bits / 8;
+    bm = g_malloc(bits / 8);
+    if (vhdx_read(d, bm, bits / 8, off, "sector bitmap", err) < 0) {
+        g_free(bm);
+        return NULL;
+    }
+    if (g_hash_table_size(x->bitmaps) >= BITMAP_CACHE_MAX)
+        g_hash_table_remove_all(x->bitmaps);
+    g_hash_table_insert(x->bitmaps, g_memdup2(&blk, sizeof blk), bm);
+    return bm;
+}
+
+static int map_partial(vh_disk *d, uint64_t blk, uint64_t in, uint64_t avail, vh_run *run,
+                       GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    const uint8_t *bm = vhdx_block_bitmap(d, blk, err);
+    if (!bm)
+        return -vh_error_errno(*err);
+    uint32_t ss = x->p.logical_ss;
+    uint64_t bits = x->p.block_size / ss;
+    bool present;
+    uint64_t n = vhdx_bit_run(bm, in / ss, bits - in / ss, &present);
+    uint64_t len = (in / ss + n) * ss - in;
+    run->kind = present ? VH_RUN_DATA : VH_RUN_PARENT;
+    run->file_offset = present ? block_offset(x, blk) + in : 0;
+    run->length = MIN(len, avail);
+    return 0;
+}
+
+static int vhdx_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (!x->bat)
+        return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
+    if (voff >= x->p.disk_size || max_len == 0)
+        return vh_fail(err, EINVAL, "%s: map at virtual offset %" G_GUINT64_FORMAT " is outside",
+                       d->file.path, voff);
+    uint64_t bs = x->p.block_size, blk = voff / bs, in = voff % bs;
+    uint64_t avail = MIN(max_len, x->p.disk_size - voff);
+    block_class c = classify(x, blk);
+    if (c == CLS_PARTIAL)
+        return map_partial(d, blk, in, avail, run, err);
+    run->kind = c == CLS_DATA ? VH_RUN_DATA : c == CLS_PARENT ? VH_RUN_PARENT : VH_RUN_ZERO;
+    run->file_offset = c == CLS_DATA ? block_offset(x, blk) + in : 0;
+    uint64_t len = bs - in;
+    /* Whole runs: neighbouring blocks of the same kind (and, for data, contiguous in the file)
+     * extend the run. */
+    for (uint64_t b = blk + 1; len < avail && b < x->payload_blocks; b++) {
+        if (classify(x, b) != c)
+            break;
+        if (c == CLS_DATA && block_offset(x, b) != block_offset(x, blk) + (b - blk) * bs)
+            break;
+        len += bs;
+    }
+    run->length = MIN(len, avail);
+    return 0;
+}
+
+static int vhdx_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GError **err)
+{
+    return vhdx_read(d, buf, len, off, "payload block", err);
+}
+
+/* ---------------- info ---------------- */
+
+static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
+static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *v = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fn(ctx, key, v);
+}
+
+static void info_id(vh_info_fn fn, void *ctx, const char *key, const vh_id *id)
+{
+    char s[VH_ID_STRLEN + 1];
+    vh_id_format(id, s);
+    fn(ctx, key, s);
+}
+
+static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (!x->bat)
+        return;
+    uint64_t count[8] = {0}, sb_present = 0;
+    for (uint64_t b = 0; b < x->payload_blocks; b++)
+        count[VHDX_BAT_STATE(x->bat[vhdx_bat_payload_index(b, x->chunk_ratio)])]++;
+    for (uint64_t k = 0; vhdx_bat_sb_index(k, x->chunk_ratio) < x->bat_count; k++)
+        sb_present +=
+            VHDX_BAT_STATE(x->bat[vhdx_bat_sb_index(k, x->chunk_ratio)]) == VHDX_SB_PRESENT;
+    for (unsigned s = 0; s < 8; s++)
+        if (count[s]) {
+            g_autofree char *key = g_strdup_printf("blocks.%s", vhdx_payload_state_name(s));
+            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, count[s]);
+        }
+    info_kv(fn, ctx, "sector_bitmap_blocks_present", "%" G_GUINT64_FORMAT, sb_present);
+}
+
+static void info_metadata(vh_disk *d, vh_info_fn fn, void *ctx)
+{
+    vhdx_priv *x = vhdx_p(d);
+    info_kv(fn, ctx, "metadata_items", "%u", x->md->count);
+    for (int i = 0; i < x->md->count; i++) {
+        const vhdx_md_entry *e = &x->md->e[i];
+        char id[VH_ID_STRLEN + 1];
+        vh_id_format(&e->item, id);
+        const char *name = vhdx_guid_name(&e->item);
+        g_autofree char *key = g_strdup_printf("metadata.%d", i);
+        info_kv(fn, ctx, key, "%s offset=0x%x length=%u flags=0x%x", name ? name : id, e->offset,
+                e->length, e->flags);
+    }
+    if (x->loc_index < 0)
+        return;
+    info_id(fn, ctx, "locator.type", &x->loc.type);
+    for (guint i = 0; i < x->loc.kv->len; i++) {
+        const vhdx_kv *kv = x->loc.kv->pdata[i];
+        g_autofree char *key = g_strdup_printf("locator.%u.%s", i, kv->key);
+        fn(ctx, key, kv->value);
+    }
+}
+
+static void vhdx_info(vh_disk *d, vh_info_fn fn, void *ctx)
+{
+    vhdx_priv *x = vhdx_p(d);
+    fn(ctx, "creator", x->creator);
+    for (int i = 0; i < 2; i++) {
+        g_autofree char *key = g_strdup_printf("header%d.sequence", i + 1);
+        if (x->slot_ok[i])
+            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, x->slot[i].seq);
+        else
+            fn(ctx, key, "invalid");
+    }
+    info_kv(fn, ctx, "current_header", "%d", x->cur + 1);
+    info_id(fn, ctx, "file_write_guid", &x->h.file_write);
+    info_id(fn, ctx, "data_write_guid", &x->h.data_write);
+    info_id(fn, ctx, "log_guid", &x->h.log_guid);
+    info_kv(fn, ctx, "log_offset", "%" G_GUINT64_FORMAT, x->h.log_offset);
+    info_kv(fn, ctx, "log_length", "%u", x->h.log_length);
+    fn(ctx, "log", x->log_state);
+    if (x->replayed_entries)
+        info_kv(fn, ctx, "log_replayed_entries", "%u (head sequence %" G_GUINT64_FORMAT ")",
+                x->replayed_entries, x->replayed_seq);
+    info_kv(fn, ctx, "region_table", "%d", x->rt_used);
+    info_kv(fn, ctx, "bat_offset", "%" G_GUINT64_FORMAT, x->bat_off);
+    info_kv(fn, ctx, "bat_length", "%u", x->bat_len);
+    info_kv(fn, ctx, "metadata_offset", "%" G_GUINT64_FORMAT, x->md_off);
+    info_kv(fn, ctx, "metadata_length", "%u", x->md_len);
+    info_kv(fn, ctx, "block_size", "%u", x->p.block_size);
+    info_kv(fn, ctx, "chunk_ratio", "%u", vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss));
+    info_kv(fn, ctx, "bat_entries", "%" G_GUINT64_FORMAT,
+            vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing));
+    info_kv(fn, ctx, "file_parameters_flags", "0x%x", x->p.fp_flags);
+    info_id(fn, ctx, "virtual_disk_id", &x->p.disk_id);
+    info_block_states(d, fn, ctx);
+    info_metadata(d, fn, ctx);
+}
+
+static void vhdx_close(vh_disk *d)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if (!x)
+        return;
+    g_free(x->creator);
+    g_free(x->rt);
+    g_free(x->md);
+    g_free(x->bat);
+    vhdx_locator_clear(&x->loc);
+    if (x->bitmaps)
+        g_hash_table_unref(x->bitmaps);
+    vhdx_replay_clear(&x->replay);
+    g_free(x);
+    d->priv = NULL;
+}
+
+static const vh_disk_ops vhdx_ops = {
+    .map = vhdx_map,
+    .read_data = vhdx_read_data,
+    .write_sectors = vhdx_write_sectors,
+    .flush = vhdx_flush,
+    .set_parent_link = vhdx_set_parent_link,
+    .info = vhdx_info,
+    .close = vhdx_close,
+};

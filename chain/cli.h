@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * cli.h - what the vhdheal subcommands share: exit codes, argument helpers, opening a chain
+ * for the CLI.
+ */
+#ifndef VH_CLI_H
+#define VH_CLI_H
+
+#include "disk.h"
+
+enum { VH_EXIT_OK = 0, VH_EXIT_BROKEN = 1, VH_EXIT_USAGE = 2 };
+
+/* Prints "vhdheal: message" for an error and frees nothing. */
+void vh_cli_error(const GError *err);
+/* Prints a usage error and returns VH_EXIT_USAGE. */
+int vh_cli_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/* Parses "10M", "1G", "4096", "2TiB" (binary suffixes). */
+bool vh_cli_parse_size(const char *s, uint64_t *out);
+
+/* The store for the named paths (DESIGN.md "vhdheal"); a new realpath or NULL. */
+char *vh_cli_find_store(const char *explicit_store, char **paths, int n, bool folders_are_stores);
+
+int vhdheal_cmd_info(int argc, char **argv);
+int vhdheal_cmd_check(int argc, char **argv);
+int vhdheal_cmd_mkstore(int argc, char **argv); /* hidden: tests, benchmarks */
+int vhdheal_cmd_reconnect(int argc, char **argv);
+int vhdheal_cmd_undo(int argc, char **argv);
+int vhdheal_cmd_create(int argc, char **argv);
+int vhdheal_cmd_read(int argc, char **argv);
+int vhdheal_cmd_write(int argc, char **argv);
+
+#endif

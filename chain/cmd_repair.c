@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * cmd_repair.c - vhdheal reconnect and undo: the reconnect engine and the journal from the
+ * command line.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli.h"
+#include "journal.h"
+#include "reconnect.h"
+
+static bool is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* DESIGN.md: --store; else a named folder (check/repair); else the nearest folder above the
+ * named files holding .vhdheal/; else the deepest folder holding all of them. */
+char *vh_cli_find_store(const char *explicit_store, char **paths, int n, bool folders_are_stores)
+{
+    if (explicit_store)
+        return realpath(explicit_store, NULL);
+    if (folders_are_stores && n == 1 && is_dir(paths[0]))
+        return realpath(paths[0], NULL);
+    g_autofree char *common = NULL;
+    for (int i = 0; i < n; i++) {
+        g_autofree char *real = realpath(paths[i], NULL);
+        if (!real)
+            return NULL;
+        g_autofree char *dir = is_dir(real) ? g_strdup(real) : g_path_get_dirname(real);
+        for (g_autofree char *d = g_strdup(dir);;) {
+            g_autofree char *marker = g_build_filename(d, ".vhdheal", NULL);
+            if (is_dir(marker))
+                return g_steal_pointer(&d);
+            if (strcmp(d, "/") == 0)
+                break;
+            char *up = g_path_get_dirname(d);
+            g_free(d);
+            d = up;
+        }
+        if (!common) {
+            common = g_steal_pointer(&dir);
+            continue;
+        }
+        while (!(g_str_has_prefix(dir, common) &&
+                 (dir[strlen(common)] == '/' || dir[strlen(common)] == '\0' ||
+                  strcmp(common, "/") == 0))) {
+            char *up = g_path_get_dirname(common);
+            g_free(common);
+            common = up;
+        }
+    }
+    return g_steal_pointer(&common);
+}
+
+int vhdheal_cmd_reconnect(int argc, char **argv)
+{
+    gboolean force = FALSE, dry_run = FALSE;
+    g_autofree char *store = NULL, *winroot = NULL;
+    GOptionEntry entries[] = {
+        {"ignore-id-mismatch", 0, 0, G_OPTION_ARG_NONE, &force,
+         "Reconnect even if the parent's identity differs (as Set-VHD -IgnoreIdMismatch)", NULL},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (journal, boundary)", "DIR"},
+        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
+        {"dry-run", 'n', 0, G_OPTION_ARG_NONE, &dry_run, "Check and show, change nothing", NULL},
+        G_OPTION_ENTRY_NULL};
+    g_autoptr(GOptionContext) oc =
+        g_option_context_new("CHILD PARENT - make PARENT the parent of CHILD");
+    g_option_context_add_main_entries(oc, entries, NULL);
+    g_autoptr(GError) perr = NULL;
+    if (!g_option_context_parse(oc, &argc, &argv, &perr))
+        return vh_cli_usage("%s", perr->message);
+    if (argc != 3)
+        return vh_cli_usage("reconnect: CHILD PARENT");
+    g_autofree char *st = vh_cli_find_store(store, argv + 1, 2, false);
+    if (!st)
+        return vh_cli_usage("reconnect: cannot determine the store (use --store DIR)");
+    vh_reconnect_opts o = {
+        .store = st, .winroot = winroot, .ignore_id_mismatch = force, .dry_run = dry_run};
+    vh_reconnect_result res;
+    g_autoptr(GError) err = NULL;
+    if (vh_reconnect(argv[1], argv[2], &o, &res, &err) < 0) {
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
+    printf("%s%s\n  was: %s\n  now: %s\n", dry_run ? "would reconnect " : "reconnected ", argv[1],
+           res.old_link, res.new_link);
+    if (res.repair_id)
+        printf("  undo: vhdheal undo --store '%s' %s\n", st, res.repair_id);
+    vh_reconnect_result_clear(&res);
+    return VH_EXIT_OK;
+}
+
+static const char *state_name(vh_repair_state s)
+{
+    switch (s) {
+    case VH_REPAIR_OPEN:
+        return "unfinished";
+    case VH_REPAIR_COMMITTED:
+        return "done";
+    case VH_REPAIR_ROLLED_BACK:
+        return "rolled-back";
+    case VH_REPAIR_UNDONE:
+        return "undone";
+    }
+    return "?";
+}
+
+static int list_repairs(vh_journal *j)
+{
+    g_autoptr(GPtrArray) list = NULL;
+    g_autoptr(GError) err = NULL;
+    if (vh_journal_list(j, &list, &err) < 0) {
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *r = list->pdata[i];
+        g_autoptr(GDateTime) t = g_date_time_new_from_unix_utc(r->time);
+        g_autofree char *when = t ? g_date_time_format_iso8601(t) : g_strdup("?");
+        printf("%s %s %s %s: %s -> %s\n", r->id, when, state_name(r->state), r->child, r->old_link,
+               r->new_link);
+    }
+    return VH_EXIT_OK;
+}
+
+int vhdheal_cmd_undo(int argc, char **argv)
+{
+    gboolean list = FALSE;
+    g_autofree char *store = NULL;
+    GOptionEntry entries[] = {
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store", "DIR"},
+        {"list", 0, 0, G_OPTION_ARG_NONE, &list, "List journaled repairs, oldest first", NULL},
+        G_OPTION_ENTRY_NULL};
+    g_autoptr(GOptionContext) oc = g_option_context_new("(--list | ID...) - revert repairs");
+    g_option_context_add_main_entries(oc, entries, NULL);
+    g_autoptr(GError) perr = NULL;
+    if (!g_option_context_parse(oc, &argc, &argv, &perr))
+        return vh_cli_usage("%s", perr->message);
+    if (list == (argc > 1))
+        return vh_cli_usage("undo: either --list or one or more IDs");
+    char *here[] = {"."};
+    g_autofree char *st = vh_cli_find_store(store, here, 1, false);
+    if (!st)
+        return vh_cli_usage("undo: cannot determine the store (use --store DIR)");
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) err = NULL;
+    if (vh_journal_open(st, &j, &err) < 0) {
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
+    if (list)
+        return list_repairs(j);
+    int rc = VH_EXIT_OK;
+    for (int i = 1; i < argc; i++) {
+        g_clear_error(&err);
+        if (vh_journal_undo(j, argv[i], &err) < 0) {
+            vh_cli_error(err);
+            rc = VH_EXIT_USAGE;
+        } else {
+            printf("undone %s\n", argv[i]);
+        }
+    }
+    return rc;
+}

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* reconnect.c - checks, then a journaled, locked rewrite of a child's parent link (see
+ * reconnect.h and DESIGN.md "Reconnect rules"). */
+#include "reconnect.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chain.h"
+#include "journal.h"
+#include "winpath.h"
+
+void vh_reconnect_result_clear(vh_reconnect_result *r)
+{
+    g_clear_pointer(&r->repair_id, g_free);
+    g_clear_pointer(&r->old_link, g_free);
+    g_clear_pointer(&r->new_link, g_free);
+}
+
+char *vh_link_describe(const vh_disk *d)
+{
+    char id[VH_ID_STRLEN + 1];
+    vh_id_format(&d->link.parent_id, id);
+    GString *s = g_string_new(NULL);
+    g_string_append_printf(s, "parent id %s", id);
+    for (guint i = 0; d->link.locators && i < d->link.locators->len; i++) {
+        const vh_locator *l = d->link.locators->pdata[i];
+        g_string_append_printf(s, "; %s %s", vh_locator_kind_name(l->kind), l->path);
+    }
+    return g_string_free(s, FALSE);
+}
+
+/* The path of `path` below `store` ("" for the store itself), or NULL when outside. */
+static char *path_below(const char *store_real, const char *path_real)
+{
+    size_t n = strlen(store_real);
+    if (strcmp(store_real, "/") == 0)
+        return g_strdup(path_real + 1);
+    if (strncmp(path_real, store_real, n) != 0 || (path_real[n] != '/' && path_real[n] != '\0'))
+        return NULL;
+    return g_strdup(path_real[n] == '/' ? path_real + n + 1 : "");
+}
+
+char *vh_winroot_path(const char *store, const char *winroot, const char *path)
+{
+    if (!winroot || !*winroot)
+        return NULL;
+    g_autofree char *store_real = realpath(store, NULL);
+    g_autofree char *path_real = realpath(path, NULL);
+    if (!store_real || !path_real)
+        return NULL;
+    g_autofree char *rel = path_below(store_real, path_real);
+    if (!rel)
+        return NULL;
+    g_autofree char *win_rel = vh_winpath_from_posix(rel);
+    size_t wl = strlen(winroot);
+    bool sep = wl > 0 && (winroot[wl - 1] == '\\' || winroot[wl - 1] == '/');
+    return g_strdup_printf("%.*s\\%s", (int)(sep ? wl - 1 : wl), winroot, win_rel);
+}
+
+/* Does the chain above `parent` (parent included) contain the child? */
+static bool makes_cycle(const char *child_real, const vh_disk *child, const char *parent_path,
+                        int maxdepth)
+{
+    g_autoptr(vh_disk) chain = NULL;
+    if (vh_chain_open_simple(parent_path, false, maxdepth, true, &chain, NULL) < 0)
+        return false;
+    for (vh_disk *d = chain; d; d = d->parent) {
+        g_autofree char *real = realpath(d->file.path, NULL);
+        if (real && strcmp(real, child_real) == 0)
+            return true;
+        if (d->type == VH_TYPE_DIFFERENCING && !d->parent &&
+            vh_id_equal(&d->link.parent_id, &child->id))
+            return true; /* its (unfollowed) parent link expects the child */
+    }
+    return false;
+}
+
+typedef struct {
+    char *store_real, *child_real, *parent_real;
+} real_paths;
+
+static void real_paths_clear(real_paths *p)
+{
+    g_free(p->store_real);
+    g_free(p->child_real);
+    g_free(p->parent_real);
+}
+
+static int resolve_paths(const char *child, const char *parent, const char *store, real_paths *rp,
+                         GError **err)
+{
+    if (!parent || !*parent)
+        return vh_fail(err, EINVAL, "the parent path is empty");
+    if (strlen(parent) >= PATH_MAX)
+        return vh_fail(err, EINVAL, "the parent path is longer than %d bytes", PATH_MAX - 1);
+    rp->store_real = realpath(store, NULL);
+    if (!rp->store_real)
+        return vh_fail(err, errno, "%s: the store: %s", store, g_strerror(errno));
+    rp->child_real = realpath(child, NULL);
+    if (!rp->child_real)
+        return vh_fail(err, errno, "%s: %s", child, g_strerror(errno));
+    rp->parent_real = realpath(parent, NULL);
+    if (!rp->parent_real)
+        return vh_fail(err, ENOENT, "%s: the parent does not exist", parent);
+    g_autofree char *pb = path_below(rp->store_real, rp->parent_real);
+    if (!pb)
+        return vh_fail(err, EXDEV, "%s: the parent is outside the store %s", parent, store);
+    g_autofree char *cb = path_below(rp->store_real, rp->child_real);
+    if (!cb)
+        return vh_fail(err, EXDEV, "%s: the child is outside the store %s", child, store);
+    return 0;
+}
+
+/* Opens the child read-only and checks it is a differencing disk. */
+static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
+{
+    if (vh_sniff_path(child) == VH_FORMAT_NONE) {
+        if (access(child, R_OK) < 0)
+            return vh_fail(err, errno, "%s: %s", child, g_strerror(errno));
+        return vh_fail(err, ENOTSUP, "%s: not a VHD or VHDX file", child);
+    }
+    g_autoptr(GError) e = NULL;
+    if (vh_disk_open(child, VH_OPEN_READ, out, &e) < 0)
+        return vh_fail(err, e->code == EACCES ? EACCES : EIO, "%s", e->message);
+    if ((*out)->type != VH_TYPE_DIFFERENCING)
+        return vh_fail(err, ENOTSUP, "%s: a %s %s disk has no parent to reconnect", child,
+                       vh_type_name((*out)->type), vh_format_name((*out)->format));
+    return 0;
+}
+
+/* The parent is a disk of the child's format, virtual size and logical sector size. */
+static int check_parent(const vh_disk *c, const char *parent_path, vh_disk **out, GError **err)
+{
+    g_autoptr(GError) e = NULL;
+    if (vh_disk_open(parent_path, VH_OPEN_READ, out, &e) < 0)
+        return vh_fail(err, e->code == EACCES ? EACCES : EINVAL, "the parent is not usable: %s",
+                       e->message);
+    const vh_disk *p = *out;
+    if (p->format != c->format)
+        return vh_fail(err, EINVAL, "format-mismatch: a %s child cannot have a %s parent (%s)",
+                       vh_format_name(c->format), vh_format_name(p->format), parent_path);
+    if (p->virtual_size != c->virtual_size)
+        return vh_fail(err, EINVAL,
+                       "size-mismatch: the child's virtual size is %" G_GUINT64_FORMAT
+                       " bytes, the parent's %" G_GUINT64_FORMAT " (%s)",
+                       c->virtual_size, p->virtual_size, parent_path);
+    if (p->logical_sector_size != c->logical_sector_size)
+        return vh_fail(
+            err, EINVAL,
+            "sector-size-mismatch: the child's logical sectors are %u bytes, the parent's %u (%s)",
+            c->logical_sector_size, p->logical_sector_size, parent_path);
+    return 0;
+}
+
+/* Rule 3's identity check, after the others so that a cycle is named as such. */
+static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent_path,
+                          const vh_reconnect_opts *o, GError **err)
+{
+    bool id_ok = vh_id_equal(&p->id, &c->link.parent_id) ||
+                 (c->link.has_parent_id2 && vh_id_equal(&p->id, &c->link.parent_id2));
+    if (!id_ok && !o->ignore_id_mismatch) {
+        char want[VH_ID_STRLEN + 1], have[VH_ID_STRLEN + 1];
+        vh_id_format(&c->link.parent_id, want);
+        vh_id_format(&p->id, have);
+        return vh_fail(err, EINVAL,
+                       "id-mismatch: the child expects parent id %s, %s has id %s (use the force "
+                       "attribute or --ignore-id-mismatch only if their contents are identical)",
+                       want, parent_path, have);
+    }
+    return 0;
+}
+
+/* Takes an OFD write lock on the whole child: EBUSY when another holder (process or host) has one.
+ */
+static int lock_child(vh_file *f, GError **err)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(f->fd, F_OFD_SETLK, &fl) == 0)
+        return 0;
+    if (errno == EAGAIN || errno == EACCES)
+        return vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it",
+                       f->path);
+    return vh_fail(err, errno, "%s: cannot lock: %s", f->path, g_strerror(errno));
+}
+
+typedef struct {
+    vh_link_update u;
+    char *relative, *absolute, *file_name;
+} link_plan;
+
+static void link_plan_clear(link_plan *lp)
+{
+    g_free(lp->relative);
+    g_free(lp->absolute);
+    g_free(lp->file_name);
+}
+
+static void plan_link(const real_paths *rp, const vh_disk *parent, const vh_reconnect_opts *o,
+                      link_plan *lp)
+{
+    struct stat st;
+    lp->relative = vh_winpath_relative(rp->child_real, rp->parent_real);
+    lp->absolute = vh_winroot_path(rp->store_real, o->winroot, rp->parent_real);
+    lp->file_name = g_path_get_basename(rp->parent_real);
+    lp->u.parent_id = parent->id;
+    lp->u.parent_mtime = stat(rp->parent_real, &st) == 0 ? st.st_mtime : 0;
+    lp->u.relative = lp->relative;
+    lp->u.absolute = lp->absolute;
+    lp->u.volume = NULL;
+    lp->u.file_name = lp->file_name;
+}
+
+static char *describe_plan(const link_plan *lp)
+{
+    char id[VH_ID_STRLEN + 1];
+    vh_id_format(&lp->u.parent_id, id);
+    return g_strdup_printf("parent id %s; relative %s%s%s", id, lp->relative,
+                           lp->absolute ? "; absolute " : "", lp->absolute ? lp->absolute : "");
+}
+
+/* The rewrite itself: lock, recover an unfinished earlier repair, journal, rewrite, commit. */
+static int rewrite_link(const real_paths *rp, const link_plan *lp, vh_reconnect_result *res,
+                        GError **err)
+{
+    g_autoptr(vh_journal) j = NULL;
+    int r = vh_journal_open(rp->store_real, &j, err);
+    if (r < 0)
+        return r;
+    vh_file f;
+    if ((r = vh_file_open(&f, rp->child_real, true, err)) < 0)
+        return r;
+    if ((r = lock_child(&f, err)) < 0) {
+        vh_file_close(&f);
+        return r;
+    }
+    g_autofree char *rel = path_below(rp->store_real, rp->child_real);
+    if ((r = vh_journal_recover(j, rel, err)) < 0) {
+        vh_file_close(&f);
+        return r;
+    }
+    vh_repair *rep = NULL;
+    if ((r = vh_journal_begin(j, &f, res->old_link, res->new_link, &rep, err)) < 0) {
+        vh_file_close(&f);
+        return r;
+    }
+    res->repair_id = g_strdup(vh_repair_id(rep));
+    vh_disk *d = NULL;
+    r = vh_disk_open_file(&f, VH_OPEN_WRITE, &d, err); /* takes f; its hook goes with it */
+    if (r < 0) {
+        vh_fail_prefix(err, "the child is corrupt");
+        if (err && *err)
+            (*err)->code = EIO;
+        /* the open may have written (log replay) before failing: restore from the journal */
+        vh_journal_recover(j, rel, NULL);
+        g_clear_pointer(&res->repair_id, g_free);
+        return -EIO;
+    }
+    vh_repair_set_file(rep, &d->file);
+    if (!d->ops->set_parent_link)
+        r = vh_fail(err, ENOTSUP, "%s: the %s engine cannot rewrite parent links", rp->child_real,
+                    vh_format_name(d->format));
+    else
+        r = d->ops->set_parent_link(d, &lp->u, err);
+    if (r == 0)
+        r = vh_disk_flush(d, err);
+    if (r == 0)
+        r = vh_journal_commit(rep, err);
+    else
+        vh_journal_abort(rep, NULL);
+    if (r < 0)
+        g_clear_pointer(&res->repair_id, g_free);
+    vh_disk_close(d); /* closing the fd drops the OFD lock */
+    return r;
+}
+
+int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts *opts,
+                 vh_reconnect_result *res, GError **err)
+{
+    memset(res, 0, sizeof *res);
+    int maxdepth = opts->maxdepth > 0 ? opts->maxdepth : 256;
+    real_paths rp = {0};
+    link_plan lp = {0};
+    g_autoptr(vh_disk) c = NULL;
+    g_autoptr(vh_disk) p = NULL;
+    int r = resolve_paths(child, parent, opts->store, &rp, err);
+    if (r == 0)
+        r = open_child_for_checks(rp.child_real, &c, err);
+    if (r == 0)
+        r = check_parent(c, rp.parent_real, &p, err);
+    if (r == 0 && (strcmp(rp.child_real, rp.parent_real) == 0 ||
+                   makes_cycle(rp.child_real, c, rp.parent_real, maxdepth)))
+        r = vh_fail(err, EINVAL, "cycle: %s is %s itself or its descendant", parent, child);
+    if (r == 0)
+        r = check_identity(c, p, parent, opts, err);
+    if (r == 0) {
+        plan_link(&rp, p, opts, &lp);
+        res->old_link = vh_link_describe(c);
+        res->new_link = describe_plan(&lp);
+        if (!opts->dry_run) {
+            g_clear_pointer(&c, vh_disk_close); /* no handle of ours stays open on the child */
+            r = rewrite_link(&rp, &lp, res, err);
+        }
+    }
+    link_plan_clear(&lp);
+    real_paths_clear(&rp);
+    return r;
+}

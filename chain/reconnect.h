@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * reconnect.h - the reconnect engine: re-parent a differencing disk, as Hyper-V's
+ * SetParentVirtualHardDisk / Set-VHD -ParentPath [-IgnoreIdMismatch] does, checking first and
+ * then rewriting only the child's parent-link fields, journaled and under an OFD write lock.
+ *
+ * Errors follow DESIGN.md's table: ENOENT (parent missing), EINVAL (parent not a disk, identity
+ * mismatch without force, size or sector-size mismatch, format mismatch, cycle, empty or
+ * overlong value), EXDEV (parent outside the store), ENOTSUP (child not a differencing disk),
+ * EACCES/EROFS (child not writable), EBUSY (child locked), EIO (child corrupt).
+ */
+#ifndef VH_RECONNECT_H
+#define VH_RECONNECT_H
+
+#include "disk.h"
+
+typedef struct vh_reconnect_opts {
+    const char *store;       /* the store: the journal lives there; nothing outside is opened */
+    const char *winroot;     /* where Windows sees the store (absolute locators), or NULL */
+    bool ignore_id_mismatch; /* Set-VHD -IgnoreIdMismatch */
+    bool dry_run;            /* check and describe only */
+    int maxdepth;            /* 0 = 256 */
+} vh_reconnect_opts;
+
+typedef struct vh_reconnect_result {
+    char *repair_id; /* journal id (NULL on a dry run) */
+    char *old_link;  /* one-line descriptions */
+    char *new_link;
+} vh_reconnect_result;
+
+void vh_reconnect_result_clear(vh_reconnect_result *r);
+
+int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts *opts,
+                 vh_reconnect_result *res, GError **err);
+
+/* One line describing a disk's parent link ("parent id ...; relative_path .\\x.vhdx; ..."). */
+char *vh_link_describe(const vh_disk *d);
+
+/* The absolute Windows path of a store file under winroot (NULL without a winroot). */
+char *vh_winroot_path(const char *store, const char *winroot, const char *path);
+
+#endif
