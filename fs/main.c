@@ -425,6 +425,7 @@ int main(int argc, char *argv[])
     struct fuse_args sargs = FUSE_ARGS_INIT(0, NULL);
     struct cmdline c = {0};
     struct vhfs fs = {.root.fd = -1};
+    struct fuse_lowlevel_ops ops = vhfs_ops;
     int status = 1, res;
 
     /* Until the daemon detaches, everything goes to the terminal. */
@@ -458,8 +459,14 @@ int main(int argc, char *argv[])
         status = EXIT_USAGE;
         goto out;
     }
+    if (fs.cfg.views && vhfs_views_init(&fs) < 0) {
+        status = EXIT_USAGE;
+        goto out_fs;
+    }
+    if (fs.cfg.views)
+        vhfs_views_wrap(&ops);
     session_args(&fs.cfg, &args, &sargs);
-    fs.se = fuse_session_new(&sargs, &vhfs_ops, sizeof(vhfs_ops), &fs);
+    fs.se = fuse_session_new(&sargs, &ops, sizeof(ops), &fs);
     if (fs.se == NULL) { /* libfuse said which option it did not know */
         status = EXIT_USAGE;
         goto out_fs;
@@ -494,6 +501,7 @@ out_session:
     fuse_session_destroy(fs.se);
     fs.se = NULL;
 out_fs:
+    vhfs_views_fini(&fs);
     vhfs_fini(&fs);
 out:
     config_clear(&fs.cfg);
