@@ -74,11 +74,13 @@ struct vhfs {
     struct vhfs_config cfg;
     struct fuse_session *se;
     struct vhfs_inode root;
-    GMutex lock;              /* guards inodes and every nlookup */
-    GHashTable *inodes;       /* (dev, ino) -> struct vhfs_inode *, root excluded */
-    double timeout;           /* entry and attribute timeout, seconds */
-    bool as_root;             /* the daemon runs as root: new objects are given to their creator */
-    struct vhfs_views *views; /* views.c's state; NULL with views=off */
+    GMutex lock;        /* guards inodes and every nlookup */
+    GHashTable *inodes; /* (dev, ino) -> struct vhfs_inode *, root excluded */
+    double timeout;     /* entry and attribute timeout, seconds */
+    bool as_root;       /* the daemon runs as root: new objects are given to their creator */
+
+    /* views.c's state; NULL with views=off */
+    struct vhfs_views *views;
 };
 
 /*
