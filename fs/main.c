@@ -412,7 +412,11 @@ static int run_session(struct vhfs *fs)
         ncpu = 1;
     lc = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(lc, 0);
-    fuse_loop_cfg_set_idle_threads(lc, (unsigned)ncpu);
+    /* Idle workers stay: with fewer idle than busy ones, libfuse starts a thread for each burst
+       of readahead requests and ends it afterwards. Measured here: a cold sequential read of a
+       1 GiB @raw chain made 2300 threads for 8200 requests and ran at 290 MB/s; 1 GB/s without
+       that churn. */
+    fuse_loop_cfg_set_idle_threads(lc, (unsigned)(2 * ncpu));
     fuse_loop_cfg_set_max_threads(lc, (unsigned)(2 * ncpu));
     res = fuse_session_loop_mt(fs->se, lc);
     fuse_loop_cfg_destroy(lc);
