@@ -38,9 +38,9 @@ static bool member_matches(const member *m, const struct stat *st)
            m->mtime_ns == stat_mtime_ns(st);
 }
 
-/* The link of disks[k] is crossable: ok, or broken with one heal target (no cycle, not too deep;
- * the same rule as vh_chain_open with use_heal_target). */
-static int check_links(const vh_chain *c, GError **err)
+/* Every link is crossable: ok, or broken with one heal target (no cycle, not too deep; the same
+ * rule as vh_chain_open with use_heal_target). */
+int vh_flat_chain_ok(const vh_chain *c, GError **err)
 {
     for (guint k = 0; k < c->links->len; k++) {
         const vh_link *l = c->links->pdata[k];
@@ -84,7 +84,7 @@ static int open_member(vh_store *store, const vh_disk_info *i, member *m, vh_dis
 int vh_flat_open(vh_store *store, const vh_chain *c, vh_flat **out, GError **err)
 {
     *out = NULL;
-    int r = check_links(c, err);
+    int r = vh_flat_chain_ok(c, err);
     if (r < 0)
         return r;
     vh_flat *f = g_new0(vh_flat, 1);

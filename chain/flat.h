@@ -28,6 +28,8 @@ typedef struct vh_flat vh_flat;
  * is no longer the disk the index described.
  */
 int vh_flat_open(vh_store *store, const vh_chain *c, vh_flat **out, GError **err);
+/* Whether the chain can be opened at all: every link ok or crossable, ending at a base disk. */
+int vh_flat_chain_ok(const vh_chain *c, GError **err);
 vh_flat *vh_flat_ref(vh_flat *f);
 void vh_flat_unref(vh_flat *f);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_flat, vh_flat_unref)

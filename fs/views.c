@@ -1056,25 +1056,31 @@ static void vw_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 /* ---------------------------------------------------------------------------------------- */
 /* Files */
 
-/* A current reader of a disk's chain, or -EIO after one log line per snapshot and disk. */
-static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, vh_flat **out)
+/*
+ * A current reader of a disk's chain. -EAGAIN when the snapshot looks older than the files (a
+ * member gone or changed) and `retry` allows another try; else -EIO after one log line per
+ * snapshot and disk.
+ */
+static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, bool retry,
+                    vh_flat **out)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *why = NULL;
     const vh_disk_info *d = g_hash_table_lookup(s->disks, path);
-    int r;
+    const vh_chain *c = NULL;
 
     if (!d)
-        return -ENOENT;
-    if (d->error) {
+        return retry ? -EAGAIN : -ENOENT;
+    if (d->error)
         why = g_strdup(d->error);
-    } else {
-        const vh_chain *c = snap_chain(s, path, &why);
-        if (c && (r = vh_flat_cache_get(v->cache, c, out, &err)) == 0)
+    else if ((c = snap_chain(s, path, &why)) != NULL && vh_flat_chain_ok(c, &err) == 0) {
+        if (vh_flat_cache_get(v->cache, c, out, &err) == 0)
             return 0;
-        if (c)
-            why = g_strdup(err->message);
+        if (retry)
+            return -EAGAIN;
     }
+    if (!why)
+        why = g_strdup(err ? err->message : "cannot be read");
     if (snap_first_failure(s, path))
         vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", path, RAW_SUFFIX, why);
     return -EIO;
@@ -1107,11 +1113,11 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         h->text_len = strlen(h->text);
         fi->direct_io = 1; /* its length may change with the store: always ask */
     } else {
-        int r = open_raw(v, s, n->path, &h->flat);
-        if (r < 0) {
-            /* A member renamed or repaired within the last second: look again before failing. */
+        int r = open_raw(v, s, n->path, true, &h->flat);
+        if (r == -EAGAIN) {
+            /* A member renamed or changed since the snapshot: look at the store again. */
             g_autoptr(snap) fresh = snap_get(v, true);
-            r = open_raw(v, fresh, n->path, &h->flat);
+            r = open_raw(v, fresh, n->path, false, &h->flat);
         }
         if (r < 0) {
             handle_free(h);
