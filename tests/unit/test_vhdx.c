@@ -564,6 +564,25 @@ static void created_layout_is_hyperv_like(void **state)
     assert_int_equal(run.file_offset, 4 * VH_MIB);
 }
 
+static void probe_open_skips_the_bat(void **state)
+{
+    g_autofree char *base = tpath(state, "pb.vhdx");
+    g_autofree char *child = tpath(state, "pc.avhdx");
+    make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
+    make_child(child, base, NULL);
+    /* a BAT entry in a reserved state: a full open refuses it, a probe never reads the BAT */
+    set_bat(child, 0, vhdx_bat_entry(4, 0));
+    expect_open_error(child, EINVAL, "reserved payload state");
+    g_autoptr(vh_disk) c = open_ok(child, VH_OPEN_PROBE);
+    g_autoptr(vh_disk) b = open_ok(base, VH_OPEN_PROBE);
+    assert_int_equal(c->type, VH_TYPE_DIFFERENCING);
+    assert_true(vh_id_equal(&c->link.parent_id, &b->id));
+    assert_int_equal(c->virtual_size, 8 * VH_MIB);
+    vh_run run;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(c->ops->map(c, 0, 512, &run, &err), -EINVAL);
+}
+
 static void create_rejects_bad_options(void **state)
 {
     g_autofree char *p = tpath(state, "bad.vhdx");
@@ -967,6 +986,7 @@ int main(void)
         cmocka_unit_test(chunk_ratio_arithmetic),
         cmocka_unit_test(bitmap_bits_lsb_first),
         T(created_layout_is_hyperv_like),
+        T(probe_open_skips_the_bat),
         T(create_rejects_bad_options),
         T(every_payload_state),
         T(differencing_bitmaps),
