@@ -45,8 +45,7 @@ static vh_disk *find_parent(vh_disk *child)
 {
     g_autofree char *dir = g_path_get_dirname(child->file.path);
     g_autoptr(GPtrArray) locs = g_ptr_array_copy(child->link.locators, NULL, NULL);
-    /* The copy inherits the element free function: it must not free the child's locators. */
-    g_ptr_array_set_free_func(locs, NULL);
+    g_ptr_array_set_free_func(locs, NULL); /* the copy borrows the child's locators */
     g_ptr_array_sort(locs, compare_locators);
     for (guint i = 0; i < locs->len; i++) {
         g_autoptr(GPtrArray) cands = g_ptr_array_new_with_free_func(g_free);

@@ -17,11 +17,11 @@ int vh_cli_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* Parses "10M", "1G", "4096", "2TiB" (binary suffixes). */
 bool vh_cli_parse_size(const char *s, uint64_t *out);
 
-/* The store for the named paths (DESIGN.md "vhdheal"); a new realpath or NULL. */
-char *vh_cli_find_store(const char *explicit_store, char **paths, int n, bool folders_are_stores);
-
 int vhdheal_cmd_info(int argc, char **argv);
+int vhdheal_cmd_check(int argc, char **argv);
+int vhdheal_cmd_mkstore(int argc, char **argv); /* hidden: tests, benchmarks */
 int vhdheal_cmd_reconnect(int argc, char **argv);
+int vhdheal_cmd_repair(int argc, char **argv);
 int vhdheal_cmd_undo(int argc, char **argv);
 int vhdheal_cmd_create(int argc, char **argv);
 int vhdheal_cmd_read(int argc, char **argv);

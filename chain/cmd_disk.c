@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "chain.h"
+#include "resolve.h"
 #include "cli.h"
 #include "json.h"
 #include "winpath.h"
@@ -258,9 +259,11 @@ static int write_all_fd(int fd, const uint8_t *p, size_t n)
 
 int vhdheal_cmd_read(int argc, char **argv)
 {
-    g_autofree char *out_path = NULL;
+    g_autofree char *out_path = NULL, *store = NULL, *winroot = NULL;
     GOptionEntry entries[] = {
         {"output", 'o', 0, G_OPTION_ARG_FILENAME, &out_path, "Write to OUT, not stdout", "OUT"},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
+        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new("FILE [OFFSET LENGTH] - read virtual content through the chain");
@@ -272,7 +275,8 @@ int vhdheal_cmd_read(int argc, char **argv)
         return vh_cli_usage("read: FILE [OFFSET LENGTH]");
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    if (vh_chain_open_simple(argv[1], false, 256, false, &d, &err) < 0) {
+    vh_chain_open_opts co = {.store = store, .winroot = winroot};
+    if (vh_chain_open(argv[1], &co, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }

@@ -11,51 +11,7 @@
 #include "cli.h"
 #include "journal.h"
 #include "reconnect.h"
-
-static bool is_dir(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/* DESIGN.md: --store; else a named folder (check/repair); else the nearest folder above the
- * named files holding .vhdheal/; else the deepest folder holding all of them. */
-char *vh_cli_find_store(const char *explicit_store, char **paths, int n, bool folders_are_stores)
-{
-    if (explicit_store)
-        return realpath(explicit_store, NULL);
-    if (folders_are_stores && n == 1 && is_dir(paths[0]))
-        return realpath(paths[0], NULL);
-    g_autofree char *common = NULL;
-    for (int i = 0; i < n; i++) {
-        g_autofree char *real = realpath(paths[i], NULL);
-        if (!real)
-            return NULL;
-        g_autofree char *dir = is_dir(real) ? g_strdup(real) : g_path_get_dirname(real);
-        for (g_autofree char *d = g_strdup(dir);;) {
-            g_autofree char *marker = g_build_filename(d, ".vhdheal", NULL);
-            if (is_dir(marker))
-                return g_steal_pointer(&d);
-            if (strcmp(d, "/") == 0)
-                break;
-            char *up = g_path_get_dirname(d);
-            g_free(d);
-            d = up;
-        }
-        if (!common) {
-            common = g_steal_pointer(&dir);
-            continue;
-        }
-        while (!(g_str_has_prefix(dir, common) &&
-                 (dir[strlen(common)] == '/' || dir[strlen(common)] == '\0' ||
-                  strcmp(common, "/") == 0))) {
-            char *up = g_path_get_dirname(common);
-            g_free(common);
-            common = up;
-        }
-    }
-    return g_steal_pointer(&common);
-}
+#include "store.h"
 
 int vhdheal_cmd_reconnect(int argc, char **argv)
 {
@@ -76,9 +32,10 @@ int vhdheal_cmd_reconnect(int argc, char **argv)
         return vh_cli_usage("%s", perr->message);
     if (argc != 3)
         return vh_cli_usage("reconnect: CHILD PARENT");
-    g_autofree char *st = vh_cli_find_store(store, argv + 1, 2, false);
+    g_autoptr(GError) serr = NULL;
+    g_autofree char *st = vh_store_determine(store, argv + 1, 2, false, &serr);
     if (!st)
-        return vh_cli_usage("reconnect: cannot determine the store (use --store DIR)");
+        return vh_cli_usage("reconnect: %s", serr->message);
     vh_reconnect_opts o = {
         .store = st, .winroot = winroot, .ignore_id_mismatch = force, .dry_run = dry_run};
     vh_reconnect_result res;
@@ -144,9 +101,10 @@ int vhdheal_cmd_undo(int argc, char **argv)
     if (list == (argc > 1))
         return vh_cli_usage("undo: either --list or one or more IDs");
     char *here[] = {"."};
-    g_autofree char *st = vh_cli_find_store(store, here, 1, false);
+    g_autoptr(GError) serr = NULL;
+    g_autofree char *st = vh_store_determine(store, here, store ? 0 : 1, false, &serr);
     if (!st)
-        return vh_cli_usage("undo: cannot determine the store (use --store DIR)");
+        return vh_cli_usage("undo: %s", serr->message);
     g_autoptr(vh_journal) j = NULL;
     g_autoptr(GError) err = NULL;
     if (vh_journal_open(st, &j, &err) < 0) {

@@ -143,7 +143,7 @@ static char *new_repair_id(void)
 {
     g_autoptr(GDateTime) now = g_date_time_new_now_utc();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%S");
-    return g_strdup_printf("%s-%04x", stamp, g_random_int_range(0, 0x10000));
+    return g_strdup_printf("%s-%08x", stamp, g_random_int());
 }
 
 /* The journal hook: save what is about to be overwritten (or cut off by a truncate). */

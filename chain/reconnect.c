@@ -132,8 +132,8 @@ static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
     return 0;
 }
 
-static int check_parent(const vh_disk *c, const char *parent_path, const vh_reconnect_opts *o,
-                        vh_disk **out, GError **err)
+/* The parent is a disk of the child's format, virtual size and logical sector size. */
+static int check_parent(const vh_disk *c, const char *parent_path, vh_disk **out, GError **err)
 {
     g_autoptr(GError) e = NULL;
     if (vh_disk_open(parent_path, VH_OPEN_READ, out, &e) < 0)
@@ -153,6 +153,13 @@ static int check_parent(const vh_disk *c, const char *parent_path, const vh_reco
             err, EINVAL,
             "sector-size-mismatch: the child's logical sectors are %u bytes, the parent's %u (%s)",
             c->logical_sector_size, p->logical_sector_size, parent_path);
+    return 0;
+}
+
+/* Rule 3's identity check, after the others so that a cycle is named as such. */
+static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent_path,
+                          const vh_reconnect_opts *o, GError **err)
+{
     bool id_ok = vh_id_equal(&p->id, &c->link.parent_id) ||
                  (c->link.has_parent_id2 && vh_id_equal(&p->id, &c->link.parent_id2));
     if (!id_ok && !o->ignore_id_mismatch) {
@@ -283,10 +290,12 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
     if (r == 0)
         r = open_child_for_checks(rp.child_real, &c, err);
     if (r == 0)
-        r = check_parent(c, rp.parent_real, opts, &p, err);
+        r = check_parent(c, rp.parent_real, &p, err);
     if (r == 0 && (strcmp(rp.child_real, rp.parent_real) == 0 ||
                    makes_cycle(rp.child_real, c, rp.parent_real, maxdepth)))
-        r = vh_fail(err, EINVAL, "cycle: %s is %s's own descendant", parent, child);
+        r = vh_fail(err, EINVAL, "cycle: %s is %s itself or its descendant", parent, child);
+    if (r == 0)
+        r = check_identity(c, p, parent, opts, err);
     if (r == 0) {
         plan_link(&rp, p, opts, &lp);
         res->old_link = vh_link_describe(c);

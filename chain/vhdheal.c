@@ -18,14 +18,19 @@ typedef struct {
 
 static const command commands[] = {
     {"info", vhdheal_cmd_info, "info [--json] FILE..."},
+    {"check", vhdheal_cmd_check,
+     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
+    {"repair", vhdheal_cmd_repair,
+     "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
     {"create", vhdheal_cmd_create,
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
     {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
-    {"read", vhdheal_cmd_read, "read FILE [OFFSET LENGTH] [-o OUT]"},
+    {"read", vhdheal_cmd_read, "read [--store DIR] [--winroot W] FILE [OFFSET LENGTH] [-o OUT]"},
     {"reconnect", vhdheal_cmd_reconnect,
      "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
     {"undo", vhdheal_cmd_undo, "undo [--store DIR] (--list | ID...)"},
+    {"mkstore", vhdheal_cmd_mkstore, NULL}, /* hidden: synthetic stores for tests */
 };
 
 void vh_cli_error(const GError *err)
@@ -88,7 +93,8 @@ static void print_help(FILE *f)
     fprintf(f, "Usage: vhdheal COMMAND [OPTIONS] ...\n\n"
                "Inspect, create and repair VHD/VHDX disks and their differencing chains.\n\n");
     for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
-        fprintf(f, "  vhdheal %s\n", commands[i].synopsis);
+        if (commands[i].synopsis)
+            fprintf(f, "  vhdheal %s\n", commands[i].synopsis);
     fprintf(f, "\n`vhdheal COMMAND --help` describes a command's options.\n"
                "Exit status: 0 success, 1 broken links found or left, 2 usage or I/O error.\n");
 }

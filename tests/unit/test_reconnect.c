@@ -275,9 +275,10 @@ static void vhdx_errors(void **state)
 }
 
 /*
- * For every mutating op n of the reconnect, and torn writes: stop there. Without recovery the
- * child must open with the old or the new link (format-level crash safety) and the same content;
- * after the journal's recovery it must be byte for byte the original.
+ * For every mutating op n of the reconnect, and torn writes: stop there. After a clean stop the
+ * child must open, without any recovery, with the old or the new link and the same content
+ * (format-level crash safety); after every stop, torn or not, the journal's recovery (what the
+ * next open does) must give back the original bytes.
  */
 static int crash_everywhere(vh_format f, const char *moved_dir)
 {
@@ -303,12 +304,17 @@ static int crash_everywhere(vh_format f, const char *moved_dir)
             int r = reconnect(fx, fx->base, false, &err);
             vh_fault_disarm();
             assert_true(r < 0);
-            g_autofree char *link = link_of(fx->child);
-            if (!link || (strcmp(link, old_link) != 0 && strcmp(link, new_link) != 0))
-                fail_msg("crash at op %ld/%ld (tear %zu): link is '%s'", n, total, tear,
-                         link ? link : "(does not open)");
-            g_autofree char *h = content_hash(fx);
-            assert_string_equal(h, hash);
+            if (tear == 0) {
+                /* A clean stop: the format's own write order keeps the file consistent. */
+                g_autofree char *link = link_of(fx->child);
+                if (!link || (strcmp(link, old_link) != 0 && strcmp(link, new_link) != 0))
+                    fail_msg("crash at op %ld/%ld: link is '%s'", n, total,
+                             link ? link : "(does not open)");
+                g_autofree char *h = content_hash(fx);
+                assert_string_equal(h, hash);
+            }
+            /* A torn write may leave a checksummed structure half old, half new: the next
+             * open's journal recovery puts back the original bytes (DESIGN.md "Journal"). */
             g_autoptr(vh_journal) j = NULL;
             assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
             assert_true(vh_journal_recover(j, NULL, NULL) >= 0);

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * fs.h - what the modules of the mount (vhdhealfs) share: the parsed configuration, the
+ * mount's state, the inode table of the pass-through, logging, and the hooks by which the xattr,
+ * heal and view modules plug into the pass-through.
+ *
+ * Contract: fs/ never parses disk bytes; everything about disks comes from chain/. Inside, code
+ * returns 0 or -errno; only the lo_* handlers of passthrough.c talk to FUSE, and each sends
+ * exactly one reply.
+ */
+#ifndef VHFS_FS_H
+#define VHFS_FS_H
+
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
+
+#include <fuse_lowlevel.h>
+#include <glib.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <syslog.h>
+
+/* heal=: when a broken chain is repaired (DESIGN.md "vhdhealfs"). */
+enum vhfs_heal {
+    VHFS_HEAL_AUTO,   /* opening a disk with a broken, resolvable chain repairs it */
+    VHFS_HEAL_MANUAL, /* only the xattr trigger repairs */
+    VHFS_HEAL_OFF,    /* detect and report only */
+};
+
+/* healmode=: where a repair goes. */
+enum vhfs_healmode {
+    VHFS_HEALMODE_PERSIST, /* written into the child file (journaled) */
+    VHFS_HEALMODE_OVERLAY, /* presented by the mount; the store file stays unchanged */
+};
+
+/* The mount's configuration, parsed and validated by main.c; read-only after start-up. */
+struct vhfs_config {
+    char *store;      /* canonical absolute path of STORE */
+    char *mountpoint; /* absolute */
+    enum vhfs_heal heal;
+    enum vhfs_healmode healmode; /* overlay whenever ro is set */
+    char *winroot;     /* Windows form with backslashes ("\\nas\vms", "D:\VMs"), or NULL */
+    bool views;        /* the @raw and @chains folders */
+    unsigned maxdepth; /* longest chain followed, >= 1 */
+    bool ro;
+    bool allow_other;
+    bool foreground;   /* -f (or -d) */
+    bool debug;        /* -d */
+    bool singlethread; /* -s */
+};
+
+/* Defaults of the options that have one. */
+#define VHFS_DEFAULT_MAXDEPTH 256u
+#define VHFS_MAXDEPTH_LIMIT 65536u
+
+/*
+ * One backing object the kernel knows (it holds lookups on it). Keyed by (dev, ino); the O_PATH
+ * descriptor keeps the backing inode alive, so its number cannot be reused while we hold it.
+ * The fuse_ino_t the kernel sees is the address of this struct (FUSE_ROOT_ID for the root).
+ */
+struct vhfs_inode {
+    int fd; /* O_PATH | O_NOFOLLOW, owned */
+    dev_t dev;
+    ino_t ino;
+    mode_t type;      /* S_IFMT bits; an inode never changes its type */
+    uint64_t nlookup; /* kernel lookups; guarded by vhfs.lock */
+    gint nwriters;    /* handles open for writing through the mount (atomic) */
+};
+
+/* The mount. */
+struct vhfs {
+    struct vhfs_config cfg;
+    struct fuse_session *se;
+    struct vhfs_inode root;
+    GMutex lock;        /* guards inodes and every nlookup */
+    GHashTable *inodes; /* (dev, ino) -> struct vhfs_inode *, root excluded */
+    double timeout;     /* entry and attribute timeout, seconds */
+    bool as_root;       /* the daemon runs as root: new objects are given to their creator */
+};
+
+/*
+ * Entry and attribute timeout. Long, so that with keep_cache the kernel serves repeated reads
+ * from its page cache; the kernel also drops cached data when a refreshed mtime or size differs
+ * (auto_inval_data), so a change made to STORE behind the mount's back shows within this time.
+ */
+#define VHFS_TIMEOUT 60.0
+/* Largest read and write request (max_read, max_write). */
+#define VHFS_MAX_IO (1u << 20)
+
+/* The low-level operations (passthrough.c). */
+extern const struct fuse_lowlevel_ops vhfs_ops;
+
+/* Sets up the root inode and the table for cfg->store; -errno on failure (logged). */
+int vhfs_init(struct vhfs *fs);
+/* Frees what vhfs_init and the session left (all inodes, the root descriptor). */
+void vhfs_fini(struct vhfs *fs);
+
+/*
+ * Drops the kernel's cached data and attributes of the backing file (dev, ino), if the kernel
+ * knows it; for after a repair changed a file under the mount. Returns 0, or -errno. Must not be
+ * called from a read or write handler of the same inode (the kernel would wait on itself).
+ */
+int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino);
+
+/* --- xattr.c: the synthesised attributes (user.vhd.*). --- */
+
+/*
+ * Each hook is called by the pass-through before it touches the store file. A hook sets *ours
+ * to false when the name is not one it serves; the pass-through then uses the store file. When
+ * *ours is true the hook's result is the answer: get returns the value's length (with size 0:
+ * the length needed; a short buffer: -ERANGE) or -errno; set/remove return 0 or -errno.
+ */
+ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *name, char *buf,
+                       size_t size, bool *ours);
+int vhfs_xattr_set(struct vhfs *fs, struct vhfs_inode *inode, const char *name, const char *value,
+                   size_t size, int flags, bool *ours);
+int vhfs_xattr_remove(struct vhfs *fs, struct vhfs_inode *inode, const char *name, bool *ours);
+/*
+ * The synthesised names to list after the store file's own (NUL-terminated each): their total
+ * length (with size 0: the length needed; too small a buffer: -ERANGE), or -errno.
+ */
+ssize_t vhfs_xattr_list(struct vhfs *fs, struct vhfs_inode *inode, char *buf, size_t size);
+/* True when a name the store file carries must not be shown (it is ours to synthesise). */
+bool vhfs_xattr_hidden(const char *name);
+
+/* --- util.c: logging and small helpers. --- */
+
+/* Logs to stderr when foreground, to syslog (daemon facility) otherwise. */
+void vhfs_log_init(bool foreground, bool debug);
+void vhfs_log(int priority, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+bool vhfs_log_debug_enabled(void);
+#define vhfs_debug(...)                                                                            \
+    do {                                                                                           \
+        if (vhfs_log_debug_enabled())                                                              \
+            vhfs_log(LOG_DEBUG, __VA_ARGS__);                                                      \
+    } while (0)
+/* Routes libfuse's own messages through vhfs_log. */
+void vhfs_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap) G_GNUC_PRINTF(2, 0);
+
+/* "/proc/self/fd/N": a path that reaches what an O_PATH descriptor refers to. */
+#define VHFS_PROCFD_LEN 32
+void vhfs_procfd(char buf[VHFS_PROCFD_LEN], int fd);
+
+/* Closes *fd when it goes out of scope (glib 2.74 has no g_autofd). */
+void vhfs_close_fd(int *fd);
+#define vhfs_autofd __attribute__((cleanup(vhfs_close_fd)))
+
+#endif

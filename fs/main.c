@@ -1,0 +1,504 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * main.c - vhdhealfs: parses the command line (one fuse_opt table), checks every option's value,
+ * mounts STORE at MOUNTPOINT and runs the session until it is unmounted or signalled.
+ *
+ *   vhdhealfs [-f] [-d] [-s] [-o OPTION[,OPTION...]] STORE MOUNTPOINT
+ *
+ * Contract: exit status 0 after a clean unmount (fusermount3 -u, umount, SIGTERM, SIGINT,
+ * SIGHUP), 2 for usage errors (unknown option, bad value, missing or unusable STORE), 1 when the
+ * mount or the session fails. mount(8) runs it as `vhdhealfs STORE MNT -o OPTIONS` through
+ * mount.fuse3 for type fuse.vhdhealfs, so the options fstab adds for mount(8) itself are accepted
+ * and ignored.
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 2
+
+/* The command line as written, before its values are checked. */
+struct cmdline {
+    char *store;
+    char *mountpoint;
+    char *heal;
+    char *healmode;
+    char *winroot;
+    char *views;
+    char *maxdepth;
+    int ro;
+    int allow_other;
+    int foreground;
+    int debug;
+    int singlethread;
+    int help;
+    int version;
+    int bad; /* a usage error was reported */
+};
+
+enum {
+    KEY_HELP,
+    KEY_VERSION,
+    KEY_FOREGROUND,
+    KEY_DEBUG,
+    KEY_SINGLE,
+    KEY_RO,
+    KEY_ALLOW_OTHER,
+};
+
+#define CMD_OPT(t, m)                                                                              \
+    {                                                                                              \
+        t, offsetof(struct cmdline, m), 0                                                          \
+    }
+
+static const struct fuse_opt vhfs_opts[] = {
+    CMD_OPT("heal=%s", heal),
+    CMD_OPT("healmode=%s", healmode),
+    CMD_OPT("winroot=%s", winroot),
+    CMD_OPT("views=%s", views),
+    CMD_OPT("maxdepth=%s", maxdepth),
+    /* Noted and also handed to the kernel. */
+    FUSE_OPT_KEY("ro", KEY_RO),
+    FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+    FUSE_OPT_KEY("-d", KEY_DEBUG),
+    FUSE_OPT_KEY("debug", KEY_DEBUG),
+    FUSE_OPT_KEY("-s", KEY_SINGLE),
+    FUSE_OPT_KEY("-h", KEY_HELP),
+    FUSE_OPT_KEY("--help", KEY_HELP),
+    FUSE_OPT_KEY("-V", KEY_VERSION),
+    FUSE_OPT_KEY("--version", KEY_VERSION),
+    /* Always on; accepted so that fstab lines that name it keep working. */
+    FUSE_OPT_KEY("default_permissions", FUSE_OPT_KEY_DISCARD),
+    /* What mount(8) and fstab may pass to a helper: they are for mount(8), not for the mount. */
+    FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nouser", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("owner", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("group", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_END,
+};
+
+static void usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("vhdhealfs: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'vhdhealfs --help' for more information.\n", stderr);
+}
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    struct cmdline *c = data;
+
+    switch (key) {
+    case FUSE_OPT_KEY_NONOPT:
+        if (c->store == NULL) {
+            c->store = g_strdup(arg);
+            return 0;
+        }
+        if (c->mountpoint == NULL) {
+            c->mountpoint = g_strdup(arg);
+            return 0;
+        }
+        usage_error("unexpected argument '%s'", arg);
+        c->bad = 1;
+        return -1;
+    case FUSE_OPT_KEY_OPT:
+        if (arg[0] == '-') {
+            usage_error("unknown option '%s'", arg);
+            c->bad = 1;
+            return -1;
+        }
+        /* x-systemd.*, x-gvfs-*, comment=: notes in fstab for other programs. */
+        if (g_str_has_prefix(arg, "x-") || g_str_has_prefix(arg, "comment="))
+            return 0;
+        return 1; /* a mount option for libfuse and the kernel (rw, nodev, fsname=, ...) */
+    case KEY_RO:
+        c->ro = 1;
+        return 1;
+    case KEY_ALLOW_OTHER:
+        c->allow_other = 1;
+        return 1;
+    case KEY_FOREGROUND:
+        c->foreground = 1;
+        return 0;
+    case KEY_DEBUG:
+        c->debug = 1;
+        c->foreground = 1;
+        return 0;
+    case KEY_SINGLE:
+        c->singlethread = 1;
+        return 0;
+    case KEY_HELP:
+        c->help = 1;
+        return 0;
+    case KEY_VERSION:
+        c->version = 1;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+static void print_help(void)
+{
+    printf(
+        "usage: vhdhealfs [-f] [-d] [-s] [-o OPTION[,OPTION...]] STORE MOUNTPOINT\n"
+        "\n"
+        "Serves the folder STORE at MOUNTPOINT, unchanged and writable, and heals broken\n"
+        "VHD/VHDX differencing-disk chains in it.\n"
+        "\n"
+        "Options:\n"
+        "  -h, --help              print this help and exit\n"
+        "  -V, --version           print the version and exit\n"
+        "  -f                      stay in the foreground, log to stderr\n"
+        "  -d                      log every request and every failure (implies -f)\n"
+        "  -s                      serve requests in one thread\n"
+        "  -o heal=auto|manual|off repair broken chains on open (auto, the default), only\n"
+        "                          when asked through user.vhd.parent (manual), or never\n"
+        "  -o healmode=persist|overlay\n"
+        "                          write repairs into the child file (persist, the default),\n"
+        "                          or only present them, leaving STORE unchanged (overlay)\n"
+        "  -o winroot=PATH         where Windows hosts see STORE, e.g. \\\\nas\\vms or D:\\VMs\n"
+        "                          (in -o, write \\\\ for each \\, or use /: //nas/vms, D:/VMs)\n"
+        "  -o views=on|off         the @raw and @chains folders (default on)\n"
+        "  -o maxdepth=N           longest chain followed, 1 to %u (default %u)\n"
+        "  -o ro                   read-only mount (implies healmode=overlay)\n"
+        "  -o allow_other          let other users use the mount\n"
+        "\n"
+        "Permissions are always checked by the kernel (default_permissions). mount(8)'s own\n"
+        "options (defaults, noauto, nofail, _netdev, user, users, x-*) are accepted and\n"
+        "ignored. Other FUSE mount options (nodev, nosuid, noexec, fsname=, ...) are passed\n"
+        "on.\n"
+        "\n"
+        "/etc/fstab:\n"
+        "  /srv/vms  /mnt/vms  fuse.vhdhealfs  heal=auto,allow_other  0 0\n",
+        VHFS_MAXDEPTH_LIMIT, VHFS_DEFAULT_MAXDEPTH);
+}
+
+static void print_version(void)
+{
+    printf("vhdhealfs %s\n", VHDHEAL_VERSION);
+    printf("libfuse %s\n", fuse_pkgversion());
+    fflush(stdout);
+    fuse_lowlevel_version();
+}
+
+/* Picks one of names[] for value; the index, or -1. */
+static int pick(const char *value, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(value, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* "\\server\share[\...]", "\\?\...", "D:" or "D:\...". */
+static bool winroot_ok(const char *w)
+{
+    if (g_ascii_isalpha(w[0]) && w[1] == ':')
+        return w[2] == '\0' || w[2] == '\\';
+    if (g_str_has_prefix(w, "\\\\?\\"))
+        return w[4] != '\0';
+    if (g_str_has_prefix(w, "\\\\")) {
+        const char *server = w + 2;
+        const char *sep = strchr(server, '\\');
+
+        return sep != NULL && sep > server && sep[1] != '\0' && sep[1] != '\\';
+    }
+    return false;
+}
+
+/* winroot as given ('/' or '\'), in Windows form without a trailing separator ("D:\" kept). */
+static char *winroot_normalise(const char *given)
+{
+    char *w = g_strdup(given);
+    size_t len;
+
+    g_strdelimit(w, "/", '\\');
+    len = strlen(w);
+    while (len > 3 && w[len - 1] == '\\' && !(len == 4 && g_str_has_prefix(w, "\\\\?\\")))
+        w[--len] = '\0';
+    if (len == 2 && g_ascii_isalpha(w[0]) && w[1] == ':') {
+        char *root = g_strconcat(w, "\\", NULL);
+
+        g_free(w);
+        w = root;
+    }
+    return w;
+}
+
+/* True when path lies strictly inside dir (both canonical). */
+static bool path_inside(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+
+    if (strcmp(dir, "/") == 0)
+        return strcmp(path, "/") != 0;
+    return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+/* Checks the values of c into cfg. Reports each problem; false on a usage error. */
+static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
+{
+    static const char *const heal_names[] = {"auto", "manual", "off"};
+    static const char *const mode_names[] = {"persist", "overlay"};
+    static const char *const onoff[] = {"off", "on"};
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mnt = NULL;
+    guint64 depth = VHFS_DEFAULT_MAXDEPTH;
+    struct stat st;
+    int v;
+
+    memset(cfg, 0, sizeof(*cfg));
+    if (c->store == NULL || c->mountpoint == NULL) {
+        usage_error("%s", c->store == NULL ? "missing STORE and MOUNTPOINT" : "missing MOUNTPOINT");
+        return false;
+    }
+    cfg->heal = VHFS_HEAL_AUTO;
+    if (c->heal != NULL) {
+        if ((v = pick(c->heal, heal_names, 3)) < 0) {
+            usage_error("invalid value for heal: '%s' (use auto, manual or off)", c->heal);
+            return false;
+        }
+        cfg->heal = (enum vhfs_heal)v;
+    }
+    cfg->healmode = VHFS_HEALMODE_PERSIST;
+    if (c->healmode != NULL) {
+        if ((v = pick(c->healmode, mode_names, 2)) < 0) {
+            usage_error("invalid value for healmode: '%s' (use persist or overlay)", c->healmode);
+            return false;
+        }
+        cfg->healmode = (enum vhfs_healmode)v;
+    }
+    cfg->views = true;
+    if (c->views != NULL) {
+        if ((v = pick(c->views, onoff, 2)) < 0) {
+            usage_error("invalid value for views: '%s' (use on or off)", c->views);
+            return false;
+        }
+        cfg->views = v == 1;
+    }
+    if (c->maxdepth != NULL &&
+        !g_ascii_string_to_unsigned(c->maxdepth, 10, 1, VHFS_MAXDEPTH_LIMIT, &depth, &err)) {
+        usage_error("invalid value for maxdepth: '%s' (use a number from 1 to %u)", c->maxdepth,
+                    VHFS_MAXDEPTH_LIMIT);
+        return false;
+    }
+    cfg->maxdepth = (unsigned)depth;
+    if (c->winroot != NULL) {
+        cfg->winroot = winroot_normalise(c->winroot);
+        if (!winroot_ok(cfg->winroot)) {
+            usage_error("invalid value for winroot: '%s' (use a drive path such as D:\\VMs or a "
+                        "share such as \\\\nas\\vms; in -o write each \\ as \\\\, or use /)",
+                        c->winroot);
+            return false;
+        }
+    }
+    cfg->ro = c->ro;
+    if (cfg->ro && cfg->healmode == VHFS_HEALMODE_PERSIST) {
+        if (c->healmode != NULL)
+            vhfs_log(LOG_NOTICE, "ro: repairs are presented, not written (healmode=overlay)");
+        cfg->healmode = VHFS_HEALMODE_OVERLAY;
+    }
+    cfg->allow_other = c->allow_other;
+    cfg->foreground = c->foreground;
+    cfg->debug = c->debug;
+    cfg->singlethread = c->singlethread;
+
+    cfg->store = realpath(c->store, NULL);
+    if (cfg->store == NULL) {
+        usage_error("STORE '%s': %s", c->store, g_strerror(errno));
+        return false;
+    }
+    if (stat(cfg->store, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        usage_error("STORE '%s': not a folder", c->store);
+        return false;
+    }
+    /* Absolute: unmounting happens after libfuse may have changed to "/". */
+    cfg->mountpoint = g_canonicalize_filename(c->mountpoint, NULL);
+    /* A mount point inside STORE would make the mount look itself up. */
+    mnt = realpath(c->mountpoint, NULL);
+    if (mnt != NULL && path_inside(mnt, cfg->store)) {
+        usage_error("MOUNTPOINT '%s' lies inside STORE '%s'", c->mountpoint, cfg->store);
+        return false;
+    }
+    return true;
+}
+
+static void config_clear(struct vhfs_config *cfg)
+{
+    free(cfg->store); /* from realpath */
+    g_free(cfg->mountpoint);
+    g_free(cfg->winroot);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+static void cmdline_clear(struct cmdline *c)
+{
+    g_free(c->store);
+    g_free(c->mountpoint);
+    free(c->heal); /* fuse_opt strdup()s %s values */
+    free(c->healmode);
+    free(c->winroot);
+    free(c->views);
+    free(c->maxdepth);
+}
+
+/* The session's arguments: our fixed options first, so that the user's fsname= wins. */
+static void session_args(const struct vhfs_config *cfg, const struct fuse_args *rest,
+                         struct fuse_args *out)
+{
+    char *opts = NULL;
+    g_autofree char *fsname = g_strconcat("fsname=", cfg->store, NULL);
+    g_autofree char *max_read = g_strdup_printf("max_read=%u", VHFS_MAX_IO);
+
+    fuse_opt_add_arg(out, rest->argc > 0 ? rest->argv[0] : "vhdhealfs");
+    fuse_opt_add_opt(&opts, "default_permissions");
+    fuse_opt_add_opt(&opts, "subtype=vhdhealfs");
+    fuse_opt_add_opt_escaped(&opts, fsname);
+    fuse_opt_add_opt(&opts, max_read);
+    if (cfg->debug)
+        fuse_opt_add_opt(&opts, "debug");
+    fuse_opt_add_arg(out, "-o");
+    fuse_opt_add_arg(out, opts);
+    free(opts);
+    for (int i = 1; i < rest->argc; i++)
+        fuse_opt_add_arg(out, rest->argv[i]);
+}
+
+/* Every object the kernel keeps in its cache holds one descriptor here: allow as many as we may. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            vhfs_debug("setrlimit(RLIMIT_NOFILE): %s", g_strerror(errno));
+    }
+}
+
+static int run_session(struct vhfs *fs)
+{
+    struct fuse_loop_config *lc;
+    long ncpu;
+    int res;
+
+    if (fs->cfg.singlethread)
+        return fuse_session_loop(fs->se);
+    /* Reads are short and mostly served by the page cache: a few threads per core. */
+    ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1)
+        ncpu = 1;
+    lc = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(lc, 0);
+    fuse_loop_cfg_set_idle_threads(lc, (unsigned)ncpu);
+    fuse_loop_cfg_set_max_threads(lc, (unsigned)(2 * ncpu));
+    res = fuse_session_loop_mt(fs->se, lc);
+    fuse_loop_cfg_destroy(lc);
+    return res;
+}
+
+int main(int argc, char *argv[])
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct fuse_args sargs = FUSE_ARGS_INIT(0, NULL);
+    struct cmdline c = {0};
+    struct vhfs fs = {.root.fd = -1};
+    int status = 1, res;
+
+    /* Until the daemon detaches, everything goes to the terminal. */
+    vhfs_log_init(true, false);
+    fuse_set_log_func(vhfs_fuse_log);
+    if (fuse_opt_parse(&args, &c, vhfs_opts, opt_proc) < 0) {
+        if (!c.bad)
+            usage_error("invalid command line");
+        status = EXIT_USAGE;
+        goto out;
+    }
+    if (c.help) {
+        print_help();
+        status = 0;
+        goto out;
+    }
+    if (c.version) {
+        print_version();
+        status = 0;
+        goto out;
+    }
+    vhfs_log_init(true, c.debug);
+    if (!config_from_cmdline(&c, &fs.cfg)) {
+        status = EXIT_USAGE;
+        goto out;
+    }
+    /* The kernel has applied the caller's umask to every mode it sends. */
+    umask(0);
+    raise_fd_limit();
+    if (vhfs_init(&fs) < 0) {
+        status = EXIT_USAGE;
+        goto out;
+    }
+    session_args(&fs.cfg, &args, &sargs);
+    fs.se = fuse_session_new(&sargs, &vhfs_ops, sizeof(vhfs_ops), &fs);
+    if (fs.se == NULL) { /* libfuse said which option it did not know */
+        status = EXIT_USAGE;
+        goto out_fs;
+    }
+    if (fuse_set_signal_handlers(fs.se) != 0)
+        goto out_session;
+    if (fuse_session_mount(fs.se, fs.cfg.mountpoint) != 0)
+        goto out_signals;
+    vhfs_log(LOG_INFO, "serving %s at %s (heal=%s, healmode=%s, views=%s, maxdepth=%u%s)",
+             fs.cfg.store, fs.cfg.mountpoint,
+             (const char *[]){"auto", "manual", "off"}[fs.cfg.heal],
+             fs.cfg.healmode == VHFS_HEALMODE_PERSIST ? "persist" : "overlay",
+             fs.cfg.views ? "on" : "off", fs.cfg.maxdepth, fs.cfg.ro ? ", ro" : "");
+    if (fuse_daemonize(fs.cfg.foreground) != 0)
+        goto out_unmount;
+    vhfs_log_init(fs.cfg.foreground, fs.cfg.debug);
+
+    res = run_session(&fs);
+    /* The loop ends with 0 when unmounted, or with the number of the signal that stopped it. */
+    if (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) {
+        status = 0;
+        if (res != 0)
+            vhfs_log(LOG_INFO, "signal %d: unmounting %s", res, fs.cfg.mountpoint);
+    } else {
+        vhfs_log(LOG_ERR, "session ended: %s", g_strerror(res < 0 ? -res : res));
+    }
+out_unmount:
+    fuse_session_unmount(fs.se);
+out_signals:
+    fuse_remove_signal_handlers(fs.se);
+out_session:
+    fuse_session_destroy(fs.se);
+    fs.se = NULL;
+out_fs:
+    vhfs_fini(&fs);
+out:
+    config_clear(&fs.cfg);
+    cmdline_clear(&c);
+    fuse_opt_free_args(&sargs);
+    fuse_opt_free_args(&args);
+    return status;
+}
