@@ -600,6 +600,12 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
     return n;
 }
 
+void vh_service_record_failure(vh_service *s, const vh_disk_info *disk, int error,
+                               const char *message)
+{
+    record_event(s, disk, VH_EVENT_FAILED, error, message);
+}
+
 void vh_service_unlinked(vh_service *s, const char *rel)
 {
     vh_store_note_unlink(s->store, rel);

@@ -143,6 +143,13 @@ int vh_service_heal(vh_service *s, const char *rel, vh_gate_fn gate, void *ctx, 
 int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exchange, bool relink,
                        vh_gate_fn gate, void *ctx, GPtrArray *changed);
 
+/*
+ * Records the failure of an asked-for repair that the caller refused before asking the service
+ * (a value it could not accept): the disk's status becomes `message`.
+ */
+void vh_service_record_failure(vh_service *s, const vh_disk_info *disk, int error,
+                               const char *message);
+
 /* The file at rel was removed, or created or written (it is re-read now). */
 void vh_service_unlinked(vh_service *s, const char *rel);
 void vh_service_changed(vh_service *s, const char *rel);
