@@ -292,7 +292,8 @@ static int write_new_block(vh_disk *d, const uint8_t *buf, uint64_t blk, uint64_
     bool partial = x->differencing && st == VHDX_PB_NOT_PRESENT && n < bs;
     bool new_sb = partial && VHDX_BAT_STATE(x->bat[sb_idx]) != VHDX_SB_PRESENT;
     uint64_t off = vh_round_up(d->file.size, VH_MIB);
-    uint64_t sb_off = new_sb ? off + bs : VHDX_BAT_OFFSET(x->bat[sb_idx]);
+    /* (a disk without a parent may have no SB entry for its last chunk: only look when used) */
+    uint64_t sb_off = !partial ? 0 : new_sb ? off + bs : VHDX_BAT_OFFSET(x->bat[sb_idx]);
     int r = vh_file_truncate(&d->file, off + bs + (new_sb ? VHDX_SB_BLOCK : 0), err);
     if (r == 0)
         r = vh_file_write(&d->file, buf, n, off + in, "payload block", err);
