@@ -67,6 +67,12 @@ static void make_child(const fx_t *f, const char *rel, const char *parent_rel)
         fail_msg("%s", err->message);
 }
 
+static void mkdir_in(const fx_t *f, const char *rel)
+{
+    g_autofree char *abs = path_of(f, rel);
+    assert_int_equal(g_mkdir_with_parents(abs, 0755), 0);
+}
+
 static void move(const fx_t *f, const char *from, const char *to)
 {
     g_autofree char *a = path_of(f, from), *b = path_of(f, to);
@@ -195,6 +201,7 @@ static void heal_moved_parent(vh_format fmt)
     assert_non_null(strstr(st, nb));
     /* one detection line however often it is asked */
     g_autoptr(vh_chain) again = vh_service_chain(f->s, m, NULL);
+    assert_int_equal(again->broken, 1);
     g_autofree char *det = g_strdup_printf("I detected %s: parent-missing: ", m);
     assert_int_equal(log_count(f, det), 1);
 
@@ -289,8 +296,8 @@ static void test_ambiguous_not_healed(void **state)
     g_autofree char *data = NULL;
     gsize len;
     assert_true(g_file_get_contents(src, &data, &len, NULL));
-    assert_int_equal(g_mkdir_with_parents(g_build_filename(f->store, "x", NULL), 0755), 0);
-    assert_int_equal(g_mkdir_with_parents(g_build_filename(f->store, "y", NULL), 0755), 0);
+    mkdir_in(f, "x");
+    mkdir_in(f, "y");
     g_autofree char *x = path_of(f, "x/base.vhdx"), *y = path_of(f, "y/base.vhdx");
     assert_true(g_file_set_contents(x, data, (gssize)len, NULL));
     assert_true(g_file_set_contents(y, data, (gssize)len, NULL));
@@ -437,7 +444,7 @@ static void test_relink_after_exchange(void **state)
     make_base(f, "a/base.vhd");
     make_child(f, "a/c.avhd", "a/base.vhd");
     g_autofree char *note = path_of(f, "b/note.txt");
-    assert_int_equal(g_mkdir_with_parents(g_build_filename(f->store, "b", NULL), 0755), 0);
+    mkdir_in(f, "b");
     assert_true(g_file_set_contents(note, "n", 1, NULL));
     start(f);
     /* exchange a/ and b/ by hand, as RENAME_EXCHANGE would */
