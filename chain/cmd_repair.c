@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "journal.h"
@@ -33,7 +34,10 @@ int vhdheal_cmd_reconnect(int argc, char **argv)
     if (argc != 3)
         return vh_cli_usage("reconnect: CHILD PARENT");
     g_autoptr(GError) serr = NULL;
-    g_autofree char *st = vh_store_determine(store, argv + 1, 2, false, &serr);
+    /* A parent that does not exist, or lies outside an explicit store, is the engine's to
+     * report (ENOENT, EXDEV): the store is determined by the paths that can take part. */
+    int npaths = access(argv[2], F_OK) == 0 && !store ? 2 : 1;
+    g_autofree char *st = vh_store_determine(store, argv + 1, npaths, false, &serr);
     if (!st)
         return vh_cli_usage("reconnect: %s", serr->message);
     vh_reconnect_opts o = {

@@ -73,6 +73,8 @@ struct vhfs_inode {
 struct vhfs {
     struct vhfs_config cfg;
     struct fuse_session *se;
+    struct vh_service *svc; /* the engine (heal.c); NULL until vhfs_heal_start */
+    GThread *scan_thread;   /* the index's first scan (heal.c) */
     struct vhfs_inode root;
     GMutex lock;        /* guards inodes and every nlookup */
     GHashTable *inodes; /* (dev, ino) -> struct vhfs_inode *, root excluded */
@@ -106,6 +108,69 @@ void vhfs_fini(struct vhfs *fs);
  * called from a read or write handler of the same inode (the kernel would wait on itself).
  */
 int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino);
+
+/* --- heal.c: the engine service, heal on open, relink on rename. --- */
+
+/*
+ * Starts the engine service for cfg.store (after the daemon forked): rolls back unfinished
+ * repairs of STORE/.vhdheal/journal when repairs are written (healmode=persist, not ro), and
+ * scans the store in the background. Returns 0 or -errno (logged).
+ */
+int vhfs_heal_start(struct vhfs *fs);
+/* Waits for the background scan and frees the service (also when it never started). */
+void vhfs_heal_stop(struct vhfs *fs);
+/* True when repairs are written into the store (healmode=persist on a writable mount). */
+bool vhfs_heal_writes(const struct vhfs *fs);
+/* The store-relative path of an inode ("" for the root); NULL when it was removed. */
+char *vhfs_inode_path(struct vhfs *fs, struct vhfs_inode *inode);
+/* The path under the mount point of a store-relative path. */
+char *vhfs_mount_path(const struct vhfs *fs, const char *rel);
+
+/*
+ * Hooks of the pass-through. heal_open runs before a file is opened: for a disk whose chain is
+ * broken it logs the detection and, with heal=auto in persist mode, repairs every broken link
+ * with a heal target in the chain above it; it never fails the open. It returns true when the
+ * opened file itself was rewritten (the open must then drop the kernel's cached pages).
+ */
+bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
+/* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
+void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode);
+/* A handle of inode was closed; a writer's close re-reads the file into the index. */
+void vhfs_heal_released(struct vhfs *fs, struct vhfs_inode *inode, bool writer);
+/* After a successful rename: the index follows; in persist mode children are relinked. */
+void vhfs_heal_renamed(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *olddir,
+                       const char *oldname, struct vhfs_inode *newdir, const char *newname,
+                       unsigned flags);
+/* After a successful unlink of dir/name. */
+void vhfs_heal_unlinked(struct vhfs *fs, struct vhfs_inode *dir, const char *name);
+/*
+ * Repairs asked for through user.vhd.parent[.force] (xattr.c): maps `value` (a path under the
+ * mount point, under STORE, or relative to the child's folder) and reconnects; on success the
+ * kernel's cache of the child is dropped. 0 or -errno; the message goes to user.vhd.status.
+ */
+int vhfs_heal_set_parent(struct vhfs *fs, struct vhfs_inode *inode, const char *rel,
+                         const char *value, size_t size, bool force);
+/* What user.vhd.status adds to a broken link that has a heal target, by the mount's mode. */
+const char *vhfs_heal_note(const struct vhfs *fs);
+/* A status or message with STORE's paths shown under the mount point. */
+char *vhfs_heal_show_paths(const struct vhfs *fs, const char *text);
+
+/* The synthesised attributes, one table (xattr.c); the unit test walks it. */
+struct vhfs_xq; /* one request's view of a file (xattr.c) */
+enum vhfs_xattr_need {
+    VHFS_NEED_DISK,     /* any disk, even one that cannot be read */
+    VHFS_NEED_READABLE, /* a readable disk */
+    VHFS_NEED_CHILD,    /* a readable differencing disk */
+};
+struct vhfs_xattr_key {
+    const char *name;
+    enum vhfs_xattr_need need;
+    int (*read)(struct vhfs_xq *q, GString *out);                /* NULL: write-only */
+    int (*write)(struct vhfs_xq *q, const char *v, size_t size); /* NULL: read-only */
+    bool listed;                                                 /* shown by listxattr */
+};
+extern const struct vhfs_xattr_key vhfs_xattr_keys[];
+extern const size_t vhfs_xattr_nkeys;
 
 /* --- xattr.c: the synthesised attributes (user.vhd.*). --- */
 

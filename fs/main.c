@@ -487,8 +487,12 @@ int main(int argc, char *argv[])
     if (fuse_daemonize(fs.cfg.foreground) != 0)
         goto out_unmount;
     vhfs_log_init(fs.cfg.foreground, fs.cfg.debug);
+    /* After the fork: the service's scan runs in a thread of the daemon. */
+    if (vhfs_heal_start(&fs) < 0)
+        goto out_unmount;
 
     res = run_session(&fs);
+    vhfs_heal_stop(&fs);
     /* The loop ends with 0 when unmounted, or with the number of the signal that stopped it. */
     if (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) {
         status = 0;

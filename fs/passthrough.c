@@ -495,6 +495,8 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     int res = unlinkat(inode_of(req, parent)->fd, name, 0);
 
+    if (res == 0)
+        vhfs_heal_unlinked(vhfs_of(req), inode_of(req, parent), name);
     reply_err(req, "unlink", res < 0 ? errno : 0);
 }
 
@@ -514,6 +516,9 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
         return reply_err(req, "rename", EINVAL);
     res = renameat2(inode_of(req, parent)->fd, name, inode_of(req, newparent)->fd, newname, flags);
+    if (res == 0) /* the index follows; children of moved disks are relinked (heal.c) */
+        vhfs_heal_renamed(vhfs_of(req), req, inode_of(req, parent), name, inode_of(req, newparent),
+                          newname, flags);
     reply_err(req, "rename", res < 0 ? errno : 0);
 }
 
@@ -675,7 +680,7 @@ static int backing_flags(struct fuse_file_info *fi)
 }
 
 /* Fills fi for an open store file fd and counts writers. */
-static void opened(struct vhfs_inode *inode, struct fuse_file_info *fi, int fd)
+static void opened(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi, int fd)
 {
     fi->fh = (uint64_t)fd;
     /* The page cache survives opens; writes go through it, changes behind our back are caught
@@ -684,7 +689,7 @@ static void opened(struct vhfs_inode *inode, struct fuse_file_info *fi, int fd)
     /* flush() reports write-back errors of network stores at close; a reader has none. */
     fi->noflush = !writable(fi->flags);
     if (writable(fi->flags))
-        g_atomic_int_inc(&inode->nwriters);
+        vhfs_heal_writer_opened(fs, inode); /* never while a repair rewrites the file */
 }
 
 static void closed(struct vhfs_inode *inode, struct fuse_file_info *fi)
@@ -698,13 +703,17 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
+    /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
+    bool rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
     int fd;
 
     vhfs_procfd(path, inode->fd);
     fd = open(path, backing_flags(fi));
     if (fd < 0)
         return reply_err(req, "open", errno);
-    opened(inode, fi, fd);
+    opened(vhfs_of(req), inode, fi, fd);
+    if (rewritten)
+        fi->keep_cache = 0; /* the kernel drops the pages it cached of the old bytes */
     if (fuse_reply_open(req, fi) != 0)
         closed(inode, fi);
 }
@@ -736,7 +745,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         return reply_err(req, "create", -res);
     }
     inode = inode_by_ino(fs, e.ino);
-    opened(inode, fi, fd);
+    opened(fs, inode, fi, fd);
     if (fuse_reply_create(req, &e, fi) != 0) {
         closed(inode, fi);
         inode_unref(fs, inode, 1);
@@ -814,6 +823,7 @@ static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void lo_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     closed(inode_of(req, ino), fi);
+    vhfs_heal_released(vhfs_of(req), inode_of(req, ino), writable(fi->flags));
     reply_err(req, "release", 0);
 }
 
@@ -934,6 +944,8 @@ static void lo_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
         return reply_err(req, "listxattr", (int)-own);
     extra = vhfs_xattr_list(vhfs_of(req), inode, size > 0 ? buf + own : NULL,
                             size > 0 ? size - (size_t)own : 0);
+    if (size > 0 && (size_t)own == size && extra > 0)
+        extra = -ERANGE; /* a full buffer left none for ours (asked with 0, we got a length) */
     if (extra < 0)
         return reply_err(req, "listxattr", (int)-extra);
     if (size == 0)

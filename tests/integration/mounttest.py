@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""mounttest.py - what the mount tests share: a vhdhealfs daemon in the foreground, waited for
+with a deadline that fails if it died, unmounted at the end with its exit status and its log
+checked (as mount_passthrough.sh does); building stores with vhdheal; reading attributes the
+way programs do (os.getxattr, and libc's getxattr with a buffer of a chosen size)."""
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import vhdtest
+from vhdtest import check, run, vhdheal
+
+VHDHEALFS = os.environ.get("VHDHEALFS", "")
+LIBC = ctypes.CDLL(None, use_errno=True)
+BAD_LOG = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "forget of")
+
+
+def require_fuse():
+    """Exits 77 (skip) without /dev/fuse, unless CI is set; fails without the tools."""
+    if not os.path.exists("/dev/fuse"):
+        if os.environ.get("CI"):
+            print("FAIL: /dev/fuse is missing (CI is set)")
+            sys.exit(1)
+        print("SKIP: /dev/fuse is missing")
+        sys.exit(77)
+    for tool in ("fusermount3", "mountpoint", "getfattr", "setfattr", "vhdiinfo"):
+        if not shutil.which(tool):
+            print(f"FAIL: {tool} is missing")
+            sys.exit(1)
+    if not VHDHEALFS:
+        print("FAIL: VHDHEALFS is not set")
+        sys.exit(1)
+
+
+class Mount:
+    """vhdhealfs -f STORE MNT [-o OPTS]; log in LOG (appended)."""
+
+    def __init__(self, store, mnt, log, opts=""):
+        self.store, self.mnt, self.log = store, mnt, log
+        args = [VHDHEALFS, "-f"] + (["-o", opts] if opts else []) + [store, mnt]
+        self.logf = open(log, "ab")
+        self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon died before mounting ({self.proc.returncode}):"
+                                   f"\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("no mount after 20 s")
+            time.sleep(0.02)
+
+    def text(self):
+        if not self.logf.closed:
+            self.logf.flush()
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """Unmounts; the daemon must exit 0 with a clean log."""
+        subprocess.run(["fusermount3", "-u", self.mnt], check=False)
+        try:
+            rc = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.logf.close()
+        check(rc == 0, f"the daemon exited with status {rc} after unmount")
+        bad = [l for l in self.text().splitlines() if any(b in l for b in BAD_LOG)]
+        check(not bad, f"the daemon log shows errors: {bad[:5]}")
+
+    def kill(self):
+        """For clean-up after a failure."""
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], check=False)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def getx(path, name):
+    """(value as str, 0) or (None, errno)."""
+    try:
+        return os.getxattr(path, name).decode(), 0
+    except OSError as e:
+        return None, e.errno
+
+
+def setx(path, name, value):
+    """0 or the errno."""
+    try:
+        os.setxattr(path, name, value.encode() if isinstance(value, str) else value)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def getx_raw(path, name, size):
+    """libc getxattr with a buffer of `size` bytes: (result, errno)."""
+    buf = ctypes.create_string_buffer(max(size, 1))
+    n = LIBC.getxattr(path.encode(), name.encode(), buf if size else None, ctypes.c_size_t(size))
+    return n, (ctypes.get_errno() if n < 0 else 0)
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def create(path, fmt, size="8M", kind="dynamic"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    vhdheal("create", "--format", fmt, "--type", kind, "--size", size, path)
+
+
+def child(path, parent):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    vhdheal("create", "--parent", parent, path)
+
+
+def fill(path, seed, offsets=(0, 1 << 20, 3 << 20)):
+    """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: FORMATS.md §4a)."""
+    for k, off in enumerate(offsets):
+        data = bytes((seed * 31 + k * 7 + i) & 0xFF for i in range(4096))
+        vhdheal("write", path, str(off), input=data)
+
+
+def content(path, store=None):
+    """The virtual content through the chain, as the engine reads it."""
+    args = ["read"] + (["--store", store] if store else []) + [path]
+    return vhdheal(*args).stdout
+
+
+def locators(path):
+    """{kind: stored path} of a differencing disk, read from STORE by vhdheal info."""
+    d = json.loads(vhdheal("info", "--json", path).stdout)["disks"][0]
+    return {l["kind"]: l["path"] for l in d["parent"]["locators"]}
+
+
+def parent_id_on_disk(path):
+    return vhdtest.vhdiinfo(path).get("Parent identifier")
+
+
+def ext(fmt, top=False):
+    return ("a" if top else "") + fmt
+
+
+__all__ = ["Mount", "require_fuse", "getx", "setx", "getx_raw", "sha", "create", "child", "fill",
+           "content", "locators", "parent_id_on_disk", "ext", "check", "run", "vhdheal", "errno"]
