@@ -1147,8 +1147,13 @@ static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if ((uint64_t)off >= end || size == 0)
         return (void)fuse_reply_buf(req, NULL, 0);
     size_t n = (size_t)MIN((uint64_t)size, end - (uint64_t)off);
-    if (h->text)
-        return (void)fuse_reply_buf(req, h->text + off, n);
+    /* Never reply from the handle's memory: once the kernel has the reply, the reader may close
+       the file, and the release (on another thread) frees the handle while this thread is
+       still inside fuse_reply_buf (ASan's writev check then reads freed memory). */
+    if (h->text) {
+        g_autofree char *copy = g_memdup2(h->text + off, n);
+        return (void)fuse_reply_buf(req, copy, n);
+    }
     g_autofree char *buf = g_try_malloc(n);
     if (buf == NULL)
         return reply_err(req, "read", ENOMEM);
