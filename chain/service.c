@@ -564,7 +564,11 @@ static GPtrArray *relink_candidates(vh_service *s, GPtrArray *moved)
 int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exchange, bool relink,
                        vh_gate_fn gate, void *ctx, GPtrArray *changed)
 {
-    if (exchange) {
+    if (!vh_store_scanned(s->store)) {
+        /* The first scan has not finished: wait for it, and walk once more, which sees the
+           store as the rename left it (a rename noted now would be lost when it finishes). */
+        vh_service_scan(s, NULL);
+    } else if (exchange) {
         /* through a name no file of the store can have (.vhdheal/ is never indexed) */
         g_autofree char *tmp =
             g_strdup_printf(".vhdheal/exchange-%d", g_atomic_int_add(&s->exchanges, 1));
