@@ -5,8 +5,8 @@
  * heal and view modules plug into the pass-through.
  *
  * Contract: fs/ never parses disk bytes; everything about disks comes from chain/. Inside, code
- * returns 0 or -errno; only the lo_* handlers of passthrough.c talk to FUSE, and each sends
- * exactly one reply.
+ * returns 0 or -errno; only the lo_* handlers of passthrough.c and the vw_* handlers of views.c
+ * (for the views' own inodes) talk to FUSE, and each sends exactly one reply.
  */
 #ifndef VHFS_FS_H
 #define VHFS_FS_H
@@ -80,6 +80,9 @@ struct vhfs {
     GHashTable *inodes; /* (dev, ino) -> struct vhfs_inode *, root excluded */
     double timeout;     /* entry and attribute timeout, seconds */
     bool as_root;       /* the daemon runs as root: new objects are given to their creator */
+
+    /* views.c's state; NULL with views=off */
+    struct vhfs_views *views;
 };
 
 /*
@@ -189,6 +192,39 @@ int vhfs_xattr_remove(struct vhfs *fs, struct vhfs_inode *inode, const char *nam
 ssize_t vhfs_xattr_list(struct vhfs *fs, struct vhfs_inode *inode, char *buf, size_t size);
 /* True when a name the store file carries must not be shown (it is ours to synthesise). */
 bool vhfs_xattr_hidden(const char *name);
+
+/* --- views.c: the @raw and @chains folders. --- */
+
+struct vhfs_views;
+
+/*
+ * The views' inode numbers have this bit set; the pass-through's (addresses of struct
+ * vhfs_inode) never do, since user space lies in the lower half of the address space.
+ */
+#define VHFS_VIEWS_INO_BIT (UINT64_C(1) << 63)
+
+static inline bool vhfs_views_ino(fuse_ino_t ino)
+{
+    return (ino & VHFS_VIEWS_INO_BIT) != 0;
+}
+
+/* Opens the views' state (fs->views) for cfg.store; -errno on failure (logged). */
+int vhfs_views_init(struct vhfs *fs);
+void vhfs_views_fini(struct vhfs *fs);
+/*
+ * Puts the views in front of ops (a copy of vhfs_ops): operations on the views' inodes, and
+ * lookups of @raw and @chains at the root, are served by views.c; everything else goes on to
+ * the operations ops held. An operation that takes an inode must be wrapped there before
+ * vhfs_ops may define it.
+ */
+void vhfs_views_wrap(struct fuse_lowlevel_ops *ops);
+/*
+ * For the root's readdir(plus), once the real entries are exhausted: adds @raw and @chains
+ * (those the store's root does not hold itself) to buf, each with the offset off; *sent counts
+ * the ones handled (0 after a seek). Returns the bytes added.
+ */
+size_t vhfs_views_root_entries(fuse_req_t req, char *buf, size_t size, off_t off, bool plus,
+                               unsigned *sent);
 
 /* --- util.c: logging and small helpers. --- */
 

@@ -412,7 +412,11 @@ static int run_session(struct vhfs *fs)
         ncpu = 1;
     lc = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(lc, 0);
-    fuse_loop_cfg_set_idle_threads(lc, (unsigned)ncpu);
+    /* Idle workers stay: with fewer idle than busy ones, libfuse starts a thread for each burst
+       of readahead requests and ends it afterwards. Measured here: a cold sequential read of a
+       1 GiB @raw chain made 2300 threads for 8200 requests and ran at 290 MB/s; 1 GB/s without
+       that churn. */
+    fuse_loop_cfg_set_idle_threads(lc, (unsigned)(2 * ncpu));
     fuse_loop_cfg_set_max_threads(lc, (unsigned)(2 * ncpu));
     res = fuse_session_loop_mt(fs->se, lc);
     fuse_loop_cfg_destroy(lc);
@@ -425,6 +429,7 @@ int main(int argc, char *argv[])
     struct fuse_args sargs = FUSE_ARGS_INIT(0, NULL);
     struct cmdline c = {0};
     struct vhfs fs = {.root.fd = -1};
+    struct fuse_lowlevel_ops ops = vhfs_ops;
     int status = 1, res;
 
     /* Until the daemon detaches, everything goes to the terminal. */
@@ -458,8 +463,14 @@ int main(int argc, char *argv[])
         status = EXIT_USAGE;
         goto out;
     }
+    if (fs.cfg.views && vhfs_views_init(&fs) < 0) {
+        status = EXIT_USAGE;
+        goto out_fs;
+    }
+    if (fs.cfg.views)
+        vhfs_views_wrap(&ops);
     session_args(&fs.cfg, &args, &sargs);
-    fs.se = fuse_session_new(&sargs, &vhfs_ops, sizeof(vhfs_ops), &fs);
+    fs.se = fuse_session_new(&sargs, &ops, sizeof(ops), &fs);
     if (fs.se == NULL) { /* libfuse said which option it did not know */
         status = EXIT_USAGE;
         goto out_fs;
@@ -498,6 +509,7 @@ out_session:
     fuse_session_destroy(fs.se);
     fs.se = NULL;
 out_fs:
+    vhfs_views_fini(&fs);
     vhfs_fini(&fs);
 out:
     config_clear(&fs.cfg);

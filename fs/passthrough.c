@@ -35,6 +35,7 @@ struct vhfs_dir {
     DIR *dp;
     struct dirent *entry; /* read but not yet sent */
     off_t offset;         /* where dp stands, as the kernel counts */
+    unsigned views_sent;  /* root: view folders listed after the real entries (views.c) */
 };
 
 /* --- helpers --- */
@@ -572,6 +573,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset
         seekdir(d->dp, offset);
         d->entry = NULL;
         d->offset = offset;
+        d->views_sent = 0;
     }
     for (;;) {
         const char *name;
@@ -583,6 +585,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset
             d->entry = readdir(d->dp);
             if (d->entry == NULL) {
                 err = errno; /* 0 at the end */
+                if (err == 0 && ino == FUSE_ROOT_ID && fs->views != NULL)
+                    used += vhfs_views_root_entries(req, buf + used, size - used, d->offset, plus,
+                                                    &d->views_sent);
                 break;
             }
         }

@@ -8,11 +8,12 @@ import hashlib
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vhdtest import check, finish, info, libvhdi_read, read_all, vhdheal, vhdiinfo  # noqa: E402
+from vhdtest import VHDHEAL, check, finish, info, libvhdi_read, read_all, vhdheal, vhdiinfo  # noqa: E402
 
 SIZE = 16 * 1024 * 1024
 
@@ -140,6 +141,26 @@ def errors(store, fmt, child, top, base):
                "parent outside the store")
     finally:
         shutil.rmtree(outside)
+    # EACCES: a user who may not write the child cannot reconnect it.
+    os.chmod(store, 0o755)
+    os.chmod(os.path.dirname(child), 0o755)
+    os.chmod(child, 0o644)
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        VHDHEAL, "reconnect", "--store", store, child, base], capture_output=True)
+    check(p.returncode == 2 and b"Permission denied" in p.stderr,
+          f"{fmt}: EACCES for a user who cannot write the child: {p.stderr!r}")
+    # EIO: a child whose structures are corrupt is not rewritten.
+    corrupt = os.path.join(store, f"corrupt.a{fmt}")
+    shutil.copy(child, corrupt)
+    with open(corrupt, "r+b") as f:
+        if fmt == "vhd":  # the dynamic header's checksum (FORMATS.md §1.2): stale
+            f.seek(512 + 36)
+            f.write(b"\x00\x00\x00\x01")
+        else:  # both VHDX headers (64 KiB, 128 KiB): bad CRC
+            for off in (64 * 1024 + 4, 128 * 1024 + 4):
+                f.seek(off)
+                f.write(b"\xde\xad\xbe\xef")
+    expect(store, fmt, [corrupt, base], "checksum", "EIO, corrupt child")
     # Forced onto an identical copy: accepted, and the chain reads the same.
     twin = os.path.join(store, f"twin.{fmt}")
     shutil.copy(base, twin)

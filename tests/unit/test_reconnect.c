@@ -251,6 +251,25 @@ static void errors_follow_the_table(vh_format f)
         expect_error(fx, grand, true, EINVAL, "cycle");
         expect_error(fx, fx->child, true, EINVAL, "cycle");
     }
+    /* a corrupt child (both VHDX headers / the VHD dynamic header fail their checksums): EIO */
+    {
+        g_autofree char *copy = g_strdup_printf("%s/vms/corrupt.%s", fx->store, ext);
+        g_autofree char *cp = g_strdup_printf("cp '%s' '%s'", fx->child, copy);
+        assert_int_equal(system(cp), 0);
+        int fd = open(copy, O_RDWR);
+        if (f == VH_FORMAT_VHD) {
+            assert_int_equal(pwrite(fd, "\x00\x00\x00\x01", 4, 512 + 36), 4);
+        } else {
+            assert_int_equal(pwrite(fd, "\xde\xad\xbe\xef", 4, 64 * 1024 + 4), 4);
+            assert_int_equal(pwrite(fd, "\xde\xad\xbe\xef", 4, 128 * 1024 + 4), 4);
+        }
+        close(fd);
+        vh_reconnect_opts ro = {.store = fx->store};
+        vh_reconnect_result res;
+        g_autoptr(GError) err = NULL;
+        assert_int_equal(vh_reconnect(copy, fx->base, &ro, &res, &err), -EIO);
+        assert_non_null(strstr(err->message, "checksum"));
+    }
     /* locked by another holder: EBUSY */
     {
         int fd = open(fx->child, O_RDWR);

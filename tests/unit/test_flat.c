@@ -1,0 +1,420 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* test_flat.c - the flat chain reader and its cache (flat.h): reads equal vh_disk_read through
+ * the same chain (VHD and VHDX, depth 3, unaligned ranges), from several threads at once; a
+ * broken link is crossed to its one heal target and only then; SEEK_DATA/SEEK_HOLE; a reader
+ * goes stale when a member changes or moves; the cache reopens stale readers, keeps current
+ * ones, and holds at most its bound; nothing is written. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "flat.h"
+#include "winpath.h"
+
+#define VSIZE (6 * 1024 * 1024 + 512 * 3) /* a partial last block */
+#define MIB (1024 * 1024)
+
+typedef struct {
+    vh_format format;
+    char *dir;
+    vh_store *store;
+    vh_resolver *resolver;
+} fixture;
+
+static const char *ext(vh_format f)
+{
+    return f == VH_FORMAT_VHD ? "vhd" : "vhdx";
+}
+
+static char *path_in(fixture *fx, const char *rel)
+{
+    return g_build_filename(fx->dir, rel, NULL);
+}
+
+/* Writes len pseudo-random bytes (seeded) at off into the disk at store-relative rel. */
+static void write_random(fixture *fx, const char *rel, uint64_t off, size_t len, guint32 seed)
+{
+    g_autofree char *p = path_in(fx, rel);
+    g_autoptr(vh_disk) d = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *buf = g_malloc(len);
+    GRand *r = g_rand_new_with_seed(seed);
+    for (size_t k = 0; k < len; k++)
+        buf[k] = (uint8_t)g_rand_int(r);
+    g_rand_free(r);
+    if (vh_disk_open(p, VH_OPEN_WRITE, &d, &err) < 0 || vh_disk_write(d, buf, off, len, &err) < 0 ||
+        vh_disk_flush(d, &err) < 0)
+        fail_msg("%s", err->message);
+}
+
+static void create(fixture *fx, const char *rel, const char *parent_rel, uint32_t block_size)
+{
+    g_autofree char *p = path_in(fx, rel);
+    g_autofree char *dir = g_path_get_dirname(p);
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(g_mkdir_with_parents(dir, 0755), 0);
+    if (!parent_rel) {
+        vh_create_opts o = {
+            .format = fx->format, .type = VH_TYPE_DYNAMIC, .size = VSIZE, .block_size = block_size};
+        if (vh_disk_create(p, &o, &err) < 0)
+            fail_msg("%s", err->message);
+        return;
+    }
+    g_autofree char *pp = path_in(fx, parent_rel);
+    g_autoptr(vh_disk) parent = NULL;
+    assert_int_equal(vh_disk_open(pp, VH_OPEN_READ, &parent, NULL), 0);
+    g_autofree char *rel_loc = vh_winpath_relative(p, pp);
+    vh_create_opts o = {.format = fx->format,
+                        .type = VH_TYPE_DIFFERENCING,
+                        .parent = parent,
+                        .parent_relative = rel_loc};
+    if (vh_disk_create(p, &o, &err) < 0)
+        fail_msg("%s", err->message);
+}
+
+/* base <- vm/mid <- vm/top, every level written (a VHDX parent is written before its child
+ * exists: a write changes its DataWriteGuid). */
+static int setup(vh_format f, void **state)
+{
+    fixture *fx = g_new0(fixture, 1);
+    fx->format = f;
+    fx->dir = g_dir_make_tmp("test_flat_XXXXXX", NULL);
+    g_autofree char *base = g_strdup_printf("base.%s", ext(f));
+    g_autofree char *mid = g_strdup_printf("vm/mid.%s", ext(f));
+    g_autofree char *top = g_strdup_printf("vm/top.%s", ext(f));
+    create(fx, base, NULL, 1 * MIB);
+    write_random(fx, base, 0, 3 * MIB + 100, 1);
+    write_random(fx, base, 5 * MIB, 512 * 3, 2);
+    create(fx, mid, base, 0);
+    write_random(fx, mid, MIB - 7, 300000, 3);
+    write_random(fx, mid, VSIZE - 4096, 4096, 4);
+    create(fx, top, mid, 0);
+    write_random(fx, top, 2 * MIB + 1, 70000, 5);
+    write_random(fx, top, 512, 512, 6);
+    fx->store = vh_store_new(fx->dir, NULL);
+    assert_non_null(fx->store);
+    vh_resolve_opts ro = {0};
+    fx->resolver = vh_resolver_new(fx->store, &ro);
+    *state = fx;
+    return 0;
+}
+
+static int setup_vhd(void **state)
+{
+    return setup(VH_FORMAT_VHD, state);
+}
+
+static int setup_vhdx(void **state)
+{
+    return setup(VH_FORMAT_VHDX, state);
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    vh_resolver_free(fx->resolver);
+    vh_store_free(fx->store);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", fx->dir);
+    assert_int_equal(system(cmd), 0);
+    g_free(fx->dir);
+    g_free(fx);
+    return 0;
+}
+
+static char *top_rel(fixture *fx)
+{
+    return g_strdup_printf("vm/top.%s", ext(fx->format));
+}
+
+static vh_chain *chain_of(fixture *fx, const char *rel)
+{
+    vh_resolver_reset(fx->resolver);
+    g_autoptr(GError) err = NULL;
+    vh_chain *c = vh_resolve_chain(fx->resolver, rel, &err);
+    if (!c)
+        fail_msg("%s", err->message);
+    return c;
+}
+
+/* The whole virtual disk as vh_chain_open (use_heal_target) reads it. */
+static uint8_t *reference(fixture *fx, const char *rel)
+{
+    g_autofree char *p = path_in(fx, rel);
+    g_autoptr(vh_disk) d = NULL;
+    g_autoptr(GError) err = NULL;
+    vh_chain_open_opts o = {.store = fx->dir, .use_heal_target = true};
+    if (vh_chain_open(p, &o, &d, &err) < 0)
+        fail_msg("%s", err->message);
+    uint8_t *buf = g_malloc(d->virtual_size);
+    assert_int_equal(vh_disk_read(d, buf, 0, d->virtual_size, NULL), 0);
+    return buf;
+}
+
+static GHashTable *snapshot(fixture *fx)
+{
+    GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(GPtrArray) all = vh_store_list(fx->store, NULL);
+    for (guint k = 0; k < all->len; k++) {
+        const vh_disk_info *i = all->pdata[k];
+        g_autofree char *p = path_in(fx, i->path);
+        char *data;
+        gsize len;
+        assert_true(g_file_get_contents(p, &data, &len, NULL));
+        g_hash_table_insert(h, g_strdup(i->path),
+                            g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len));
+        g_free(data);
+    }
+    return h;
+}
+
+static void reads_equal_the_chain(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autoptr(vh_chain) c = chain_of(fx, top);
+    g_autofree uint8_t *ref = reference(fx, top);
+    g_autoptr(GHashTable) before = snapshot(fx);
+    g_autoptr(vh_flat) f = NULL;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c, &f, &err), 0);
+    assert_int_equal(vh_flat_size(f), VSIZE);
+    assert_int_equal(vh_flat_depth(f), 3);
+    assert_string_equal(vh_flat_member(f, 0), top);
+    assert_null(vh_flat_member(f, 3));
+    g_autofree uint8_t *all = g_malloc(VSIZE);
+    assert_int_equal(vh_flat_read(f, all, 0, VSIZE, NULL), 0);
+    assert_memory_equal(all, ref, VSIZE);
+    /* unaligned ranges crossing sectors, blocks and levels */
+    GRand *r = g_rand_new_with_seed(7);
+    for (int k = 0; k < 200; k++) {
+        uint64_t off = g_rand_int_range(r, 0, VSIZE);
+        size_t len = (size_t)g_rand_int_range(r, 0, (gint32)MIN(VSIZE - off, 3 * MIB) + 1);
+        uint8_t *buf = g_malloc(len + 1);
+        assert_int_equal(vh_flat_read(f, buf, off, len, NULL), 0);
+        assert_memory_equal(buf, ref + off, len);
+        g_free(buf);
+    }
+    g_rand_free(r);
+    uint8_t b;
+    assert_int_equal(vh_flat_read(f, &b, VSIZE, 1, &err), -EINVAL);
+    g_autoptr(GHashTable) after = snapshot(fx);
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, before);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        assert_string_equal(v, g_hash_table_lookup(after, k)); /* never writes */
+}
+
+typedef struct {
+    vh_flat *f;
+    const uint8_t *ref;
+    guint32 seed;
+    gint bad;
+} reader_arg;
+
+/* No cmocka asserts in threads: count mismatches. */
+static gpointer reader(gpointer p)
+{
+    reader_arg *a = p;
+    GRand *r = g_rand_new_with_seed(a->seed);
+    uint8_t *buf = g_malloc(MIB);
+    for (int k = 0; k < 300; k++) {
+        uint64_t off = g_rand_int_range(r, 0, VSIZE);
+        size_t len = (size_t)g_rand_int_range(r, 1, (gint32)MIN(VSIZE - off, MIB) + 1);
+        if (vh_flat_read(a->f, buf, off, len, NULL) < 0 || memcmp(buf, a->ref + off, len) != 0)
+            a->bad++;
+    }
+    g_free(buf);
+    g_rand_free(r);
+    return NULL;
+}
+
+static void concurrent_readers_agree(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autoptr(vh_chain) c = chain_of(fx, top);
+    g_autofree uint8_t *ref = reference(fx, top);
+    g_autoptr(vh_flat) f = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    reader_arg args[4];
+    GThread *th[4];
+    for (int k = 0; k < 4; k++) {
+        args[k] = (reader_arg){.f = f, .ref = ref, .seed = 100 + (guint32)k};
+        th[k] = g_thread_new("reader", reader, &args[k]);
+    }
+    for (int k = 0; k < 4; k++) {
+        g_thread_join(th[k]);
+        assert_int_equal(args[k].bad, 0);
+    }
+}
+
+static void seek_finds_data_and_holes(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autoptr(vh_chain) c = chain_of(fx, top);
+    g_autofree uint8_t *ref = reference(fx, top);
+    g_autoptr(vh_flat) f = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    uint64_t off = 0, data, hole;
+    int holes = 0;
+    /* every byte outside the data ranges reads as zeros, and the ranges cover what was written */
+    while (vh_flat_seek(f, off, false, &data, NULL) == 0) {
+        assert_true(data >= off);
+        for (uint64_t k = off; k < data; k++)
+            assert_int_equal(ref[k], 0);
+        holes += data > off;
+        assert_int_equal(vh_flat_seek(f, data, true, &hole, NULL), 0);
+        assert_true(hole > data && hole <= VSIZE);
+        off = hole;
+        if (off == VSIZE)
+            break;
+    }
+    for (uint64_t k = off; k < VSIZE; k++)
+        assert_int_equal(ref[k], 0);
+    assert_true(holes > 0);
+    assert_int_equal(vh_flat_seek(f, 0, false, &data, NULL), 0);
+    assert_int_equal(data, 0); /* sector 1 of the top and the base's first MiB */
+    assert_int_equal(vh_flat_seek(f, VSIZE, false, &data, NULL), -ENXIO);
+    assert_int_equal(vh_flat_seek(f, VSIZE, true, &data, NULL), -ENXIO);
+}
+
+static void stale_when_a_member_changes(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autofree char *mid = g_strdup_printf("vm/mid.%s", ext(fx->format));
+    g_autoptr(vh_chain) c = chain_of(fx, top);
+    g_autoptr(vh_flat) f = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    assert_true(vh_flat_current(f, c));
+    assert_true(vh_flat_current(f, NULL));
+    /* a member's mtime moves */
+    g_autofree char *mp = path_in(fx, mid);
+    struct timespec ts[2] = {{.tv_sec = 1000000}, {.tv_sec = 1000000}};
+    assert_int_equal(utimensat(AT_FDCWD, mp, ts, 0), 0);
+    assert_false(vh_flat_current(f, NULL));
+    /* a chain that names other paths */
+    g_autoptr(vh_chain) c2 = chain_of(fx, mid);
+    g_autoptr(vh_flat) f2 = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c2, &f2, NULL), 0);
+    assert_false(vh_flat_current(f2, c));
+    assert_true(vh_flat_current(f2, c2));
+    /* a member renamed away */
+    g_autofree char *moved = path_in(fx, "moved-away");
+    assert_int_equal(rename(mp, moved), 0);
+    assert_false(vh_flat_current(f2, NULL));
+    assert_int_equal(rename(moved, mp), 0);
+}
+
+static void heal_target_is_crossed_and_nothing_else(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autofree uint8_t *ref = reference(fx, top);
+    g_autofree char *base = g_strdup_printf("base.%s", ext(fx->format));
+    g_autofree char *from = path_in(fx, base);
+    g_autofree char *dir = path_in(fx, "elsewhere");
+    g_autofree char *to = g_build_filename(dir, "renamed", NULL);
+    assert_int_equal(g_mkdir_with_parents(dir, 0755), 0);
+    assert_int_equal(rename(from, to), 0);
+    assert_int_equal(vh_store_scan(fx->store, NULL), 0);
+    g_autoptr(vh_chain) c = chain_of(fx, top);
+    assert_int_equal(c->broken, 1);
+    g_autoptr(vh_flat) f = NULL;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c, &f, &err), 0);
+    assert_string_equal(vh_flat_member(f, 2), "elsewhere/renamed");
+    g_autofree uint8_t *all = g_malloc(VSIZE);
+    assert_int_equal(vh_flat_read(f, all, 0, VSIZE, NULL), 0);
+    assert_memory_equal(all, ref, VSIZE);
+    /* a second copy: ambiguous, no heal target, no reader */
+    g_autofree char *copy = g_build_filename(dir, "copy", NULL);
+    g_autofree char *cmd = g_strdup_printf("cp '%s' '%s'", to, copy);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(vh_store_scan(fx->store, NULL), 0);
+    g_autoptr(vh_chain) c2 = chain_of(fx, top);
+    g_autoptr(vh_flat) f2 = NULL;
+    assert_int_equal(vh_flat_open(fx->store, c2, &f2, &err), -EINVAL);
+    assert_null(f2);
+    assert_non_null(strstr(err->message, "ambiguous"));
+    /* gone: parent-missing */
+    assert_int_equal(unlink(to), 0);
+    assert_int_equal(unlink(copy), 0);
+    assert_int_equal(vh_store_scan(fx->store, NULL), 0);
+    g_autoptr(vh_chain) c3 = chain_of(fx, top);
+    g_clear_error(&err);
+    assert_int_equal(vh_flat_open(fx->store, c3, &f2, &err), -ENOENT);
+    assert_non_null(strstr(err->message, "parent-missing"));
+}
+
+static void cache_reopens_stale_and_keeps_its_bound(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *top = top_rel(fx);
+    g_autofree char *mid = g_strdup_printf("vm/mid.%s", ext(fx->format));
+    g_autofree char *base = g_strdup_printf("base.%s", ext(fx->format));
+    g_autoptr(vh_flat_cache) cache = vh_flat_cache_new(fx->store, 2);
+    g_autoptr(vh_chain) ct = chain_of(fx, top);
+    g_autoptr(vh_chain) cm = chain_of(fx, mid);
+    g_autoptr(vh_chain) cb = chain_of(fx, base);
+    vh_flat *a = NULL, *b = NULL;
+    assert_int_equal(vh_flat_cache_get(cache, ct, &a, NULL), 0);
+    assert_int_equal(vh_flat_cache_get(cache, ct, &b, NULL), 0);
+    assert_ptr_equal(a, b); /* current: kept */
+    assert_int_equal(vh_flat_cache_opens(cache), 1);
+    vh_flat_unref(b);
+    /* a change to the base makes the top's reader stale */
+    write_random(fx, base, 4 * MIB, 4096, 9);
+    if (fx->format == VH_FORMAT_VHDX) {
+        /* the write changed the base's DataWriteGuid: the top's chain is broken now; only the
+         * stat change matters here, so look at the base's own chain */
+        vh_flat_unref(a);
+        a = NULL;
+        g_autoptr(vh_chain) cb2 = chain_of(fx, base);
+        assert_int_equal(vh_flat_cache_get(cache, cb2, &a, NULL), 0);
+        assert_int_equal(vh_flat_cache_opens(cache), 2);
+    } else {
+        assert_int_equal(vh_flat_cache_get(cache, ct, &b, NULL), 0);
+        assert_ptr_not_equal(a, b);
+        assert_true(vh_flat_serial(b) > vh_flat_serial(a));
+        assert_int_equal(vh_flat_cache_opens(cache), 2);
+        g_autofree uint8_t *ref = reference(fx, top);
+        g_autofree uint8_t *buf = g_malloc(VSIZE);
+        assert_int_equal(vh_flat_read(b, buf, 0, VSIZE, NULL), 0);
+        assert_memory_equal(buf, ref, VSIZE);
+        /* the stale reader still reads (what it had opened) until its last reference goes */
+        assert_int_equal(vh_flat_read(a, buf, 0, 4096, NULL), 0);
+        vh_flat_unref(b);
+        assert_int_equal(vh_flat_cache_get(cache, cm, &b, NULL), 0);
+        vh_flat_unref(b);
+        assert_int_equal(vh_flat_cache_get(cache, cb, &b, NULL), 0);
+        vh_flat_unref(b);
+        assert_int_equal(vh_flat_cache_size(cache), 2); /* the bound */
+    }
+    vh_flat_unref(a);
+    vh_flat_cache_drop(cache, base);
+    assert_true(vh_flat_cache_size(cache) <= 1);
+}
+
+#define TESTS(s)                                                                                   \
+    cmocka_unit_test_setup_teardown(reads_equal_the_chain, s, teardown),                           \
+        cmocka_unit_test_setup_teardown(concurrent_readers_agree, s, teardown),                    \
+        cmocka_unit_test_setup_teardown(seek_finds_data_and_holes, s, teardown),                   \
+        cmocka_unit_test_setup_teardown(stale_when_a_member_changes, s, teardown),                 \
+        cmocka_unit_test_setup_teardown(heal_target_is_crossed_and_nothing_else, s, teardown),     \
+        cmocka_unit_test_setup_teardown(cache_reopens_stale_and_keeps_its_bound, s, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {TESTS(setup_vhd), TESTS(setup_vhdx)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
