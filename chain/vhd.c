@@ -145,10 +145,16 @@ static int load_footer(vh_disk *d, vh_open_flags flags, GError **err)
     if (r < 0)
         return r;
     if (file->size >= VHD_FOOTER_SIZE) {
-        uint8_t buf[VHD_FOOTER_SIZE];
-        if ((r = vh_file_read(file, buf, sizeof buf, 0, "footer copy", err)) < 0)
+        /* One read for the copy and the header that usually follows it (see load_header). */
+        size_t n = file->size >= VHD_FOOTER_SIZE + VHD_HEADER_SIZE
+                       ? VHD_FOOTER_SIZE + VHD_HEADER_SIZE
+                       : VHD_FOOTER_SIZE;
+        g_autofree uint8_t *buf = g_malloc(n);
+        if ((r = vh_file_read(file, buf, n, 0, "footer copy", err)) < 0)
             return r;
         vhd_footer_parse(buf, &head);
+        if (n > VHD_FOOTER_SIZE)
+            p->head_ahead = g_memdup2(buf + VHD_FOOTER_SIZE, VHD_HEADER_SIZE);
     }
     uint64_t limit = tail.cookie_ok ? tail_off : file->size;
     p->footer_off = tail.cookie_ok ? tail_off : vh_round_up(file->size, VHD_SECTOR);
@@ -200,7 +206,12 @@ static int load_header(vh_disk *d, GError **err)
     vhd_priv *p = vhd_p(d);
     uint8_t buf[VHD_HEADER_SIZE];
     uint64_t off = p->footer.data_offset;
-    int r = vh_file_read(&d->file, buf, sizeof buf, off, "dynamic disk header", err);
+    int r = 0;
+    if (off == VHD_FOOTER_SIZE && p->head_ahead)
+        memcpy(buf, p->head_ahead, sizeof buf);
+    else
+        r = vh_file_read(&d->file, buf, sizeof buf, off, "dynamic disk header", err);
+    g_clear_pointer(&p->head_ahead, g_free);
     if (r < 0)
         return r;
     vhd_header *h = &p->hdr;
@@ -819,6 +830,7 @@ static void vhd_close(vh_disk *d)
     if (p->bitmaps)
         g_hash_table_unref(p->bitmaps);
     g_free(p->bat);
+    g_free(p->head_ahead);
     g_free(p);
     d->priv = NULL;
 }

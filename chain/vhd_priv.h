@@ -29,6 +29,9 @@ typedef struct vhd_priv {
     bool head_ok;       /* ... with a good checksum */
     bool head_same;     /* ... byte-identical to the footer in use */
     bool integrity_bad; /* a checksum or locator problem: read-only opens only */
+    /* Open only: the 1 KiB after the footer copy, read with it (where the dynamic disk header
+     * nearly always is: data offset 512), or NULL. */
+    uint8_t *head_ahead;
     /* dynamic / differencing */
     vhd_header hdr;
     uint64_t header_off;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "disk.h"
+#include "readlog.h"
 #include "vhdx_format.h"
 
 /* ---------------- helpers ---------------- */
@@ -581,6 +582,87 @@ static void probe_open_skips_the_bat(void **state)
     vh_run run;
     g_autoptr(GError) err = NULL;
     assert_int_equal(c->ops->map(c, 0, 512, &run, &err), -EINVAL);
+    /* reads and writes fail cleanly too, and a probe open for writing writes nothing */
+    uint8_t buf[512] = {0};
+    assert_int_equal(vh_disk_read(c, buf, 0, sizeof buf, NULL), -EINVAL);
+    assert_int_equal(vh_disk_read(b, buf, 0, sizeof buf, NULL), -EINVAL);
+    g_autoptr(GBytes) before = file_bytes(child);
+    {
+        g_autoptr(vh_disk) w = open_ok(child, VH_OPEN_PROBE | VH_OPEN_WRITE);
+        assert_int_equal(vh_disk_write(w, buf, 0, sizeof buf, NULL), -EINVAL);
+        assert_int_equal(vh_disk_write(w, buf, 100, 10, NULL), -EINVAL);
+        assert_int_equal(w->ops->write_sectors(w, buf, 0, sizeof buf, NULL), -EINVAL);
+    }
+    g_autoptr(GBytes) after = file_bytes(child);
+    assert_true(g_bytes_equal(before, after));
+}
+
+static uint64_t info_u64(GHashTable *info, const char *key)
+{
+    const char *v = g_hash_table_lookup(info, key);
+    assert_non_null(v);
+    return g_ascii_strtoull(v, NULL, 10);
+}
+
+static void assert_same_identity(vh_disk *a, vh_disk *b)
+{
+    assert_int_equal(a->type, b->type);
+    assert_int_equal(a->virtual_size, b->virtual_size);
+    assert_int_equal(a->logical_sector_size, b->logical_sector_size);
+    assert_int_equal(a->physical_sector_size, b->physical_sector_size);
+    assert_int_equal(a->block_size, b->block_size);
+    assert_true(vh_id_equal(&a->id, &b->id));
+    assert_true(vh_id_equal(&a->link.parent_id, &b->link.parent_id));
+    assert_int_equal(a->link.locators->len, b->link.locators->len);
+    for (guint i = 0; i < a->link.locators->len; i++) {
+        const vh_locator *x = a->link.locators->pdata[i], *y = b->link.locators->pdata[i];
+        assert_int_equal(x->kind, y->kind);
+        assert_string_equal(x->path, y->path);
+    }
+}
+
+/*
+ * A probe (what the store index does for every file of a store) reads the identifier, both
+ * headers, region table 1, the used part of the metadata table and the items: never the BAT,
+ * an empty log, or region table 2 while table 1 is good. It answers what a full open answers.
+ */
+static void probe_reads_only_identity(void **state)
+{
+    g_autofree char *base = tpath(state, "rb.vhdx");
+    g_autofree char *child = tpath(state, "rc.avhdx");
+    make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
+    make_child(child, base, "C:\\vm\\rb.vhdx");
+    g_autoptr(vh_disk) full = open_ok(child, VH_OPEN_READ);
+    g_autoptr(GHashTable) info = info_of(full);
+    readlog_start();
+    g_autoptr(vh_disk) p = open_ok(child, VH_OPEN_PROBE);
+    g_autoptr(GArray) reads = readlog_stop();
+    assert_same_identity(p, full);
+    assert_int_equal(p->link.locators->len, 2);
+    assert_true(reads->len <= 8);
+    assert_true(readlog_bytes(reads) <= 80 * VH_KIB);
+    assert_false(
+        readlog_touches(reads, info_u64(info, "bat_offset"), info_u64(info, "bat_length")));
+    assert_false(
+        readlog_touches(reads, info_u64(info, "log_offset"), info_u64(info, "log_length")));
+    assert_false(readlog_touches(reads, VHDX_RT2_OFF, VHDX_RT_SIZE));
+    assert_true(readlog_touches(reads, VHDX_RT1_OFF, VHDX_RT_SIZE));
+    /* region table 1 damaged: the probe checks table 2 and uses it, as the full open does */
+    uint8_t junk[64] = {1};
+    write_at(child, VHDX_RT1_OFF + 100, junk, sizeof junk);
+    readlog_start();
+    g_autoptr(vh_disk) p2 = open_ok(child, VH_OPEN_PROBE);
+    g_autoptr(GArray) reads2 = readlog_stop();
+    assert_true(readlog_touches(reads2, VHDX_RT2_OFF, VHDX_RT_SIZE));
+    g_autoptr(GHashTable) info2 = info_of(p2);
+    assert_string_equal(g_hash_table_lookup(info2, "region_table"), "2");
+    assert_same_identity(p2, full);
+    /* both damaged: the probe fails like the full open */
+    write_at(child, VHDX_RT2_OFF + 100, junk, sizeof junk);
+    vh_disk *d = NULL;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_disk_open(child, VH_OPEN_PROBE, &d, &err), -EIO);
+    assert_non_null(strstr(err->message, "no valid region table"));
 }
 
 static void create_rejects_bad_options(void **state)
@@ -987,6 +1069,7 @@ int main(void)
         cmocka_unit_test(bitmap_bits_lsb_first),
         T(created_layout_is_hyperv_like),
         T(probe_open_skips_the_bat),
+        T(probe_reads_only_identity),
         T(create_rejects_bad_options),
         T(every_payload_state),
         T(differencing_bitmaps),

@@ -442,6 +442,47 @@ static void replay_on_open(void **state)
     }
 }
 
+/*
+ * A probe of a disk whose log needs replay sees the replayed metadata (in memory, the file
+ * untouched), as a full read-only open does: here a logged change of the virtual disk size.
+ */
+static void probe_honours_the_log(void **state)
+{
+    tmp_t *t = *state;
+    g_autofree char *path = tmp_path(t, "p.vhdx");
+    vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 64 * VH_MIB};
+    assert_int_equal(vh_disk_create(path, &o, NULL), 0);
+    uint64_t md_off;
+    {
+        g_autoptr(vh_disk) d = NULL;
+        assert_int_equal(vh_disk_open(path, VH_OPEN_READ, &d, NULL), 0);
+        g_autoptr(GHashTable) info = info_of(d);
+        md_off = g_ascii_strtoull(g_hash_table_lookup(info, "metadata_offset"), NULL, 10);
+    }
+    g_autoptr(GBytes) file = file_bytes(path);
+    const uint8_t *bytes = g_bytes_get_data(file, NULL);
+    g_autofree vhdx_md_table *md = g_new0(vhdx_md_table, 1);
+    assert_int_equal(vhdx_md_table_parse(bytes + md_off, md_off, VH_MIB, md, NULL), 0);
+    int i = vhdx_md_find(md, &vhdx_guid_disk_size);
+    assert_true(i >= 0);
+    uint64_t item = md_off + md->e[i].offset;
+    uint64_t sector = item / S * S;
+    g_autofree uint8_t *upd = g_memdup2(bytes + sector, S);
+    vh_put_le64(upd + (item - sector), 32 * VH_MIB);
+    vhdx_log_op op = {sector, S, upd};
+    inject_log(path, &op, 1, g_bytes_get_size(file));
+    g_autoptr(GBytes) before = file_bytes(path);
+    for (int probe = 1; probe >= 0; probe--) {
+        g_autoptr(vh_disk) d = NULL;
+        assert_int_equal(vh_disk_open(path, probe ? VH_OPEN_PROBE : VH_OPEN_READ, &d, NULL), 0);
+        assert_int_equal(d->virtual_size, 32 * VH_MIB);
+        g_autoptr(GHashTable) info = info_of(d);
+        assert_string_equal(g_hash_table_lookup(info, "log"), "replayed in memory");
+    }
+    g_autoptr(GBytes) after = file_bytes(path);
+    assert_true(g_bytes_equal(before, after));
+}
+
 static void corrupt_log_is_refused_with_location(void **state)
 {
     tmp_t *t = *state;
@@ -737,6 +778,7 @@ int main(void)
         cmocka_unit_test(full_log_sequence_terminates),
         cmocka_unit_test(builder_rejects_bad_updates),
         cmocka_unit_test_setup_teardown(replay_on_open, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(probe_honours_the_log, setup_tmp, teardown_tmp),
         cmocka_unit_test_setup_teardown(corrupt_log_is_refused_with_location, setup_tmp,
                                         teardown_tmp),
         cmocka_unit_test_setup_teardown(crash_block_allocation, setup_tmp, teardown_tmp),
