@@ -150,8 +150,8 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
     g_autoptr(GError) e2 = NULL;
     GError **e[2] = {&e1, &e2};
     const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
-    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
-    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t1 = NULL;
+    g_autofree vhdx_region_table *t2 = NULL;
     vhdx_region_table **t[2] = {&t1, &t2};
     /* Copy 1 is used whenever it is valid, so a probe reads copy 2 only when copy 1 is bad
      * (each copy is checked whole: its CRC covers all 64 KiB). A full open checks both, to warn
@@ -159,6 +159,7 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
     bool skip2 = false;
     for (int i = 0; i < 2 && !skip2; i++) {
         int r = vhdx_read(d, buf, VHDX_RT_SIZE, offs[i], "region table", e[i]);
+        *t[i] = g_new0(vhdx_region_table, 1);
         if (r == 0)
             r = vhdx_region_table_parse(buf, offs[i], file_size(d), *t[i], e[i]);
         x->rt_ok[i] = r == 0;
@@ -210,16 +211,19 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
  */
 #define MD_TABLE_HEAD 4096
 
-static int read_md_table(vh_disk *d, uint8_t *buf /* 64 KiB, zeroed */, GError **err)
+/* Reads the table's used bytes into *out (at least MD_TABLE_HEAD of them). */
+static int read_md_table(vh_disk *d, uint8_t **out, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    int r = vhdx_read(d, buf, MD_TABLE_HEAD, x->md_off, "metadata table", err);
+    *out = g_malloc(MD_TABLE_HEAD);
+    int r = vhdx_read(d, *out, MD_TABLE_HEAD, x->md_off, "metadata table", err);
     if (r < 0)
         return r;
-    size_t need = MIN(32 + 32 * (size_t)vh_le16(buf + 10), (size_t)VHDX_MD_TABLE_SIZE);
+    size_t need = MIN(32 + 32 * (size_t)vh_le16(*out + 10), (size_t)VHDX_MD_TABLE_SIZE);
     if (need <= MD_TABLE_HEAD)
         return 0;
-    return vhdx_read(d, buf + MD_TABLE_HEAD, need - MD_TABLE_HEAD, x->md_off + MD_TABLE_HEAD,
+    *out = g_realloc(*out, need);
+    return vhdx_read(d, *out + MD_TABLE_HEAD, need - MD_TABLE_HEAD, x->md_off + MD_TABLE_HEAD,
                      "metadata table", err);
 }
 
@@ -330,8 +334,8 @@ static int parse_item(vh_disk *d, int idx, const md_span *s, bool *seen, GError 
 static int load_metadata(vh_disk *d, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    g_autofree uint8_t *buf = g_malloc0(VHDX_MD_TABLE_SIZE);
-    int r = read_md_table(d, buf, err);
+    g_autofree uint8_t *buf = NULL;
+    int r = read_md_table(d, &buf, err);
     if (r < 0)
         return r;
     x->md = g_new0(vhdx_md_table, 1);

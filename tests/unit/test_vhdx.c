@@ -799,6 +799,47 @@ static void differencing_bitmaps(void **state)
     }
 }
 
+/*
+ * An open reads only the used part of the metadata table and the items together when they lie
+ * close: a table of 300 entries (past the first 4 KiB) with a known item last, and an item far
+ * from the others, still read right, by a probe and a full open alike.
+ */
+static void long_metadata_table_and_far_items(void **state)
+{
+    g_autofree char *p = tpath(state, "md.vhdx");
+    make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, VH_MIB, 512);
+    const uint64_t md_off = 2 * VH_MIB; /* vh_vhdx_create's layout */
+    g_autofree uint8_t *tb = read_at(p, md_off, VHDX_MD_TABLE_SIZE);
+    g_autofree vhdx_md_table *t = g_new0(vhdx_md_table, 1);
+    assert_int_equal(vhdx_md_table_parse(tb, md_off, VH_MIB, t, NULL), 0);
+    int known = t->count;
+    while (t->count < 300) {
+        vhdx_md_entry *e = &t->e[t->count];
+        *e = (vhdx_md_entry){.flags = VHDX_MD_IS_USER};
+        e->item.b[0] = 0xEE;
+        vh_put_le16(e->item.b + 1, t->count);
+        t->count++;
+    }
+    vhdx_md_entry first = t->e[0]; /* file parameters: last in the table */
+    t->e[0] = t->e[t->count - 1];
+    t->e[t->count - 1] = first;
+    /* the disk size item moved 512 KiB away from the others */
+    int ds = vhdx_md_find(t, &vhdx_guid_disk_size);
+    assert_true(ds >= 0 && ds < known);
+    g_autofree uint8_t *item = read_at(p, md_off + t->e[ds].offset, 8);
+    t->e[ds].offset = 0x80000;
+    write_at(p, md_off + 0x80000, item, 8);
+    vhdx_md_table_write(t, tb);
+    write_at(p, md_off, tb, VHDX_MD_TABLE_SIZE);
+    for (int probe = 0; probe < 2; probe++) {
+        g_autoptr(vh_disk) d = open_ok(p, probe ? VH_OPEN_PROBE : VH_OPEN_READ);
+        assert_int_equal(d->block_size, VH_MIB);
+        assert_int_equal(d->virtual_size, 8 * VH_MIB);
+        g_autoptr(GHashTable) info = info_of(d);
+        assert_string_equal(g_hash_table_lookup(info, "metadata_items"), "300");
+    }
+}
+
 static void header_and_region_fallback(void **state)
 {
     g_autofree char *p = tpath(state, "fb.vhdx");
@@ -1073,6 +1114,7 @@ int main(void)
         T(create_rejects_bad_options),
         T(every_payload_state),
         T(differencing_bitmaps),
+        T(long_metadata_table_and_far_items),
         T(header_and_region_fallback),
         T(refuse_unknown_required),
         T(guids_follow_the_header_protocol),
