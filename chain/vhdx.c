@@ -10,8 +10,6 @@
  */
 #include "vhdx_int.h"
 
-#include <stdarg.h>
-
 #define BITMAP_CACHE_MAX 65536 /* cached per-block bitmap slices before the cache is dropped */
 
 static const vh_disk_ops vhdx_ops;
@@ -693,17 +691,6 @@ static int vhdx_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GErro
 
 /* ---------------- info ---------------- */
 
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-    G_GNUC_PRINTF(4, 5);
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    g_autofree char *v = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    fn(ctx, key, v);
-}
-
 static void info_id(vh_info_fn fn, void *ctx, const char *key, const vh_id *id)
 {
     char s[VH_ID_STRLEN + 1];
@@ -725,23 +712,23 @@ static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
     for (unsigned s = 0; s < 8; s++)
         if (count[s]) {
             g_autofree char *key = g_strdup_printf("blocks.%s", vhdx_payload_state_name(s));
-            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, count[s]);
+            vh_info_printf(fn, ctx, key, "%" G_GUINT64_FORMAT, count[s]);
         }
-    info_kv(fn, ctx, "sector_bitmap_blocks_present", "%" G_GUINT64_FORMAT, sb_present);
+    vh_info_printf(fn, ctx, "sector_bitmap_blocks_present", "%" G_GUINT64_FORMAT, sb_present);
 }
 
 static void info_metadata(vh_disk *d, vh_info_fn fn, void *ctx)
 {
     vhdx_priv *x = vhdx_p(d);
-    info_kv(fn, ctx, "metadata_items", "%u", x->md->count);
+    vh_info_printf(fn, ctx, "metadata_items", "%u", x->md->count);
     for (int i = 0; i < x->md->count; i++) {
         const vhdx_md_entry *e = &x->md->e[i];
         char id[VH_ID_STRLEN + 1];
         vh_id_format(&e->item, id);
         const char *name = vhdx_guid_name(&e->item);
         g_autofree char *key = g_strdup_printf("metadata.%d", i);
-        info_kv(fn, ctx, key, "%s offset=0x%x length=%u flags=0x%x", name ? name : id, e->offset,
-                e->length, e->flags);
+        vh_info_printf(fn, ctx, key, "%s offset=0x%x length=%u flags=0x%x", name ? name : id,
+                       e->offset, e->length, e->flags);
     }
     if (x->loc_index < 0)
         return;
@@ -760,30 +747,32 @@ static void vhdx_info(vh_disk *d, vh_info_fn fn, void *ctx)
     for (int i = 0; i < 2; i++) {
         g_autofree char *key = g_strdup_printf("header%d.sequence", i + 1);
         if (x->slot_ok[i])
-            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, x->slot[i].seq);
+            vh_info_printf(fn, ctx, key, "%" G_GUINT64_FORMAT, x->slot[i].seq);
         else
             fn(ctx, key, "invalid");
     }
-    info_kv(fn, ctx, "current_header", "%d", x->cur + 1);
+    vh_info_printf(fn, ctx, "current_header", "%d", x->cur + 1);
     info_id(fn, ctx, "file_write_guid", &x->h.file_write);
     info_id(fn, ctx, "data_write_guid", &x->h.data_write);
     info_id(fn, ctx, "log_guid", &x->h.log_guid);
-    info_kv(fn, ctx, "log_offset", "%" G_GUINT64_FORMAT, x->h.log_offset);
-    info_kv(fn, ctx, "log_length", "%u", x->h.log_length);
+    vh_info_printf(fn, ctx, "log_offset", "%" G_GUINT64_FORMAT, x->h.log_offset);
+    vh_info_printf(fn, ctx, "log_length", "%u", x->h.log_length);
     fn(ctx, "log", x->log_state);
     if (x->replayed_entries)
-        info_kv(fn, ctx, "log_replayed_entries", "%u (head sequence %" G_GUINT64_FORMAT ")",
-                x->replayed_entries, x->replayed_seq);
-    info_kv(fn, ctx, "region_table", "%d", x->rt_used);
-    info_kv(fn, ctx, "bat_offset", "%" G_GUINT64_FORMAT, x->bat_off);
-    info_kv(fn, ctx, "bat_length", "%u", x->bat_len);
-    info_kv(fn, ctx, "metadata_offset", "%" G_GUINT64_FORMAT, x->md_off);
-    info_kv(fn, ctx, "metadata_length", "%u", x->md_len);
-    info_kv(fn, ctx, "block_size", "%u", x->p.block_size);
-    info_kv(fn, ctx, "chunk_ratio", "%u", vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss));
-    info_kv(fn, ctx, "bat_entries", "%" G_GUINT64_FORMAT,
-            vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing));
-    info_kv(fn, ctx, "file_parameters_flags", "0x%x", x->p.fp_flags);
+        vh_info_printf(fn, ctx, "log_replayed_entries", "%u (head sequence %" G_GUINT64_FORMAT ")",
+                       x->replayed_entries, x->replayed_seq);
+    vh_info_printf(fn, ctx, "region_table", "%d", x->rt_used);
+    vh_info_printf(fn, ctx, "bat_offset", "%" G_GUINT64_FORMAT, x->bat_off);
+    vh_info_printf(fn, ctx, "bat_length", "%u", x->bat_len);
+    vh_info_printf(fn, ctx, "metadata_offset", "%" G_GUINT64_FORMAT, x->md_off);
+    vh_info_printf(fn, ctx, "metadata_length", "%u", x->md_len);
+    vh_info_printf(fn, ctx, "block_size", "%u", x->p.block_size);
+    vh_info_printf(fn, ctx, "chunk_ratio", "%u",
+                   vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss));
+    vh_info_printf(
+        fn, ctx, "bat_entries", "%" G_GUINT64_FORMAT,
+        vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing));
+    vh_info_printf(fn, ctx, "file_parameters_flags", "0x%x", x->p.fp_flags);
     info_id(fn, ctx, "virtual_disk_id", &x->p.disk_id);
     info_block_states(d, fn, ctx);
     info_metadata(d, fn, ctx);
