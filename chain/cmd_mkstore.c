@@ -63,17 +63,9 @@ static int create_child(mk *m, const char *rel, const char *parent_rel, GError *
 {
     g_autofree char *abs = g_build_filename(m->dir, rel, NULL);
     g_autofree char *pabs = g_build_filename(m->dir, parent_rel, NULL);
-    g_autoptr(vh_disk) p = NULL;
-    int r = vh_disk_open(pabs, VH_OPEN_READ, &p, err);
-    if (r < 0)
-        return r;
     g_autofree char *relpath = vh_winpath_relative(rel, parent_rel);
     g_autofree char *winabs = m->winroot ? vh_winpath_to_windows(parent_rel, m->winroot) : NULL;
-    vh_create_opts o = {.type = VH_TYPE_DIFFERENCING,
-                        .parent = p,
-                        .parent_relative = relpath,
-                        .parent_absolute = winabs};
-    return vh_disk_create(abs, &o, err);
+    return vh_cli_create_child(abs, pabs, relpath, winabs, err);
 }
 
 static int move_file(mk *m, const char *from, const char *to, GError **err)
