@@ -58,6 +58,17 @@ int vhd_load_link(vh_disk *d, GError **err);
  */
 int vhd_move_footer(vh_disk *d, uint64_t new_off, GError **err);
 
+/* The last component of a Windows path ("name.vhd" of ".\dir\name.vhd"), for the Parent
+ * Unicode Name. */
+static inline const char *vhd_file_name_of(const char *winpath)
+{
+    const char *b = winpath;
+    for (const char *c = winpath; *c; c++)
+        if (*c == '\\' || *c == '/')
+            b = c + 1;
+    return b;
+}
+
 /* Encodes text for a locator (UTF-16LE for W2ru/W2ku); returns the byte length or -errno. */
 ssize_t vhd_encode_locator(uint32_t code, const char *text, uint8_t *out, size_t cap);
 /* Puts a path into the Parent Unicode Name field (UTF-16BE, zero-padded); -ENAMETOOLONG. */
