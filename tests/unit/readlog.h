@@ -50,7 +50,7 @@ static GArray *readlog_stop(void)
     return a;
 }
 
-static uint64_t readlog_bytes(const GArray *a)
+G_GNUC_UNUSED static uint64_t readlog_bytes(const GArray *a)
 {
     uint64_t n = 0;
     for (guint i = 0; i < a->len; i++)
@@ -59,7 +59,7 @@ static uint64_t readlog_bytes(const GArray *a)
 }
 
 /* True when some read touched [off, off + len). */
-static bool readlog_touches(const GArray *a, uint64_t off, uint64_t len)
+G_GNUC_UNUSED static bool readlog_touches(const GArray *a, uint64_t off, uint64_t len)
 {
     for (guint i = 0; i < a->len; i++) {
         const readlog_entry *e = &g_array_index(a, readlog_entry, i);

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "io.h"
+#include "tmpfix.h"
 
 static int fdatasync_calls;
 
@@ -24,25 +24,6 @@ int __wrap_fdatasync(int fd)
     return __real_fdatasync(fd);
 }
 
-static char *tmpdir;
-
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("test_io_XXXXXX", NULL);
-    fdatasync_calls = 0;
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    int rc = system(cmd);
-    g_clear_pointer(&tmpdir, g_free);
-    vh_fault_disarm();
-    vh_io_set_durable(true);
-    return rc == 0 ? 0 : -1;
-}
-
 /*
  * Durable by default: a flush of a writable file is one fdatasync (of a read-only one, none).
  * Switched off, flushes skip the system call but still count for the fault injector and still
@@ -50,7 +31,8 @@ static int teardown(void **state)
  */
 static void durability_switch(void **state)
 {
-    g_autofree char *p = g_build_filename(tmpdir, "f", NULL);
+    g_autofree char *p = tpath("f");
+    fdatasync_calls = 0;
     vh_file f;
     assert_int_equal(vh_file_create(&f, p, NULL), 0);
     assert_int_equal(vh_file_write(&f, "abc", 3, 0, "test", NULL), 0);
@@ -87,7 +69,7 @@ static void durability_switch(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(durability_switch, setup, teardown),
+        cmocka_unit_test_setup_teardown(durability_switch, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

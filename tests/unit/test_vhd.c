@@ -16,33 +16,12 @@
 #include <unistd.h>
 
 #include "readlog.h"
+#include "tmpfix.h"
 #include "vhd_priv.h"
 
 #define MIB VH_MIB
 
 /* ------------------------------------------------------------------ helpers */
-
-static char *tmpdir;
-
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("test_vhd_XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    int rc = system(cmd);
-    g_clear_pointer(&tmpdir, g_free);
-    vh_fault_disarm();
-    return rc == 0 ? 0 : -1;
-}
-
-static char *tpath(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
 
 static void raw_write(const char *path, uint64_t off, const void *buf, size_t len)
 {
@@ -1169,26 +1148,27 @@ int main(void)
         cmocka_unit_test(bitmap_msb_first),
         cmocka_unit_test(bat_and_geometry),
         cmocka_unit_test(platform_names),
-        cmocka_unit_test_setup_teardown(create_dynamic_windows_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_fixed_and_rw, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_rejects_bad_options, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_differencing_windows_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(probe_open_skips_bat, setup, teardown),
-        cmocka_unit_test_setup_teardown(probe_reads_only_identity, setup, teardown),
-        cmocka_unit_test_setup_teardown(header_not_after_the_copy, setup, teardown),
-        cmocka_unit_test_setup_teardown(tail_footer_bad_uses_head_copy, setup, teardown),
-        cmocka_unit_test_setup_teardown(checksum_bad_on_both_copies, setup, teardown),
-        cmocka_unit_test_setup_teardown(footer_511_bytes, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_unusable_footers, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_bad_headers, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_bad_bat_entries, setup, teardown),
-        cmocka_unit_test_setup_teardown(locator_problems_warn_or_refuse, setup, teardown),
-        cmocka_unit_test_setup_teardown(differencing_runs_and_bitmaps, setup, teardown),
-        cmocka_unit_test_setup_teardown(read_only_never_writes, setup, teardown),
-        cmocka_unit_test_setup_teardown(allocation_crash_at_every_write, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_in_place, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_long_path_and_missing_slot, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_crash_at_every_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(create_dynamic_windows_layout, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_fixed_and_rw, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_rejects_bad_options, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_differencing_windows_layout, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(probe_open_skips_bat, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(probe_reads_only_identity, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(header_not_after_the_copy, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(tail_footer_bad_uses_head_copy, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(checksum_bad_on_both_copies, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(footer_511_bytes, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_unusable_footers, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_bad_headers, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_bad_bat_entries, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(locator_problems_warn_or_refuse, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(differencing_runs_and_bitmaps, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(read_only_never_writes, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(allocation_crash_at_every_write, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_in_place, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_long_path_and_missing_slot, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_crash_at_every_write, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

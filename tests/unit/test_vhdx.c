@@ -16,36 +16,10 @@
 
 #include "disk.h"
 #include "readlog.h"
+#include "tmpfix.h"
 #include "vhdx_format.h"
 
 /* ---------------- helpers ---------------- */
-
-typedef struct {
-    char *dir;
-} tmp_t;
-
-static int setup_tmp(void **state)
-{
-    tmp_t *t = g_new0(tmp_t, 1);
-    t->dir = g_dir_make_tmp("test_vhdx-XXXXXX", NULL);
-    *state = t;
-    return t->dir ? 0 : -1;
-}
-
-static int teardown_tmp(void **state)
-{
-    tmp_t *t = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", t->dir);
-    int r = system(cmd);
-    g_free(t->dir);
-    g_free(t);
-    return r == 0 ? 0 : -1;
-}
-
-static char *tpath(void **state, const char *name)
-{
-    return g_build_filename(((tmp_t *)*state)->dir, name, NULL);
-}
 
 /* Decompresses a corpus file into the temp dir; NULL (and the test is skipped) without one. */
 static char *corpus(void **state, const char *rel, const char *name)
@@ -54,7 +28,7 @@ static char *corpus(void **state, const char *rel, const char *name)
     g_autofree char *src = c ? g_build_filename(c, rel, NULL) : NULL;
     if (!src || !g_file_test(src, G_FILE_TEST_EXISTS))
         return NULL;
-    char *dst = tpath(state, name);
+    char *dst = tpath(name);
     g_autofree char *cmd = g_strdup_printf("gzip -dc '%s' > '%s'", src, dst);
     assert_int_equal(system(cmd), 0);
     return dst;
@@ -76,14 +50,6 @@ static void write_at(const char *path, uint64_t off, const void *buf, size_t len
     assert_int_equal(vh_file_open(&f, path, true, NULL), 0);
     assert_int_equal(vh_file_write(&f, buf, len, off, "test", NULL), 0);
     vh_file_close(&f);
-}
-
-static GBytes *file_bytes(const char *path)
-{
-    gchar *data = NULL;
-    gsize len = 0;
-    assert_true(g_file_get_contents(path, &data, &len, NULL));
-    return g_bytes_new_take(data, len);
 }
 
 static void make_disk(const char *path, vh_type type, uint64_t size, uint32_t bs, uint32_t lss)
@@ -129,18 +95,6 @@ static void expect_open_error(const char *path, int code, const char *text)
     if (text && !strstr(err->message, text))
         fail_msg("message '%s' lacks '%s'", err->message, text);
     assert_non_null(strstr(err->message, path));
-}
-
-static void info_get(void *ctx, const char *key, const char *value)
-{
-    g_hash_table_insert(ctx, g_strdup(key), g_strdup(value));
-}
-
-static GHashTable *info_of(vh_disk *d)
-{
-    GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    d->ops->info(d, info_get, h);
-    return h;
 }
 
 /* Rewrites a header slot with a fresh checksum after `edit`. */
@@ -488,8 +442,8 @@ static void bitmap_bits_lsb_first(void **state)
 
 static void created_layout_is_hyperv_like(void **state)
 {
-    g_autofree char *base = tpath(state, "base.vhdx");
-    g_autofree char *child = tpath(state, "child.avhdx");
+    g_autofree char *base = tpath("base.vhdx");
+    g_autofree char *child = tpath("child.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 10 * VH_MIB, 0, 0);
     make_child(child, base, "D:\\vms\\base.vhdx");
     g_autofree uint8_t *f = read_at(child, 0, 4 * VH_MIB);
@@ -552,7 +506,7 @@ static void created_layout_is_hyperv_like(void **state)
     assert_string_equal(g_hash_table_lookup(ci, "bat_entries"), "2049");
     assert_int_equal(c->file.size, 4 * VH_MIB);
     /* fixed: every block FULLY_PRESENT after the BAT */
-    g_autofree char *fixed = tpath(state, "fixed.vhdx");
+    g_autofree char *fixed = tpath("fixed.vhdx");
     make_disk(fixed, VH_TYPE_FIXED, 10 * VH_MIB, 2 * VH_MIB, 4096);
     g_autoptr(vh_disk) fx = open_ok(fixed, VH_OPEN_READ);
     assert_int_equal(fx->type, VH_TYPE_FIXED);
@@ -567,8 +521,8 @@ static void created_layout_is_hyperv_like(void **state)
 
 static void probe_open_skips_the_bat(void **state)
 {
-    g_autofree char *base = tpath(state, "pb.vhdx");
-    g_autofree char *child = tpath(state, "pc.avhdx");
+    g_autofree char *base = tpath("pb.vhdx");
+    g_autofree char *child = tpath("pc.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     make_child(child, base, NULL);
     /* a BAT entry in a reserved state: a full open refuses it, a probe never reads the BAT */
@@ -628,8 +582,8 @@ static void assert_same_identity(vh_disk *a, vh_disk *b)
  */
 static void probe_reads_only_identity(void **state)
 {
-    g_autofree char *base = tpath(state, "rb.vhdx");
-    g_autofree char *child = tpath(state, "rc.avhdx");
+    g_autofree char *base = tpath("rb.vhdx");
+    g_autofree char *child = tpath("rc.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     make_child(child, base, "C:\\vm\\rb.vhdx");
     g_autoptr(vh_disk) full = open_ok(child, VH_OPEN_READ);
@@ -667,7 +621,7 @@ static void probe_reads_only_identity(void **state)
 
 static void create_rejects_bad_options(void **state)
 {
-    g_autofree char *p = tpath(state, "bad.vhdx");
+    g_autofree char *p = tpath("bad.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 1000};
     assert_int_equal(vh_disk_create(p, &o, NULL), -EINVAL); /* not a sector multiple */
     o.size = VH_MIB;
@@ -681,7 +635,7 @@ static void create_rejects_bad_options(void **state)
 
 static void every_payload_state(void **state)
 {
-    g_autofree char *p = tpath(state, "states.vhdx");
+    g_autofree char *p = tpath("states.vhdx");
     const uint64_t bs = VH_MIB;
     make_disk(p, VH_TYPE_DYNAMIC, 8 * bs, VH_MIB, 512);
     /* block i at BAT index i (chunk ratio 4096 > 8). Give every block a state; present ones
@@ -726,8 +680,8 @@ static void every_payload_state(void **state)
 
 static void differencing_bitmaps(void **state)
 {
-    g_autofree char *base = tpath(state, "b.vhdx");
-    g_autofree char *child = tpath(state, "c.vhdx");
+    g_autofree char *base = tpath("b.vhdx");
+    g_autofree char *child = tpath("c.vhdx");
     for (uint32_t lss = 512; lss <= 4096; lss *= 8) {
         unlink(base);
         unlink(child);
@@ -806,7 +760,7 @@ static void differencing_bitmaps(void **state)
  */
 static void long_metadata_table_and_far_items(void **state)
 {
-    g_autofree char *p = tpath(state, "md.vhdx");
+    g_autofree char *p = tpath("md.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, VH_MIB, 512);
     const uint64_t md_off = 2 * VH_MIB; /* vh_vhdx_create's layout */
     g_autofree uint8_t *tb = read_at(p, md_off, VHDX_MD_TABLE_SIZE);
@@ -842,7 +796,7 @@ static void long_metadata_table_and_far_items(void **state)
 
 static void header_and_region_fallback(void **state)
 {
-    g_autofree char *p = tpath(state, "fb.vhdx");
+    g_autofree char *p = tpath("fb.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     uint8_t junk[64] = {1};
     /* header 2 (current, seq 2) broken: header 1 is used, with a warning */
@@ -892,7 +846,7 @@ static void set_log_version(vhdx_header *h)
 
 static void refuse_unknown_required(void **state)
 {
-    g_autofree char *p = tpath(state, "req.vhdx");
+    g_autofree char *p = tpath("req.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     g_autoptr(GBytes) orig = file_bytes(p);
     /* an unknown metadata item: fine unless marked required */
@@ -933,7 +887,7 @@ static void refuse_unknown_required(void **state)
 
 static void guids_follow_the_header_protocol(void **state)
 {
-    g_autofree char *p = tpath(state, "g.vhdx");
+    g_autofree char *p = tpath("g.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     g_autoptr(GBytes) before = file_bytes(p);
     char fw0[64], dw0[64];
@@ -969,8 +923,8 @@ static void guids_follow_the_header_protocol(void **state)
 
 static void set_parent_link_rules(void **state)
 {
-    g_autofree char *base = tpath(state, "p.vhdx");
-    g_autofree char *child = tpath(state, "c.avhdx");
+    g_autofree char *base = tpath("p.vhdx");
+    g_autofree char *child = tpath("c.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     make_child(child, base, "D:\\old\\p.vhdx");
     /* a vendor key and a non-zero parent_linkage2 must survive; a user item right after the
@@ -1068,10 +1022,9 @@ static void web01_chain(void **state)
         c ? g_build_filename(c, "hyperv-style", "Web01-vhdx.tar.gz", NULL) : NULL;
     if (!tarball || !g_file_test(tarball, G_FILE_TEST_EXISTS))
         skip();
-    tmp_t *t = *state;
-    g_autofree char *cmd = g_strdup_printf("tar xzf '%s' -C '%s'", tarball, t->dir);
+    g_autofree char *cmd = g_strdup_printf("tar xzf '%s' -C '%s'", tarball, tmp_dir);
     assert_int_equal(system(cmd), 0);
-    g_autofree char *dir = g_build_filename(t->dir, "Virtual Hard Disks", NULL);
+    g_autofree char *dir = tpath("Virtual Hard Disks");
     g_autofree char *b = g_build_filename(dir, "Web01.vhdx", NULL);
     g_autofree char *c1 =
         g_build_filename(dir, "Web01_9A1DE644-815E-46D1-BB8F-AA1837F8A88B.avhdx", NULL);
@@ -1097,7 +1050,7 @@ static void web01_chain(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup_tmp, teardown_tmp)
+#define T(f) cmocka_unit_test_setup_teardown(f, tmp_setup, tmp_teardown)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(guid_byte_order),
         T(real_structures_parse),
