@@ -16,6 +16,13 @@ void vh_cli_error(const GError *err);
 int vh_cli_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* Parses "10M", "1G", "4096", "2TiB" (binary suffixes). */
 bool vh_cli_parse_size(const char *s, uint64_t *out);
+/*
+ * Creates a differencing disk at path on the parent at parent_path (opened read-only: the child
+ * takes its format, size, sector size and identity) with the given locator paths (Windows form;
+ * absolute may be NULL). For `create --parent` and `mkstore`.
+ */
+int vh_cli_create_child(const char *path, const char *parent_path, const char *relative,
+                        const char *absolute, GError **err);
 
 int vhdheal_cmd_info(int argc, char **argv);
 int vhdheal_cmd_check(int argc, char **argv);

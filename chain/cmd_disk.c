@@ -168,22 +168,28 @@ int vhdheal_cmd_info(int argc, char **argv)
 
 /* ---------- create ---------- */
 
-static int create_differencing(const char *path, const char *parent_path)
+int vh_cli_create_child(const char *path, const char *parent_path, const char *relative,
+                        const char *absolute, GError **err)
 {
-    g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) parent = NULL;
-    if (vh_disk_open(parent_path, VH_OPEN_READ, &parent, &err) < 0) {
-        vh_cli_error(err);
-        return VH_EXIT_USAGE;
-    }
-    g_autofree char *rel = vh_winpath_relative(path, parent_path);
+    int r = vh_disk_open(parent_path, VH_OPEN_READ, &parent, err);
+    if (r < 0)
+        return r;
     vh_create_opts o = {
         .format = parent->format,
         .type = VH_TYPE_DIFFERENCING,
         .parent = parent,
-        .parent_relative = rel,
+        .parent_relative = relative,
+        .parent_absolute = absolute,
     };
-    if (vh_disk_create(path, &o, &err) < 0) {
+    return vh_disk_create(path, &o, err);
+}
+
+static int create_differencing(const char *path, const char *parent_path)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *rel = vh_winpath_relative(path, parent_path);
+    if (vh_cli_create_child(path, parent_path, rel, NULL, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }

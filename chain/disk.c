@@ -149,6 +149,15 @@ void vh_disk_warn(vh_disk *d, const char *fmt, ...)
     va_end(ap);
 }
 
+void vh_info_printf(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *v = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fn(ctx, key, v);
+}
+
 static int check_range(vh_disk *d, uint64_t voff, size_t len, GError **err)
 {
     if (!vh_range_ok(voff, len, d->virtual_size))

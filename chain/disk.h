@@ -88,6 +88,9 @@ typedef struct vh_link_update {
 
 /* A sink for `vhdheal info`: format-specific fields as key/value text. */
 typedef void (*vh_info_fn)(void *ctx, const char *key, const char *value);
+/* Sends one field with a printf-formatted value (for the formats' info ops). */
+void vh_info_printf(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
+    G_GNUC_PRINTF(4, 5);
 
 typedef struct vh_disk_ops {
     /* The run starting at virtual offset voff (< virtual_size), at most max_len long (> 0). */

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* io.c - full reads and writes with file/structure/offset errors, and the fault injector. */
+/* io.c - full reads and writes with file/structure/offset errors, the fault injector, and the
+ * durability switch for synthetic data (io.h). */
 #include "io.h"
 
 #include <fcntl.h>
@@ -36,6 +37,18 @@ long vh_fault_ops(void)
 bool vh_fault_fired(void)
 {
     return fault.fired;
+}
+
+static bool durable = true; /* see vh_io_set_durable in io.h: synthetic data only */
+
+void vh_io_set_durable(bool on)
+{
+    durable = on;
+}
+
+bool vh_io_durable(void)
+{
+    return durable;
 }
 
 /* Counts a mutating op; returns true when the op must not reach the file. */
@@ -169,7 +182,7 @@ int vh_file_flush(vh_file *f, GError **err)
         return 0;
     if (fault_blocks_op())
         return vh_fail(err, EIO, "%s: flush: injected fault", f->path);
-    if (fdatasync(f->fd) < 0)
+    if (durable && fdatasync(f->fd) < 0)
         return vh_fail(err, errno, "%s: flush: %s", f->path, g_strerror(errno));
     return 0;
 }

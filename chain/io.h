@@ -44,6 +44,17 @@ int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const c
 int vh_file_flush(vh_file *f, GError **err);
 int vh_file_truncate(vh_file *f, uint64_t size, GError **err);
 
+/*
+ * Durability, on by default: vh_file_flush calls fdatasync. vh_io_set_durable(false) makes every
+ * later vh_file_flush of the process skip that system call; the flush still counts for the
+ * fault injector and still fails when an armed fault fires, so the order of operations is
+ * unchanged. FOR SYNTHETIC DATA ONLY: `vhdheal mkstore` uses it to build throw-away stores for
+ * tests and benchmarks fast. Repair, reconnect, the journal and the file system never call it:
+ * without the flushes a crash can leave a file that is neither the old nor the new one.
+ */
+void vh_io_set_durable(bool durable);
+bool vh_io_durable(void);
+
 /* --- fault injection (tests only; inert unless armed) --- */
 typedef enum {
     VH_FAULT_NONE = 0,

@@ -274,6 +274,11 @@ static int restore_ranges(vh_file *f, GArray *ranges, uint64_t original_size, GE
     return vh_file_flush(f, err);
 }
 
+void vh_journal_release(vh_repair *r)
+{
+    repair_free(r);
+}
+
 int vh_journal_abort(vh_repair *r, GError **err)
 {
     r->child->hook = NULL;

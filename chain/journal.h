@@ -58,6 +58,9 @@ int vh_journal_begin(vh_journal *j, vh_file *child, const char *old_link, const 
 int vh_journal_commit(vh_repair *r, GError **err);
 /* Restores the child from the journaled bytes now, records ROLLBACK, removes the hook. Frees r. */
 int vh_journal_abort(vh_repair *r, GError **err);
+/* Lets go of a repair without recording its end: it stays open in the journal, for
+ * vh_journal_recover to roll back (when its file is gone from under it). Frees r. */
+void vh_journal_release(vh_repair *r);
 const char *vh_repair_id(const vh_repair *r);
 /* Moves the repair (and its hook) to another vh_file for the same file, e.g. after a disk
  * handle took over the vh_file it was begun on. */

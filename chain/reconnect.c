@@ -255,6 +255,7 @@ static int rewrite_link(const real_paths *rp, const link_plan *lp, vh_reconnect_
         if (err && *err)
             (*err)->code = EIO;
         /* the open may have written (log replay) before failing: restore from the journal */
+        vh_journal_release(rep);
         vh_journal_recover(j, rel, NULL);
         g_clear_pointer(&res->repair_id, g_free);
         return -EIO;
@@ -307,5 +308,7 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
     }
     link_plan_clear(&lp);
     real_paths_clear(&rp);
+    if (r < 0)
+        vh_reconnect_result_clear(res);
     return r;
 }

@@ -4,7 +4,13 @@
 
 #include <uuid/uuid.h>
 
-static uint32_t crc32c_table[256];
+/*
+ * CRC-32C by slicing-by-8 (eight bytes per step through eight tables): several times faster than
+ * a byte at a time, which matters when a store scan checks a 64 KiB region table and two 4 KiB
+ * headers of every VHDX. table[0] is the classic byte table; table[k][i] is the CRC of byte i
+ * followed by k zero bytes.
+ */
+static uint32_t crc32c_table[8][256];
 static GOnce crc32c_once = G_ONCE_INIT;
 
 static gpointer crc32c_init(gpointer unused)
@@ -13,18 +19,28 @@ static gpointer crc32c_init(gpointer unused)
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
             c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc32c_table[i] = c;
+        crc32c_table[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int k = 1; k < 8; k++)
+            crc32c_table[k][i] =
+                (crc32c_table[k - 1][i] >> 8) ^ crc32c_table[0][crc32c_table[k - 1][i] & 0xFF];
     return NULL;
 }
 
 uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len)
 {
     g_once(&crc32c_once, crc32c_init, NULL);
+    const uint32_t(*t)[256] = crc32c_table;
     const uint8_t *p = buf;
     crc = ~crc;
+    for (; len >= 8; p += 8, len -= 8) {
+        uint32_t lo = crc ^ vh_le32(p), hi = vh_le32(p + 4);
+        crc = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^
+              t[3][hi & 0xFF] ^ t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
+    }
     while (len--)
-        crc = crc32c_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+        crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 

@@ -145,10 +145,16 @@ static int load_footer(vh_disk *d, vh_open_flags flags, GError **err)
     if (r < 0)
         return r;
     if (file->size >= VHD_FOOTER_SIZE) {
-        uint8_t buf[VHD_FOOTER_SIZE];
-        if ((r = vh_file_read(file, buf, sizeof buf, 0, "footer copy", err)) < 0)
+        /* One read for the copy and the header that usually follows it (see load_header). */
+        size_t n = file->size >= VHD_FOOTER_SIZE + VHD_HEADER_SIZE
+                       ? VHD_FOOTER_SIZE + VHD_HEADER_SIZE
+                       : VHD_FOOTER_SIZE;
+        g_autofree uint8_t *buf = g_malloc(n);
+        if ((r = vh_file_read(file, buf, n, 0, "footer copy", err)) < 0)
             return r;
         vhd_footer_parse(buf, &head);
+        if (n > VHD_FOOTER_SIZE)
+            p->head_ahead = g_memdup2(buf + VHD_FOOTER_SIZE, VHD_HEADER_SIZE);
     }
     uint64_t limit = tail.cookie_ok ? tail_off : file->size;
     p->footer_off = tail.cookie_ok ? tail_off : vh_round_up(file->size, VHD_SECTOR);
@@ -200,7 +206,12 @@ static int load_header(vh_disk *d, GError **err)
     vhd_priv *p = vhd_p(d);
     uint8_t buf[VHD_HEADER_SIZE];
     uint64_t off = p->footer.data_offset;
-    int r = vh_file_read(&d->file, buf, sizeof buf, off, "dynamic disk header", err);
+    int r = 0;
+    if (off == VHD_FOOTER_SIZE && p->head_ahead)
+        memcpy(buf, p->head_ahead, sizeof buf);
+    else
+        r = vh_file_read(&d->file, buf, sizeof buf, off, "dynamic disk header", err);
+    g_clear_pointer(&p->head_ahead, g_free);
     if (r < 0)
         return r;
     vhd_header *h = &p->hdr;
@@ -696,18 +707,6 @@ static int vhd_flush(vh_disk *d, GError **err)
 
 /* ------------------------------------------------------------------ info */
 
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-    G_GNUC_PRINTF(4, 5);
-
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    g_autofree char *v = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    fn(ctx, key, v);
-}
-
 static char *fourcc(const uint8_t c[4])
 {
     GString *s = g_string_new(NULL);
@@ -733,27 +732,28 @@ static void info_footer(vh_disk *d, vh_info_fn fn, void *ctx)
     const vhd_footer *f = &p->footer;
     g_autofree char *app = fourcc(f->creator_app), *host = fourcc(f->creator_host);
     g_autofree char *ts = vhd_time_text(f->timestamp);
-    info_kv(fn, ctx, "footer", "%s, offset %" G_GUINT64_FORMAT, p->footer_at, p->footer_off);
-    info_kv(fn, ctx, "footer checksum", "0x%08x %s", f->checksum,
-            f->checksum_ok ? "ok" : "BAD (does not match the content)");
+    vh_info_printf(fn, ctx, "footer", "%s, offset %" G_GUINT64_FORMAT, p->footer_at, p->footer_off);
+    vh_info_printf(fn, ctx, "footer checksum", "0x%08x %s", f->checksum,
+                   f->checksum_ok ? "ok" : "BAD (does not match the content)");
     if (d->type != VH_TYPE_FIXED)
-        info_kv(fn, ctx, "footer copy at offset 0", "%s",
-                !p->head_present ? "absent"
-                : p->head_same   ? "identical"
-                : p->head_ok     ? "differs"
-                                 : "damaged");
-    info_kv(fn, ctx, "creator application", "%s", app);
-    info_kv(fn, ctx, "creator version", "%u.%u (0x%08x)", f->creator_version >> 16,
-            f->creator_version & 0xFFFF, f->creator_version);
-    info_kv(fn, ctx, "creator host os", "%s", host);
-    info_kv(fn, ctx, "features", "0x%08x%s", f->features, f->features & 1 ? " (temporary)" : "");
-    info_kv(fn, ctx, "file format version", "0x%08x", f->version);
-    info_kv(fn, ctx, "time stamp", "%s", ts);
-    info_kv(fn, ctx, "original size", "%" G_GUINT64_FORMAT, f->original_size);
-    info_kv(fn, ctx, "current size", "%" G_GUINT64_FORMAT, f->current_size);
-    info_kv(fn, ctx, "geometry", "%u/%u/%u", f->cylinders, f->heads, f->sectors_per_track);
-    info_kv(fn, ctx, "data offset", "0x%" G_GINT64_MODIFIER "x", f->data_offset);
-    info_kv(fn, ctx, "saved state", "%u", f->saved_state);
+        vh_info_printf(fn, ctx, "footer copy at offset 0", "%s",
+                       !p->head_present ? "absent"
+                       : p->head_same   ? "identical"
+                       : p->head_ok     ? "differs"
+                                        : "damaged");
+    vh_info_printf(fn, ctx, "creator application", "%s", app);
+    vh_info_printf(fn, ctx, "creator version", "%u.%u (0x%08x)", f->creator_version >> 16,
+                   f->creator_version & 0xFFFF, f->creator_version);
+    vh_info_printf(fn, ctx, "creator host os", "%s", host);
+    vh_info_printf(fn, ctx, "features", "0x%08x%s", f->features,
+                   f->features & 1 ? " (temporary)" : "");
+    vh_info_printf(fn, ctx, "file format version", "0x%08x", f->version);
+    vh_info_printf(fn, ctx, "time stamp", "%s", ts);
+    vh_info_printf(fn, ctx, "original size", "%" G_GUINT64_FORMAT, f->original_size);
+    vh_info_printf(fn, ctx, "current size", "%" G_GUINT64_FORMAT, f->current_size);
+    vh_info_printf(fn, ctx, "geometry", "%u/%u/%u", f->cylinders, f->heads, f->sectors_per_track);
+    vh_info_printf(fn, ctx, "data offset", "0x%" G_GINT64_MODIFIER "x", f->data_offset);
+    vh_info_printf(fn, ctx, "saved state", "%u", f->saved_state);
 }
 
 static void info_slot(vh_disk *d, int i, vh_info_fn fn, void *ctx)
@@ -763,7 +763,7 @@ static void info_slot(vh_disk *d, int i, vh_info_fn fn, void *ctx)
     char key[32], code[16];
     g_snprintf(key, sizeof key, "locator %d", i);
     if (e->code == VHD_PLAT_NONE) {
-        info_kv(fn, ctx, key, "unused");
+        vh_info_printf(fn, ctx, key, "unused");
         return;
     }
     const char *path = "";
@@ -772,11 +772,11 @@ static void info_slot(vh_disk *d, int i, vh_info_fn fn, void *ctx)
         if (l->slot == i)
             path = l->path;
     }
-    info_kv(fn, ctx, key,
-            "%s space %u (%" G_GUINT64_FORMAT " bytes) length %u offset 0x%" G_GINT64_MODIFIER
-            "x%s%s",
-            vhd_platform_name(e->code, code), e->space, p->slots[i].space_bytes, e->length,
-            e->offset, p->slots[i].valid ? ": " : " INVALID", path);
+    vh_info_printf(fn, ctx, key,
+                   "%s space %u (%" G_GUINT64_FORMAT
+                   " bytes) length %u offset 0x%" G_GINT64_MODIFIER "x%s%s",
+                   vhd_platform_name(e->code, code), e->space, p->slots[i].space_bytes, e->length,
+                   e->offset, p->slots[i].valid ? ": " : " INVALID", path);
 }
 
 static void vhd_info(vh_disk *d, vh_info_fn fn, void *ctx)
@@ -786,16 +786,16 @@ static void vhd_info(vh_disk *d, vh_info_fn fn, void *ctx)
     if (d->type == VH_TYPE_FIXED)
         return;
     const vhd_header *h = &p->hdr;
-    info_kv(fn, ctx, "header offset", "%" G_GUINT64_FORMAT, p->header_off);
-    info_kv(fn, ctx, "header checksum", "0x%08x %s", h->checksum,
-            h->checksum_ok ? "ok" : "BAD (does not match the content)");
-    info_kv(fn, ctx, "header version", "0x%08x", h->version);
-    info_kv(fn, ctx, "table offset", "%" G_GUINT64_FORMAT, h->table_offset);
-    info_kv(fn, ctx, "max table entries", "%u", h->max_table_entries);
-    info_kv(fn, ctx, "block size", "%u", h->block_size);
-    info_kv(fn, ctx, "bitmap size", "%u", p->bitmap_bytes);
+    vh_info_printf(fn, ctx, "header offset", "%" G_GUINT64_FORMAT, p->header_off);
+    vh_info_printf(fn, ctx, "header checksum", "0x%08x %s", h->checksum,
+                   h->checksum_ok ? "ok" : "BAD (does not match the content)");
+    vh_info_printf(fn, ctx, "header version", "0x%08x", h->version);
+    vh_info_printf(fn, ctx, "table offset", "%" G_GUINT64_FORMAT, h->table_offset);
+    vh_info_printf(fn, ctx, "max table entries", "%u", h->max_table_entries);
+    vh_info_printf(fn, ctx, "block size", "%u", h->block_size);
+    vh_info_printf(fn, ctx, "bitmap size", "%u", p->bitmap_bytes);
     if (p->bat)
-        info_kv(fn, ctx, "allocated blocks", "%u", p->allocated);
+        vh_info_printf(fn, ctx, "allocated blocks", "%u", p->allocated);
     if (d->type != VH_TYPE_DIFFERENCING)
         return;
     char id[VH_ID_STRLEN + 1];
@@ -804,9 +804,9 @@ static void vhd_info(vh_disk *d, vh_info_fn fn, void *ctx)
     bool tap01 =
         memcmp(p->footer.creator_app, "tap\0", 4) == 0 && p->footer.creator_version == 0x00000001;
     g_autofree char *name = vhd_parent_name_decode(h->parent_name, tap01);
-    info_kv(fn, ctx, "parent unique id", "%s", id);
-    info_kv(fn, ctx, "parent time stamp", "%s", pts);
-    info_kv(fn, ctx, "parent unicode name", "%s", name);
+    vh_info_printf(fn, ctx, "parent unique id", "%s", id);
+    vh_info_printf(fn, ctx, "parent time stamp", "%s", pts);
+    vh_info_printf(fn, ctx, "parent unicode name", "%s", name);
     for (int i = 0; i < VHD_LOCATORS; i++)
         info_slot(d, i, fn, ctx);
 }
@@ -819,6 +819,7 @@ static void vhd_close(vh_disk *d)
     if (p->bitmaps)
         g_hash_table_unref(p->bitmaps);
     g_free(p->bat);
+    g_free(p->head_ahead);
     g_free(p);
     d->priv = NULL;
 }

@@ -104,15 +104,6 @@ static uint32_t space_for(const char *text, uint32_t min_space)
     return (uint32_t)MAX(need, (uint64_t)min_space);
 }
 
-static const char *file_name_of(const char *winpath)
-{
-    const char *b = winpath;
-    for (const char *c = winpath; *c; c++)
-        if (*c == '\\' || *c == '/')
-            b = c + 1;
-    return b;
-}
-
 static int create_sparse(const char *path, const vh_create_opts *o, vh_type type, uint64_t size,
                          uint32_t bs, GError **err)
 {
@@ -147,7 +138,7 @@ static int create_sparse(const char *path, const vh_create_opts *o, vh_type type
         h.parent_timestamp = vh_vhd_time_from_unix(o->parent_mtime);
         /* Windows writes the absolute path; a file name when there is none or it is too long. */
         if (!o->parent_absolute || vhd_encode_parent_name(o->parent_absolute, h.parent_name) < 0)
-            if (vhd_encode_parent_name(file_name_of(o->parent_relative), h.parent_name) < 0)
+            if (vhd_encode_parent_name(vhd_file_name_of(o->parent_relative), h.parent_name) < 0)
                 return vh_fail(err, ENAMETOOLONG,
                                "%s: the parent's file name does not fit the 256-character Parent "
                                "Unicode Name",

@@ -76,15 +76,6 @@ typedef struct {
     bool moved;    /* in new space */
 } loc_plan;
 
-static const char *file_name_of(const char *winpath)
-{
-    const char *b = winpath;
-    for (const char *c = winpath; *c; c++)
-        if (*c == '\\' || *c == '/')
-            b = c + 1;
-    return b;
-}
-
 static int free_slot(vhd_priv *p, const loc_plan *plans, int n)
 {
     for (int i = 0; i < VHD_LOCATORS; i++) {
@@ -247,7 +238,7 @@ static int build_header(vh_disk *d, const vh_link_update *u, vhd_header *nh, GEr
     if (p->hdr.parent_timestamp != 0)
         nh->parent_timestamp = vh_vhd_time_from_unix(u->parent_mtime);
     memset(nh->parent_name, 0, VHD_NAME_BYTES);
-    const char *file = u->file_name ? u->file_name : file_name_of(u->relative);
+    const char *file = u->file_name ? u->file_name : vhd_file_name_of(u->relative);
     /* The absolute path, as Windows writes it; the file name when it does not fit 256 units. */
     if (u->absolute && vhd_encode_parent_name(u->absolute, nh->parent_name) == 0)
         return 0;

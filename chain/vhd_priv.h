@@ -29,6 +29,9 @@ typedef struct vhd_priv {
     bool head_ok;       /* ... with a good checksum */
     bool head_same;     /* ... byte-identical to the footer in use */
     bool integrity_bad; /* a checksum or locator problem: read-only opens only */
+    /* Open only: the 1 KiB after the footer copy, read with it (where the dynamic disk header
+     * nearly always is: data offset 512), or NULL. */
+    uint8_t *head_ahead;
     /* dynamic / differencing */
     vhd_header hdr;
     uint64_t header_off;
@@ -54,6 +57,17 @@ int vhd_load_link(vh_disk *d, GError **err);
  * head copy is left alone (its content does not change).
  */
 int vhd_move_footer(vh_disk *d, uint64_t new_off, GError **err);
+
+/* The last component of a Windows path ("name.vhd" of ".\dir\name.vhd"), for the Parent
+ * Unicode Name. */
+static inline const char *vhd_file_name_of(const char *winpath)
+{
+    const char *b = winpath;
+    for (const char *c = winpath; *c; c++)
+        if (*c == '\\' || *c == '/')
+            b = c + 1;
+    return b;
+}
 
 /* Encodes text for a locator (UTF-16LE for W2ru/W2ku); returns the byte length or -errno. */
 ssize_t vhd_encode_locator(uint32_t code, const char *text, uint8_t *out, size_t cap);

@@ -10,8 +10,6 @@
  */
 #include "vhdx_int.h"
 
-#include <stdarg.h>
-
 #define BITMAP_CACHE_MAX 65536 /* cached per-block bitmap slices before the cache is dropped */
 
 static const vh_disk_ops vhdx_ops;
@@ -142,7 +140,7 @@ static int check_regions(vh_disk *d, const vhdx_region *bat, const vhdx_region *
     return 0;
 }
 
-static int load_region_table(vh_disk *d, GError **err)
+static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
     g_autofree uint8_t *buf = g_malloc(VHDX_RT_SIZE);
@@ -150,14 +148,20 @@ static int load_region_table(vh_disk *d, GError **err)
     g_autoptr(GError) e2 = NULL;
     GError **e[2] = {&e1, &e2};
     const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
-    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
-    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t1 = NULL;
+    g_autofree vhdx_region_table *t2 = NULL;
     vhdx_region_table **t[2] = {&t1, &t2};
-    for (int i = 0; i < 2; i++) {
+    /* Copy 1 is used whenever it is valid, so a probe reads copy 2 only when copy 1 is bad
+     * (each copy is checked whole: its CRC covers all 64 KiB). A full open checks both, to warn
+     * about a damaged copy 2. */
+    bool skip2 = false;
+    for (int i = 0; i < 2 && !skip2; i++) {
         int r = vhdx_read(d, buf, VHDX_RT_SIZE, offs[i], "region table", e[i]);
+        *t[i] = g_new0(vhdx_region_table, 1);
         if (r == 0)
             r = vhdx_region_table_parse(buf, offs[i], file_size(d), *t[i], e[i]);
         x->rt_ok[i] = r == 0;
+        skip2 = i == 0 && x->rt_ok[0] && (flags & VH_OPEN_PROBE);
     }
     if (!x->rt_ok[0] && !x->rt_ok[1])
         return vh_fail(err, EIO, "%s: no valid region table: %s; %s", d->file.path, e1->message,
@@ -165,7 +169,7 @@ static int load_region_table(vh_disk *d, GError **err)
     int use = x->rt_ok[0] ? 0 : 1;
     if (!x->rt_ok[0])
         vh_disk_warn(d, "region table 1 is not valid (%s); using region table 2", e1->message);
-    else if (!x->rt_ok[1])
+    else if (!x->rt_ok[1] && !skip2)
         vh_disk_warn(d, "region table 2 is not valid (%s)", e2->message);
     x->rt = g_steal_pointer(t[use]);
     x->rt_used = use + 1;
@@ -198,25 +202,91 @@ static int load_region_table(vh_disk *d, GError **err)
 
 /* ---------------- metadata ---------------- */
 
-static int read_item(vh_disk *d, const vhdx_md_entry *e, uint8_t **out, GError **err)
+/*
+ * The metadata table has no checksum and only its header and EntryCount entries mean anything
+ * (FORMATS.md §2.4, §4.15): the first 4 KiB hold 127 entries, more than any real file has; the
+ * rest of the 64 KiB is read only when EntryCount needs it.
+ */
+#define MD_TABLE_HEAD 4096
+
+/* Reads the table's used bytes into *out (at least MD_TABLE_HEAD of them). */
+static int read_md_table(vh_disk *d, uint8_t **out, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    *out = g_malloc(MD_TABLE_HEAD);
+    int r = vhdx_read(d, *out, MD_TABLE_HEAD, x->md_off, "metadata table", err);
+    if (r < 0)
+        return r;
+    size_t need = MIN(32 + 32 * (size_t)vh_le16(*out + 10), (size_t)VHDX_MD_TABLE_SIZE);
+    if (need <= MD_TABLE_HEAD)
+        return 0;
+    *out = g_realloc(*out, need);
+    return vhdx_read(d, *out + MD_TABLE_HEAD, need - MD_TABLE_HEAD, x->md_off + MD_TABLE_HEAD,
+                     "metadata table", err);
+}
+
+/* Known system items, in the order of the `seen` flags of load_metadata. */
+static const vh_id *const known_items[] = {&vhdx_guid_file_params, &vhdx_guid_disk_size,
+                                           &vhdx_guid_logical_ss,  &vhdx_guid_physical_ss,
+                                           &vhdx_guid_disk_id,     &vhdx_guid_parent_locator};
+
+static int known_item(const vhdx_md_entry *e)
+{
+    for (int i = 0; i < (int)G_N_ELEMENTS(known_items); i++)
+        if (!(e->flags & VHDX_MD_IS_USER) && vh_id_equal(&e->item, known_items[i]))
+            return i;
+    return -1;
+}
+
+/*
+ * The region bytes that hold every known item, read at once when they lie within 64 KiB of
+ * each other (Hyper-V and vhdheal pack them from offset 64 KiB on, under 1.1 KiB in all;
+ * FORMATS.md §2.4): one read instead of one per item.
+ */
+typedef struct md_span {
+    const uint8_t *buf;
+    uint32_t off, len; /* relative to the metadata region; len 0 = nothing read */
+} md_span;
+
+/* Fills *s; the bytes are in *owned (the caller frees it). */
+static int read_md_span(vh_disk *d, md_span *s, uint8_t **owned, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < x->md->count; i++) {
+        const vhdx_md_entry *e = &x->md->e[i];
+        if (known_item(e) < 0 || e->length == 0)
+            continue;
+        lo = MIN(lo, (uint64_t)e->offset);
+        hi = MAX(hi, (uint64_t)e->offset + e->length);
+    }
+    if (hi <= lo || hi - lo > VHDX_MD_TABLE_SIZE)
+        return 0;
+    *owned = g_malloc(hi - lo);
+    s->buf = *owned;
+    s->off = (uint32_t)lo;
+    s->len = (uint32_t)(hi - lo);
+    return vhdx_read(d, *owned, s->len, x->md_off + lo, "metadata items", err);
+}
+
+static int read_item(vh_disk *d, const vhdx_md_entry *e, const md_span *s, uint8_t **out,
+                     GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
     *out = g_malloc0(MAX(e->length, 1));
+    if (s->len && e->offset >= s->off && e->offset - s->off + (uint64_t)e->length <= s->len) {
+        memcpy(*out, s->buf + (e->offset - s->off), e->length);
+        return 0;
+    }
     return vhdx_read(d, *out, e->length, x->md_off + e->offset, "metadata item", err);
 }
 
-static int parse_item(vh_disk *d, int idx, bool *seen, GError **err)
+static int parse_item(vh_disk *d, int idx, const md_span *s, bool *seen, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
     const vhdx_md_entry *e = &x->md->e[idx];
     uint64_t base = x->md_off + e->offset;
-    static const vh_id *const known[] = {&vhdx_guid_file_params, &vhdx_guid_disk_size,
-                                         &vhdx_guid_logical_ss,  &vhdx_guid_physical_ss,
-                                         &vhdx_guid_disk_id,     &vhdx_guid_parent_locator};
-    int k = -1;
-    for (int i = 0; i < (int)G_N_ELEMENTS(known); i++)
-        if (!(e->flags & VHDX_MD_IS_USER) && vh_id_equal(&e->item, known[i]))
-            k = i;
+    int k = known_item(e);
     if (k < 0) {
         if (!(e->flags & VHDX_MD_IS_REQUIRED))
             return 0;
@@ -228,7 +298,7 @@ static int parse_item(vh_disk *d, int idx, bool *seen, GError **err)
                        d->file.path, x->md_off, idx, id);
     }
     g_autofree uint8_t *item = NULL;
-    int r = read_item(d, e, &item, err);
+    int r = read_item(d, e, s, &item, err);
     if (r < 0)
         return r;
     seen[k] = true;
@@ -262,19 +332,23 @@ static int parse_item(vh_disk *d, int idx, bool *seen, GError **err)
 static int load_metadata(vh_disk *d, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    g_autofree uint8_t *buf = g_malloc(VHDX_MD_TABLE_SIZE);
-    int r = vhdx_read(d, buf, VHDX_MD_TABLE_SIZE, x->md_off, "metadata table", err);
+    g_autofree uint8_t *buf = NULL;
+    int r = read_md_table(d, &buf, err);
     if (r < 0)
         return r;
     x->md = g_new0(vhdx_md_table, 1);
     if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0)
         return vh_fail_prefix(err, "%s", d->file.path);
+    md_span span = {0};
+    g_autofree uint8_t *span_buf = NULL;
+    if ((r = read_md_span(d, &span, &span_buf, err)) < 0)
+        return r;
     bool seen[6] = {false};
     static const char *const names[6] = {"file parameters",     "virtual disk size",
                                          "logical sector size", "physical sector size",
                                          "virtual disk id",     "parent locator"};
     for (int i = 0; i < x->md->count; i++)
-        if ((r = parse_item(d, i, seen, err)) < 0)
+        if ((r = parse_item(d, i, &span, seen, err)) < 0)
             return r;
     for (int i = 0; i < 5; i++)
         if (!seen[i])
@@ -474,7 +548,7 @@ static int open_all(vh_disk *d, vh_open_flags flags, GError **err)
                        d->file.path);
     x->creator = vhdx_ident_creator(ident, VHDX_IDENT_CREATOR_OFF + VHDX_IDENT_CREATOR_LEN);
     if ((r = load_headers(d, err)) < 0 || (r = replay_log(d, err)) < 0 ||
-        (r = load_region_table(d, err)) < 0 || (r = load_metadata(d, err)) < 0)
+        (r = load_region_table(d, flags, err)) < 0 || (r = load_metadata(d, err)) < 0)
         return r;
     if (x->differencing && (r = check_locator(d, err)) < 0)
         return r;
@@ -617,17 +691,6 @@ static int vhdx_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GErro
 
 /* ---------------- info ---------------- */
 
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-    G_GNUC_PRINTF(4, 5);
-static void info_kv(vh_info_fn fn, void *ctx, const char *key, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    g_autofree char *v = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    fn(ctx, key, v);
-}
-
 static void info_id(vh_info_fn fn, void *ctx, const char *key, const vh_id *id)
 {
     char s[VH_ID_STRLEN + 1];
@@ -649,23 +712,23 @@ static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
     for (unsigned s = 0; s < 8; s++)
         if (count[s]) {
             g_autofree char *key = g_strdup_printf("blocks.%s", vhdx_payload_state_name(s));
-            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, count[s]);
+            vh_info_printf(fn, ctx, key, "%" G_GUINT64_FORMAT, count[s]);
         }
-    info_kv(fn, ctx, "sector_bitmap_blocks_present", "%" G_GUINT64_FORMAT, sb_present);
+    vh_info_printf(fn, ctx, "sector_bitmap_blocks_present", "%" G_GUINT64_FORMAT, sb_present);
 }
 
 static void info_metadata(vh_disk *d, vh_info_fn fn, void *ctx)
 {
     vhdx_priv *x = vhdx_p(d);
-    info_kv(fn, ctx, "metadata_items", "%u", x->md->count);
+    vh_info_printf(fn, ctx, "metadata_items", "%u", x->md->count);
     for (int i = 0; i < x->md->count; i++) {
         const vhdx_md_entry *e = &x->md->e[i];
         char id[VH_ID_STRLEN + 1];
         vh_id_format(&e->item, id);
         const char *name = vhdx_guid_name(&e->item);
         g_autofree char *key = g_strdup_printf("metadata.%d", i);
-        info_kv(fn, ctx, key, "%s offset=0x%x length=%u flags=0x%x", name ? name : id, e->offset,
-                e->length, e->flags);
+        vh_info_printf(fn, ctx, key, "%s offset=0x%x length=%u flags=0x%x", name ? name : id,
+                       e->offset, e->length, e->flags);
     }
     if (x->loc_index < 0)
         return;
@@ -684,30 +747,32 @@ static void vhdx_info(vh_disk *d, vh_info_fn fn, void *ctx)
     for (int i = 0; i < 2; i++) {
         g_autofree char *key = g_strdup_printf("header%d.sequence", i + 1);
         if (x->slot_ok[i])
-            info_kv(fn, ctx, key, "%" G_GUINT64_FORMAT, x->slot[i].seq);
+            vh_info_printf(fn, ctx, key, "%" G_GUINT64_FORMAT, x->slot[i].seq);
         else
             fn(ctx, key, "invalid");
     }
-    info_kv(fn, ctx, "current_header", "%d", x->cur + 1);
+    vh_info_printf(fn, ctx, "current_header", "%d", x->cur + 1);
     info_id(fn, ctx, "file_write_guid", &x->h.file_write);
     info_id(fn, ctx, "data_write_guid", &x->h.data_write);
     info_id(fn, ctx, "log_guid", &x->h.log_guid);
-    info_kv(fn, ctx, "log_offset", "%" G_GUINT64_FORMAT, x->h.log_offset);
-    info_kv(fn, ctx, "log_length", "%u", x->h.log_length);
+    vh_info_printf(fn, ctx, "log_offset", "%" G_GUINT64_FORMAT, x->h.log_offset);
+    vh_info_printf(fn, ctx, "log_length", "%u", x->h.log_length);
     fn(ctx, "log", x->log_state);
     if (x->replayed_entries)
-        info_kv(fn, ctx, "log_replayed_entries", "%u (head sequence %" G_GUINT64_FORMAT ")",
-                x->replayed_entries, x->replayed_seq);
-    info_kv(fn, ctx, "region_table", "%d", x->rt_used);
-    info_kv(fn, ctx, "bat_offset", "%" G_GUINT64_FORMAT, x->bat_off);
-    info_kv(fn, ctx, "bat_length", "%u", x->bat_len);
-    info_kv(fn, ctx, "metadata_offset", "%" G_GUINT64_FORMAT, x->md_off);
-    info_kv(fn, ctx, "metadata_length", "%u", x->md_len);
-    info_kv(fn, ctx, "block_size", "%u", x->p.block_size);
-    info_kv(fn, ctx, "chunk_ratio", "%u", vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss));
-    info_kv(fn, ctx, "bat_entries", "%" G_GUINT64_FORMAT,
-            vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing));
-    info_kv(fn, ctx, "file_parameters_flags", "0x%x", x->p.fp_flags);
+        vh_info_printf(fn, ctx, "log_replayed_entries", "%u (head sequence %" G_GUINT64_FORMAT ")",
+                       x->replayed_entries, x->replayed_seq);
+    vh_info_printf(fn, ctx, "region_table", "%d", x->rt_used);
+    vh_info_printf(fn, ctx, "bat_offset", "%" G_GUINT64_FORMAT, x->bat_off);
+    vh_info_printf(fn, ctx, "bat_length", "%u", x->bat_len);
+    vh_info_printf(fn, ctx, "metadata_offset", "%" G_GUINT64_FORMAT, x->md_off);
+    vh_info_printf(fn, ctx, "metadata_length", "%u", x->md_len);
+    vh_info_printf(fn, ctx, "block_size", "%u", x->p.block_size);
+    vh_info_printf(fn, ctx, "chunk_ratio", "%u",
+                   vhdx_chunk_ratio(x->p.block_size, x->p.logical_ss));
+    vh_info_printf(
+        fn, ctx, "bat_entries", "%" G_GUINT64_FORMAT,
+        vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing));
+    vh_info_printf(fn, ctx, "file_parameters_flags", "0x%x", x->p.fp_flags);
     info_id(fn, ctx, "virtual_disk_id", &x->p.disk_id);
     info_block_states(d, fn, ctx);
     info_metadata(d, fn, ctx);

@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, child, content, create, ext, fill, parent_id_on_disk,  # noqa
-                       require_fuse, setx, sha, check)
+from mounttest import (Mount, check, child, content, create, expected, ext, fill,  # noqa
+                       parent_id_on_disk, require_fuse, setx, sha)
 
 N_BROKEN = 4  # per format; half healed by setfattr, half by an open
 
@@ -85,10 +85,10 @@ def main():
             for k in range(N_BROKEN):
                 b, c = f"{fmt}{k}/base.{e}", f"{fmt}{k}/child.{a}"
                 create(os.path.join(store, b), fmt, "4M")
-                fill(os.path.join(store, b), k + 1, (0, 1 << 20))
+                fill(os.path.join(store, b), k + 1, (0,))
                 child(os.path.join(store, c), os.path.join(store, b))
-                fill(os.path.join(store, c), k + 11, (1 << 20, 2 << 20))
-                ref = content(os.path.join(store, c))
+                fill(os.path.join(store, c), k + 11, (1 << 20,))
+                ref = expected(4 << 20, [(k + 1, (0,)), (k + 11, (1 << 20,))])
                 moved = f"moved/{fmt}{k}/base.{e}"
                 os.makedirs(os.path.dirname(os.path.join(store, moved)))
                 os.rename(os.path.join(store, b), os.path.join(store, moved))

@@ -20,8 +20,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, content, create, ext, fill, getx, locators,  # noqa
-                       parent_id_on_disk, require_fuse, sha)
+from mounttest import (Mount, check, child, content, create, expected, ext, fill, getx,  # noqa
+                       locators, parent_id_on_disk, require_fuse, sha)
 
 CORPUS = os.environ.get("VH_CORPUS", "")
 
@@ -38,18 +38,22 @@ def opener(kind, path):
                            path], capture_output=True, check=True).stdout
 
 
-def build(store, fmt, tag):
-    """vm/base <- vm/mid <- vm/top with data in each; returns (paths, reference contents)."""
+def build(store, fmt, tag, depth=2):
+    """vm/base <- vm/mid [<- vm/top], 4 KiB of data in each; returns (paths, reference of the
+    top, reference of the mid), the references computed from what was written."""
     b = os.path.join(store, tag, "vm", "base." + ext(fmt))
     m = os.path.join(store, tag, "vm", "mid." + ext(fmt, True))
-    t = os.path.join(store, tag, "vm", "top." + ext(fmt, True))
+    t = os.path.join(store, tag, "vm", "top." + ext(fmt, True)) if depth == 3 else None
+    layers = [(1, (0,)), (2, (1 << 20,)), (3, (2 << 20,))]
     create(b, fmt)
-    fill(b, 1)
+    fill(b, *layers[0])
     child(m, b)
-    fill(m, 2, (1 << 20, 5 << 20))
-    child(t, m)
-    fill(t, 3, (2 << 20,))
-    return (b, m, t), content(t), content(m)
+    fill(m, *layers[1])
+    if t:
+        child(t, m)
+        fill(t, *layers[2])
+    size = 8 << 20
+    return (b, m, t), expected(size, layers if t else layers[:2]), expected(size, layers[:2])
 
 
 def healed_on_open(mnt_of, store, tag, how, broken_rel, ref, rel_open, expect_target):
@@ -88,17 +92,17 @@ def scenarios(root, fmt):
     os.makedirs(store)
     e, a = ext(fmt), ext(fmt, True)
     # 1 moved parent (open with cat); 2 renamed (dd); 3 id-mismatch replacement (python)
-    (b1, m1, t1), ref1, _ = build(store, fmt, "moved")
+    (b1, m1, t1), ref1, _ = build(store, fmt, "moved", 3)
     os.makedirs(os.path.join(store, "moved", "archive"))
     os.rename(b1, os.path.join(store, "moved", "archive", "base." + e))
     (b2, m2, t2), _, ref2 = build(store, fmt, "renamed")
     os.rename(b2, os.path.join(store, "renamed", "vm", "base-renamed." + e))
-    (b3, m3, t3), ref3, _ = build(store, fmt, "replaced")
+    (b3, m3, t3), _, ref3 = build(store, fmt, "replaced")
     os.makedirs(os.path.join(store, "replaced", "keep"))
     os.rename(b3, os.path.join(store, "replaced", "keep", "base." + e))
     create(b3, fmt)  # another disk, same name and size
     # 4 two copies: the one in the nearer folder wins; 5 two copies equally near: ambiguous
-    (b4, m4, t4), ref4, _ = build(store, fmt, "copies")
+    (b4, m4, t4), _, ref4 = build(store, fmt, "copies")
     for d in ("copies/far/away", "copies/vm/near"):
         os.makedirs(os.path.join(store, d))
     subprocess.run(["cp", b4, os.path.join(store, "copies/far/away/base." + e)], check=True)
@@ -112,9 +116,9 @@ def scenarios(root, fmt):
     # 6 heal=manual and heal=off leave files alone (their own store below)
     # 7 a store moved as a whole: relative links hold
     oldstore = os.path.join(root, "old-" + fmt)
-    (b7, m7, t7), ref7, _ = build(oldstore, fmt, "whole")
+    (b7, m7, t7), _, ref7 = build(oldstore, fmt, "whole")
     os.rename(os.path.join(oldstore, "whole"), os.path.join(store, "whole"))
-    m7, t7 = (p.replace(oldstore, store) for p in (m7, t7))
+    m7 = m7.replace(oldstore, store)
 
     mt = Mount(store, mnt, log)
     try:
@@ -131,37 +135,37 @@ def scenarios(root, fmt):
                       ref1)
         healed_on_open(mnt_of, store, f"{fmt} renamed", "dd", rel(m2), ref2, rel(m2),
                        "renamed/vm/base-renamed." + e)
-        st = healed_on_open(mnt_of, store, f"{fmt} replaced", "py", rel(m3), ref3, rel(t3),
+        st = healed_on_open(mnt_of, store, f"{fmt} replaced", "py", rel(m3), ref3, rel(m3),
                             "replaced/keep/base." + e)
         check("id-mismatch" in st, f"{fmt} replaced: status {st}")
-        healed_on_open(mnt_of, store, f"{fmt} copies", "cat", rel(m4), ref4, rel(t4),
+        healed_on_open(mnt_of, store, f"{fmt} copies", "cat", rel(m4), ref4, rel(m4),
                        "copies/vm/near/base." + e)
         # ambiguous: not healed, the status lists both
         before = sha(m5)
-        opener("cat", mnt_of(rel(t5)))
+        opener("cat", mnt_of(rel(m5)))
         check(sha(m5) == before, f"{fmt} ambiguous: rewritten")
-        st, _ = getx(mnt_of(rel(t5)), "user.vhd.status")
-        check(st.startswith("broken ambiguous: ambig/vm/mid.") and "ambig/x/base." in st and
+        st, _ = getx(mnt_of(rel(m5)), "user.vhd.status")
+        check(st.startswith("broken ambiguous: 2 disks") and "ambig/x/base." in st and
               "ambig/y/base." in st, f"{fmt} ambiguous: status {st}")
         # the whole store moved: nothing to heal, nothing written
         before = sha(m7)
-        check(opener("dd", mnt_of(rel(t7))) == open(t7, "rb").read(), f"{fmt} whole: read")
-        check(sha(m7) == before and content(t7) == ref7, f"{fmt} whole store moved")
-        st, _ = getx(mnt_of(rel(t7)), "user.vhd.status")
+        check(opener("dd", mnt_of(rel(m7))) == open(m7, "rb").read(), f"{fmt} whole: read")
+        check(sha(m7) == before and content(m7) == ref7, f"{fmt} whole store moved")
+        st, _ = getx(mnt_of(rel(m7)), "user.vhd.status")
         check(st == "ok", f"{fmt} whole: status {st}")
         # a disk open for writing through the mount is not rewritten; the disks are made
         # through the mount (the index follows), the parent is then renamed behind its back
         (b8, m8, t8), _, _ = build(mnt, fmt, "busy")
-        b8, m8, t8 = (os.path.join(store, os.path.relpath(p, mnt)) for p in (b8, m8, t8))
+        b8, m8 = (os.path.join(store, os.path.relpath(p, mnt)) for p in (b8, m8))
         with open(mnt_of(rel(m8)), "r+b"):
             os.rename(b8, os.path.join(store, "busy", "base2." + e))
             before = sha(m8)
-            opener("cat", mnt_of(rel(t8)))  # a reader opens the top: the mid is busy
+            opener("cat", mnt_of(rel(m8)))  # a reader opens it while it is open for writing
             check(sha(m8) == before, f"{fmt} busy: a disk open for writing was rewritten")
-            st, _ = getx(mnt_of(rel(t8)), "user.vhd.status")
+            st, _ = getx(mnt_of(rel(m8)), "user.vhd.status")
             check(st is not None and "not healed: busy/vm/mid." in st and
                   "open for writing" in st, f"{fmt} busy: status {st}")
-        opener("cat", mnt_of(rel(t8)))  # closed: now it heals
+        opener("cat", mnt_of(rel(m8)))  # closed: now it heals
         check(parent_id_on_disk(m8) == vhcraft.disk_id(os.path.join(store, "busy", "base2." + e)),
               f"{fmt} busy: not healed after the writer closed")
         check(mt.alive(), "the daemon died")
@@ -187,14 +191,14 @@ def modes(root, fmt):
         os.makedirs(store)
         (b, m, t), _, _ = build(store, fmt, "s")
         os.rename(b, os.path.join(store, "s", "moved." + e))
-        sums = {p: sha(p) for p in (m, t)}
+        sums = {p: sha(p) for p in (m,)}
         log = os.path.join(root, f"daemon-{fmt}-{mode}.log")
         mt = Mount(store, mnt, log, f"heal={mode}")
         try:
             for how in ("cat", "dd", "py"):
-                opener(how, os.path.join(mnt, "s/vm", os.path.basename(t)))
-            st, _ = getx(os.path.join(mnt, "s/vm", os.path.basename(t)), "user.vhd.status")
-            check(st and st.startswith("broken parent-missing: s/vm/mid.") and st.endswith(why +
+                opener(how, os.path.join(mnt, "s/vm", os.path.basename(m)))
+            st, _ = getx(os.path.join(mnt, "s/vm", os.path.basename(m)), "user.vhd.status")
+            check(st and st.startswith("broken parent-missing: ") and st.endswith(why +
                   (" (write the parent's path to user.vhd.parent)" if mode == "manual" else "")),
                   f"{fmt} heal={mode}: status {st}")
         finally:

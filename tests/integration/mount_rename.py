@@ -92,6 +92,8 @@ def run_format(root, fmt):
     finally:
         mt.stop()
     text = open(os.path.join(root, f"daemon-{fmt}.log")).read()
+    if vhdtest.failures:
+        print(f"--- daemon log ({fmt})\n{text[-4000:]}")
     check(f"healed archive/c1.{a}: " in text and " moved to " in text and "exchanged" in text,
           f"{fmt}: relink lines missing:\n{text[-3000:]}")
     # heal=off: a rename relinks nothing

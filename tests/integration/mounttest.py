@@ -125,11 +125,23 @@ def child(path, parent):
     vhdheal("create", "--parent", parent, path)
 
 
-def fill(path, seed, offsets=(0, 1 << 20, 3 << 20)):
+def pattern(seed, k=0):
+    return bytes((seed * 31 + k * 7 + i) & 0xFF for i in range(4096))
+
+
+def fill(path, seed, offsets=(0,)):
     """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: FORMATS.md §4a)."""
     for k, off in enumerate(offsets):
-        data = bytes((seed * 31 + k * 7 + i) & 0xFF for i in range(4096))
-        vhdheal("write", path, str(off), input=data)
+        vhdheal("write", path, str(off), input=pattern(seed, k))
+
+
+def expected(size, layers):
+    """The test's own reference: (seed, offsets) of each disk's fill, the base first."""
+    buf = bytearray(size)
+    for seed, offsets in layers:
+        for k, off in enumerate(offsets):
+            buf[off:off + 4096] = pattern(seed, k)
+    return bytes(buf)
 
 
 def content(path, store=None):
@@ -153,4 +165,4 @@ def ext(fmt, top=False):
 
 
 __all__ = ["Mount", "require_fuse", "getx", "setx", "getx_raw", "sha", "create", "child", "fill",
-           "content", "locators", "parent_id_on_disk", "ext", "check", "run", "vhdheal", "errno"]
+           "content", "expected", "pattern", "locators", "parent_id_on_disk", "ext", "check", "run", "vhdheal", "errno"]

@@ -9,42 +9,20 @@ buffer, and libvhdi (pyvhdi with the parents set).
 """
 import os
 import random
-import subprocess
 import sys
 import tempfile
 
-import pyvhdi
+import vhdtest as t
 
-VHDHEAL = os.environ.get("VHDHEAL", "vhdheal")
 MIB = 1024 * 1024
 SIZE = 24 * MIB + 7 * 512  # not a multiple of any block size
-
-
-def run(*args):
-    return subprocess.run(args, check=True, capture_output=True).stdout
-
-
-def pyvhdi_read(paths):
-    files = []
-    for p in paths:
-        f = pyvhdi.file()
-        f.open(p)
-        files.append(f)
-    for child, parent in zip(files, files[1:]):
-        child.set_parent(parent)
-    top = files[0]
-    top.seek(0)
-    data = top.read(top.get_media_size())
-    for f in files:
-        f.close()
-    return data
 
 
 def write(path, ref, off, data, tmp):
     src = os.path.join(tmp, "in.bin")
     with open(src, "wb") as f:
         f.write(data)
-    run(VHDHEAL, "write", path, str(off), src)
+    t.vhdheal("write", path, off, src)
     ref[off:off + len(data)] = data
 
 
@@ -64,21 +42,21 @@ def random_writes(path, ref, rng, tmp, count):
 
 def chain(depth, rng, tmp):
     base = os.path.join(tmp, f"d{depth}-0.vhdx")
-    run(VHDHEAL, "create", "--format", "vhdx", "--size", str(SIZE), "--block-size", "1M", base)
+    t.vhdheal("create", "--format", "vhdx", "--size", SIZE, "--block-size", "1M", base)
     ref = bytearray(SIZE)
     levels = [(base, None)]
     random_writes(base, ref, rng, tmp, 6)
     snaps = [bytes(ref)]
     for k in range(1, depth + 1):
         child = os.path.join(tmp, f"d{depth}-{k}.avhdx")
-        run(VHDHEAL, "create", "--parent", levels[-1][0], child)
+        t.vhdheal("create", "--parent", levels[-1][0], child)
         levels.append((child, levels[-1][0]))
         random_writes(child, ref, rng, tmp, 6)
         snaps.append(bytes(ref))
     bad = 0
     for k, (path, _) in enumerate(levels):
-        ours = run(VHDHEAL, "read", path)
-        theirs = pyvhdi_read([p for p, _ in reversed(levels[:k + 1])])
+        ours = t.read_all(path)
+        theirs = t.libvhdi_read([p for p, _ in reversed(levels[:k + 1])])
         if ours != snaps[k]:
             print(f"FAIL: depth {depth} level {k}: vhdheal read differs from the reference")
             bad += 1

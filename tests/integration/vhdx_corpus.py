@@ -16,29 +16,15 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
 
-VHDHEAL = os.environ.get("VHDHEAL", "vhdheal")
+import vhdtest
+from vhdtest import VHDHEAL, check, info, run
+
 CORPUS = os.environ.get("VH_CORPUS") or os.path.join(os.path.dirname(__file__), "..", "..", "..",
                                                      "shared", "corpus")
 MIB = 1024 * 1024
-failures = []
-
-
-def run(*args):
-    return subprocess.run(args, check=True, capture_output=True).stdout
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def info(path):
-    return json.loads(run(VHDHEAL, "info", "--json", path))["disks"][0]
 
 
 def sha_of_read(path, off=None, length=None):
@@ -191,9 +177,7 @@ def main():
             sub = os.path.join(tmp, part.__name__)
             os.mkdir(sub)
             part(sub)
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
+    vhdtest.finish("vhdx_corpus")
 
 
 if __name__ == "__main__":

@@ -7,65 +7,15 @@ the fields vhdheal reports (type, size, sector size, identifier, parent identifi
 name); pyvhdi reads the same bytes; for fixed and dynamic disks `qemu-img check` finds no error
 and `qemu-img convert -O raw` equals `vhdheal read`.
 """
-import hashlib
-import json
 import os
 import random
-import re
 import subprocess
-import sys
 import tempfile
 
-import pyvhdi
+import vhdtest as t
+from vhdtest import check, info
 
-VHDHEAL = os.environ.get("VHDHEAL", "vhdheal")
 MIB = 1024 * 1024
-failures = []
-
-
-def run(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, **kw).stdout
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def info(path):
-    return json.loads(run(VHDHEAL, "info", "--json", path))["disks"][0]
-
-
-def vhdiinfo(path):
-    out = run("vhdiinfo", path).decode()
-    fields = {}
-    for line in out.splitlines():
-        m = re.match(r"\s*([A-Za-z ]+?)\s*:\s*(.*)$", line)
-        if m:
-            fields[m.group(1)] = m.group(2).strip()
-    return fields
-
-
-def vhdheal_read(path):
-    return run(VHDHEAL, "read", path)
-
-
-def pyvhdi_read(paths):
-    """Reads the top of a chain (paths top first) with libvhdi, parents attached."""
-    files = []
-    for p in paths:
-        f = pyvhdi.file()
-        f.open(p)
-        files.append(f)
-    for child, parent in zip(files, files[1:]):
-        child.set_parent(parent)
-    top = files[0]
-    top.seek(0)
-    data = top.read(top.get_media_size())
-    for f in files:
-        f.close()
-    return data
 
 
 def random_writes(path, size, rng, count, granule):
@@ -75,17 +25,17 @@ def random_writes(path, size, rng, count, granule):
         if rng.random() < 0.5:
             off -= off % granule
         data = rng.randbytes(length)
-        with tempfile.NamedTemporaryFile() as t:
-            t.write(data)
-            t.flush()
-            run(VHDHEAL, "write", path, str(off), t.name)
+        with tempfile.NamedTemporaryFile() as tf:
+            tf.write(data)
+            tf.flush()
+            t.vhdheal("write", path, off, tf.name)
 
 
 def compare_with_qemu(path, ours, tmp):
     r = subprocess.run(["qemu-img", "check", "-f", "vhdx", path], capture_output=True)
     check(r.returncode == 0, f"qemu-img check {path}: {r.stdout.decode()} {r.stderr.decode()}")
     raw = os.path.join(tmp, "q.raw")
-    run("qemu-img", "convert", "-f", "vhdx", "-O", "raw", path, raw)
+    t.run("qemu-img", "convert", "-f", "vhdx", "-O", "raw", path, raw)
     with open(raw, "rb") as f:
         theirs = f.read()
     os.unlink(raw)
@@ -94,7 +44,7 @@ def compare_with_qemu(path, ours, tmp):
 
 def compare_fields(path, parent=None):
     ours = info(path)
-    v = vhdiinfo(path)
+    v = t.vhdiinfo(path)
     want_type = {"fixed": "Fixed", "dynamic": "Dynamic", "differencing": "Differential"}[ours["type"]]
     check(v.get("Disk type") == want_type, f"{path}: vhdiinfo type {v.get('Disk type')}")
     check(f"({ours['virtual_size']} bytes)" in v.get("Media size", ""),
@@ -127,28 +77,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for i, (typ, size, bs, lss) in enumerate(cases):
             path = os.path.join(tmp, f"d{i}.vhdx")
-            run(VHDHEAL, "create", "--format", "vhdx", "--type", typ, "--block-size", bs,
-                "--logical-sector-size", str(lss), "--size", str(size), path)
+            t.vhdheal("create", "--format", "vhdx", "--type", typ, "--block-size", bs,
+                      "--logical-sector-size", lss, "--size", size, path)
             compare_fields(path)
             random_writes(path, size, rng, 12, lss)
-            ours = vhdheal_read(path)
+            ours = t.read_all(path)
             compare_fields(path)
-            check(pyvhdi_read([path]) == ours, f"{path}: pyvhdi content differs")
+            check(t.libvhdi_read([path]) == ours, f"{path}: pyvhdi content differs")
             if lss == 512:  # qemu's vhdx driver supports 512-byte logical sectors only
                 compare_with_qemu(path, ours, tmp)
             print(f"ok: {typ} {size} bytes, {bs} blocks, {lss}-byte sectors")
             # a differencing child of it (2 MiB blocks, parent's sector size)
             child = os.path.join(tmp, f"d{i}-child.avhdx")
-            run(VHDHEAL, "create", "--parent", path, child)
+            t.vhdheal("create", "--parent", path, child)
             compare_fields(child, parent=path)
             random_writes(child, size, rng, 12, lss)
-            ours = vhdheal_read(child)
+            ours = t.read_all(child)
             compare_fields(child, parent=path)
-            check(pyvhdi_read([child, path]) == ours, f"{child}: pyvhdi chain content differs")
+            check(t.libvhdi_read([child, path]) == ours, f"{child}: pyvhdi chain content differs")
             print(f"ok: its differencing child")
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
+    t.finish("vhdx_interop")
 
 
 if __name__ == "__main__":

@@ -15,33 +15,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "readlog.h"
+#include "tmpfix.h"
 #include "vhd_priv.h"
 
 #define MIB VH_MIB
 
 /* ------------------------------------------------------------------ helpers */
-
-static char *tmpdir;
-
-static int setup(void **state)
-{
-    tmpdir = g_dir_make_tmp("test_vhd_XXXXXX", NULL);
-    return tmpdir ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", tmpdir);
-    int rc = system(cmd);
-    g_clear_pointer(&tmpdir, g_free);
-    vh_fault_disarm();
-    return rc == 0 ? 0 : -1;
-}
-
-static char *tpath(const char *name)
-{
-    return g_build_filename(tmpdir, name, NULL);
-}
 
 static void raw_write(const char *path, uint64_t off, const void *buf, size_t len)
 {
@@ -518,6 +498,77 @@ static void probe_open_skips_bat(void **state)
     vh_run run;
     g_autoptr(GError) err = NULL;
     assert_true(d->ops->map(d, 0, 512, &run, &err) < 0);
+    /* reads and writes fail cleanly too, and a probe open for writing writes nothing */
+    uint8_t buf[512] = {0};
+    assert_int_equal(vh_disk_read(d, buf, 0, sizeof buf, NULL), -EINVAL);
+    raw_put_be32(cp, 0x2000, 0xFFFFFFFF);
+    g_autoptr(vh_disk) pd = open_ok(pp, VH_OPEN_PROBE);
+    assert_int_equal(vh_disk_read(pd, buf, 0, sizeof buf, NULL), -EINVAL);
+    uint8_t before[8192], after[8192];
+    uint64_t size = file_size(cp);
+    raw_read(cp, size - sizeof before, before, sizeof before);
+    {
+        g_autoptr(vh_disk) w = open_ok(cp, VH_OPEN_PROBE | VH_OPEN_WRITE);
+        assert_int_equal(vh_disk_write(w, buf, 0, sizeof buf, NULL), -EINVAL);
+        assert_int_equal(vh_disk_write(w, buf, 100, 10, NULL), -EINVAL);
+        assert_int_equal(w->ops->write_sectors(w, buf, 0, sizeof buf, NULL), -EINVAL);
+    }
+    assert_int_equal(file_size(cp), size);
+    raw_read(cp, size - sizeof after, after, sizeof after);
+    assert_memory_equal(before, after, sizeof before);
+}
+
+/*
+ * A probe (what the store index does for every file of a store) reads the footer, its copy
+ * with the header after it, and the locator data; never the BAT. It answers what a full open
+ * answers.
+ */
+static void probe_reads_only_identity(void **state)
+{
+    g_autofree char *pp = tpath("rp.vhd"), *cp = tpath("rc.vhd");
+    create_disk(pp, VH_TYPE_DYNAMIC, 4 * MIB, 0);
+    create_child(cp, pp, ".\\rp.vhd", "C:\\vm\\rp.vhd", 0);
+    g_autoptr(vh_disk) full = open_ok(cp, VH_OPEN_READ);
+    readlog_start();
+    g_autoptr(vh_disk) d = open_ok(cp, VH_OPEN_PROBE);
+    g_autoptr(GArray) reads = readlog_stop();
+    assert_int_equal(d->type, VH_TYPE_DIFFERENCING);
+    assert_int_equal(d->virtual_size, full->virtual_size);
+    assert_int_equal(d->block_size, full->block_size);
+    assert_true(vh_id_equal(&d->id, &full->id));
+    assert_true(vh_id_equal(&d->link.parent_id, &full->link.parent_id));
+    assert_int_equal(d->link.locators->len, 3); /* W2ru, W2ku, the Parent Unicode Name */
+    for (guint i = 0; i < d->link.locators->len; i++) {
+        const vh_locator *a = d->link.locators->pdata[i], *b = full->link.locators->pdata[i];
+        assert_int_equal(a->kind, b->kind);
+        assert_string_equal(a->path, b->path);
+    }
+    /* sniffing (2), tail footer, copy + header, two locators */
+    assert_true(reads->len <= 6);
+    assert_true(readlog_bytes(reads) <= 4096);
+    assert_false(readlog_touches(reads, vhd_p(full)->hdr.table_offset, vhd_p(full)->bat_bytes));
+}
+
+/* A dynamic disk header somewhere else than right after the footer copy is read from there. */
+static void header_not_after_the_copy(void **state)
+{
+    g_autofree char *p = tpath("moved.vhd");
+    create_disk(p, VH_TYPE_DYNAMIC, 4 * MIB, 0);
+    uint64_t tail = file_size(p) - VHD_FOOTER_SIZE;
+    uint8_t hdr[VHD_HEADER_SIZE], footer[VHD_FOOTER_SIZE];
+    raw_read(p, 0x200, hdr, sizeof hdr);
+    raw_read(p, tail, footer, sizeof footer);
+    raw_write(p, tail, hdr, sizeof hdr); /* the header past the old end, then the footer */
+    raw_write(p, tail + sizeof hdr, footer, sizeof footer);
+    raw_put_be64(p, tail + sizeof hdr + 16, tail); /* data offset */
+    fix_footers(p);
+    raw_write(p, 0x200, "cxsparsX", 8); /* the old place no longer holds a header */
+    for (int probe = 0; probe < 2; probe++) {
+        g_autoptr(vh_disk) d = open_ok(p, probe ? VH_OPEN_PROBE : VH_OPEN_READ);
+        assert_int_equal(vhd_p(d)->header_off, tail);
+        assert_int_equal(d->block_size, 2 * MIB);
+        assert_null(d->warnings);
+    }
 }
 
 /* ------------------------------------------------------------------ footer fallbacks */
@@ -1097,24 +1148,27 @@ int main(void)
         cmocka_unit_test(bitmap_msb_first),
         cmocka_unit_test(bat_and_geometry),
         cmocka_unit_test(platform_names),
-        cmocka_unit_test_setup_teardown(create_dynamic_windows_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_fixed_and_rw, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_rejects_bad_options, setup, teardown),
-        cmocka_unit_test_setup_teardown(create_differencing_windows_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(probe_open_skips_bat, setup, teardown),
-        cmocka_unit_test_setup_teardown(tail_footer_bad_uses_head_copy, setup, teardown),
-        cmocka_unit_test_setup_teardown(checksum_bad_on_both_copies, setup, teardown),
-        cmocka_unit_test_setup_teardown(footer_511_bytes, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_unusable_footers, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_bad_headers, setup, teardown),
-        cmocka_unit_test_setup_teardown(rejects_bad_bat_entries, setup, teardown),
-        cmocka_unit_test_setup_teardown(locator_problems_warn_or_refuse, setup, teardown),
-        cmocka_unit_test_setup_teardown(differencing_runs_and_bitmaps, setup, teardown),
-        cmocka_unit_test_setup_teardown(read_only_never_writes, setup, teardown),
-        cmocka_unit_test_setup_teardown(allocation_crash_at_every_write, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_in_place, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_long_path_and_missing_slot, setup, teardown),
-        cmocka_unit_test_setup_teardown(relink_crash_at_every_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(create_dynamic_windows_layout, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_fixed_and_rw, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_rejects_bad_options, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(create_differencing_windows_layout, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(probe_open_skips_bat, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(probe_reads_only_identity, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(header_not_after_the_copy, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(tail_footer_bad_uses_head_copy, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(checksum_bad_on_both_copies, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(footer_511_bytes, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_unusable_footers, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_bad_headers, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(rejects_bad_bat_entries, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(locator_problems_warn_or_refuse, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(differencing_runs_and_bitmaps, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(read_only_never_writes, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(allocation_crash_at_every_write, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_in_place, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_long_path_and_missing_slot, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(relink_crash_at_every_write, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

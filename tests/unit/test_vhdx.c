@@ -15,36 +15,11 @@
 #include <stdlib.h>
 
 #include "disk.h"
+#include "readlog.h"
+#include "tmpfix.h"
 #include "vhdx_format.h"
 
 /* ---------------- helpers ---------------- */
-
-typedef struct {
-    char *dir;
-} tmp_t;
-
-static int setup_tmp(void **state)
-{
-    tmp_t *t = g_new0(tmp_t, 1);
-    t->dir = g_dir_make_tmp("test_vhdx-XXXXXX", NULL);
-    *state = t;
-    return t->dir ? 0 : -1;
-}
-
-static int teardown_tmp(void **state)
-{
-    tmp_t *t = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", t->dir);
-    int r = system(cmd);
-    g_free(t->dir);
-    g_free(t);
-    return r == 0 ? 0 : -1;
-}
-
-static char *tpath(void **state, const char *name)
-{
-    return g_build_filename(((tmp_t *)*state)->dir, name, NULL);
-}
 
 /* Decompresses a corpus file into the temp dir; NULL (and the test is skipped) without one. */
 static char *corpus(void **state, const char *rel, const char *name)
@@ -53,7 +28,7 @@ static char *corpus(void **state, const char *rel, const char *name)
     g_autofree char *src = c ? g_build_filename(c, rel, NULL) : NULL;
     if (!src || !g_file_test(src, G_FILE_TEST_EXISTS))
         return NULL;
-    char *dst = tpath(state, name);
+    char *dst = tpath(name);
     g_autofree char *cmd = g_strdup_printf("gzip -dc '%s' > '%s'", src, dst);
     assert_int_equal(system(cmd), 0);
     return dst;
@@ -75,14 +50,6 @@ static void write_at(const char *path, uint64_t off, const void *buf, size_t len
     assert_int_equal(vh_file_open(&f, path, true, NULL), 0);
     assert_int_equal(vh_file_write(&f, buf, len, off, "test", NULL), 0);
     vh_file_close(&f);
-}
-
-static GBytes *file_bytes(const char *path)
-{
-    gchar *data = NULL;
-    gsize len = 0;
-    assert_true(g_file_get_contents(path, &data, &len, NULL));
-    return g_bytes_new_take(data, len);
 }
 
 static void make_disk(const char *path, vh_type type, uint64_t size, uint32_t bs, uint32_t lss)
@@ -128,18 +95,6 @@ static void expect_open_error(const char *path, int code, const char *text)
     if (text && !strstr(err->message, text))
         fail_msg("message '%s' lacks '%s'", err->message, text);
     assert_non_null(strstr(err->message, path));
-}
-
-static void info_get(void *ctx, const char *key, const char *value)
-{
-    g_hash_table_insert(ctx, g_strdup(key), g_strdup(value));
-}
-
-static GHashTable *info_of(vh_disk *d)
-{
-    GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    d->ops->info(d, info_get, h);
-    return h;
 }
 
 /* Rewrites a header slot with a fresh checksum after `edit`. */
@@ -487,8 +442,8 @@ static void bitmap_bits_lsb_first(void **state)
 
 static void created_layout_is_hyperv_like(void **state)
 {
-    g_autofree char *base = tpath(state, "base.vhdx");
-    g_autofree char *child = tpath(state, "child.avhdx");
+    g_autofree char *base = tpath("base.vhdx");
+    g_autofree char *child = tpath("child.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 10 * VH_MIB, 0, 0);
     make_child(child, base, "D:\\vms\\base.vhdx");
     g_autofree uint8_t *f = read_at(child, 0, 4 * VH_MIB);
@@ -551,7 +506,7 @@ static void created_layout_is_hyperv_like(void **state)
     assert_string_equal(g_hash_table_lookup(ci, "bat_entries"), "2049");
     assert_int_equal(c->file.size, 4 * VH_MIB);
     /* fixed: every block FULLY_PRESENT after the BAT */
-    g_autofree char *fixed = tpath(state, "fixed.vhdx");
+    g_autofree char *fixed = tpath("fixed.vhdx");
     make_disk(fixed, VH_TYPE_FIXED, 10 * VH_MIB, 2 * VH_MIB, 4096);
     g_autoptr(vh_disk) fx = open_ok(fixed, VH_OPEN_READ);
     assert_int_equal(fx->type, VH_TYPE_FIXED);
@@ -566,8 +521,8 @@ static void created_layout_is_hyperv_like(void **state)
 
 static void probe_open_skips_the_bat(void **state)
 {
-    g_autofree char *base = tpath(state, "pb.vhdx");
-    g_autofree char *child = tpath(state, "pc.avhdx");
+    g_autofree char *base = tpath("pb.vhdx");
+    g_autofree char *child = tpath("pc.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     make_child(child, base, NULL);
     /* a BAT entry in a reserved state: a full open refuses it, a probe never reads the BAT */
@@ -581,11 +536,92 @@ static void probe_open_skips_the_bat(void **state)
     vh_run run;
     g_autoptr(GError) err = NULL;
     assert_int_equal(c->ops->map(c, 0, 512, &run, &err), -EINVAL);
+    /* reads and writes fail cleanly too, and a probe open for writing writes nothing */
+    uint8_t buf[512] = {0};
+    assert_int_equal(vh_disk_read(c, buf, 0, sizeof buf, NULL), -EINVAL);
+    assert_int_equal(vh_disk_read(b, buf, 0, sizeof buf, NULL), -EINVAL);
+    g_autoptr(GBytes) before = file_bytes(child);
+    {
+        g_autoptr(vh_disk) w = open_ok(child, VH_OPEN_PROBE | VH_OPEN_WRITE);
+        assert_int_equal(vh_disk_write(w, buf, 0, sizeof buf, NULL), -EINVAL);
+        assert_int_equal(vh_disk_write(w, buf, 100, 10, NULL), -EINVAL);
+        assert_int_equal(w->ops->write_sectors(w, buf, 0, sizeof buf, NULL), -EINVAL);
+    }
+    g_autoptr(GBytes) after = file_bytes(child);
+    assert_true(g_bytes_equal(before, after));
+}
+
+static uint64_t info_u64(GHashTable *info, const char *key)
+{
+    const char *v = g_hash_table_lookup(info, key);
+    assert_non_null(v);
+    return g_ascii_strtoull(v, NULL, 10);
+}
+
+static void assert_same_identity(vh_disk *a, vh_disk *b)
+{
+    assert_int_equal(a->type, b->type);
+    assert_int_equal(a->virtual_size, b->virtual_size);
+    assert_int_equal(a->logical_sector_size, b->logical_sector_size);
+    assert_int_equal(a->physical_sector_size, b->physical_sector_size);
+    assert_int_equal(a->block_size, b->block_size);
+    assert_true(vh_id_equal(&a->id, &b->id));
+    assert_true(vh_id_equal(&a->link.parent_id, &b->link.parent_id));
+    assert_int_equal(a->link.locators->len, b->link.locators->len);
+    for (guint i = 0; i < a->link.locators->len; i++) {
+        const vh_locator *x = a->link.locators->pdata[i], *y = b->link.locators->pdata[i];
+        assert_int_equal(x->kind, y->kind);
+        assert_string_equal(x->path, y->path);
+    }
+}
+
+/*
+ * A probe (what the store index does for every file of a store) reads the identifier, both
+ * headers, region table 1, the used part of the metadata table and the items: never the BAT,
+ * an empty log, or region table 2 while table 1 is good. It answers what a full open answers.
+ */
+static void probe_reads_only_identity(void **state)
+{
+    g_autofree char *base = tpath("rb.vhdx");
+    g_autofree char *child = tpath("rc.avhdx");
+    make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
+    make_child(child, base, "C:\\vm\\rb.vhdx");
+    g_autoptr(vh_disk) full = open_ok(child, VH_OPEN_READ);
+    g_autoptr(GHashTable) info = info_of(full);
+    readlog_start();
+    g_autoptr(vh_disk) p = open_ok(child, VH_OPEN_PROBE);
+    g_autoptr(GArray) reads = readlog_stop();
+    assert_same_identity(p, full);
+    assert_int_equal(p->link.locators->len, 2);
+    assert_true(reads->len <= 8);
+    assert_true(readlog_bytes(reads) <= 80 * VH_KIB);
+    assert_false(
+        readlog_touches(reads, info_u64(info, "bat_offset"), info_u64(info, "bat_length")));
+    assert_false(
+        readlog_touches(reads, info_u64(info, "log_offset"), info_u64(info, "log_length")));
+    assert_false(readlog_touches(reads, VHDX_RT2_OFF, VHDX_RT_SIZE));
+    assert_true(readlog_touches(reads, VHDX_RT1_OFF, VHDX_RT_SIZE));
+    /* region table 1 damaged: the probe checks table 2 and uses it, as the full open does */
+    uint8_t junk[64] = {1};
+    write_at(child, VHDX_RT1_OFF + 100, junk, sizeof junk);
+    readlog_start();
+    g_autoptr(vh_disk) p2 = open_ok(child, VH_OPEN_PROBE);
+    g_autoptr(GArray) reads2 = readlog_stop();
+    assert_true(readlog_touches(reads2, VHDX_RT2_OFF, VHDX_RT_SIZE));
+    g_autoptr(GHashTable) info2 = info_of(p2);
+    assert_string_equal(g_hash_table_lookup(info2, "region_table"), "2");
+    assert_same_identity(p2, full);
+    /* both damaged: the probe fails like the full open */
+    write_at(child, VHDX_RT2_OFF + 100, junk, sizeof junk);
+    vh_disk *d = NULL;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_disk_open(child, VH_OPEN_PROBE, &d, &err), -EIO);
+    assert_non_null(strstr(err->message, "no valid region table"));
 }
 
 static void create_rejects_bad_options(void **state)
 {
-    g_autofree char *p = tpath(state, "bad.vhdx");
+    g_autofree char *p = tpath("bad.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 1000};
     assert_int_equal(vh_disk_create(p, &o, NULL), -EINVAL); /* not a sector multiple */
     o.size = VH_MIB;
@@ -599,7 +635,7 @@ static void create_rejects_bad_options(void **state)
 
 static void every_payload_state(void **state)
 {
-    g_autofree char *p = tpath(state, "states.vhdx");
+    g_autofree char *p = tpath("states.vhdx");
     const uint64_t bs = VH_MIB;
     make_disk(p, VH_TYPE_DYNAMIC, 8 * bs, VH_MIB, 512);
     /* block i at BAT index i (chunk ratio 4096 > 8). Give every block a state; present ones
@@ -644,8 +680,8 @@ static void every_payload_state(void **state)
 
 static void differencing_bitmaps(void **state)
 {
-    g_autofree char *base = tpath(state, "b.vhdx");
-    g_autofree char *child = tpath(state, "c.vhdx");
+    g_autofree char *base = tpath("b.vhdx");
+    g_autofree char *child = tpath("c.vhdx");
     for (uint32_t lss = 512; lss <= 4096; lss *= 8) {
         unlink(base);
         unlink(child);
@@ -717,9 +753,50 @@ static void differencing_bitmaps(void **state)
     }
 }
 
+/*
+ * An open reads only the used part of the metadata table and the items together when they lie
+ * close: a table of 300 entries (past the first 4 KiB) with a known item last, and an item far
+ * from the others, still read right, by a probe and a full open alike.
+ */
+static void long_metadata_table_and_far_items(void **state)
+{
+    g_autofree char *p = tpath("md.vhdx");
+    make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, VH_MIB, 512);
+    const uint64_t md_off = 2 * VH_MIB; /* vh_vhdx_create's layout */
+    g_autofree uint8_t *tb = read_at(p, md_off, VHDX_MD_TABLE_SIZE);
+    g_autofree vhdx_md_table *t = g_new0(vhdx_md_table, 1);
+    assert_int_equal(vhdx_md_table_parse(tb, md_off, VH_MIB, t, NULL), 0);
+    int known = t->count;
+    while (t->count < 300) {
+        vhdx_md_entry *e = &t->e[t->count];
+        *e = (vhdx_md_entry){.flags = VHDX_MD_IS_USER};
+        e->item.b[0] = 0xEE;
+        vh_put_le16(e->item.b + 1, t->count);
+        t->count++;
+    }
+    vhdx_md_entry first = t->e[0]; /* file parameters: last in the table */
+    t->e[0] = t->e[t->count - 1];
+    t->e[t->count - 1] = first;
+    /* the disk size item moved 512 KiB away from the others */
+    int ds = vhdx_md_find(t, &vhdx_guid_disk_size);
+    assert_true(ds >= 0 && ds < known);
+    g_autofree uint8_t *item = read_at(p, md_off + t->e[ds].offset, 8);
+    t->e[ds].offset = 0x80000;
+    write_at(p, md_off + 0x80000, item, 8);
+    vhdx_md_table_write(t, tb);
+    write_at(p, md_off, tb, VHDX_MD_TABLE_SIZE);
+    for (int probe = 0; probe < 2; probe++) {
+        g_autoptr(vh_disk) d = open_ok(p, probe ? VH_OPEN_PROBE : VH_OPEN_READ);
+        assert_int_equal(d->block_size, VH_MIB);
+        assert_int_equal(d->virtual_size, 8 * VH_MIB);
+        g_autoptr(GHashTable) info = info_of(d);
+        assert_string_equal(g_hash_table_lookup(info, "metadata_items"), "300");
+    }
+}
+
 static void header_and_region_fallback(void **state)
 {
-    g_autofree char *p = tpath(state, "fb.vhdx");
+    g_autofree char *p = tpath("fb.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     uint8_t junk[64] = {1};
     /* header 2 (current, seq 2) broken: header 1 is used, with a warning */
@@ -769,7 +846,7 @@ static void set_log_version(vhdx_header *h)
 
 static void refuse_unknown_required(void **state)
 {
-    g_autofree char *p = tpath(state, "req.vhdx");
+    g_autofree char *p = tpath("req.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     g_autoptr(GBytes) orig = file_bytes(p);
     /* an unknown metadata item: fine unless marked required */
@@ -810,7 +887,7 @@ static void refuse_unknown_required(void **state)
 
 static void guids_follow_the_header_protocol(void **state)
 {
-    g_autofree char *p = tpath(state, "g.vhdx");
+    g_autofree char *p = tpath("g.vhdx");
     make_disk(p, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     g_autoptr(GBytes) before = file_bytes(p);
     char fw0[64], dw0[64];
@@ -846,8 +923,8 @@ static void guids_follow_the_header_protocol(void **state)
 
 static void set_parent_link_rules(void **state)
 {
-    g_autofree char *base = tpath(state, "p.vhdx");
-    g_autofree char *child = tpath(state, "c.avhdx");
+    g_autofree char *base = tpath("p.vhdx");
+    g_autofree char *child = tpath("c.avhdx");
     make_disk(base, VH_TYPE_DYNAMIC, 8 * VH_MIB, 0, 0);
     make_child(child, base, "D:\\old\\p.vhdx");
     /* a vendor key and a non-zero parent_linkage2 must survive; a user item right after the
@@ -945,10 +1022,9 @@ static void web01_chain(void **state)
         c ? g_build_filename(c, "hyperv-style", "Web01-vhdx.tar.gz", NULL) : NULL;
     if (!tarball || !g_file_test(tarball, G_FILE_TEST_EXISTS))
         skip();
-    tmp_t *t = *state;
-    g_autofree char *cmd = g_strdup_printf("tar xzf '%s' -C '%s'", tarball, t->dir);
+    g_autofree char *cmd = g_strdup_printf("tar xzf '%s' -C '%s'", tarball, tmp_dir);
     assert_int_equal(system(cmd), 0);
-    g_autofree char *dir = g_build_filename(t->dir, "Virtual Hard Disks", NULL);
+    g_autofree char *dir = tpath("Virtual Hard Disks");
     g_autofree char *b = g_build_filename(dir, "Web01.vhdx", NULL);
     g_autofree char *c1 =
         g_build_filename(dir, "Web01_9A1DE644-815E-46D1-BB8F-AA1837F8A88B.avhdx", NULL);
@@ -974,7 +1050,7 @@ static void web01_chain(void **state)
 
 int main(void)
 {
-#define T(f) cmocka_unit_test_setup_teardown(f, setup_tmp, teardown_tmp)
+#define T(f) cmocka_unit_test_setup_teardown(f, tmp_setup, tmp_teardown)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(guid_byte_order),
         T(real_structures_parse),
@@ -987,9 +1063,11 @@ int main(void)
         cmocka_unit_test(bitmap_bits_lsb_first),
         T(created_layout_is_hyperv_like),
         T(probe_open_skips_the_bat),
+        T(probe_reads_only_identity),
         T(create_rejects_bad_options),
         T(every_payload_state),
         T(differencing_bitmaps),
+        T(long_metadata_table_and_far_items),
         T(header_and_region_fallback),
         T(refuse_unknown_required),
         T(guids_follow_the_header_protocol),

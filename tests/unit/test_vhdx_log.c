@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "disk.h"
+#include "tmpfix.h"
 #include "vhdx_format.h"
 #include "vhdx_log.h"
 
@@ -299,41 +300,6 @@ static void builder_rejects_bad_updates(void **state)
 
 /* ---------------- files: replay on open ---------------- */
 
-typedef struct {
-    char *dir;
-} tmp_t;
-
-static char *tmp_path(tmp_t *t, const char *name)
-{
-    return g_build_filename(t->dir, name, NULL);
-}
-
-static int setup_tmp(void **state)
-{
-    tmp_t *t = g_new0(tmp_t, 1);
-    t->dir = g_dir_make_tmp("test_vhdx_log-XXXXXX", NULL);
-    *state = t;
-    return t->dir ? 0 : -1;
-}
-
-static int teardown_tmp(void **state)
-{
-    tmp_t *t = *state;
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", t->dir);
-    int r = system(cmd);
-    g_free(t->dir);
-    g_free(t);
-    return r == 0 ? 0 : -1;
-}
-
-static GBytes *file_bytes(const char *path)
-{
-    gchar *data = NULL;
-    gsize len = 0;
-    assert_true(g_file_get_contents(path, &data, &len, NULL));
-    return g_bytes_new_take(data, len);
-}
-
 static void put_bytes(const char *path, GBytes *b)
 {
     gsize len;
@@ -373,23 +339,9 @@ static void inject_log(const char *path, const vhdx_log_op *ops, size_t n, uint6
     vh_file_close(&f);
 }
 
-static void info_get(void *ctx, const char *key, const char *value)
-{
-    GHashTable *h = ctx;
-    g_hash_table_insert(h, g_strdup(key), g_strdup(value));
-}
-
-static GHashTable *info_of(vh_disk *d)
-{
-    GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    d->ops->info(d, info_get, h);
-    return h;
-}
-
 static void replay_on_open(void **state)
 {
-    tmp_t *t = *state;
-    g_autofree char *path = tmp_path(t, "d.vhdx");
+    g_autofree char *path = tpath("d.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX,
                         .type = VH_TYPE_DYNAMIC,
                         .size = 64 * VH_MIB,
@@ -442,10 +394,49 @@ static void replay_on_open(void **state)
     }
 }
 
+/*
+ * A probe of a disk whose log needs replay sees the replayed metadata (in memory, the file
+ * untouched), as a full read-only open does: here a logged change of the virtual disk size.
+ */
+static void probe_honours_the_log(void **state)
+{
+    g_autofree char *path = tpath("p.vhdx");
+    vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 64 * VH_MIB};
+    assert_int_equal(vh_disk_create(path, &o, NULL), 0);
+    uint64_t md_off;
+    {
+        g_autoptr(vh_disk) d = NULL;
+        assert_int_equal(vh_disk_open(path, VH_OPEN_READ, &d, NULL), 0);
+        g_autoptr(GHashTable) info = info_of(d);
+        md_off = g_ascii_strtoull(g_hash_table_lookup(info, "metadata_offset"), NULL, 10);
+    }
+    g_autoptr(GBytes) file = file_bytes(path);
+    const uint8_t *bytes = g_bytes_get_data(file, NULL);
+    g_autofree vhdx_md_table *md = g_new0(vhdx_md_table, 1);
+    assert_int_equal(vhdx_md_table_parse(bytes + md_off, md_off, VH_MIB, md, NULL), 0);
+    int i = vhdx_md_find(md, &vhdx_guid_disk_size);
+    assert_true(i >= 0);
+    uint64_t item = md_off + md->e[i].offset;
+    uint64_t sector = item / S * S;
+    g_autofree uint8_t *upd = g_memdup2(bytes + sector, S);
+    vh_put_le64(upd + (item - sector), 32 * VH_MIB);
+    vhdx_log_op op = {sector, S, upd};
+    inject_log(path, &op, 1, g_bytes_get_size(file));
+    g_autoptr(GBytes) before = file_bytes(path);
+    for (int probe = 1; probe >= 0; probe--) {
+        g_autoptr(vh_disk) d = NULL;
+        assert_int_equal(vh_disk_open(path, probe ? VH_OPEN_PROBE : VH_OPEN_READ, &d, NULL), 0);
+        assert_int_equal(d->virtual_size, 32 * VH_MIB);
+        g_autoptr(GHashTable) info = info_of(d);
+        assert_string_equal(g_hash_table_lookup(info, "log"), "replayed in memory");
+    }
+    g_autoptr(GBytes) after = file_bytes(path);
+    assert_true(g_bytes_equal(before, after));
+}
+
 static void corrupt_log_is_refused_with_location(void **state)
 {
-    tmp_t *t = *state;
-    g_autofree char *path = tmp_path(t, "c.vhdx");
+    g_autofree char *path = tpath("c.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 64 * VH_MIB};
     assert_int_equal(vh_disk_create(path, &o, NULL), 0);
     g_autofree uint8_t *bat = g_malloc0(S);
@@ -653,8 +644,7 @@ static int crash_everywhere(const char *path, change_fn fn, void *ctx, bool chec
 
 static void crash_block_allocation(void **state)
 {
-    tmp_t *t = *state;
-    g_autofree char *path = tmp_path(t, "alloc.vhdx");
+    g_autofree char *path = tpath("alloc.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX,
                         .type = VH_TYPE_DYNAMIC,
                         .size = 4 * VH_MIB,
@@ -669,11 +659,11 @@ static void crash_block_allocation(void **state)
     assert_true(n > 10);
 }
 
-static char *make_child(tmp_t *t, const char *name, const char *parent_path)
+static char *make_child(const char *name, const char *parent_path)
 {
     g_autoptr(vh_disk) p = NULL;
     assert_int_equal(vh_disk_open(parent_path, VH_OPEN_READ, &p, NULL), 0);
-    char *path = tmp_path(t, name);
+    char *path = tpath(name);
     g_autofree char *base = g_path_get_basename(parent_path);
     g_autofree char *rel = g_strdup_printf(".\\%s", base);
     vh_create_opts o = {.type = VH_TYPE_DIFFERENCING, .parent = p, .parent_relative = rel};
@@ -683,11 +673,10 @@ static char *make_child(tmp_t *t, const char *name, const char *parent_path)
 
 static void crash_sector_bitmap_allocation(void **state)
 {
-    tmp_t *t = *state;
-    g_autofree char *base = tmp_path(t, "sbbase.vhdx");
+    g_autofree char *base = tpath("sbbase.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 4 * VH_MIB};
     assert_int_equal(vh_disk_create(base, &o, NULL), 0);
-    g_autofree char *child = make_child(t, "sbchild.vhdx", base);
+    g_autofree char *child = make_child("sbchild.vhdx", base);
     write_change w = {.voff = 3 * VH_MIB + 512, .len = 3 * 512, .seed = 7};
     int n = crash_everywhere(child, do_write, &w, false);
     print_message("# VHDX crash points covered: %d (differencing partial block + bitmap)\n", n);
@@ -696,11 +685,10 @@ static void crash_sector_bitmap_allocation(void **state)
 
 static void crash_set_parent_link(void **state)
 {
-    tmp_t *t = *state;
-    g_autofree char *base = tmp_path(t, "lbase.vhdx");
+    g_autofree char *base = tpath("lbase.vhdx");
     vh_create_opts o = {.format = VH_FORMAT_VHDX, .type = VH_TYPE_DYNAMIC, .size = 4 * VH_MIB};
     assert_int_equal(vh_disk_create(base, &o, NULL), 0);
-    g_autofree char *child = make_child(t, "lchild.vhdx", base);
+    g_autofree char *child = make_child("lchild.vhdx", base);
     g_autoptr(vh_disk) p = NULL;
     assert_int_equal(vh_disk_open(base, VH_OPEN_READ, &p, NULL), 0);
     /* short: fits in place; long: moves to free space in the metadata region */
@@ -736,12 +724,13 @@ int main(void)
         cmocka_unit_test(truncated_file_is_refused),
         cmocka_unit_test(full_log_sequence_terminates),
         cmocka_unit_test(builder_rejects_bad_updates),
-        cmocka_unit_test_setup_teardown(replay_on_open, setup_tmp, teardown_tmp),
-        cmocka_unit_test_setup_teardown(corrupt_log_is_refused_with_location, setup_tmp,
-                                        teardown_tmp),
-        cmocka_unit_test_setup_teardown(crash_block_allocation, setup_tmp, teardown_tmp),
-        cmocka_unit_test_setup_teardown(crash_sector_bitmap_allocation, setup_tmp, teardown_tmp),
-        cmocka_unit_test_setup_teardown(crash_set_parent_link, setup_tmp, teardown_tmp),
+        cmocka_unit_test_setup_teardown(replay_on_open, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(probe_honours_the_log, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(corrupt_log_is_refused_with_location, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(crash_block_allocation, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(crash_sector_bitmap_allocation, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(crash_set_parent_link, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
