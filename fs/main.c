@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -487,8 +488,18 @@ int main(int argc, char *argv[])
     if (fuse_daemonize(fs.cfg.foreground) != 0)
         goto out_unmount;
     vhfs_log_init(fs.cfg.foreground, fs.cfg.debug);
-    /* After the fork: the service's scan runs in a thread of the daemon. */
-    if (vhfs_heal_start(&fs) < 0)
+    /* After the fork: the service's scan runs in a thread of the daemon. Its threads (and the
+     * ones they start) block the stop signals: libfuse's handler only ends the loop when the
+     * signal lands in the main thread or a worker, not in a thread of ours. */
+    sigset_t stop_signals, old_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+    int started = vhfs_heal_start(&fs);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+    if (started < 0)
         goto out_unmount;
 
     res = run_session(&fs);
