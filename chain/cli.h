@@ -14,6 +14,12 @@ enum { VH_EXIT_OK = 0, VH_EXIT_BROKEN = 1, VH_EXIT_USAGE = 2 };
 void vh_cli_error(const GError *err);
 /* Prints a usage error and returns VH_EXIT_USAGE. */
 int vh_cli_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/*
+ * A name as one line of text (new string): control characters are escaped (\n, \t, \r, \xHH),
+ * so that a file name holding a newline cannot pass for two lines of a listing. Backslashes stay
+ * as they are (Windows paths are full of them). NULL gives "".
+ */
+char *vh_cli_printable(const char *s);
 /* Parses "10M", "1G", "4096", "2TiB" (binary suffixes). */
 bool vh_cli_parse_size(const char *s, uint64_t *out);
 /*

@@ -408,14 +408,17 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &a->winroot, "Where Windows hosts see the store",
          "W"},
         {"maxdepth", 0, 0, G_OPTION_ARG_INT, &a->maxdepth, "Longest chain followed (256)", "N"},
-        /* last: for check, a NULL name ends the list here */
-        {repair ? "dry-run" : NULL, 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
-         "Show what would change, change nothing", NULL},
         G_OPTION_ENTRY_NULL};
+    /* repair's own options: a table of their own, so that no entry ends the shared one early */
+    GOptionEntry repair_entries[] = {{"dry-run", 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
+                                      "Show what would change, change nothing", NULL},
+                                     G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new(repair ? "PATH... - repair every broken link that has a heal target"
                                     : "PATH... - check the chains of disks and store folders");
     g_option_context_add_main_entries(oc, entries, NULL);
+    if (repair)
+        g_option_context_add_main_entries(oc, repair_entries, NULL);
     g_autoptr(GError) err = NULL;
     if (!g_option_context_parse(oc, &argc, &argv, &err))
         return vh_cli_usage("%s: %s", cmd, err->message);

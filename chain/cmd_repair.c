@@ -83,8 +83,11 @@ static int list_repairs(vh_journal *j)
         vh_repair_info *r = list->pdata[i];
         g_autoptr(GDateTime) t = g_date_time_new_from_unix_utc(r->time);
         g_autofree char *when = t ? g_date_time_format_iso8601(t) : g_strdup("?");
-        printf("%s %s %s %s: %s -> %s\n", r->id, when, state_name(r->state), r->child, r->old_link,
-               r->new_link);
+        g_autofree char *child = vh_cli_printable(r->child);
+        g_autofree char *old_link = vh_cli_printable(r->old_link);
+        g_autofree char *new_link = vh_cli_printable(r->new_link);
+        printf("%s %s %s %s: %s -> %s\n", r->id, when, state_name(r->state), child, old_link,
+               new_link);
     }
     return VH_EXIT_OK;
 }

@@ -77,11 +77,11 @@ void vh_json_end_array(vh_json *j)
     pop(j, ']');
 }
 
-static void append_escaped(GString *out, const char *s)
+/* Appends one valid UTF-8 run, escaped per RFC 8259. */
+static void append_valid(GString *out, const char *s, size_t len)
 {
-    g_autofree char *valid = g_utf8_make_valid(s, -1);
-    g_string_append_c(out, '"');
-    for (const unsigned char *p = (const unsigned char *)valid; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; p < (const unsigned char *)s + len;
+         p++) {
         switch (*p) {
         case '"':
             g_string_append(out, "\\\"");
@@ -103,6 +103,30 @@ static void append_escaped(GString *out, const char *s)
                 g_string_append_printf(out, "\\u%04x", *p);
             else
                 g_string_append_c(out, (char)*p);
+        }
+    }
+}
+
+/*
+ * A string, losslessly: each byte that is not part of valid UTF-8 (always 0x80-0xff) is written
+ * as the lone surrogate \udc80-\udcff, as Python's "surrogateescape" decodes it, so that
+ * os.fsencode() of the parsed string gives back the file name's bytes. Valid UTF-8 never holds
+ * surrogates, so the escape cannot be confused with a real character (doc/json-check.md).
+ */
+static void append_escaped(GString *out, const char *s)
+{
+    g_string_append_c(out, '"');
+    size_t left = strlen(s);
+    while (left > 0) {
+        const char *end = NULL;
+        g_utf8_validate_len(s, left, &end);
+        append_valid(out, s, (size_t)(end - s));
+        left -= (size_t)(end - s);
+        s = end;
+        if (left > 0) { /* one invalid byte */
+            g_string_append_printf(out, "\\udc%02x", (unsigned char)*s);
+            s++;
+            left--;
         }
     }
     g_string_append_c(out, '"');

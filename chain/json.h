@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * json.h - a small streaming JSON writer for the CLI's --json output (one document, stable
- * key order, strings escaped per RFC 8259; invalid UTF-8 is replaced so output always parses).
+ * key order, strings escaped per RFC 8259; a byte that is not valid UTF-8 is written as the
+ * lone surrogate \udcXX, as Python's surrogateescape reads it back: doc/json-check.md).
  */
 #ifndef VH_JSON_H
 #define VH_JSON_H

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
 
@@ -23,7 +24,8 @@ static const command commands[] = {
     {"repair", vhdheal_cmd_repair,
      "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
     {"create", vhdheal_cmd_create,
-     "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
+     "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N]\n"
+     "    [--logical-sector-size N] [--physical-sector-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
     {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
     {"read", vhdheal_cmd_read, "read [--store DIR] [--winroot W] FILE [OFFSET LENGTH] [-o OUT]"},
@@ -47,6 +49,24 @@ int vh_cli_usage(const char *fmt, ...)
     fputs("\n(see vhdheal --help)\n", stderr);
     va_end(ap);
     return VH_EXIT_USAGE;
+}
+
+char *vh_cli_printable(const char *s)
+{
+    GString *out = g_string_sized_new(s ? strlen(s) : 0);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '\n')
+            g_string_append(out, "\\n");
+        else if (*p == '\t')
+            g_string_append(out, "\\t");
+        else if (*p == '\r')
+            g_string_append(out, "\\r");
+        else if (*p < 0x20 || *p == 0x7f)
+            g_string_append_printf(out, "\\x%02x", *p);
+        else
+            g_string_append_c(out, (char)*p);
+    }
+    return g_string_free(out, FALSE);
 }
 
 bool vh_cli_parse_size(const char *s, uint64_t *out)
