@@ -407,7 +407,8 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
          "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &a->winroot, "Where Windows hosts see the store",
          "W"},
-        {"maxdepth", 0, 0, G_OPTION_ARG_INT, &a->maxdepth, "Longest chain followed (256)", "N"},
+        {"maxdepth", 0, 0, G_OPTION_ARG_INT, &a->maxdepth,
+         "Longest chain followed (" G_STRINGIFY(VH_DEFAULT_MAXDEPTH) ")", "N"},
         G_OPTION_ENTRY_NULL};
     /* repair's own options: a table of their own, so that no entry ends the shared one early */
     GOptionEntry repair_entries[] = {{"dry-run", 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,

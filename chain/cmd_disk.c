@@ -315,22 +315,6 @@ int vhdheal_cmd_read(int argc, char **argv)
     return VH_EXIT_OK;
 }
 
-static ssize_t read_full_fd(int fd, uint8_t *p, size_t n)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, p + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 int vhdheal_cmd_write(int argc, char **argv)
 {
     g_autoptr(GOptionContext) oc = g_option_context_new(
@@ -348,13 +332,13 @@ int vhdheal_cmd_write(int argc, char **argv)
     }
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    if (vh_chain_open_simple(argv[1], true, 256, false, &d, &err) < 0) {
+    if (vh_chain_open_simple(argv[1], true, VH_DEFAULT_MAXDEPTH, false, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }
     g_autofree uint8_t *buf = g_malloc(IO_CHUNK);
     for (;;) {
-        ssize_t n = read_full_fd(in, buf, IO_CHUNK);
+        ssize_t n = vh_read_full(in, buf, IO_CHUNK, -1);
         if (n < 0) {
             fprintf(stderr, "vhdheal: reading input: %s\n", g_strerror((int)-n));
             return VH_EXIT_USAGE;

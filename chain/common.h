@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define VH_ERROR (vh_error_quark())
 GQuark vh_error_quark(void);
@@ -104,6 +105,15 @@ static inline uint64_t vh_round_up(uint64_t v, uint64_t align)
 #define VH_MIB (UINT64_C(1024) * 1024)
 #define VH_GIB (UINT64_C(1024) * 1024 * 1024)
 #define VH_TIB (UINT64_C(1024) * 1024 * 1024 * 1024)
+
+/* A file's modification time in nanoseconds: how the index and the caches compare files. */
+static inline int64_t vh_mtime_ns(const struct stat *st)
+{
+    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/* The longest chain followed unless told otherwise, in disks (check, repair, the mount). */
+#define VH_DEFAULT_MAXDEPTH 256
 
 /* A close-on-scope-exit file descriptor (glib 2.74 has no g_autofd). */
 void vh_close_fdp(int *fdp);

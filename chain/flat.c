@@ -27,15 +27,10 @@ struct vh_flat {
 
 static guint64 next_serial = 1; /* atomic (__atomic builtins: GLib has no 64-bit add) */
 
-static int64_t stat_mtime_ns(const struct stat *st)
-{
-    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-}
-
 static bool member_matches(const member *m, const struct stat *st)
 {
     return m->dev == st->st_dev && m->ino == st->st_ino && m->size == (uint64_t)st->st_size &&
-           m->mtime_ns == stat_mtime_ns(st);
+           m->mtime_ns == vh_mtime_ns(st);
 }
 
 /* Every link is crossable: ok, or broken with one heal target (no cycle, not too deep; the same
@@ -76,7 +71,7 @@ static int open_member(vh_store *store, const vh_disk_info *i, member *m, vh_dis
     m->dev = st.st_dev;
     m->ino = st.st_ino;
     m->size = (uint64_t)st.st_size;
-    m->mtime_ns = stat_mtime_ns(&st);
+    m->mtime_ns = vh_mtime_ns(&st);
     *out = g_steal_pointer(&d);
     return 0;
 }

@@ -111,6 +111,24 @@ void vh_file_close(vh_file *f)
     g_clear_pointer(&f->path, g_free);
 }
 
+ssize_t vh_read_full(int fd, void *buf, size_t len, int64_t off)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = off < 0 ? read(fd, p + done, len - done)
+                            : pread(fd, p + done, len - done, (off_t)(off + (int64_t)done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
 int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *what, GError **err)
 {
     if (!vh_range_ok(off, len, f->size))
@@ -118,22 +136,13 @@ int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *wh
                        "%s: %s at offset %" G_GUINT64_FORMAT
                        " (%zu bytes) lies past the end of the file (%" G_GUINT64_FORMAT " bytes)",
                        f->path, what, off, len, f->size);
-    uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = pread(f->fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return vh_fail(err, errno, "%s: reading %s at offset %" G_GUINT64_FORMAT ": %s",
-                           f->path, what, off, g_strerror(errno));
-        if (n == 0)
-            return vh_fail(err, EIO,
-                           "%s: %s at offset %" G_GUINT64_FORMAT ": unexpected end of file",
-                           f->path, what, off);
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
+    ssize_t n = vh_read_full(f->fd, buf, len, (int64_t)off);
+    if (n < 0)
+        return vh_fail(err, (int)-n, "%s: reading %s at offset %" G_GUINT64_FORMAT ": %s", f->path,
+                       what, off, g_strerror((int)-n));
+    if ((size_t)n < len)
+        return vh_fail(err, EIO, "%s: %s at offset %" G_GUINT64_FORMAT ": unexpected end of file",
+                       f->path, what, off + (uint64_t)n);
     return 0;
 }
 

@@ -30,6 +30,13 @@ struct vh_file {
     void *hook_ctx;
 };
 
+/*
+ * Reads up to len bytes of fd at off (off < 0: at the file position, for pipes), retrying short
+ * reads and EINTR until len bytes or the end of the file. Returns the count read (less than len
+ * only at the end of the file), or -errno on an error, even after a part was read.
+ */
+ssize_t vh_read_full(int fd, void *buf, size_t len, int64_t off);
+
 /* Opens path read-only or read-write. The file must be a regular file. */
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
 /* Creates a new file (O_EXCL) for writing. */

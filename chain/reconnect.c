@@ -282,7 +282,7 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
                  vh_reconnect_result *res, GError **err)
 {
     memset(res, 0, sizeof *res);
-    int maxdepth = opts->maxdepth > 0 ? opts->maxdepth : 256;
+    int maxdepth = opts->maxdepth > 0 ? opts->maxdepth : VH_DEFAULT_MAXDEPTH;
     real_paths rp = {0};
     link_plan lp = {0};
     g_autoptr(vh_disk) c = NULL;

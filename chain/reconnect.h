@@ -19,7 +19,7 @@ typedef struct vh_reconnect_opts {
     const char *winroot;     /* where Windows sees the store (absolute locators), or NULL */
     bool ignore_id_mismatch; /* Set-VHD -IgnoreIdMismatch */
     bool dry_run;            /* check and describe only */
-    int maxdepth;            /* 0 = 256 */
+    int maxdepth;            /* 0 = VH_DEFAULT_MAXDEPTH */
 } vh_reconnect_opts;
 
 typedef struct vh_reconnect_result {

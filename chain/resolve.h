@@ -79,10 +79,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_chain, vh_chain_free)
 
 typedef struct vh_resolve_opts {
     const char *winroot; /* where Windows hosts see STORE, or NULL */
-    guint maxdepth;      /* the longest chain followed, in disks (0: 256) */
+    guint maxdepth;      /* the longest chain followed, in disks (0: VH_DEFAULT_MAXDEPTH) */
 } vh_resolve_opts;
-
-#define VH_DEFAULT_MAXDEPTH 256
 
 typedef struct vh_resolver vh_resolver;
 
@@ -112,7 +110,7 @@ const char *vh_link_fix_parent(const vh_link *l);
 typedef struct vh_chain_open_opts {
     const char *store;    /* NULL: determined from the path as DESIGN.md "vhdheal" says */
     const char *winroot;  /* may be NULL */
-    guint maxdepth;       /* 0: 256 */
+    guint maxdepth;       /* 0: VH_DEFAULT_MAXDEPTH */
     bool writable;        /* open the top disk for writing (parents stay read-only) */
     bool use_heal_target; /* cross a broken link to its unique heal target (overlay healing) */
 } vh_chain_open_opts;

@@ -25,7 +25,7 @@ typedef struct vh_service vh_service;
 typedef struct vh_service_opts {
     const char *store;         /* the store folder */
     const char *winroot;       /* where Windows hosts see the store, or NULL */
-    guint maxdepth;            /* the longest chain followed (0: 256) */
+    guint maxdepth;            /* the longest chain followed (0: VH_DEFAULT_MAXDEPTH) */
     gint64 rescan_interval_us; /* least time between rescans for a lost parent (0: 1 s) */
 } vh_service_opts;
 

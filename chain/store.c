@@ -97,7 +97,7 @@ static vh_disk_info *info_renamed(const vh_disk_info *o, const char *path)
 static bool same_file(const vh_disk_info *i, const struct stat *st)
 {
     return i->dev == st->st_dev && i->ino == st->st_ino && i->file_size == (uint64_t)st->st_size &&
-           i->mtime_ns == (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+           i->mtime_ns == vh_mtime_ns(st);
 }
 
 static void set_stat(vh_disk_info *i, const struct stat *st)
@@ -105,7 +105,7 @@ static void set_stat(vh_disk_info *i, const struct stat *st)
     i->dev = st->st_dev;
     i->ino = st->st_ino;
     i->file_size = (uint64_t)st->st_size;
-    i->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    i->mtime_ns = vh_mtime_ns(st);
 }
 
 int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_info *out)

@@ -22,6 +22,8 @@
 #include <sys/types.h>
 #include <syslog.h>
 
+#include "common.h" /* the engine's small helpers: vh_autofd, vh_mtime_ns, VH_DEFAULT_MAXDEPTH */
+
 /* heal=: when a broken chain is repaired (DESIGN.md "vhdhealfs"). */
 enum vhfs_heal {
     VHFS_HEAL_AUTO,   /* opening a disk with a broken, resolvable chain repairs it */
@@ -51,8 +53,7 @@ struct vhfs_config {
     bool singlethread; /* -s */
 };
 
-/* Defaults of the options that have one. */
-#define VHFS_DEFAULT_MAXDEPTH 256u
+/* The largest maxdepth= (its default is the engine's VH_DEFAULT_MAXDEPTH). */
 #define VHFS_MAXDEPTH_LIMIT 65536u
 
 /*
@@ -103,11 +104,12 @@ int vhfs_init(struct vhfs *fs);
 void vhfs_fini(struct vhfs *fs);
 
 /*
- * Drops the kernel's cached data and attributes of the backing file (dev, ino), if the kernel
- * knows it; for after a repair changed a file under the mount. Returns 0, or -errno. Must not be
- * called from a read or write handler of the same inode (the kernel would wait on itself).
+ * Drops the kernel's cached attributes of the backing file (dev, ino), and with `data` its cached
+ * pages too, if the kernel knows it: for after a repair changed a file under the mount (heal.c).
+ * Returns 0, or -errno. With `data`, must not be called from a read or write handler of the same
+ * inode (the kernel would wait on itself).
  */
-int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino);
+int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino, bool data);
 
 /* --- heal.c: the engine service, heal on open, relink on rename. --- */
 
@@ -244,8 +246,10 @@ void vhfs_fuse_log(enum fuse_log_level level, const char *fmt, va_list ap) G_GNU
 #define VHFS_PROCFD_LEN 32
 void vhfs_procfd(char buf[VHFS_PROCFD_LEN], int fd);
 
-/* Closes *fd when it goes out of scope (glib 2.74 has no g_autofd). */
-void vhfs_close_fd(int *fd);
-#define vhfs_autofd __attribute__((cleanup(vhfs_close_fd)))
+/*
+ * The one way an error goes to FUSE: err is a positive errno, or 0 for success; an error is
+ * logged at debug level as "who: op: message" (who: "" for the store's files).
+ */
+void vhfs_reply_err(fuse_req_t req, const char *who, const char *op, int err);
 
 #endif

@@ -205,19 +205,9 @@ static int writers_of(struct vhfs *fs, dev_t dev, ino_t ino)
 /* Drops the kernel's cache of a rewritten file: attributes, and with data its pages too. */
 static void invalidate(struct vhfs *fs, const vh_disk_info *i, bool data)
 {
-    struct vhfs_inode *inode;
-    fuse_ino_t fino = 0;
-    int res;
+    int res = vhfs_invalidate(fs, i->dev, i->ino, data);
 
-    g_mutex_lock(&fs->lock);
-    inode = known_inode(fs, i->dev, i->ino);
-    if (inode != NULL)
-        fino = inode == &fs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)inode;
-    g_mutex_unlock(&fs->lock);
-    if (fino == 0 || fs->se == NULL)
-        return;
-    res = fuse_lowlevel_notify_inval_inode(fs->se, fino, data ? 0 : -1, 0);
-    if (res < 0 && res != -ENOENT)
+    if (res < 0)
         vhfs_log(LOG_WARNING, "%s: cannot drop the kernel's cache: %s", i->path, g_strerror(-res));
 }
 

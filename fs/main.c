@@ -193,7 +193,7 @@ static void print_help(void)
         "\n"
         "/etc/fstab:\n"
         "  /srv/vms  /mnt/vms  fuse.vhdhealfs  heal=auto,allow_other  0 0\n",
-        VHFS_MAXDEPTH_LIMIT, VHFS_DEFAULT_MAXDEPTH);
+        VHFS_MAXDEPTH_LIMIT, (unsigned)VH_DEFAULT_MAXDEPTH);
 }
 
 static void print_version(void)
@@ -266,7 +266,7 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
     static const char *const onoff[] = {"off", "on"};
     g_autoptr(GError) err = NULL;
     g_autofree char *mnt = NULL;
-    guint64 depth = VHFS_DEFAULT_MAXDEPTH;
+    guint64 depth = VH_DEFAULT_MAXDEPTH;
     struct stat st;
     int v;
 

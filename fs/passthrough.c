@@ -16,6 +16,7 @@
  * Modelled on libfuse's example/passthrough_ll.c and passthrough_hp.cc.
  */
 #include "fs.h"
+#include "io.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -67,12 +68,10 @@ static struct vhfs_dir *dir_of(struct fuse_file_info *fi)
     return (struct vhfs_dir *)(uintptr_t)fi->fh;
 }
 
-/* The one place errors go to FUSE. err is a positive errno, or 0 for success. */
+/* Errors go to FUSE through vhfs_reply_err (util.c). */
 static void reply_err(fuse_req_t req, const char *op, int err)
 {
-    if (err != 0)
-        vhfs_debug("%s: %s (errno %d)", op, g_strerror(err), err);
-    fuse_reply_err(req, err);
+    vhfs_reply_err(req, "", op, err);
 }
 
 static bool is_dot_or_dotdot(const char *name)
@@ -198,7 +197,7 @@ void vhfs_fini(struct vhfs *fs)
     fs->root.fd = -1;
 }
 
-int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino)
+int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino, bool data)
 {
     struct vhfs_inode key = {.dev = dev, .ino = ino};
     struct vhfs_inode *inode;
@@ -216,8 +215,8 @@ int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino)
     }
     if (fino == 0 || fs->se == NULL)
         return 0; /* the kernel caches nothing of it */
-    /* offset 0, length 0: attributes and all cached data. */
-    res = fuse_lowlevel_notify_inval_inode(fs->se, fino, 0, 0);
+    /* offset 0, length 0: attributes and all cached data; offset -1: attributes only. */
+    res = fuse_lowlevel_notify_inval_inode(fs->se, fino, data ? 0 : -1, 0);
     if (res == -ENOENT)
         return 0; /* forgotten meanwhile */
     return res;
@@ -228,7 +227,7 @@ int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino)
 static int do_lookup(struct vhfs *fs, struct vhfs_inode *dir, const char *name,
                      struct fuse_entry_param *e)
 {
-    vhfs_autofd int fd = -1;
+    vh_autofd int fd = -1;
     struct vhfs_inode *inode;
 
     /* Without export support the kernel resolves "." and ".." itself; never step out of STORE. */
@@ -752,24 +751,6 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     }
 }
 
-static ssize_t pread_full(int fd, char *buf, size_t size, off_t off)
-{
-    size_t done = 0;
-
-    while (done < size) {
-        ssize_t n = pread(fd, buf + done, size - done, off + (off_t)done);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return done > 0 ? (ssize_t)done : -errno;
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (ssize_t)done;
-}
-
 static ssize_t pwrite_full(int fd, const char *buf, size_t size, off_t off)
 {
     size_t done = 0;
@@ -796,7 +777,7 @@ static void lo_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
     if (buf == NULL)
         return reply_err(req, "read", ENOMEM);
-    n = pread_full((int)fi->fh, buf, size, off);
+    n = vh_read_full((int)fi->fh, buf, size, off);
     if (n < 0)
         return reply_err(req, "read", (int)-n);
     fuse_reply_buf(req, buf, (size_t)n);

@@ -74,9 +74,9 @@ void vhfs_procfd(char buf[VHFS_PROCFD_LEN], int fd)
     snprintf(buf, VHFS_PROCFD_LEN, "/proc/self/fd/%d", fd);
 }
 
-void vhfs_close_fd(int *fd)
+void vhfs_reply_err(fuse_req_t req, const char *who, const char *op, int err)
 {
-    if (*fd >= 0)
-        close(*fd);
-    *fd = -1;
+    if (err != 0)
+        vhfs_debug("%s%s%s: %s (errno %d)", who, *who ? ": " : "", op, g_strerror(err), err);
+    fuse_reply_err(req, err);
 }

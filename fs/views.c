@@ -144,9 +144,7 @@ static struct vhfs_views *views_of(fuse_req_t req)
 
 static void reply_err(fuse_req_t req, const char *op, int err)
 {
-    if (err != 0)
-        vhfs_debug("views: %s: %s (errno %d)", op, g_strerror(err), err);
-    fuse_reply_err(req, err);
+    vhfs_reply_err(req, "views", op, err);
 }
 
 /* The folder part of a store-relative path ("" at the top) and its last component. */
@@ -168,11 +166,6 @@ static guint components(const char *path)
     for (const char *p = path; *p; p++)
         n += *p == '/';
     return n;
-}
-
-static int64_t mtime_ns_of(const struct stat *st)
-{
-    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -624,7 +617,7 @@ static int raw_attr(struct vhfs_views *v, struct snap *s, const char *path, stru
         return r;
     uint64_t size = vh_disk_info_is_disk(d) ? d->virtual_size : 0;
     uint64_t stored = (uint64_t)st->st_size;
-    int64_t mtime = mtime_ns_of(st);
+    int64_t mtime = vh_mtime_ns(st);
     const vh_chain *c = vh_disk_info_is_disk(d) ? snap_chain(s, path, NULL) : NULL;
     /* The content changes when any member changes: the newest member's mtime is the file's. */
     for (guint k = 1; c && k < c->disks->len; k++) {
