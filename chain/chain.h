@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * chain.h - opening a chain by following each disk's locators, with the identity, size and
- * sector-size checks of DESIGN.md resolver rule 3 (no store index: for that, see resolve.h).
+ * sector-size checks of doc/design.md "Resolver rules" 3 (no store index: for that, see resolve.h).
  */
 #ifndef VH_CHAIN_H
 #define VH_CHAIN_H

@@ -373,7 +373,7 @@ static int check_paths(check_run *c, char **paths, int n, GError **err)
     return 0;
 }
 
-/* Recovers repairs a crash interrupted (DESIGN.md "Journal"), where the store has a journal. */
+/* Recovers repairs a crash interrupted (doc/design.md "Journal"), where the store has a journal. */
 static void recover_journal(const char *root)
 {
     g_autofree char *path = g_build_filename(root, ".vhdheal", "journal", NULL);

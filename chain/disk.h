@@ -23,7 +23,7 @@ const char *vh_type_name(vh_type t);     /* "fixed", "dynamic", "differencing" *
 
 /*
  * Where a parent locator says the parent is. The enum order is the resolver's order within a
- * format (DESIGN.md, resolver rule 1); the text is as stored (Windows form, UTF-8).
+ * format (doc/design.md "Resolver rules" 1); the text is as stored (Windows form, UTF-8).
  */
 typedef enum {
     /* VHDX parent locator keys */
@@ -74,7 +74,7 @@ typedef struct vh_run {
 } vh_run;
 
 /*
- * A new parent link for a differencing disk (the reconnect engine fills it; DESIGN.md
+ * A new parent link for a differencing disk (the reconnect engine fills it; doc/design.md
  * "Reconnect rules" says which field goes where for each format).
  */
 typedef struct vh_link_update {

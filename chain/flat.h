@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * flat.h - a disk's virtual content read through its whole resolved chain, for many threads at
- * once, and a bounded cache of such readers (the mount's @raw view; DESIGN.md "Views").
+ * once, and a bounded cache of such readers (the mount's @raw view; doc/design.md "Views").
  *
  * Contract: a reader opens every disk of a resolved chain (vh_resolve_chain) read-only; a link
  * that is broken is crossed to its heal target when the resolver found exactly one (as

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /* reconnect.c - checks, then a journaled, locked rewrite of a child's parent link (see
- * reconnect.h and DESIGN.md "Reconnect rules"). */
+ * reconnect.h and doc/design.md "Reconnect rules"). */
 #include "reconnect.h"
 
 #include <fcntl.h>

@@ -4,10 +4,10 @@
  * SetParentVirtualHardDisk / Set-VHD -ParentPath [-IgnoreIdMismatch] does, checking first and
  * then rewriting only the child's parent-link fields, journaled and under an OFD write lock.
  *
- * Errors follow DESIGN.md's table: ENOENT (parent missing), EINVAL (parent not a disk, identity
- * mismatch without force, size or sector-size mismatch, format mismatch, cycle, empty or
- * overlong value), EXDEV (parent outside the store), ENOTSUP (child not a differencing disk),
- * EACCES/EROFS (child not writable), EBUSY (child locked), EIO (child corrupt).
+ * Errors follow doc/design.md "Extended attributes": ENOENT (parent missing), EINVAL (parent not a
+ * disk, identity mismatch without force, size or sector-size mismatch, format mismatch, cycle,
+ * empty or overlong value), EXDEV (parent outside the store), ENOTSUP (child not a differencing
+ * disk), EACCES/EROFS (child not writable), EBUSY (child locked), EIO (child corrupt).
  */
 #ifndef VH_RECONNECT_H
 #define VH_RECONNECT_H

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* resolve.c - the chain resolver (see resolve.h; DESIGN.md "Resolver rules"). */
+/* resolve.c - the chain resolver (see resolve.h; doc/design.md "Resolver rules"). */
 #include "resolve.h"
 
 #include <stdlib.h>

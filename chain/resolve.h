@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * resolve.h - the chain resolver: for a disk in the store, its chain with a verdict on every
- * link, following DESIGN.md "Resolver rules" 1-5.
+ * link, following doc/design.md "Resolver rules" 1-5.
  *
  * Contract: the resolver reads disks only through the store index (vh_store_describe, which
  * probes identity and link structures) and looks paths up only with vh_winpath_lookup, so a
@@ -32,7 +32,7 @@ typedef enum {
     VH_VERDICT_COUNT_
 } vh_verdict;
 
-/* "ok", "parent-missing", "id-mismatch", ... (DESIGN.md resolver rule 5). */
+/* "ok", "parent-missing", "id-mismatch", ... (doc/design.md "Resolver rules" 5). */
 const char *vh_verdict_name(vh_verdict v);
 /* The errno that best describes a broken link (ENOENT, EINVAL, EXDEV, ELOOP, EIO). */
 int vh_verdict_errno(vh_verdict v);
@@ -108,7 +108,7 @@ vh_chain *vh_resolve_chain(vh_resolver *r, const char *rel, GError **err);
 const char *vh_link_fix_parent(const vh_link *l);
 
 typedef struct vh_chain_open_opts {
-    const char *store;    /* NULL: determined from the path as DESIGN.md "vhdheal" says */
+    const char *store;    /* NULL: determined from the path as doc/design.md "vhdheal" says */
     const char *winroot;  /* may be NULL */
     guint maxdepth;       /* 0: VH_DEFAULT_MAXDEPTH */
     bool writable;        /* open the top disk for writing (parents stay read-only) */

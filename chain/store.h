@@ -107,7 +107,7 @@ void vh_store_note_unlink(vh_store *s, const char *rel);
 void vh_store_note_changed(vh_store *s, const char *rel); /* new or modified: re-probed */
 
 /*
- * The store for a command (DESIGN.md "vhdheal"): `store_opt` where given; else, when the only
+ * The store for a command (doc/design.md "vhdheal"): `store_opt` where given; else, when the only
  * path is a folder and folder_is_store, that folder; else the nearest folder above all the
  * paths that holds a `.vhdheal/`; else the deepest folder holding all of them. Returns the
  * realpath, or NULL with *err (EINVAL/ENOENT) when a path does not exist or lies outside.

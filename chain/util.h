@@ -9,7 +9,7 @@
 
 #include "common.h"
 
-/* CRC-32C (Castagnoli), standard form: init ~0, reflected, final xor ~0 (FORMATS.md §2). */
+/* CRC-32C (Castagnoli), standard form: init ~0, reflected, final xor ~0 (doc/formats.md §2). */
 uint32_t vh_crc32c(const void *buf, size_t len);
 /* Continues a CRC over more bytes: pass the previous return value (start with 0). */
 uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len);
@@ -32,8 +32,8 @@ ssize_t vh_utf8_to_utf16be(const char *s, uint8_t *out, size_t cap);
 
 /*
  * An identity, held in display order: the 16 bytes exactly as the lowercase 8-4-4-4-12 text
- * shows them. A VHD unique id is the stored bytes as they are (FORMATS.md §4.14); a VHDX GUID is
- * converted from its mixed-endian storage (vh_id_from_guid_le).
+ * shows them. A VHD unique id is the stored bytes as they are (doc/formats.md §4.14); a VHDX GUID
+ * is converted from its mixed-endian storage (vh_id_from_guid_le).
  */
 typedef struct vh_id {
     uint8_t b[16];

@@ -13,7 +13,7 @@
  *    says "checksum ... BAD"), an open for writing fails with EIO (we would otherwise silently
  *    "fix" checksums, or write next to structures we cannot trust);
  *  - cosmetic (the tail footer is bad but the copy at offset 0 is good, an unknown platform
- *    code): a warning, as Virtual PC does (FORMATS.md §1.1).
+ *    code): a warning, as Virtual PC does (doc/formats.md §1.1).
  * Accepted block sizes: powers of two from 4 KiB to 256 MiB (Windows and qemu write 512 KiB to
  * 2 MiB; smaller or larger powers of two cost nothing to support and appear in hand-made files).
  */
@@ -42,7 +42,7 @@ bool vh_vhd_sniff(vh_file *f)
     if (f->size >= VHD_FOOTER_SIZE && cookie_at(f, f->size - VHD_FOOTER_SIZE))
         return true;
     if (f->size >= VHD_FOOTER_SIZE - 1 && cookie_at(f, f->size - (VHD_FOOTER_SIZE - 1)))
-        return true; /* pre-Virtual-PC-2004 511-byte footer (FORMATS.md §1.1) */
+        return true; /* pre-Virtual-PC-2004 511-byte footer (doc/formats.md §1.1) */
     return f->size >= VHD_FOOTER_SIZE && cookie_at(f, 0);
 }
 
@@ -353,7 +353,7 @@ int vhd_load_link(vh_disk *d, GError **err)
         g_ptr_array_add(l->locators, vh_locator_new((vh_locator_kind)kind, text, i, e->offset,
                                                     (uint32_t)p->slots[i].space_bytes));
     }
-    /* Old blktap (creator "tap\0" 0.1) wrote the name in host order (FORMATS.md §1.2). */
+    /* Old blktap (creator "tap\0" 0.1) wrote the name in host order (doc/formats.md §1.2). */
     bool tap01 =
         memcmp(p->footer.creator_app, "tap\0", 4) == 0 && p->footer.creator_version == 0x00000001;
     g_autofree char *name = vhd_parent_name_decode(p->hdr.parent_name, tap01);
@@ -603,7 +603,7 @@ static int check_writable(vh_disk *d, GError **err)
 }
 
 /*
- * Allocates block blk with `len` bytes of data at in_blk, Windows style (FORMATS.md §1.4,
+ * Allocates block blk with `len` bytes of data at in_blk, Windows style (doc/formats.md §1.4,
  * §4.12-13): the bitmap goes where the footer is, block data starts on the next 4 KiB boundary,
  * the footer moves to the last 512 bytes of the page after the block.
  * Order, so that a crash after any one write leaves a file that opens with the old or the new

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* vhd.h - the VHD (v1) format: fixed, dynamic and differencing disks (FORMATS.md §1). */
+/* vhd.h - the VHD (v1) format: fixed, dynamic and differencing disks (doc/formats.md §1). */
 #ifndef VH_VHD_H
 #define VH_VHD_H
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * vhd_create.c - new VHD files laid out as Windows 10 lays them out (FORMATS.md §1.5 "Windows 10
- * (MEASURED)", §4.12-13), so that Windows, libvhdi and qemu read them as their own:
+ * vhd_create.c - new VHD files laid out as Windows 10 lays them out (doc/formats.md §1.5, the
+ * Windows 10 layout; §4.12-13), so that Windows, libvhdi and qemu read them as their own:
  *  - fixed: the data (sparse), then the footer;
  *  - dynamic: footer copy at 0, header at 0x200, BAT at 0x600 padded with 0xFF to 4 KiB, the
  *    footer in the last 512 bytes of the following 4 KiB page (where the first bitmap will go);

@@ -5,7 +5,7 @@
 _Static_assert(VHD_LOC_OFF + VHD_LOCATORS * VHD_LOC_SIZE <= VHD_HEADER_SIZE, "locator table");
 _Static_assert(VHD_NAME_OFF + VHD_NAME_BYTES == VHD_LOC_OFF, "name before the locators");
 
-/* Footer field offsets (FORMATS.md §1.1). */
+/* Footer field offsets (doc/formats.md §1.1). */
 enum {
     F_COOKIE = 0,
     F_FEATURES = 8,
@@ -24,7 +24,7 @@ enum {
     F_SAVED_STATE = 84,
 };
 
-/* Header field offsets (FORMATS.md §1.2). */
+/* Header field offsets (doc/formats.md §1.2). */
 enum {
     H_COOKIE = 0,
     H_DATA_OFFSET = 8,

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * vhd_format.h - the VHD (v1) on-disk structures, parsed and serialised without any I/O
- * (FORMATS.md §1): the 512-byte footer, the 1024-byte dynamic disk header with its eight parent
+ * (doc/formats.md §1): the 512-byte footer, the 1024-byte dynamic disk header with its eight parent
  * locator entries, BAT entries, MSB-first sector bitmaps, the CHS geometry, and the decoding of
  * locator data (UTF-16LE W2ru/W2ku, single-byte Wi2r/Wi2k, MacX file URLs) and of the Parent
  * Unicode Name (UTF-16BE).
@@ -29,7 +29,7 @@
 #define VHD_FEATURES_RESERVED 0x00000002u
 #define VHD_MAX_GEOMETRY_SECTORS (UINT64_C(65535) * 16 * 255)
 
-/* Platform codes of parent locator entries (FORMATS.md §1.3). */
+/* Platform codes of parent locator entries (doc/formats.md §1.3). */
 #define VHD_PLAT_NONE 0x00000000u
 #define VHD_PLAT_WI2R 0x57693272u
 #define VHD_PLAT_WI2K 0x5769326Bu
@@ -98,7 +98,7 @@ void vhd_locator_entry_parse(const uint8_t buf[VHD_LOC_SIZE], vhd_locator_entry 
 void vhd_locator_entry_serialise(const vhd_locator_entry *e, uint8_t out[VHD_LOC_SIZE]);
 
 /*
- * The bytes a locator's Platform Data Space reserves (FORMATS.md §1.3, blktap's heuristic):
+ * The bytes a locator's Platform Data Space reserves (doc/formats.md §1.3, blktap's heuristic):
  * below 512 it counts sectors, a multiple of 512 counts bytes, anything else is invalid
  * (returns false).
  */
@@ -111,7 +111,7 @@ const char *vhd_platform_name(uint32_t code, char buf[16]);
 
 /*
  * Decodes locator data as stored (never fails; returns UTF-8):
- * W2ru/W2ku UTF-16LE, or BE when the zero bytes say so (FORMATS.md §1.3: some writers/readers
+ * W2ru/W2ku UTF-16LE, or BE when the zero bytes say so (doc/formats.md §1.3: some writers/readers
  * assumed BE); Wi2r/Wi2k single-byte (UTF-8 when valid, else Latin-1); MacX a percent-decoded
  * file URL. Stops at the first NUL character.
  */
@@ -128,7 +128,7 @@ char *vhd_percent_decode(const char *s, size_t len);
 
 /* Bytes of a block's sector bitmap: one bit a sector, rounded up to whole sectors. */
 uint32_t vhd_bitmap_bytes(uint32_t block_size);
-/* Bit of sector s (MSB-first: bit 7 of byte 0 is sector 0, FORMATS.md §1.4). */
+/* Bit of sector s (MSB-first: bit 7 of byte 0 is sector 0, doc/formats.md §1.4). */
 static inline bool vhd_bitmap_get(const uint8_t *bm, uint32_t s)
 {
     return (bm[s / 8] >> (7 - s % 8)) & 1;

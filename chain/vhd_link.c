@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * vhd_link.c - rewriting a differencing VHD's parent link (DESIGN.md "Reconnect rules", VHD
+ * vhd_link.c - rewriting a differencing VHD's parent link (doc/design.md "Reconnect rules", VHD
  * child): W2ru = the relative path; W2ku = the absolute path, or the relative one; Parent Unicode
  * Name = the absolute path, or the file name; parent unique id = the new parent's id; parent time
  * stamp stays 0 where it was 0, else the parent's mtime. Only the header, locator data and (when
  * a locator needs new space) the tail footer are written; never payload, BAT or bitmaps.
  *
  * A path that does not fit its locator's data space, or a locator that is missing (it takes a
- * free slot), gets new space where the footer is, as a block would (FORMATS.md §1.5's
- * UNCONFIRMED option): data blocks never move.
+ * free slot), gets new space where the footer is, as a block would (doc/formats.md §1.5;
+ * not confirmed on a Windows host): data blocks never move.
  *
  * Write order: a copy-on-write switch through the footer's Data Offset, so that a crash after
  * any single write, flush, truncate or torn write leaves a file that opens with exactly the old
@@ -274,7 +274,7 @@ int vhd_set_parent_link(vh_disk *d, const vh_link_update *u, GError **err)
         return r;
     loc_plan plans[2 * VHD_LOCATORS] = {0};
     int n = 0;
-    /* new space goes where the footer is, 4 KiB aligned as blocks are (FORMATS.md §1.5) */
+    /* new space goes where the footer is, 4 KiB aligned as blocks are (doc/formats.md §1.5) */
     uint64_t area_start = vh_round_up(p->footer_off, PAGE), area = area_start;
     r = plan_code(d, VHD_PLAT_W2RU, u->relative, plans, &n, &area, err);
     if (r == 0)

@@ -19,7 +19,7 @@ typedef struct vhd_priv {
     vhd_footer footer;     /* the copy in use */
     const char *footer_at; /* "end of file" or "offset 0 (copy)" */
     /*
-     * Where the tail footer lives, and so where the next allocation starts (FORMATS.md §4.13):
+     * Where the tail footer lives, and so where the next allocation starts (doc/formats.md §4.13):
      * the tail footer's offset when the tail has a cookie, else the file size rounded up to a
      * sector (a damaged tail is left alone).
      */

@@ -2,7 +2,7 @@
 /*
  * vhdheal.c - the offline front of the engine: one table of subcommands, each in its own
  * module (cmd_*.c). Exit codes: 0 success/healthy, 1 broken links found or left, 2 usage or
- * I/O error (DESIGN.md "vhdheal").
+ * I/O error (doc/design.md "vhdheal").
  */
 #include <stdarg.h>
 #include <stdio.h>

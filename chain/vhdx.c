@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * vhdx.c - opening a VHDX (MS-VHDX; FORMATS.md §2): headers, log replay, region tables,
+ * vhdx.c - opening a VHDX (MS-VHDX; doc/formats.md §2): headers, log replay, region tables,
  * metadata, parent locator, BAT; mapping virtual offsets to runs; the `info` fields.
  *
  * Contract: every structure is validated and bounded by the file size before use; a bad header
@@ -204,7 +204,7 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
 
 /*
  * The metadata table has no checksum and only its header and EntryCount entries mean anything
- * (FORMATS.md §2.4, §4.15): the first 4 KiB hold 127 entries, more than any real file has; the
+ * (doc/formats.md §2.4, §4.15): the first 4 KiB hold 127 entries, more than any real file has; the
  * rest of the 64 KiB is read only when EntryCount needs it.
  */
 #define MD_TABLE_HEAD 4096
@@ -241,7 +241,7 @@ static int known_item(const vhdx_md_entry *e)
 /*
  * The region bytes that hold every known item, read at once when they lie within 64 KiB of
  * each other (Hyper-V and vhdheal pack them from offset 64 KiB on, under 1.1 KiB in all;
- * FORMATS.md §2.4): one read instead of one per item.
+ * doc/formats.md §2.4): one read instead of one per item.
  */
 typedef struct md_span {
     const uint8_t *buf;
@@ -405,7 +405,7 @@ void vhdx_link_from_locator(vh_disk *d)
     if (l1)
         vh_id_parse(l1, &d->link.parent_id);
     vh_id id2;
-    /* Hyper-V writes an all-zero parent_linkage2 (FORMATS.md §2.5): not a second identity. */
+    /* Hyper-V writes an all-zero parent_linkage2 (doc/formats.md §2.5): not a second identity. */
     if (l2 && vh_id_parse(l2, &id2) && !vh_id_is_zero(&id2)) {
         d->link.has_parent_id2 = true;
         d->link.parent_id2 = id2;

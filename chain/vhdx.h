@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* vhdx.h - the VHDX format (MS-VHDX; FORMATS.md §2). */
+/* vhdx.h - the VHDX format (MS-VHDX; doc/formats.md §2). */
 #ifndef VH_VHDX_H
 #define VH_VHDX_H
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * vhdx_create.c - new fixed, dynamic and differencing VHDX files, laid out like Hyper-V's
- * (FORMATS.md §2.1-2.5, §4.16): identifier with a creator string, two headers, two region tables
- * listing the BAT before the metadata, a 1 MiB log at 1 MiB, the metadata region at 2 MiB with
- * items in Hyper-V's order and offsets, the BAT at 3 MiB sized to fit, payload after it.
+ * (doc/formats.md §2.1-2.5, §4.16): identifier with a creator string, two headers, two region
+ * tables listing the BAT before the metadata, a 1 MiB log at 1 MiB, the metadata region at 2 MiB
+ * with items in Hyper-V's order and offsets, the BAT at 3 MiB sized to fit, payload after it.
  *
  * Contract: the file is created exclusively; on any failure it is removed again.
  */
@@ -45,7 +45,7 @@ static int plan_parent(const char *path, const vh_create_opts *o, layout *l, GEr
     g_autofree char *linkage = g_strdup_printf("{%s}", id);
     g_autofree char *base = g_path_get_basename(parent->file.path);
     g_autofree char *rel = g_strdup_printf(".\\%s", base);
-    /* Hyper-V's key order (FORMATS.md §2.5); parent_linkage2 all-zero as Hyper-V writes it. */
+    /* Hyper-V's key order (doc/formats.md §2.5); parent_linkage2 all-zero as Hyper-V writes it. */
     vhdx_locator_add(&l->loc, "parent_linkage", linkage);
     if (o->parent_absolute)
         vhdx_locator_add(&l->loc, "absolute_win32_path", o->parent_absolute);
@@ -112,7 +112,7 @@ static int write_header_section(vh_file *f, const layout *l, GError **err)
         vhdx_header_write(&h, buf);
         r = vh_file_write(f, buf, VHDX_HDR_SIZE, i ? VHDX_HDR2_OFF : VHDX_HDR1_OFF, "header", err);
     }
-    /* Hyper-V lists the BAT before the metadata region (FORMATS.md §4.16). */
+    /* Hyper-V lists the BAT before the metadata region (doc/formats.md §4.16). */
     vhdx_region_table rt = {.count = 2};
     rt.e[0] = (vhdx_region){vhdx_guid_bat, BAT_OFF, l->bat_len, 1};
     rt.e[1] = (vhdx_region){vhdx_guid_metadata, MD_OFF, MD_LEN, 1};
@@ -123,7 +123,7 @@ static int write_header_section(vh_file *f, const layout *l, GError **err)
     return r;
 }
 
-/* Metadata items at Hyper-V's measured offsets 0x10000/08/10/14/18/28 (FORMATS.md §2.4). */
+/* Metadata items at Hyper-V's measured offsets 0x10000/08/10/14/18/28 (doc/formats.md §2.4). */
 static int write_metadata(vh_file *f, const layout *l, GError **err)
 {
     g_autofree uint8_t *item = NULL;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * vhdx_format.h - VHDX on-disk structures (MS-VHDX; FORMATS.md §2): pure parsers and writers,
+ * vhdx_format.h - VHDX on-disk structures (MS-VHDX; doc/formats.md §2): pure parsers and writers,
  * no file I/O, so that every one of them can be unit-tested on hand-built buffers.
  *
  * Contract: parsers take untrusted bytes and either fill their output or fail with -EINVAL and
@@ -14,7 +14,7 @@
 
 #include "disk.h"
 
-/* --- the header section (FORMATS.md §2.1) --- */
+/* --- the header section (doc/formats.md §2.1) --- */
 #define VHDX_IDENT_OFF 0
 #define VHDX_IDENT_CREATOR_OFF 8
 #define VHDX_IDENT_CREATOR_LEN 512
@@ -57,7 +57,7 @@ bool vhdx_ident_ok(const uint8_t *buf, size_t len);
 char *vhdx_ident_creator(const uint8_t *buf, size_t len); /* UTF-8, new string */
 void vhdx_ident_write(uint8_t *buf /* 64 KiB */, const char *creator);
 
-/* --- headers (FORMATS.md §2.2) --- */
+/* --- headers (doc/formats.md §2.2) --- */
 typedef struct vhdx_header {
     uint64_t seq;
     vh_id file_write;
@@ -75,7 +75,7 @@ int vhdx_header_parse(const uint8_t *buf, uint64_t base, uint64_t file_size, vhd
                       GError **err);
 void vhdx_header_write(const vhdx_header *h, uint8_t *buf /* 4 KiB */);
 
-/* --- region table (FORMATS.md §2.3) --- */
+/* --- region table (doc/formats.md §2.3) --- */
 typedef struct vhdx_region {
     vh_id guid;
     uint64_t offset;
@@ -93,7 +93,7 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t base, uint64_t file_siz
 void vhdx_region_table_write(const vhdx_region_table *t, uint8_t *buf /* 64 KiB */);
 const vhdx_region *vhdx_region_find(const vhdx_region_table *t, const vh_id *guid);
 
-/* --- metadata table (FORMATS.md §2.4) --- */
+/* --- metadata table (doc/formats.md §2.4) --- */
 #define VHDX_MD_IS_USER 0x1u
 #define VHDX_MD_IS_VDISK 0x2u
 #define VHDX_MD_IS_REQUIRED 0x4u
@@ -111,7 +111,7 @@ typedef struct vhdx_md_table {
 } vhdx_md_table;
 
 /*
- * Honours EntryCount only (FORMATS.md §4.15: Windows leaves a stale copy of the last entry
+ * Honours EntryCount only (doc/formats.md §4.15: Windows leaves a stale copy of the last entry
  * past it). Items must lie inside region_len at offsets >= 64 KiB, be <= 1 MiB, not overlap,
  * and (item id, IsUser) must be unique.
  */
@@ -144,7 +144,7 @@ int vhdx_disk_id_parse(const uint8_t *p, uint32_t len, uint64_t base, vh_id *out
 /* Cross-checks: size a multiple of the logical sector size, at most 64 TiB. */
 int vhdx_params_check(const vhdx_params *p, uint64_t base, GError **err);
 
-/* --- parent locator (FORMATS.md §2.5) --- */
+/* --- parent locator (doc/formats.md §2.5) --- */
 typedef struct vhdx_kv {
     char *key;                   /* UTF-8 */
     char *value;                 /* UTF-8 */
@@ -167,13 +167,13 @@ int vhdx_locator_parse(const uint8_t *item, uint32_t len, uint64_t base, vhdx_lo
 /* Hyper-V packing: header, entry table, then key and value strings back to back (§2.5). */
 int vhdx_locator_build(const vhdx_locator *l, uint8_t **out, uint32_t *out_len, GError **err);
 
-/* --- BAT and blocks (FORMATS.md §2.6) --- */
+/* --- BAT and blocks (doc/formats.md §2.6) --- */
 enum {
     VHDX_PB_NOT_PRESENT = 0,
     VHDX_PB_UNDEFINED = 1,
     VHDX_PB_ZERO = 2,
     VHDX_PB_UNMAPPED = 3,
-    VHDX_PB_UNMAPPED_V095 = 5, /* draft v0.95 value, read like 3 (FORMATS.md §4.8) */
+    VHDX_PB_UNMAPPED_V095 = 5, /* draft v0.95 value, read like 3 (doc/formats.md §4.8) */
     VHDX_PB_FULLY_PRESENT = 6,
     VHDX_PB_PARTIALLY_PRESENT = 7,
     VHDX_SB_NOT_PRESENT = 0,
@@ -192,7 +192,7 @@ static inline uint64_t vhdx_bat_entry(unsigned state, uint64_t offset)
 uint32_t vhdx_chunk_ratio(uint32_t block_size, uint32_t logical_ss);
 uint64_t vhdx_payload_blocks(uint64_t disk_size, uint32_t block_size);
 uint64_t vhdx_sb_blocks(uint64_t disk_size, uint32_t block_size, uint32_t logical_ss);
-/* Entries the BAT must hold: dynamic/fixed vs differencing rule (FORMATS.md §2.6). */
+/* Entries the BAT must hold: dynamic/fixed vs differencing rule (doc/formats.md §2.6). */
 uint64_t vhdx_bat_entries(uint64_t disk_size, uint32_t block_size, uint32_t logical_ss,
                           bool differencing);
 static inline uint64_t vhdx_bat_payload_index(uint64_t block, uint32_t chunk_ratio)
@@ -205,7 +205,7 @@ static inline uint64_t vhdx_bat_sb_index(uint64_t chunk, uint32_t chunk_ratio)
 }
 const char *vhdx_payload_state_name(unsigned state);
 
-/* LSB-first sector bitmaps (FORMATS.md §2.6, §4.3). */
+/* LSB-first sector bitmaps (doc/formats.md §2.6, §4.3). */
 static inline bool vhdx_bit_get(const uint8_t *bm, uint64_t bit)
 {
     return (bm[bit / 8] >> (bit % 8)) & 1u;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * vhdx_log.h - the VHDX metadata log (MS-VHDX 2.3; FORMATS.md §2.7): finding the active
+ * vhdx_log.h - the VHDX metadata log (MS-VHDX 2.3; doc/formats.md §2.7): finding the active
  * sequence in a log region, replaying it into the file or into an in-memory overlay, and
  * building log entries for the writer.
  *

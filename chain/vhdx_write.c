@@ -2,11 +2,11 @@
 /*
  * vhdx_write.c - changing a VHDX: the header update protocol (MS-VHDX 2.2.2.1), metadata
  * transactions through the log (2.3), payload writes with block and sector-bitmap allocation,
- * and the parent-link rewrite (DESIGN.md "Reconnect rules").
+ * and the parent-link rewrite (doc/design.md "Reconnect rules").
  *
  * Contract: nothing is written before the first change of a session; that change first renews
  * FileWriteGuid in both header slots (and DataWriteGuid when virtual content changes; never for a
- * parent-link rewrite, FORMATS.md §2.8). Every metadata change (BAT, sector bitmaps, metadata
+ * parent-link rewrite, doc/formats.md §2.8). Every metadata change (BAT, sector bitmaps, metadata
  * region) is one log entry: the entry is written and flushed while the header still says the log
  * is empty, then the headers name its LogGuid, then the updates are applied and flushed, then the
  * headers mark the log empty again. A crash at any write or flush therefore leaves either the old
@@ -383,7 +383,7 @@ int vhdx_flush(vh_disk *d, GError **err)
 
 /* ---------------- parent link ---------------- */
 
-/* The new locator (DESIGN.md "Reconnect rules"): Hyper-V's key order, linkage2 and unknown
+/* The new locator (doc/design.md "Reconnect rules"): Hyper-V's key order, linkage2 and unknown
  * keys kept as found, stale absolute/volume paths dropped. */
 static void build_new_locator(const vhdx_locator *old, const vh_link_update *u, vhdx_locator *l)
 {
@@ -421,7 +421,7 @@ static int cmp_u32pair(const void *a, const void *b)
 
 /*
  * Where the new locator item goes: its old place when it fits, else the lowest free range of the
- * metadata region (offset >= 64 KiB, inside the region, overlapping no other item; FORMATS.md
+ * metadata region (offset >= 64 KiB, inside the region, overlapping no other item; doc/formats.md
  * §2.8). The old item's own space counts as free: the whole change is one log entry.
  */
 static int place_locator(vh_disk *d, uint32_t len, uint32_t *offset, GError **err)

@@ -77,7 +77,7 @@ static GStrv split_parts(const char *s, bool absolute)
     return (GStrv)g_ptr_array_free(out, FALSE);
 }
 
-/* A MacX locator: "file://localhost/dir/p.vhd" or "file:///dir/p.vhd" (FORMATS.md §1.3). */
+/* A MacX locator: "file://localhost/dir/p.vhd" or "file:///dir/p.vhd" (doc/formats.md §1.3). */
 static char *macx_to_posix(const char *url)
 {
     const char *p = url + 5; /* after "file:" */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * winpath.h - Windows paths as stored in parent locators, and their mapping to and from the
- * store's POSIX paths (DESIGN.md "Resolver rules" 2, FORMATS.md §1.3, §2.5).
+ * store's POSIX paths (doc/design.md "Resolver rules" 2, doc/formats.md §1.3, §2.5).
  *
  * Contract: the parsing and mapping functions are pure string work and never touch the file
  * system. vh_winpath_lookup is the only function here that does, and it resolves a

@@ -24,7 +24,7 @@
 
 #include "common.h" /* the engine's small helpers: vh_autofd, vh_mtime_ns, VH_DEFAULT_MAXDEPTH */
 
-/* heal=: when a broken chain is repaired (DESIGN.md "vhdhealfs"). */
+/* heal=: when a broken chain is repaired (doc/design.md "vhdhealfs"). */
 enum vhfs_heal {
     VHFS_HEAL_AUTO,   /* opening a disk with a broken, resolvable chain repairs it */
     VHFS_HEAL_MANUAL, /* only the xattr trigger repairs */

@@ -995,7 +995,7 @@ static void lo_init(void *userdata, struct fuse_conn_info *conn)
        while the healer rewrites the same file underneath, own mtime and size, and turn
        write-only opens into read-write ones. Set-ID bits must be cleared by the kernel, since
        the daemon writes as root (who keeps them). Locks stay in the kernel (see the top).
-       Splice gained nothing measurable on this platform (STYLE.md). */
+       Splice gained nothing measurable here (doc/mount.md "Performance"). */
     conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV |
                               FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_SPLICE_READ |
                               FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * views.c - the @raw and @chains folders at the root of the mount (DESIGN.md "Views").
+ * views.c - the @raw and @chains folders at the root of the mount (doc/design.md "Views").
  *
  *   @raw/DIR/NAME.raw      the virtual disk of the store's disk DIR/NAME, read through its whole
  *                          resolved chain (a broken link is crossed to its one heal target,

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * xattr.c - the extended attributes the mount synthesises on disks (user.vhd.*, and
- * user.xdg.comment where a file has none of its own; DESIGN.md "Extended attributes"), as one
+ * user.xdg.comment where a file has none of its own; doc/design.md "Extended attributes"), as one
  * table: name, what the file must be, read function, write function, listed or not.
  *
  * Contract: the pass-through calls these hooks before it touches the store file. Every
@@ -10,7 +10,7 @@
  * disk, any of them on a file that is not a disk) or is not in the table gives ENODATA; with size
  * 0 the value's length; a short buffer ERANGE. Values carry no trailing newline. Writing a
  * read-only name gives EROFS (as mergerfs does), an unknown user.vhd.* name ENOTSUP; writes of
- * user.vhd.parent[.force] follow DESIGN.md's errno table (heal.c). Removing: EROFS for names in
+ * user.vhd.parent[.force] follow doc/design.md's errno table (heal.c). Removing: EROFS for names in
  * the table, ENODATA for others. user.xdg.comment is served only while the store file has none:
  * writing and removing it always go to the store file, whose own then wins.
  */

@@ -1,13 +1,13 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""mount_views.py - the @raw and @chains views of a real vhdhealfs mount (DESIGN.md "Views").
+"""mount_views.py - the @raw and @chains views of a real vhdhealfs mount (doc/design.md "Views").
 
 A store of VHD and VHDX disks built with `vhdheal create/write` (fixed, dynamic, differencing,
 chains of depth 3, one broken link whose parent the store holds elsewhere, one whose parent is
 gone, one unreadable disk, folders without disks) is mounted. Every @raw/....raw file is as
 large as its disk's virtual size and reads the same bytes as `vhdheal read` (through the right
 parent) and as libvhdi (pyvhdi with the parents set; VHD written in aligned 4 KiB units,
-FORMATS.md §4a); SEEK_HOLE regions read as zeros; concurrent readers agree; writes fail; an ext4
+doc/formats.md §4a); SEEK_HOLE regions read as zeros; concurrent readers agree; writes fail; an ext4
 file system inside a VHDX chain reads through debugfs, fuse2fs and a loop mount; @chains lists
 the chain tops with relative symlinks that readlink -f follows to the real files, and a status
 file; the store is byte-for-byte unchanged. Then: a change made through the mount shows in @raw

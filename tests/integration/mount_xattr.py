@@ -6,7 +6,8 @@ broken, with exact values (identities as vhdiinfo prints them); getfattr, gio in
 show them; ENODATA and ERANGE; user.vhd.* never reaches the store file; writes of
 user.vhd.parent by a path under the mount, under STORE and relative to the child's folder,
 checked on STORE with vhdiinfo and by reading the chain with libvhdi; and every errno of
-DESIGN.md's table with the message it leaves in user.vhd.status."""
+doc/design.md's errno table ("Extended attributes") with the message it leaves in
+user.vhd.status."""
 import fcntl
 import os
 import shutil

@@ -130,7 +130,7 @@ def pattern(seed, k=0):
 
 
 def fill(path, seed, offsets=(0,)):
-    """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: FORMATS.md §4a)."""
+    """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: doc/formats.md §4a)."""
     for k, off in enumerate(offsets):
         vhdheal("write", path, str(off), input=pattern(seed, k))
 

@@ -153,7 +153,7 @@ def errors(store, fmt, child, top, base):
     corrupt = os.path.join(store, f"corrupt.a{fmt}")
     shutil.copy(child, corrupt)
     with open(corrupt, "r+b") as f:
-        if fmt == "vhd":  # the dynamic header's checksum (FORMATS.md §1.2): stale
+        if fmt == "vhd":  # the dynamic header's checksum (doc/formats.md §1.2): stale
             f.seek(512 + 36)
             f.write(b"\x00\x00\x00\x01")
         else:  # both VHDX headers (64 KiB, 128 KiB): bad CRC

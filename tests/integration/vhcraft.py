@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""vhcraft - byte-level edits of VHD/VHDX parent links for tests (FORMATS.md §1, §2).
+"""vhcraft - byte-level edits of VHD/VHDX parent links for tests (doc/formats.md §1, §2).
 
 Independent of the engine: reads and writes the on-disk structures directly, fixing checksums,
 so that tests can build files whose locators and identities they choose.

@@ -4,7 +4,7 @@
 --parent` and filled with random writes (unaligned, straddling sectors and blocks, overwriting
 at several levels): `vhdheal read` of every level equals a reference buffer. Chains written in
 aligned 4 KiB units read the same through libvhdi (pyvhdi with parents set). One test pins
-libvhdi's one-sector bitmap discrepancy (FORMATS.md §4a) so that we never copy the bug."""
+libvhdi's one-sector bitmap discrepancy (doc/formats.md §4a) so that we never copy the bug."""
 import os
 import random
 import sys
@@ -73,7 +73,7 @@ def check_chain(d, depth, rng, writer, bs, with_libvhdi):
 
 def pin_libvhdi_bitmap_bug(d):
     """A child holding only sector 134: libvhdi reads sector 135 from the child (zeros) instead
-    of the parent (FORMATS.md §4a). We must read the parent's data there."""
+    of the parent (doc/formats.md §4a). We must read the parent's data there."""
     base = os.path.join(d, "pin-base.vhd")
     child = os.path.join(d, "pin-child.vhd")
     t.vhdheal("create", "--format", "vhd", "--size", 4 * MIB, base)
@@ -90,7 +90,7 @@ def pin_libvhdi_bitmap_bug(d):
     t.check(theirs[134 * 512:135 * 512] == bytes([0xCD]) * 512, "pin: libvhdi misses sector 134")
     t.check(theirs[135 * 512:136 * 512] == bytes(512),
             "pin: libvhdi no longer reads sector 135 as zeros: its VHD bitmap bug seems fixed; "
-            "update FORMATS.md §4a and widen the libvhdi comparisons")
+            "update doc/formats.md §4a and widen the libvhdi comparisons")
     t.check(theirs[136 * 512:] == ref[136 * 512:], "pin: libvhdi differs past the bitmap byte")
 
 

@@ -3,7 +3,7 @@
 """vhd_interop.py - every VHD `vhdheal create` writes is read the same way by independent readers:
 vhdiinfo (type, size, identifier, parent identifier and file name) for fixed, dynamic and
 differencing disks from 1 MiB to 2040 GiB (sparse) with 512 KiB .. 2 MiB blocks; qemu-img info
-shows the size of fixed and dynamic disks, and qemu-img convert (footer size, FORMATS.md §4a)
+shows the size of fixed and dynamic disks, and qemu-img convert (footer size, doc/formats.md §4a)
 gives the same bytes as `vhdheal read` after random writes."""
 import os
 import random
@@ -100,7 +100,7 @@ def content_cases(d, rng):
         check_vhdiinfo(p, kind, size)
         check_qemu_size(p, size)
         if kind == "dynamic":
-            # a dynamic disk has no libvhdi bitmap trouble (all-ones bitmaps, FORMATS.md §4.12)
+            # a dynamic disk has no libvhdi bitmap trouble (all-ones bitmaps, doc/formats.md §4.12)
             t.check(t.libvhdi_read([p]) == ours, f"{p}: libvhdi differs from vhdheal read")
             t.check(os.path.getsize(p) % 4096 == 0, f"{p}: not a multiple of 4 KiB (Windows)")
 

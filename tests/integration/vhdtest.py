@@ -70,7 +70,7 @@ def qemu_info(path):
 
 
 def qemu_raw(path, out):
-    """The footer's size, not CHS (FORMATS.md §4a)."""
+    """The footer's size, not CHS (doc/formats.md §4a)."""
     run("qemu-img", "convert", "--image-opts",
         f"driver=vpc,force_size_calc=current_size,file.filename={path}", "-O", "raw", out)
     with open(out, "rb") as f:

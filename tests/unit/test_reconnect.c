@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * test_reconnect.c - the reconnect engine on real VHD and VHDX files: every error of DESIGN.md's
- * table, a successful reconnect, and crash safety by fault injection at every write and flush
- * (and torn writes at 512-byte boundaries), with a short and a too-long new path.
+ * test_reconnect.c - the reconnect engine on real VHD and VHDX files: every error of
+ * doc/design.md's errno table ("Extended attributes"), a successful reconnect, and crash safety by
+ * fault injection at every write and flush (and torn writes at 512-byte boundaries), with a short
+ * and a too-long new path.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -333,7 +334,7 @@ static int crash_everywhere(vh_format f, const char *moved_dir)
                 assert_string_equal(h, hash);
             }
             /* A torn write may leave a checksummed structure half old, half new: the next
-             * open's journal recovery puts back the original bytes (DESIGN.md "Journal"). */
+             * open's journal recovery puts back the original bytes (doc/design.md "Journal"). */
             g_autoptr(vh_journal) j = NULL;
             assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
             assert_true(vh_journal_recover(j, NULL, NULL) >= 0);

@@ -97,7 +97,7 @@ static void utf16_encode_roundtrip_and_limits(void **state)
 
 static void ids_format_parse_and_guid_order(void **state)
 {
-    /* the WS2019 checkpoint's parent_linkage (FORMATS.md §2.5) */
+    /* the WS2019 checkpoint's parent_linkage (doc/formats.md §2.5) */
     vh_id id;
     assert_true(vh_id_parse("{FF34003B-11ED-4CF8-A166-B2BE05E20B80}", &id));
     char s[VH_ID_STRLEN + 1];

@@ -344,7 +344,7 @@ static void bat_and_geometry(void **state)
     assert_int_equal(bat[2], 0x5037);
     uint16_t c;
     uint8_t h, s;
-    vhd_geometry(4 * MIB, &c, &h, &s); /* MEASURED 120x4x17 (FORMATS.md §1.1) */
+    vhd_geometry(4 * MIB, &c, &h, &s); /* MEASURED 120x4x17 (doc/formats.md §1.1) */
     assert_int_equal(c, 120);
     assert_int_equal(h, 4);
     assert_int_equal(s, 17);

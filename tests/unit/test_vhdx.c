@@ -247,7 +247,7 @@ static void metadata_table_rules(void **state)
     t->e[0] = (vhdx_md_entry){vhdx_guid_file_params, 0x10000, 8, VHDX_MD_IS_REQUIRED};
     t->e[1] = (vhdx_md_entry){vhdx_guid_disk_size, 0x10008, 8, 6};
     vhdx_md_table_write(t, b);
-    /* a stale third entry past EntryCount that overlaps: ignored (FORMATS.md §4.15) */
+    /* a stale third entry past EntryCount that overlaps: ignored (doc/formats.md §4.15) */
     memcpy(b + 32 + 64, b + 32 + 32, 32);
     assert_int_equal(vhdx_md_table_parse(b, 0, VH_MIB, o, NULL), 0);
     assert_int_equal(o->count, 2);
@@ -416,7 +416,7 @@ static void chunk_ratio_arithmetic(void **state)
     assert_int_equal(vhdx_chunk_ratio(32 * VH_MIB, 512), 128);
     assert_int_equal(vhdx_chunk_ratio(VH_MIB, 4096), 32768);
     assert_int_equal(vhdx_chunk_ratio(256 * VH_MIB, 512), 16);
-    /* MEASURED (FORMATS.md §2.6): 8 GiB differencing, 2 MiB blocks: 4098 entries, SB at 2048 */
+    /* MEASURED (doc/formats.md §2.6): 8 GiB differencing, 2 MiB blocks: 4098 entries, SB at 2048 */
     assert_int_equal(vhdx_bat_entries(8 * VH_GIB, 2 * VH_MIB, 512, true), 4098);
     assert_int_equal(vhdx_bat_sb_index(0, 2048), 2048);
     assert_int_equal(vhdx_bat_sb_index(1, 2048), 4097);
