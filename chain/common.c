@@ -50,3 +50,15 @@ void vh_close_fdp(int *fdp)
         *fdp = -1;
     }
 }
+
+char *vh_relpath_dir(const char *rel)
+{
+    const char *slash = strrchr(rel, '/');
+    return slash ? g_strndup(rel, (gsize)(slash - rel)) : g_strdup("");
+}
+
+const char *vh_relpath_base(const char *rel)
+{
+    const char *slash = strrchr(rel, '/');
+    return slash ? slash + 1 : rel;
+}

@@ -115,6 +115,11 @@ static inline int64_t vh_mtime_ns(const struct stat *st)
 /* The longest chain followed unless told otherwise, in disks (check, repair, the mount). */
 #define VH_DEFAULT_MAXDEPTH 256
 
+/* Store-relative paths ("dir/sub/name", "/" separators): the folder part ("" at the top; a new
+ * string) and the last component (inside `rel`). */
+char *vh_relpath_dir(const char *rel);
+const char *vh_relpath_base(const char *rel);
+
 /* A close-on-scope-exit file descriptor (glib 2.74 has no g_autofd). */
 void vh_close_fdp(int *fdp);
 #define vh_autofd __attribute__((cleanup(vh_close_fdp)))

@@ -292,12 +292,6 @@ static void try_note(vh_locator_try *t, vh_verdict v, const char *target, vh_wp_
     }
 }
 
-static char *dir_of(const char *rel)
-{
-    const char *slash = strrchr(rel, '/');
-    return slash ? g_strndup(rel, (gsize)(slash - rel)) : g_strdup("");
-}
-
 /* The places a locator may point to, in order (rule 2), plus the Parent Unicode Name's
  * basename in the child's folder (rule 1). */
 static GPtrArray *locator_places(vh_resolver *r, const vh_locator *loc, const char *child_dir)
@@ -330,7 +324,7 @@ static GPtrArray *locator_places(vh_resolver *r, const vh_locator *loc, const ch
 static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_locator *loc,
                             vh_locator_try *t)
 {
-    g_autofree char *child_dir = dir_of(child->path);
+    g_autofree char *child_dir = vh_relpath_dir(child->path);
     g_autoptr(GPtrArray) places = locator_places(r, loc, child_dir);
     t->result = VH_VERDICT_PARENT_MISSING;
     if (places->len == 0)
@@ -392,7 +386,7 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
 /* Folder distance between two store-relative files: steps up plus steps down. */
 static guint folder_distance(const char *a, const char *b)
 {
-    g_autofree char *da = dir_of(a), *db = dir_of(b);
+    g_autofree char *da = vh_relpath_dir(a), *db = vh_relpath_dir(b);
     g_auto(GStrv) pa = g_strsplit(da, "/", -1);
     g_auto(GStrv) pb = g_strsplit(db, "/", -1);
     guint na = *da ? g_strv_length(pa) : 0, nb = *db ? g_strv_length(pb) : 0;
@@ -404,8 +398,7 @@ static guint folder_distance(const char *a, const char *b)
 
 static bool name_in_locators(const vh_disk_info *child, const char *path)
 {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
+    const char *base = vh_relpath_base(path);
     for (guint k = 0; child->link.locators && k < child->link.locators->len; k++) {
         const vh_locator *l = child->link.locators->pdata[k];
         vh_winpath p;

@@ -147,19 +147,6 @@ static void reply_err(fuse_req_t req, const char *op, int err)
     vhfs_reply_err(req, "views", op, err);
 }
 
-/* The folder part of a store-relative path ("" at the top) and its last component. */
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? g_strndup(path, (gsize)(slash - path)) : g_strdup("");
-}
-
-static const char *base_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
 static guint components(const char *path)
 {
     guint n = 1;
@@ -202,9 +189,9 @@ static GPtrArray *tree_dir(GHashTable *dirs, const char *folder, enum vkind dir_
     a = entries_new();
     g_hash_table_insert(dirs, g_strdup(folder), a);
     if (*folder) {
-        g_autofree char *up = dir_of(folder);
+        g_autofree char *up = vh_relpath_dir(folder);
         GPtrArray *parent = tree_dir(dirs, up, dir_kind);
-        g_ptr_array_add(parent, ventry_new(g_strdup(base_of(folder)), dir_kind, folder, 0));
+        g_ptr_array_add(parent, ventry_new(g_strdup(vh_relpath_base(folder)), dir_kind, folder, 0));
     }
     return a;
 }
@@ -212,7 +199,7 @@ static GPtrArray *tree_dir(GHashTable *dirs, const char *folder, enum vkind dir_
 static void tree_add(GHashTable *dirs, enum vkind dir_kind, char *name, enum vkind kind,
                      const char *path)
 {
-    g_autofree char *folder = dir_of(path);
+    g_autofree char *folder = vh_relpath_dir(path);
     g_ptr_array_add(tree_dir(dirs, folder, dir_kind), ventry_new(name, kind, path, 0));
 }
 
@@ -386,7 +373,7 @@ static void snap_add_top(struct snap *s, const vh_disk_info *d, GHashTable *cove
     }
     t->status = status_text(d, c, d->error ? d->error : why);
     g_hash_table_insert(s->tops, g_strdup(d->path), t);
-    tree_add(s->chain_dirs, V_CHAINS_DIR, g_strdup(base_of(d->path)), V_CHAIN, d->path);
+    tree_add(s->chain_dirs, V_CHAINS_DIR, g_strdup(vh_relpath_base(d->path)), V_CHAIN, d->path);
 }
 
 /*
@@ -438,7 +425,7 @@ static struct snap *snap_build(struct vhfs_views *v, GPtrArray *list)
     for (guint k = 0; k < list->len; k++) {
         vh_disk_info *d = list->pdata[k];
         g_hash_table_insert(s->disks, d->path, d);
-        tree_add(s->raw_dirs, V_RAW_DIR, g_strconcat(base_of(d->path), RAW_SUFFIX, NULL),
+        tree_add(s->raw_dirs, V_RAW_DIR, g_strconcat(vh_relpath_base(d->path), RAW_SUFFIX, NULL),
                  V_RAW_FILE, d->path);
     }
     snap_find_tops(s);
@@ -583,7 +570,7 @@ static size_t link_target_len(const char *top, const char *member)
 
 static char *link_name(guint index, const char *member)
 {
-    return g_strdup_printf("%u-%s", index, base_of(member));
+    return g_strdup_printf("%u-%s", index, vh_relpath_base(member));
 }
 
 /* A folder of the views: the real folder's owner and times, its write bits taken away. */

@@ -121,6 +121,20 @@ static void ids_format_parse_and_guid_order(void **state)
     assert_false(vh_id_equal(&r1, &r2));
 }
 
+/* common.h: the folder and the name of store-relative paths */
+static void relpath_parts(void **state)
+{
+    const char *cases[][3] = {{"a/b/c.vhdx", "a/b", "c.vhdx"},
+                              {"top.vhd", "", "top.vhd"},
+                              {"vm/", "vm", ""},
+                              {"", "", ""}};
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autofree char *dir = vh_relpath_dir(cases[i][0]);
+        assert_string_equal(dir, cases[i][1]);
+        assert_string_equal(vh_relpath_base(cases[i][0]), cases[i][2]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -131,6 +145,7 @@ int main(void)
         cmocka_unit_test(utf16_unpaired_surrogates_become_replacement),
         cmocka_unit_test(utf16_encode_roundtrip_and_limits),
         cmocka_unit_test(ids_format_parse_and_guid_order),
+        cmocka_unit_test(relpath_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
