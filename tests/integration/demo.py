@@ -50,6 +50,8 @@ def story(work):
     out = p.stdout
     check(p.returncode == 0, f"scripts/demo --batch: rc {p.returncode}\n{out[-3000:]}\n"
           f"{p.stderr[-3000:]}")
+    for bad in mounttest.BAD_LOG:  # the daemon's log is part of the story (step 6)
+        check(bad not in out + p.stderr, f"the demo's output holds {bad!r}")
     lines = out.rstrip("\n").splitlines()
     check(lines and lines[-1] == "demo finished: every chain healed.",
           f"the story ends healed: {lines[-3:]}")
