@@ -23,7 +23,7 @@
 
 #define MIN_BLOCK_SIZE (4 * VH_KIB)
 #define MAX_BLOCK_SIZE (256 * VH_MIB)
-#define BITMAP_CACHE_MAX 4096 /* cached bitmaps before the cache is dropped (bounds memory) */
+#define BITMAP_CACHE_BYTES (1u << 20) /* cached bitmaps per disk, in bytes (bounds memory) */
 #define PAGE 4096u
 
 static const vh_disk_ops vhd_ops;
@@ -498,6 +498,14 @@ int vh_vhd_open(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 
 /* ------------------------------------------------------------------ map and read */
 
+/* Keeps a block's bitmap (taking bm); the whole cache goes when it is full. */
+static void cache_bitmap(vhd_priv *p, uint32_t blk, uint8_t *bm)
+{
+    if (g_hash_table_size(p->bitmaps) >= MAX(BITMAP_CACHE_BYTES / MAX(p->bitmap_bytes, 1), 1))
+        g_hash_table_remove_all(p->bitmaps);
+    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), bm);
+}
+
 static int load_bitmap(vh_disk *d, uint32_t blk, uint8_t **bm, GError **err)
 {
     vhd_priv *p = vhd_p(d);
@@ -509,10 +517,8 @@ static int load_bitmap(vh_disk *d, uint32_t blk, uint8_t **bm, GError **err)
                          "sector bitmap", err);
     if (r < 0)
         return r;
-    if (g_hash_table_size(p->bitmaps) >= BITMAP_CACHE_MAX)
-        g_hash_table_remove_all(p->bitmaps);
     *bm = b;
-    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), g_steal_pointer(&b));
+    cache_bitmap(p, blk, g_steal_pointer(&b));
     return 0;
 }
 
@@ -643,9 +649,7 @@ static int allocate_block(vh_disk *d, uint32_t blk, const uint8_t *buf, uint64_t
         return r;
     p->bat[blk] = (uint32_t)(bm_off / VHD_SECTOR);
     p->allocated++;
-    if (g_hash_table_size(p->bitmaps) >= BITMAP_CACHE_MAX)
-        g_hash_table_remove_all(p->bitmaps);
-    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), g_steal_pointer(&bm));
+    cache_bitmap(p, blk, g_steal_pointer(&bm));
     return 0;
 }
 
