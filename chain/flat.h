@@ -41,6 +41,9 @@ guint64 vh_flat_serial(const vh_flat *f);
 guint vh_flat_depth(const vh_flat *f);
 const char *vh_flat_member(const vh_flat *f, guint k);
 
+/* Whether the file (dev, ino) is one of the reader's members. */
+bool vh_flat_has_member(const vh_flat *f, dev_t dev, ino_t ino);
+
 /* True when every member is still the file opened and `c` (if not NULL) names the same paths. */
 bool vh_flat_current(vh_flat *f, const vh_chain *c);
 
@@ -64,6 +67,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_flat_cache, vh_flat_cache_free)
 int vh_flat_cache_get(vh_flat_cache *c, const vh_chain *chain, vh_flat **out, GError **err);
 /* Closes the cached reader of a top, if any (readers in use stay valid). */
 void vh_flat_cache_drop(vh_flat_cache *c, const char *top);
+/* Closes every cached reader that has the file (dev, ino) as a member; adds their tops (new
+ * strings) to `tops` when not NULL. Returns how many were dropped. */
+guint vh_flat_cache_drop_member(vh_flat_cache *c, dev_t dev, ino_t ino, GPtrArray *tops);
 guint vh_flat_cache_size(vh_flat_cache *c);
 /* Readers opened by the cache so far (tests count reopens with it). */
 guint64 vh_flat_cache_opens(vh_flat_cache *c);

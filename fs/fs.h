@@ -225,6 +225,12 @@ void vhfs_views_wrap(struct fuse_lowlevel_ops *ops);
  */
 size_t vhfs_views_root_entries(fuse_req_t req, char *buf, size_t size, off_t off, bool plus,
                                unsigned *sent);
+/*
+ * After a change to the data of a regular file made through the mount (write, truncate,
+ * fallocate, copy_file_range), before the change is answered: every chain holding the file is
+ * read anew by the @raw files open on it, and the kernel drops their cached pages.
+ */
+void vhfs_views_changed(struct vhfs *fs, struct vhfs_inode *inode);
 
 /* --- util.c: logging and small helpers. --- */
 
