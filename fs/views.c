@@ -199,11 +199,10 @@ static vh_snap *snap_for_disk(struct vhfs_views *v, const char *path)
     if (still_shown(d, there, &st))
         return s;
     vh_snap_unref(s);
-    if (there) {
-        g_autoptr(vh_disk_info) now = vh_store_describe(store_of(v), path, NULL);
-    } else {
+    if (there)
+        vh_disk_info_unref(vh_store_describe(store_of(v), path, NULL)); /* the index learns */
+    else
         vh_store_note_unlink(store_of(v), path);
-    }
     g_mutex_lock(&v->snap_lock);
     rebuild_locked(v);
     s = vh_snap_ref(v->snap);
