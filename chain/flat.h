@@ -6,8 +6,9 @@
  * Contract: a reader opens every disk of a resolved chain (vh_resolve_chain) read-only; a link
  * that is broken is crossed to its heal target when the resolver found exactly one (as
  * vh_chain_open_opts.use_heal_target does), so nothing is ever written. Reads map whole runs
- * with vh_disk_map_chain through the block tables the formats keep in memory (one lock per
- * reader guards the formats' bitmap caches) and read each DATA run with one call, outside the
+ * with vh_disk_map_chain through the formats' block tables (kept whole when small, else read by
+ * pages through the process-wide table cache of tcache.h, bounded in bytes; one lock per reader
+ * guards the formats' caches) and read each DATA run with one call, outside the
  * lock, so concurrent readers of one disk overlap their I/O. A reader remembers each member's
  * path, device, inode, size and mtime; it is stale once any of them differs from the file now at
  * that path, or the resolver's chain for the top names other paths. The cache hands out

@@ -208,7 +208,10 @@ static inline bool vhfs_views_ino(fuse_ino_t ino)
     return (ino & VHFS_VIEWS_INO_BIT) != 0;
 }
 
-/* Opens the views' state (fs->views) for cfg.store; -errno on failure (logged). */
+/*
+ * Sets up the views' state (fs->views); -errno on failure (logged). The views read the store
+ * index of the service (fs->svc), which vhfs_heal_start starts before the session runs.
+ */
 int vhfs_views_init(struct vhfs *fs);
 void vhfs_views_fini(struct vhfs *fs);
 /*
