@@ -64,7 +64,7 @@ struct vnode {
 
 struct vhfs_views {
     struct vhfs *fs;
-    vh_flat_cache *cache; /* made with the first snapshot (the service starts after us) */
+    vh_flat_cache *cache; /* made with the first snapshot (the service starts after us); atomic */
     GMutex lock;          /* guards the node tables and raw_open */
     GHashTable *by_key;   /* key -> struct vnode* */
     GHashTable *by_ino;   /* ino -> struct vnode* */
@@ -160,7 +160,7 @@ static vh_snap *snap_get(struct vhfs_views *v, bool force)
 {
     g_mutex_lock(&v->snap_lock);
     if (!v->cache)
-        v->cache = vh_flat_cache_new(store_of(v), FLAT_CACHE_MAX);
+        g_atomic_pointer_set(&v->cache, vh_flat_cache_new(store_of(v), FLAT_CACHE_MAX));
     if (!v->snap || force || g_get_monotonic_time() - v->checked >= REFRESH_USEC)
         refresh_locked(v);
     vh_snap *s = vh_snap_ref(v->snap);
@@ -955,9 +955,8 @@ void vhfs_views_changed(struct vhfs *fs, struct vhfs_inode *inode)
         }
     }
     g_mutex_unlock(&v->lock);
-    g_mutex_lock(&v->snap_lock);
-    vh_flat_cache *cache = v->cache;
-    g_mutex_unlock(&v->snap_lock);
+    /* not under snap_lock: a refresh of the views must never hold up a write */
+    vh_flat_cache *cache = g_atomic_pointer_get(&v->cache);
     if (cache)
         vh_flat_cache_drop_member(cache, inode->dev, inode->ino, tops);
     for (guint k = 0; k < tops->len; k++) {
