@@ -600,7 +600,7 @@ static int map_piece(vh_disk *d, uint64_t voff, uint64_t len, vh_run *run, GErro
     uint64_t n = MIN(len, d->block_size - in_blk);
     vh_run_kind absent = d->type == VH_TYPE_DIFFERENCING ? VH_RUN_PARENT : VH_RUN_ZERO;
     run->file_offset = 0;
-    uint32_t e;
+    uint32_t e = VHD_BAT_UNUSED;
     int r = bat_get(d, blk, &e, err);
     if (r < 0)
         return r;
@@ -873,9 +873,16 @@ static void vhd_info(vh_disk *d, vh_info_fn fn, void *ctx)
     if (p->bat)
         vh_info_printf(fn, ctx, "allocated blocks", "%u", p->allocated);
     if (p->bat_table) {
-        uint32_t n = 0, e;
-        for (uint32_t i = 0; i < virtual_blocks(d); i++)
-            n += bat_get(d, i, &e, NULL) == 0 && e != VHD_BAT_UNUSED;
+        /* a page of entries at a time (entries past the virtual size read as unused) */
+        uint32_t n = 0, blocks = virtual_blocks(d);
+        g_autofree uint8_t *page = g_malloc(BAT_PAGE);
+        for (uint64_t i = 0; i < blocks; i += BAT_PAGE / 4) {
+            uint64_t len = MIN(BAT_PAGE / 4, p->bat_entries - i);
+            if (vh_table_read(p->bat_table, 4 * i, page, 4 * len, NULL) < 0)
+                break;
+            for (uint64_t k = 0; k < len; k++)
+                n += vh_be32(page + 4 * k) != VHD_BAT_UNUSED;
+        }
         vh_info_printf(fn, ctx, "allocated blocks", "%u", n);
     }
     if (d->type != VH_TYPE_DIFFERENCING)

@@ -501,7 +501,11 @@ static int check_sb_entry(vh_disk *d, uint64_t idx, uint64_t e, GError **err)
     if (st != VHDX_SB_PRESENT)
         return bat_entry_error(d, idx, e, "reserved sector bitmap state", err);
     if (!x->differencing) {
-        /* MUST NOT happen without a parent; harmless since bitmaps are not read then. */
+        /* MUST NOT happen without a parent; harmless since bitmaps are not read then. Said
+           once: a paged BAT checks a page again each time it is read back. */
+        if (x->sb_warned)
+            return 0;
+        x->sb_warned = true;
         vh_disk_warn(d,
                      "BAT entry %" G_GUINT64_FORMAT ": sector bitmap present in a disk "
                      "without a parent; ignored",
@@ -659,7 +663,7 @@ typedef enum { CLS_DATA, CLS_PARENT, CLS_ZERO, CLS_PARTIAL } block_class;
 static int classify(vh_disk *d, uint64_t blk, block_class *cls, uint64_t *off, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    uint64_t e;
+    uint64_t e = 0;
     int r = bat_get(d, vhdx_bat_payload_index(blk, x->chunk_ratio), &e, err);
     if (r < 0)
         return r;
@@ -783,13 +787,22 @@ static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
     vhdx_priv *x = vhdx_p(d);
     if (!x->bat && !x->bat_table)
         return;
-    uint64_t count[8] = {0}, sb_present = 0, e;
-    for (uint64_t b = 0; b < x->payload_blocks; b++)
-        if (bat_get(d, vhdx_bat_payload_index(b, x->chunk_ratio), &e, NULL) == 0)
-            count[VHDX_BAT_STATE(e)]++;
-    for (uint64_t k = 0; vhdx_bat_sb_index(k, x->chunk_ratio) < x->bat_count; k++)
-        sb_present += bat_get(d, vhdx_bat_sb_index(k, x->chunk_ratio), &e, NULL) == 0 &&
-                      VHDX_BAT_STATE(e) == VHDX_SB_PRESENT;
+    uint64_t count[8] = {0}, sb_present = 0, group = (uint64_t)x->chunk_ratio + 1;
+    const uint64_t per = BAT_PAGE / 8;
+    g_autofree uint8_t *page = g_malloc(BAT_PAGE);
+    /* a page of entries at a time: a paged BAT is read through the cache once per page */
+    for (uint64_t i = 0; i < x->bat_count; i += per) {
+        uint64_t n = MIN(per, x->bat_count - i);
+        if (!x->bat && vh_table_read(x->bat_table, i * 8, page, n * 8, NULL) < 0)
+            break;
+        for (uint64_t k = 0; k < n; k++) {
+            uint64_t idx = i + k, e = x->bat ? x->bat[idx] : vh_le64(page + 8 * k);
+            if (idx % group == x->chunk_ratio)
+                sb_present += VHDX_BAT_STATE(e) == VHDX_SB_PRESENT;
+            else if (idx / group * x->chunk_ratio + idx % group < x->payload_blocks)
+                count[VHDX_BAT_STATE(e)]++;
+        }
+    }
     for (unsigned s = 0; s < 8; s++)
         if (count[s]) {
             g_autofree char *key = g_strdup_printf("blocks.%s", vhdx_payload_state_name(s));

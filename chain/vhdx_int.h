@@ -35,6 +35,7 @@ typedef struct vhdx_priv {
     uint64_t bat_count;
     uint64_t *bat;       /* the whole BAT; NULL after a probe open or when paged */
     vh_table *bat_table; /* a large BAT of a read-only open, by pages (vhdx.c) */
+    bool sb_warned;      /* the warning about a sector bitmap without a parent was given */
     GHashTable *bitmaps; /* payload block -> its slice of the sector bitmap (cache) */
     /* log */
     const char *log_state; /* "empty", "replayed", "replayed in memory" */
