@@ -13,6 +13,7 @@
 #include "json.h"
 #include "journal.h"
 #include "reconnect.h"
+#include "report.h"
 #include "resolve.h"
 
 #define PROGRESS_MIN 200 /* stores with fewer disks than this show no progress */
@@ -58,48 +59,32 @@ static void add_chain(check_run *c, vh_chain *ch, GHashTable *covered)
     g_ptr_array_add(c->chains, ch);
 }
 
-/* The parent a disk's chain continues with (resolved or heal target): a new string, or NULL. */
-static char *next_of(check_run *c, const vh_disk_info *d)
+static void checking_cb(void *ctx, guint done, guint total)
 {
-    if (!vh_disk_info_is_disk(d) || d->type != VH_TYPE_DIFFERENCING)
-        return NULL;
-    g_autoptr(vh_link) l = vh_resolve_link(c->resolver, d->path, NULL);
-    if (!l)
-        return NULL;
-    return g_strdup(l->parent ? l->parent : l->heal_target);
+    if (total >= PROGRESS_MIN)
+        fprintf(stderr, "\rvhdheal: checking %u/%u disks", done, total);
 }
 
-/* Chains of every disk at or below a store folder: from each top (a disk that is no listed
- * disk's parent), then from any disk left uncovered (disks in a cycle have no top). */
+/* Chains of every disk at or below a store folder, from each top (report.h) not covered yet. */
 static int check_folder(check_run *c, const char *rel, GHashTable *covered, GError **err)
 {
     g_autoptr(GPtrArray) disks = vh_store_list(c->store, rel);
-    g_autoptr(GHashTable) parents = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     for (guint k = 0; k < disks->len; k++) {
         vh_disk_info *d = disks->pdata[k];
-        if (d->error) {
+        if (d->error)
             g_ptr_array_add(c->unreadable, vh_disk_info_ref(d));
-            continue;
-        }
-        c->disks++;
-        char *p = next_of(c, d);
-        if (p)
-            g_hash_table_add(parents, p);
-        if (c->progress && disks->len >= PROGRESS_MIN && (k % 256 == 0 || k + 1 == disks->len))
-            fprintf(stderr, "\rvhdheal: checking %u/%u disks", k + 1, disks->len);
+        else
+            c->disks++;
     }
-    for (int pass = 0; pass < 2; pass++) {
-        for (guint k = 0; k < disks->len; k++) {
-            vh_disk_info *d = disks->pdata[k];
-            if (d->error || g_hash_table_contains(covered, d->path))
-                continue;
-            if (pass == 0 && g_hash_table_contains(parents, d->path))
-                continue;
-            vh_chain *ch = vh_resolve_chain(c->resolver, d->path, err);
-            if (!ch)
-                return -vh_error_errno(*err);
-            add_chain(c, ch, covered);
-        }
+    g_autoptr(GPtrArray) tops =
+        vh_report_tops(c->resolver, disks, false, c->progress ? checking_cb : NULL, NULL);
+    for (guint k = 0; k < tops->len; k++) {
+        vh_report_top *t = tops->pdata[k];
+        if (g_hash_table_contains(covered, t->disk->path))
+            continue;
+        if (!t->chain)
+            return vh_fail(err, t->error, "%s", t->why);
+        add_chain(c, g_steal_pointer(&t->chain), covered);
     }
     return 0;
 }
@@ -146,7 +131,8 @@ static char *fix_command(check_run *c, const vh_link *l, const char *parent)
 
 static void print_link_text(check_run *c, const vh_link *l)
 {
-    printf("  %s: %s: %s\n", l->child, vh_verdict_name(l->verdict), l->detail);
+    g_autofree char *line = vh_report_link_line(l);
+    printf("  %s\n", line);
     for (guint k = 0; k < l->tries->len; k++) {
         const vh_locator_try *t = l->tries->pdata[k];
         printf("    %-20s %s -> %s%s%s\n", vh_locator_kind_name(t->kind), t->stored,
@@ -170,15 +156,6 @@ static void print_link_text(check_run *c, const vh_link *l)
     }
 }
 
-static void print_chain_line(const vh_chain *ch)
-{
-    for (guint k = 0; k < ch->disks->len; k++)
-        printf("%s%s", k ? " -> " : "", ((vh_disk_info *)ch->disks->pdata[k])->path);
-    if (!ch->complete)
-        printf(" -> ?");
-    printf("\n");
-}
-
 static void print_text(check_run *c)
 {
     printf("store: %s\n", vh_store_root(c->store));
@@ -187,21 +164,17 @@ static void print_text(check_run *c)
             const vh_chain *ch = c->chains->pdata[k];
             if ((ch->broken > 0) != broken)
                 continue;
-            const vh_disk_info *top = ch->disks->pdata[0];
-            if (!broken) {
-                printf("ok      %s (%u disk%s)\n", top->path, ch->disks->len,
-                       ch->disks->len == 1 ? "" : "s");
+            g_autofree char *head = vh_report_headline(ch);
+            printf("%s\n", head);
+            if (!broken)
                 continue;
-            }
-            printf("BROKEN  %s (%u broken link%s)\n", top->path, ch->broken,
-                   ch->broken == 1 ? "" : "s");
             for (guint i = 0; i < ch->links->len; i++) {
                 const vh_link *l = ch->links->pdata[i];
                 if (l->verdict != VH_VERDICT_OK)
                     print_link_text(c, l);
             }
-            printf("  chain: ");
-            print_chain_line(ch);
+            g_autofree char *line = vh_report_chain_line(ch);
+            printf("  chain: %s\n", line);
         }
     }
     for (guint k = 0; k < c->unreadable->len; k++) {

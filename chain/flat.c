@@ -146,6 +146,14 @@ const char *vh_flat_member(const vh_flat *f, guint k)
     return k < f->n ? f->members[k].path : NULL;
 }
 
+bool vh_flat_has_member(const vh_flat *f, dev_t dev, ino_t ino)
+{
+    for (guint k = 0; k < f->n; k++)
+        if (f->members[k].dev == dev && f->members[k].ino == ino)
+            return true;
+    return false;
+}
+
 bool vh_flat_current(vh_flat *f, const vh_chain *c)
 {
     if (c) {
@@ -315,6 +323,28 @@ void vh_flat_cache_drop(vh_flat_cache *c, const char *top)
     vh_flat *f = take_locked(c, top);
     g_mutex_unlock(&c->lock);
     vh_flat_unref(f);
+}
+
+guint vh_flat_cache_drop_member(vh_flat_cache *c, dev_t dev, ino_t ino, GPtrArray *tops)
+{
+    GPtrArray *gone = g_ptr_array_new_with_free_func((GDestroyNotify)vh_flat_unref);
+    g_mutex_lock(&c->lock);
+    for (GList *l = c->lru.head; l;) {
+        GList *next = l->next;
+        vh_flat *f = l->data;
+        if (vh_flat_has_member(f, dev, ino)) {
+            g_hash_table_remove(c->by_top, f->members[0].path);
+            g_queue_delete_link(&c->lru, l);
+            g_ptr_array_add(gone, f);
+            if (tops)
+                g_ptr_array_add(tops, g_strdup(f->members[0].path));
+        }
+        l = next;
+    }
+    g_mutex_unlock(&c->lock);
+    guint n = gone->len;
+    g_ptr_array_unref(gone); /* closes files outside the lock */
+    return n;
 }
 
 guint vh_flat_cache_size(vh_flat_cache *c)

@@ -6,8 +6,9 @@
  * Contract: a reader opens every disk of a resolved chain (vh_resolve_chain) read-only; a link
  * that is broken is crossed to its heal target when the resolver found exactly one (as
  * vh_chain_open_opts.use_heal_target does), so nothing is ever written. Reads map whole runs
- * with vh_disk_map_chain through the block tables the formats keep in memory (one lock per
- * reader guards the formats' bitmap caches) and read each DATA run with one call, outside the
+ * with vh_disk_map_chain through the formats' block tables (kept whole when small, else read by
+ * pages through the process-wide table cache of tcache.h, bounded in bytes; one lock per reader
+ * guards the formats' caches) and read each DATA run with one call, outside the
  * lock, so concurrent readers of one disk overlap their I/O. A reader remembers each member's
  * path, device, inode, size and mtime; it is stale once any of them differs from the file now at
  * that path, or the resolver's chain for the top names other paths. The cache hands out
@@ -41,6 +42,9 @@ guint64 vh_flat_serial(const vh_flat *f);
 guint vh_flat_depth(const vh_flat *f);
 const char *vh_flat_member(const vh_flat *f, guint k);
 
+/* Whether the file (dev, ino) is one of the reader's members. */
+bool vh_flat_has_member(const vh_flat *f, dev_t dev, ino_t ino);
+
 /* True when every member is still the file opened and `c` (if not NULL) names the same paths. */
 bool vh_flat_current(vh_flat *f, const vh_chain *c);
 
@@ -64,6 +68,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_flat_cache, vh_flat_cache_free)
 int vh_flat_cache_get(vh_flat_cache *c, const vh_chain *chain, vh_flat **out, GError **err);
 /* Closes the cached reader of a top, if any (readers in use stay valid). */
 void vh_flat_cache_drop(vh_flat_cache *c, const char *top);
+/* Closes every cached reader that has the file (dev, ino) as a member; adds their tops (new
+ * strings) to `tops` when not NULL. Returns how many were dropped. */
+guint vh_flat_cache_drop_member(vh_flat_cache *c, dev_t dev, ino_t ino, GPtrArray *tops);
 guint vh_flat_cache_size(vh_flat_cache *c);
 /* Readers opened by the cache so far (tests count reopens with it). */
 guint64 vh_flat_cache_opens(vh_flat_cache *c);

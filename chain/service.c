@@ -564,11 +564,7 @@ static GPtrArray *relink_candidates(vh_service *s, GPtrArray *moved)
 int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exchange, bool relink,
                        vh_gate_fn gate, void *ctx, GPtrArray *changed)
 {
-    if (!vh_store_scanned(s->store)) {
-        /* The first scan has not finished: wait for it, and walk once more, which sees the
-           store as the rename left it (a rename noted now would be lost when it finishes). */
-        vh_service_scan(s, NULL);
-    } else if (exchange) {
+    if (exchange) {
         /* through a name no file of the store can have (.vhdheal/ is never indexed) */
         g_autofree char *tmp =
             g_strdup_printf(".vhdheal/exchange-%d", g_atomic_int_add(&s->exchanges, 1));
@@ -578,6 +574,10 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
     } else {
         vh_store_note_rename(s->store, from, to);
     }
+    /* A scan running now applies these notes to what it found (store.c). Relinking needs the
+       whole index: wait for the first scan to finish. */
+    if (relink && !vh_store_scanned(s->store))
+        vh_service_scan(s, NULL);
     if (!relink)
         return 0;
     g_autoptr(GPtrArray) moved = vh_store_list(s->store, to);
@@ -596,15 +596,6 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
         const char *rel = todo->pdata[k];
         g_autoptr(vh_disk_info) child = vh_store_describe(s->store, rel, NULL);
         g_autoptr(vh_link) l = vh_disk_info_is_child(child) ? link_fresh(s, rel, NULL) : NULL;
-        if (l && l->verdict != VH_VERDICT_OK && l->verdict != VH_VERDICT_AMBIGUOUS &&
-            (!l->heal_target || !still_there(s, l->heal_target, child))) {
-            /* A scan that began before this rename may have put back what the rename
-               changed (the index keeps the walk it made): the moved disk exists, so walk
-               once more and ask again. */
-            vh_service_scan(s, NULL);
-            vh_link_unref(l);
-            l = link_fresh(s, rel, NULL);
-        }
         if (!l || l->verdict == VH_VERDICT_OK)
             continue;
         note_detection(s, child, l);

@@ -22,6 +22,7 @@ struct vh_store {
     GHashTable *by_path; /* char* (the entry's path) -> vh_disk_info* (one reference) */
     GHashTable *by_id;   /* vh_id* (owned) -> GPtrArray of vh_disk_info* (one reference each) */
     bool scanned;
+    GPtrArray *pending; /* while a scan runs: the notes made since its walk began (note*) */
     vh_probe_fn probe;
     void *probe_ctx;
     int threads;
@@ -151,6 +152,14 @@ static vh_disk_info *probe_file(vh_store *s, const char *rel, const struct stat 
 /* ---------------------------------------------------------------------------------------- */
 /* The tables (callers hold the write lock) */
 
+static bool path_under(const char *path, const char *under)
+{
+    if (!under || !*under)
+        return true;
+    size_t n = strlen(under);
+    return strncmp(path, under, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
 static guint id_hash(gconstpointer p)
 {
     const uint8_t *b = p;
@@ -197,21 +206,32 @@ static void id_remove(GHashTable *by_id, vh_disk_info *i)
         g_hash_table_remove(by_id, &i->id);
 }
 
-static void index_remove(vh_store *s, const char *rel)
+static void tables_remove(GHashTable *by_path, GHashTable *by_id, const char *rel)
 {
-    vh_disk_info *old = g_hash_table_lookup(s->by_path, rel);
+    vh_disk_info *old = g_hash_table_lookup(by_path, rel);
     if (!old)
         return;
-    id_remove(s->by_id, old);
-    g_hash_table_remove(s->by_path, rel);
+    id_remove(by_id, old);
+    g_hash_table_remove(by_path, rel);
+}
+
+/* Takes over the caller's reference. */
+static void tables_insert(GHashTable *by_path, GHashTable *by_id, vh_disk_info *i)
+{
+    tables_remove(by_path, by_id, i->path);
+    g_hash_table_insert(by_path, i->path, i);
+    id_add(by_id, i);
+}
+
+static void index_remove(vh_store *s, const char *rel)
+{
+    tables_remove(s->by_path, s->by_id, rel);
 }
 
 /* Takes over the caller's reference. */
 static void index_insert(vh_store *s, vh_disk_info *i)
 {
-    index_remove(s, i->path);
-    g_hash_table_insert(s->by_path, i->path, i);
-    id_add(s->by_id, i);
+    tables_insert(s->by_path, s->by_id, i);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -492,9 +512,101 @@ static void probe_all(vh_store *s, GPtrArray *todo)
     g_cond_clear(&pp.cond);
 }
 
+/*
+ * Notes made while a scan runs. The scan's walk may have listed a folder before or after a
+ * change was noted, so each note is applied to the scan's result before it is swapped in, in
+ * the order noted, in a way that is right either way: a rename moves what the walk still saw
+ * under the old name (nothing when the walk saw the new one), an unlink removes the file only
+ * if it is the one unlinked (same device and inode), and a change puts in the entry probed.
+ */
+typedef enum { NOTE_RENAME, NOTE_UNLINK, NOTE_CHANGED } note_kind;
+
+typedef struct note {
+    note_kind kind;
+    char *path;        /* RENAME: the old path; UNLINK, CHANGED: the path */
+    char *to;          /* RENAME: the new path */
+    dev_t dev;         /* UNLINK: the file the index knew (0/0: none) */
+    ino_t ino;         /* UNLINK */
+    vh_disk_info *now; /* CHANGED: the new entry (NULL: the file is gone) */
+} note;
+
+static void note_free(gpointer p)
+{
+    note *n = p;
+    g_free(n->path);
+    g_free(n->to);
+    vh_disk_info_unref(n->now);
+    g_free(n);
+}
+
+/* Remembers a note for the running scan, if any; the caller holds the write lock. */
+static void pending_add(vh_store *s, note_kind kind, const char *path, const char *to,
+                        const vh_disk_info *known, vh_disk_info *now)
+{
+    if (!s->pending)
+        return;
+    note *n = g_new0(note, 1);
+    n->kind = kind;
+    n->path = g_strdup(path);
+    n->to = g_strdup(to);
+    if (known) {
+        n->dev = known->dev;
+        n->ino = known->ino;
+    }
+    n->now = vh_disk_info_ref(now);
+    g_ptr_array_add(s->pending, n);
+}
+
+/* Moves every entry at or below old_rel to new_rel; false when there was none. */
+static bool tables_rename(GHashTable *by_path, GHashTable *by_id, const char *old_rel,
+                          const char *new_rel)
+{
+    g_autoptr(GPtrArray) moved = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, by_path);
+    while (g_hash_table_iter_next(&it, NULL, &v))
+        if (path_under(((vh_disk_info *)v)->path, old_rel))
+            g_ptr_array_add(moved, vh_disk_info_ref(v));
+    if (moved->len == 0)
+        return false;
+    tables_remove(by_path, by_id, new_rel); /* a file replaced by the rename */
+    size_t n = strlen(old_rel);
+    for (guint k = 0; k < moved->len; k++) {
+        vh_disk_info *o = moved->pdata[k];
+        g_autofree char *path = g_strconcat(new_rel, o->path + n, NULL);
+        tables_remove(by_path, by_id, o->path);
+        tables_insert(by_path, by_id, info_renamed(o, path));
+    }
+    return true;
+}
+
+static void apply_note(GHashTable *by_path, GHashTable *by_id, const note *n)
+{
+    vh_disk_info *seen = g_hash_table_lookup(by_path, n->path);
+    switch (n->kind) {
+    case NOTE_RENAME:
+        tables_rename(by_path, by_id, n->path, n->to);
+        break;
+    case NOTE_UNLINK:
+        if (seen && seen->dev == n->dev && seen->ino == n->ino)
+            tables_remove(by_path, by_id, n->path);
+        break;
+    case NOTE_CHANGED:
+        if (n->now)
+            tables_insert(by_path, by_id, vh_disk_info_ref(n->now));
+        else
+            tables_remove(by_path, by_id, n->path);
+        break;
+    }
+}
+
 int vh_store_scan(vh_store *s, GError **err)
 {
     g_mutex_lock(&s->scan_lock);
+    g_rw_lock_writer_lock(&s->lock);
+    s->pending = g_ptr_array_new_with_free_func(note_free);
+    g_rw_lock_writer_unlock(&s->lock);
     GPtrArray *files = g_ptr_array_new_with_free_func(scan_item_free);
     int r = walk(s, files, err);
     if (r == 0) {
@@ -512,6 +624,8 @@ int vh_store_scan(vh_store *s, GError **err)
             id_add(by_id, i);
         }
         g_rw_lock_writer_lock(&s->lock);
+        for (guint k = 0; k < s->pending->len; k++)
+            apply_note(by_path, by_id, s->pending->pdata[k]);
         GHashTable *old_path = s->by_path, *old_id = s->by_id;
         s->by_path = by_path;
         s->by_id = by_id;
@@ -520,6 +634,9 @@ int vh_store_scan(vh_store *s, GError **err)
         g_hash_table_unref(old_id);
         g_hash_table_unref(old_path);
     }
+    g_rw_lock_writer_lock(&s->lock);
+    g_clear_pointer(&s->pending, g_ptr_array_unref);
+    g_rw_lock_writer_unlock(&s->lock);
     g_ptr_array_free(files, TRUE);
     g_mutex_unlock(&s->scan_lock);
     return r;
@@ -557,6 +674,7 @@ vh_disk_info *vh_store_describe(vh_store *s, const char *rel, GError **err)
         return NULL;
     }
     g_rw_lock_writer_lock(&s->lock);
+    pending_add(s, NOTE_CHANGED, rel, NULL, NULL, i);
     index_insert(s, vh_disk_info_ref(i));
     g_rw_lock_writer_unlock(&s->lock);
     return i;
@@ -578,14 +696,6 @@ GPtrArray *vh_store_find_id(vh_store *s, const vh_id *id)
     g_rw_lock_reader_unlock(&s->lock);
     g_ptr_array_sort(out, by_path_cmp);
     return out;
-}
-
-static bool path_under(const char *path, const char *under)
-{
-    if (!under || !*under)
-        return true;
-    size_t n = strlen(under);
-    return strncmp(path, under, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
 GPtrArray *vh_store_list(vh_store *s, const char *under)
@@ -611,28 +721,16 @@ GPtrArray *vh_store_list(vh_store *s, const char *under)
 void vh_store_note_rename(vh_store *s, const char *old_rel, const char *new_rel)
 {
     g_rw_lock_writer_lock(&s->lock);
-    g_autoptr(GPtrArray) moved = g_ptr_array_new();
-    GHashTableIter it;
-    gpointer v;
-    g_hash_table_iter_init(&it, s->by_path);
-    while (g_hash_table_iter_next(&it, NULL, &v))
-        if (path_under(((vh_disk_info *)v)->path, old_rel))
-            g_ptr_array_add(moved, vh_disk_info_ref(v));
-    index_remove(s, new_rel); /* a file replaced by the rename */
-    size_t n = strlen(old_rel);
-    for (guint k = 0; k < moved->len; k++) {
-        vh_disk_info *o = moved->pdata[k];
-        g_autofree char *path = g_strconcat(new_rel, o->path + n, NULL);
-        index_remove(s, o->path);
-        index_insert(s, info_renamed(o, path));
-        vh_disk_info_unref(o);
-    }
+    if (!tables_rename(s->by_path, s->by_id, old_rel, new_rel))
+        tables_remove(s->by_path, s->by_id, new_rel); /* an unknown file replaced new_rel */
+    pending_add(s, NOTE_RENAME, old_rel, new_rel, NULL, NULL);
     g_rw_lock_writer_unlock(&s->lock);
 }
 
 void vh_store_note_unlink(vh_store *s, const char *rel)
 {
     g_rw_lock_writer_lock(&s->lock);
+    pending_add(s, NOTE_UNLINK, rel, NULL, g_hash_table_lookup(s->by_path, rel), NULL);
     index_remove(s, rel);
     g_rw_lock_writer_unlock(&s->lock);
 }
@@ -640,12 +738,11 @@ void vh_store_note_unlink(vh_store *s, const char *rel)
 void vh_store_note_changed(vh_store *s, const char *rel)
 {
     struct stat st;
-    if (fstatat(s->root_fd, rel, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode)) {
-        vh_store_note_unlink(s, rel);
-        return;
-    }
-    vh_disk_info *i = probe_file(s, rel, &st);
+    vh_disk_info *i = NULL;
+    if (fstatat(s->root_fd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        i = probe_file(s, rel, &st);
     g_rw_lock_writer_lock(&s->lock);
+    pending_add(s, NOTE_CHANGED, rel, NULL, NULL, i);
     if (i)
         index_insert(s, i);
     else

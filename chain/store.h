@@ -101,7 +101,11 @@ GPtrArray *vh_store_find_id(vh_store *s, const vh_id *id);
 GPtrArray *vh_store_list(vh_store *s, const char *under);
 guint vh_store_count(vh_store *s); /* files indexed (disks and others) */
 
-/* Notifications from whoever changes the store (the mount): keep the index current. */
+/*
+ * Notifications from whoever changes the store (the mount): keep the index current. A note made
+ * while a scan runs is applied to that scan's result too before the result replaces the index,
+ * so a scan that walked a folder before the change never brings the old state back.
+ */
 void vh_store_note_rename(vh_store *s, const char *old_rel, const char *new_rel);
 void vh_store_note_unlink(vh_store *s, const char *rel);
 void vh_store_note_changed(vh_store *s, const char *rel); /* new or modified: re-probed */

@@ -23,7 +23,7 @@
 
 #define MIN_BLOCK_SIZE (4 * VH_KIB)
 #define MAX_BLOCK_SIZE (256 * VH_MIB)
-#define BITMAP_CACHE_MAX 4096 /* cached bitmaps before the cache is dropped (bounds memory) */
+#define BITMAP_CACHE_BYTES (1u << 20) /* cached bitmaps per disk, in bytes (bounds memory) */
 #define PAGE 4096u
 
 static const vh_disk_ops vhd_ops;
@@ -383,42 +383,66 @@ static uint64_t block_used(vh_disk *d, uint32_t i)
     return vh_round_up(MIN((uint64_t)d->block_size, d->virtual_size - start), VHD_SECTOR);
 }
 
+/*
+ * A BAT of up to BAT_WHOLE_MAX bytes (and every BAT of a writable open) is read whole at open and
+ * checked there, overlaps between blocks included. A larger one is read by pages of BAT_PAGE
+ * bytes through the shared table cache (tcache.h), each entry checked on its own when its page
+ * is read, so that a huge sparse disk costs no memory in proportion to its size.
+ */
+#define BAT_WHOLE_MAX (256u * 1024)
+#define BAT_PAGE (64u * 1024)
+
+static uint32_t virtual_blocks(vh_disk *d)
+{
+    return (uint32_t)((d->virtual_size + d->block_size - 1) / d->block_size);
+}
+
+/* Checks allocated entry i (e) on its own: where its block lies. */
+static int check_entry(vh_disk *d, uint32_t i, uint32_t e, GError **err)
+{
+    vhd_priv *p = vhd_p(d);
+    uint64_t entry_off = p->hdr.table_offset + 4 * (uint64_t)i;
+    uint64_t off = (uint64_t)e * VHD_SECTOR;
+    uint64_t len = p->bitmap_bytes + block_used(d, i);
+    if (!vh_range_ok(off, len, p->footer_off) || hits_metadata(p, off, len))
+        return vh_fail(err, EINVAL,
+                       "%s: BAT entry %u at offset %" G_GUINT64_FORMAT
+                       ": block at %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
+                       " bytes) lies past the footer at %" G_GUINT64_FORMAT
+                       " or overlaps the footer copy, header or BAT",
+                       d->file.path, i, entry_off, off, len, p->footer_off);
+    for (int k = 0; k < VHD_LOCATORS; k++)
+        if (p->slots[k].valid && overlaps(off, len, p->hdr.loc[k].offset, p->slots[k].space_bytes))
+            return vh_fail(err, EINVAL,
+                           "%s: BAT entry %u at offset %" G_GUINT64_FORMAT
+                           ": block at %" G_GUINT64_FORMAT
+                           " overlaps the data of parent locator %d",
+                           d->file.path, i, entry_off, off, k);
+    return 0;
+}
+
 static int check_bat(vh_disk *d, GError **err)
 {
     vhd_priv *p = vhd_p(d);
-    uint32_t blocks = (uint32_t)((d->virtual_size + d->block_size - 1) / d->block_size);
+    uint32_t blocks = virtual_blocks(d);
     g_autofree extent *ext = g_new(extent, blocks ? blocks : 1);
     uint32_t n = 0;
     for (uint32_t i = 0; i < p->bat_entries; i++) {
         if (p->bat[i] == VHD_BAT_UNUSED)
             continue;
-        uint64_t entry_off = p->hdr.table_offset + 4 * (uint64_t)i;
         if (i >= blocks) {
             vh_disk_warn(d,
                          "BAT entry %u at offset %" G_GUINT64_FORMAT
                          " is allocated past the virtual size; ignored",
-                         i, entry_off);
+                         i, p->hdr.table_offset + 4 * (uint64_t)i);
             p->bat[i] = VHD_BAT_UNUSED;
             continue;
         }
+        int r = check_entry(d, i, p->bat[i], err);
+        if (r < 0)
+            return r;
         uint64_t off = (uint64_t)p->bat[i] * VHD_SECTOR;
-        uint64_t len = p->bitmap_bytes + block_used(d, i);
-        if (!vh_range_ok(off, len, p->footer_off) || hits_metadata(p, off, len))
-            return vh_fail(err, EINVAL,
-                           "%s: BAT entry %u at offset %" G_GUINT64_FORMAT
-                           ": block at %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
-                           " bytes) lies past the footer at %" G_GUINT64_FORMAT
-                           " or overlaps the footer copy, header or BAT",
-                           d->file.path, i, entry_off, off, len, p->footer_off);
-        for (int k = 0; k < VHD_LOCATORS; k++)
-            if (p->slots[k].valid &&
-                overlaps(off, len, p->hdr.loc[k].offset, p->slots[k].space_bytes))
-                return vh_fail(err, EINVAL,
-                               "%s: BAT entry %u at offset %" G_GUINT64_FORMAT
-                               ": block at %" G_GUINT64_FORMAT
-                               " overlaps the data of parent locator %d",
-                               d->file.path, i, entry_off, off, k);
-        ext[n++] = (extent){off, off + len, i};
+        ext[n++] = (extent){off, off + p->bitmap_bytes + block_used(d, i), i};
     }
     qsort(ext, n, sizeof *ext, cmp_extent);
     for (uint32_t k = 1; k < n; k++)
@@ -432,11 +456,55 @@ static int check_bat(vh_disk *d, GError **err)
     return 0;
 }
 
+/* Reads and checks one page of a paged BAT (the table cache's loader); entries past the
+ * virtual size read as unused. */
+static int load_bat_page(void *ctx, uint64_t page, void *buf, size_t len, GError **err)
+{
+    vh_disk *d = ctx;
+    vhd_priv *p = vhd_p(d);
+    uint8_t *raw = buf;
+    int r = vh_file_read(&d->file, raw, len, p->hdr.table_offset + page * BAT_PAGE,
+                         "block allocation table", err);
+    uint32_t blocks = virtual_blocks(d);
+    for (size_t k = 0; r == 0 && k < len / 4; k++) {
+        uint32_t i = (uint32_t)(page * (BAT_PAGE / 4) + k), e = vh_be32(raw + 4 * k);
+        if (e == VHD_BAT_UNUSED)
+            continue;
+        if (i >= blocks)
+            memset(raw + 4 * k, 0xFF, 4);
+        else
+            r = check_entry(d, i, e, err);
+    }
+    return r;
+}
+
+/* BAT entry blk (< the blocks of the virtual size). */
+static int bat_get(vh_disk *d, uint32_t blk, uint32_t *e, GError **err)
+{
+    vhd_priv *p = vhd_p(d);
+    if (p->bat) {
+        *e = p->bat[blk];
+        return 0;
+    }
+    uint8_t raw[4];
+    int r = vh_table_read(p->bat_table, 4 * (uint64_t)blk, raw, sizeof raw, err);
+    if (r == 0)
+        *e = vh_be32(raw);
+    return r;
+}
+
 static int load_bat(vh_disk *d, GError **err)
 {
     vhd_priv *p = vhd_p(d);
     size_t len = (size_t)p->bat_entries * 4;
-    g_autofree uint8_t *raw = g_malloc(len ? len : 1);
+    if (!d->writable && len > BAT_WHOLE_MAX) {
+        p->bat_table = vh_table_new(len, BAT_PAGE, load_bat_page, d);
+        return 0;
+    }
+    g_autofree uint8_t *raw = g_try_malloc(len ? len : 1);
+    if (!raw)
+        return vh_fail(err, ENOMEM, "%s: BAT of %u entries: out of memory", d->file.path,
+                       p->bat_entries);
     int r = vh_file_read(&d->file, raw, len, p->hdr.table_offset, "block allocation table", err);
     if (r < 0)
         return r;
@@ -498,21 +566,28 @@ int vh_vhd_open(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 
 /* ------------------------------------------------------------------ map and read */
 
-static int load_bitmap(vh_disk *d, uint32_t blk, uint8_t **bm, GError **err)
+/* Keeps a block's bitmap (taking bm); the whole cache goes when it is full. */
+static void cache_bitmap(vhd_priv *p, uint32_t blk, uint8_t *bm)
+{
+    if (g_hash_table_size(p->bitmaps) >= MAX(BITMAP_CACHE_BYTES / MAX(p->bitmap_bytes, 1), 1))
+        g_hash_table_remove_all(p->bitmaps);
+    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), bm);
+}
+
+/* The bitmap of allocated block blk whose BAT entry is e. */
+static int load_bitmap(vh_disk *d, uint32_t blk, uint32_t e, uint8_t **bm, GError **err)
 {
     vhd_priv *p = vhd_p(d);
     *bm = g_hash_table_lookup(p->bitmaps, GUINT_TO_POINTER(blk));
     if (*bm)
         return 0;
     g_autofree uint8_t *b = g_malloc(p->bitmap_bytes);
-    int r = vh_file_read(&d->file, b, p->bitmap_bytes, (uint64_t)p->bat[blk] * VHD_SECTOR,
-                         "sector bitmap", err);
+    int r =
+        vh_file_read(&d->file, b, p->bitmap_bytes, (uint64_t)e * VHD_SECTOR, "sector bitmap", err);
     if (r < 0)
         return r;
-    if (g_hash_table_size(p->bitmaps) >= BITMAP_CACHE_MAX)
-        g_hash_table_remove_all(p->bitmaps);
     *bm = b;
-    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), g_steal_pointer(&b));
+    cache_bitmap(p, blk, g_steal_pointer(&b));
     return 0;
 }
 
@@ -525,14 +600,17 @@ static int map_piece(vh_disk *d, uint64_t voff, uint64_t len, vh_run *run, GErro
     uint64_t n = MIN(len, d->block_size - in_blk);
     vh_run_kind absent = d->type == VH_TYPE_DIFFERENCING ? VH_RUN_PARENT : VH_RUN_ZERO;
     run->file_offset = 0;
-    if (p->bat[blk] == VHD_BAT_UNUSED) {
+    uint32_t e = VHD_BAT_UNUSED;
+    int r = bat_get(d, blk, &e, err);
+    if (r < 0)
+        return r;
+    if (e == VHD_BAT_UNUSED) {
         run->kind = absent;
         run->length = n;
         return 0;
     }
     uint8_t *bm;
-    int r = load_bitmap(d, blk, &bm, err);
-    if (r < 0)
+    if ((r = load_bitmap(d, blk, e, &bm, err)) < 0)
         return r;
     uint32_t s = (uint32_t)(in_blk / VHD_SECTOR);
     uint32_t limit = (uint32_t)((in_blk + n + VHD_SECTOR - 1) / VHD_SECTOR);
@@ -541,7 +619,7 @@ static int map_piece(vh_disk *d, uint64_t voff, uint64_t len, vh_run *run, GErro
     run->length = MIN(n, sectors * VHD_SECTOR - in_blk % VHD_SECTOR);
     run->kind = present ? VH_RUN_DATA : absent;
     if (present)
-        run->file_offset = (uint64_t)p->bat[blk] * VHD_SECTOR + p->bitmap_bytes + in_blk;
+        run->file_offset = (uint64_t)e * VHD_SECTOR + p->bitmap_bytes + in_blk;
     return 0;
 }
 
@@ -555,7 +633,7 @@ static int vhd_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GEr
         *run = (vh_run){.kind = VH_RUN_DATA, .length = len, .file_offset = voff};
         return 0;
     }
-    if (!vhd_p(d)->bat)
+    if (!vhd_p(d)->bat && !vhd_p(d)->bat_table)
         return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
     int r = map_piece(d, voff, len, run, err);
     /* Whole runs: merge following pieces of the same kind (DATA only when contiguous). */
@@ -643,9 +721,7 @@ static int allocate_block(vh_disk *d, uint32_t blk, const uint8_t *buf, uint64_t
         return r;
     p->bat[blk] = (uint32_t)(bm_off / VHD_SECTOR);
     p->allocated++;
-    if (g_hash_table_size(p->bitmaps) >= BITMAP_CACHE_MAX)
-        g_hash_table_remove_all(p->bitmaps);
-    g_hash_table_insert(p->bitmaps, GUINT_TO_POINTER(blk), g_steal_pointer(&bm));
+    cache_bitmap(p, blk, g_steal_pointer(&bm));
     return 0;
 }
 
@@ -658,7 +734,7 @@ static int write_in_block(vh_disk *d, uint32_t blk, const uint8_t *buf, uint64_t
     int r =
         vh_file_write(&d->file, buf, len, blk_off + p->bitmap_bytes + in_blk, "block data", err);
     uint8_t *bm;
-    if (r < 0 || (r = load_bitmap(d, blk, &bm, err)) < 0)
+    if (r < 0 || (r = load_bitmap(d, blk, p->bat[blk], &bm, err)) < 0)
         return r;
     g_autofree uint8_t *copy = g_memdup2(bm, p->bitmap_bytes);
     if (!vhd_bitmap_set(copy, (uint32_t)(in_blk / VHD_SECTOR), (uint32_t)(len / VHD_SECTOR)))
@@ -796,6 +872,19 @@ static void vhd_info(vh_disk *d, vh_info_fn fn, void *ctx)
     vh_info_printf(fn, ctx, "bitmap size", "%u", p->bitmap_bytes);
     if (p->bat)
         vh_info_printf(fn, ctx, "allocated blocks", "%u", p->allocated);
+    if (p->bat_table) {
+        /* a page of entries at a time (entries past the virtual size read as unused) */
+        uint32_t n = 0, blocks = virtual_blocks(d);
+        g_autofree uint8_t *page = g_malloc(BAT_PAGE);
+        for (uint64_t i = 0; i < blocks; i += BAT_PAGE / 4) {
+            uint64_t len = MIN(BAT_PAGE / 4, p->bat_entries - i);
+            if (vh_table_read(p->bat_table, 4 * i, page, 4 * len, NULL) < 0)
+                break;
+            for (uint64_t k = 0; k < len; k++)
+                n += vh_be32(page + 4 * k) != VHD_BAT_UNUSED;
+        }
+        vh_info_printf(fn, ctx, "allocated blocks", "%u", n);
+    }
     if (d->type != VH_TYPE_DIFFERENCING)
         return;
     char id[VH_ID_STRLEN + 1];
@@ -819,6 +908,7 @@ static void vhd_close(vh_disk *d)
     if (p->bitmaps)
         g_hash_table_unref(p->bitmaps);
     g_free(p->bat);
+    vh_table_free(p->bat_table);
     g_free(p->head_ahead);
     g_free(p);
     d->priv = NULL;

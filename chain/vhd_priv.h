@@ -7,6 +7,7 @@
 #define VH_VHD_PRIV_H
 
 #include "vhd.h"
+#include "tcache.h"
 #include "vhd_format.h"
 
 typedef struct vhd_slot {
@@ -37,9 +38,10 @@ typedef struct vhd_priv {
     uint64_t header_off;
     uint32_t bitmap_bytes;
     uint32_t bat_entries;
-    uint64_t bat_bytes; /* on-disk BAT region, rounded up to a sector */
-    uint32_t *bat;      /* NULL for fixed disks and probe opens */
-    uint32_t allocated; /* allocated BAT entries */
+    uint64_t bat_bytes;  /* on-disk BAT region, rounded up to a sector */
+    uint32_t *bat;       /* the whole BAT; NULL for fixed disks, probe opens, or when paged */
+    vh_table *bat_table; /* a large BAT of a read-only open, by pages (vhd.c) */
+    uint32_t allocated;  /* allocated BAT entries */
     vhd_slot slots[VHD_LOCATORS];
     GHashTable *bitmaps; /* block index -> cached bitmap (bitmap_bytes) */
 } vhd_priv;

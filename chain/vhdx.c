@@ -10,7 +10,7 @@
  */
 #include "vhdx_int.h"
 
-#define BITMAP_CACHE_MAX 65536 /* cached per-block bitmap slices before the cache is dropped */
+#define BITMAP_CACHE_BYTES (1u << 20) /* cached bitmap slices per disk, in bytes */
 
 static const vh_disk_ops vhdx_ops;
 
@@ -437,52 +437,75 @@ static int check_locator(vh_disk *d, GError **err)
 
 /* ---------------- BAT ---------------- */
 
-static int bat_entry_error(vh_disk *d, uint64_t idx, const char *what, GError **err)
+/*
+ * A BAT of up to BAT_WHOLE_MAX bytes (and every BAT of a writable open) is read whole at open and
+ * validated there. A larger one is read by pages of BAT_PAGE bytes through the shared table
+ * cache (tcache.h), each page validated when it is read, so that a huge sparse disk costs no
+ * memory in proportion to its size.
+ */
+#define BAT_WHOLE_MAX (256u * 1024)
+#define BAT_PAGE (64u * 1024)
+
+static int bat_entry_error(vh_disk *d, uint64_t idx, uint64_t e, const char *what, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
     return vh_fail(err, EINVAL,
                    "%s: BAT entry %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
                    " (0x%016" G_GINT64_MODIFIER "x): %s",
-                   d->file.path, idx, x->bat_off + 8 * idx, x->bat[idx], what);
+                   d->file.path, idx, x->bat_off + 8 * idx, e, what);
 }
 
-static int check_payload_entry(vh_disk *d, uint64_t blk, GError **err)
+/* BAT entry idx (< bat_count). */
+static int bat_get(vh_disk *d, uint64_t idx, uint64_t *e, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    uint64_t idx = vhdx_bat_payload_index(blk, x->chunk_ratio);
-    uint64_t e = x->bat[idx];
-    unsigned st = VHDX_BAT_STATE(e);
-    if (st == 4)
-        return bat_entry_error(d, idx, "reserved payload state 4", err);
-    if (st != VHDX_PB_FULLY_PRESENT && st != VHDX_PB_PARTIALLY_PRESENT)
+    if (x->bat) {
+        *e = x->bat[idx];
         return 0;
-    if (st == VHDX_PB_PARTIALLY_PRESENT) {
-        if (!x->differencing)
-            return bat_entry_error(d, idx, "PARTIALLY_PRESENT in a disk without a parent", err);
-        uint64_t sb = x->bat[vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio)];
-        if (VHDX_BAT_STATE(sb) != VHDX_SB_PRESENT)
-            return bat_entry_error(
-                d, idx, "PARTIALLY_PRESENT but its sector bitmap block is not present", err);
     }
-    uint64_t need = MIN((uint64_t)x->p.block_size, x->p.disk_size - blk * x->p.block_size);
-    uint64_t off = VHDX_BAT_OFFSET(e);
-    if (off < VHDX_HEADER_SECTION || !vh_range_ok(off, need, file_size(d)))
-        return bat_entry_error(d, idx, "block lies in the header section or past the end of file",
-                               err);
+    if (!x->bat_table)
+        return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
+    uint8_t raw[8];
+    int r = vh_table_read(x->bat_table, idx * 8, raw, sizeof raw, err);
+    if (r < 0)
+        return r;
+    *e = vh_le64(raw);
     return 0;
 }
 
-static int check_sb_entry(vh_disk *d, uint64_t idx, GError **err)
+/* A payload entry on its own (the sector bitmap it may need is checked where it is used). */
+static int check_payload_entry(vh_disk *d, uint64_t blk, uint64_t idx, uint64_t e, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    uint64_t e = x->bat[idx];
+    unsigned st = VHDX_BAT_STATE(e);
+    if (st == 4)
+        return bat_entry_error(d, idx, e, "reserved payload state 4", err);
+    if (st != VHDX_PB_FULLY_PRESENT && st != VHDX_PB_PARTIALLY_PRESENT)
+        return 0;
+    if (st == VHDX_PB_PARTIALLY_PRESENT && !x->differencing)
+        return bat_entry_error(d, idx, e, "PARTIALLY_PRESENT in a disk without a parent", err);
+    uint64_t need = MIN((uint64_t)x->p.block_size, x->p.disk_size - blk * x->p.block_size);
+    uint64_t off = VHDX_BAT_OFFSET(e);
+    if (off < VHDX_HEADER_SECTION || !vh_range_ok(off, need, file_size(d)))
+        return bat_entry_error(d, idx, e,
+                               "block lies in the header section or past the end of file", err);
+    return 0;
+}
+
+static int check_sb_entry(vh_disk *d, uint64_t idx, uint64_t e, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
     unsigned st = VHDX_BAT_STATE(e);
     if (st == VHDX_SB_NOT_PRESENT)
         return 0;
     if (st != VHDX_SB_PRESENT)
-        return bat_entry_error(d, idx, "reserved sector bitmap state", err);
+        return bat_entry_error(d, idx, e, "reserved sector bitmap state", err);
     if (!x->differencing) {
-        /* MUST NOT happen without a parent; harmless since bitmaps are not read then. */
+        /* MUST NOT happen without a parent; harmless since bitmaps are not read then. Said
+           once: a paged BAT checks a page again each time it is read back. */
+        if (x->sb_warned)
+            return 0;
+        x->sb_warned = true;
         vh_disk_warn(d,
                      "BAT entry %" G_GUINT64_FORMAT ": sector bitmap present in a disk "
                      "without a parent; ignored",
@@ -491,8 +514,44 @@ static int check_sb_entry(vh_disk *d, uint64_t idx, GError **err)
     }
     uint64_t off = VHDX_BAT_OFFSET(e);
     if (off < VHDX_HEADER_SECTION || !vh_range_ok(off, VHDX_SB_BLOCK, file_size(d)))
-        return bat_entry_error(d, idx, "sector bitmap block past the end of file", err);
+        return bat_entry_error(d, idx, e, "sector bitmap block past the end of file", err);
     return 0;
+}
+
+/* Checks entry idx by what it is: a chunk's sector bitmap entry or a payload block's. */
+static int check_entry(vh_disk *d, uint64_t idx, uint64_t e, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t group = (uint64_t)x->chunk_ratio + 1;
+    if (idx % group == x->chunk_ratio)
+        return check_sb_entry(d, idx, e, err);
+    uint64_t blk = idx / group * x->chunk_ratio + idx % group;
+    return blk < x->payload_blocks ? check_payload_entry(d, blk, idx, e, err) : 0;
+}
+
+/* A PARTIALLY_PRESENT block needs its chunk's sector bitmap block. */
+static int check_partial_has_sb(vh_disk *d, uint64_t blk, GError **err)
+{
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t idx = vhdx_bat_payload_index(blk, x->chunk_ratio), e, sb;
+    int r = bat_get(d, idx, &e, err);
+    if (r == 0 && VHDX_BAT_STATE(e) == VHDX_PB_PARTIALLY_PRESENT &&
+        (r = bat_get(d, vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio), &sb, err)) == 0 &&
+        VHDX_BAT_STATE(sb) != VHDX_SB_PRESENT)
+        r = bat_entry_error(d, idx, e,
+                            "PARTIALLY_PRESENT but its sector bitmap block is not present", err);
+    return r;
+}
+
+/* Reads and validates one page of a paged BAT (the table cache's loader). */
+static int load_bat_page(void *ctx, uint64_t page, void *buf, size_t len, GError **err)
+{
+    vh_disk *d = ctx;
+    vhdx_priv *x = vhdx_p(d);
+    int r = vhdx_read(d, buf, len, x->bat_off + page * BAT_PAGE, "BAT", err);
+    for (size_t k = 0; r == 0 && k < len / 8; k++)
+        r = check_entry(d, page * (BAT_PAGE / 8) + k, vh_le64((uint8_t *)buf + 8 * k), err);
+    return r;
 }
 
 static int load_bat(vh_disk *d, GError **err)
@@ -509,6 +568,10 @@ static int load_bat(vh_disk *d, GError **err)
                        "%s: BAT region at offset %" G_GUINT64_FORMAT
                        ": %u bytes cannot hold the %" G_GUINT64_FORMAT " entries the disk needs",
                        d->file.path, x->bat_off, x->bat_len, x->bat_count);
+    if (!d->writable && x->bat_count * 8 > BAT_WHOLE_MAX) {
+        x->bat_table = vh_table_new(x->bat_count * 8, BAT_PAGE, load_bat_page, d);
+        return 0;
+    }
     x->bat = g_try_new(uint64_t, MAX(x->bat_count, 1));
     if (!x->bat)
         return vh_fail(err, ENOMEM, "%s: BAT of %" G_GUINT64_FORMAT " entries: out of memory",
@@ -519,11 +582,11 @@ static int load_bat(vh_disk *d, GError **err)
         return r;
     for (uint64_t i = 0; i < x->bat_count; i++)
         x->bat[i] = vh_le64(raw + 8 * i);
-    for (uint64_t b = 0; b < x->payload_blocks; b++)
-        if ((r = check_payload_entry(d, b, err)) < 0)
+    for (uint64_t i = 0; i < x->bat_count; i++)
+        if ((r = check_entry(d, i, x->bat[i], err)) < 0)
             return r;
-    for (uint64_t k = 0; vhdx_bat_sb_index(k, x->chunk_ratio) < x->bat_count; k++)
-        if ((r = check_sb_entry(d, vhdx_bat_sb_index(k, x->chunk_ratio), err)) < 0)
+    for (uint64_t b = 0; b < x->payload_blocks; b++)
+        if ((r = check_partial_has_sb(d, b, err)) < 0)
             return r;
     return 0;
 }
@@ -596,24 +659,30 @@ int vh_vhdx_open(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 
 typedef enum { CLS_DATA, CLS_PARENT, CLS_ZERO, CLS_PARTIAL } block_class;
 
-static block_class classify(vhdx_priv *x, uint64_t blk)
+/* What a block reads as, and where it is stored (DATA, PARTIAL). */
+static int classify(vh_disk *d, uint64_t blk, block_class *cls, uint64_t *off, GError **err)
 {
-    unsigned st = VHDX_BAT_STATE(x->bat[vhdx_bat_payload_index(blk, x->chunk_ratio)]);
-    switch (st) {
+    vhdx_priv *x = vhdx_p(d);
+    uint64_t e = 0;
+    int r = bat_get(d, vhdx_bat_payload_index(blk, x->chunk_ratio), &e, err);
+    if (r < 0)
+        return r;
+    *off = VHDX_BAT_OFFSET(e);
+    switch (VHDX_BAT_STATE(e)) {
     case VHDX_PB_FULLY_PRESENT:
-        return CLS_DATA;
+        *cls = CLS_DATA;
+        break;
     case VHDX_PB_PARTIALLY_PRESENT:
-        return CLS_PARTIAL;
+        *cls = CLS_PARTIAL;
+        break;
     case VHDX_PB_NOT_PRESENT:
-        return x->differencing ? CLS_PARENT : CLS_ZERO;
+        *cls = x->differencing ? CLS_PARENT : CLS_ZERO;
+        break;
     default: /* UNDEFINED, ZERO, UNMAPPED (3, and 5 from draft files): zeros */
-        return CLS_ZERO;
+        *cls = CLS_ZERO;
+        break;
     }
-}
-
-static uint64_t block_offset(vhdx_priv *x, uint64_t blk)
-{
-    return VHDX_BAT_OFFSET(x->bat[vhdx_bat_payload_index(blk, x->chunk_ratio)]);
+    return 0;
 }
 
 /* The block's slice of its chunk's sector bitmap (bits for its sectors), cached. */
@@ -623,22 +692,32 @@ const uint8_t *vhdx_block_bitmap(vh_disk *d, uint64_t blk, GError **err)
     uint8_t *bm = g_hash_table_lookup(x->bitmaps, &blk);
     if (bm)
         return bm;
-    uint64_t bits = x->p.block_size / x->p.logical_ss;
-    uint64_t sb = x->bat[vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio)];
+    uint64_t bits = x->p.block_size / x->p.logical_ss, sb;
+    if (check_partial_has_sb(d, blk, err) < 0 ||
+        bat_get(d, vhdx_bat_sb_index(blk / x->chunk_ratio, x->chunk_ratio), &sb, err) < 0)
+        return NULL;
     uint64_t off = VHDX_BAT_OFFSET(sb) + (blk % x->chunk_ratio) * bits / 8;
     bm = g_malloc(bits / 8);
     if (vhdx_read(d, bm, bits / 8, off, "sector bitmap", err) < 0) {
         g_free(bm);
         return NULL;
     }
-    if (g_hash_table_size(x->bitmaps) >= BITMAP_CACHE_MAX)
-        g_hash_table_remove_all(x->bitmaps);
-    g_hash_table_insert(x->bitmaps, g_memdup2(&blk, sizeof blk), bm);
+    vhdx_cache_bitmap(d, blk, bm);
     return bm;
 }
 
-static int map_partial(vh_disk *d, uint64_t blk, uint64_t in, uint64_t avail, vh_run *run,
-                       GError **err)
+void vhdx_cache_bitmap(vh_disk *d, uint64_t blk, uint8_t *bm)
+{
+    vhdx_priv *x = vhdx_p(d);
+    /* Bounded in bytes per disk: the whole cache goes when it is full. */
+    uint64_t slice = MAX(x->p.block_size / x->p.logical_ss / 8, 1);
+    if (g_hash_table_size(x->bitmaps) >= MAX(BITMAP_CACHE_BYTES / slice, 1))
+        g_hash_table_remove_all(x->bitmaps);
+    g_hash_table_insert(x->bitmaps, g_memdup2(&blk, sizeof blk), bm);
+}
+
+static int map_partial(vh_disk *d, uint64_t blk, uint64_t off, uint64_t in, uint64_t avail,
+                       vh_run *run, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
     const uint8_t *bm = vhdx_block_bitmap(d, blk, err);
@@ -650,7 +729,7 @@ static int map_partial(vh_disk *d, uint64_t blk, uint64_t in, uint64_t avail, vh
     uint64_t n = vhdx_bit_run(bm, in / ss, bits - in / ss, &present);
     uint64_t len = (in / ss + n) * ss - in;
     run->kind = present ? VH_RUN_DATA : VH_RUN_PARENT;
-    run->file_offset = present ? block_offset(x, blk) + in : 0;
+    run->file_offset = present ? off + in : 0;
     run->length = MIN(len, avail);
     return 0;
 }
@@ -658,25 +737,30 @@ static int map_partial(vh_disk *d, uint64_t blk, uint64_t in, uint64_t avail, vh
 static int vhdx_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    if (!x->bat)
+    if (!x->bat && !x->bat_table)
         return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
     if (voff >= x->p.disk_size || max_len == 0)
         return vh_fail(err, EINVAL, "%s: map at virtual offset %" G_GUINT64_FORMAT " is outside",
                        d->file.path, voff);
     uint64_t bs = x->p.block_size, blk = voff / bs, in = voff % bs;
-    uint64_t avail = MIN(max_len, x->p.disk_size - voff);
-    block_class c = classify(x, blk);
+    uint64_t avail = MIN(max_len, x->p.disk_size - voff), off;
+    block_class c;
+    int r = classify(d, blk, &c, &off, err);
+    if (r < 0)
+        return r;
     if (c == CLS_PARTIAL)
-        return map_partial(d, blk, in, avail, run, err);
+        return map_partial(d, blk, off, in, avail, run, err);
     run->kind = c == CLS_DATA ? VH_RUN_DATA : c == CLS_PARENT ? VH_RUN_PARENT : VH_RUN_ZERO;
-    run->file_offset = c == CLS_DATA ? block_offset(x, blk) + in : 0;
+    run->file_offset = c == CLS_DATA ? off + in : 0;
     uint64_t len = bs - in;
     /* Whole runs: neighbouring blocks of the same kind (and, for data, contiguous in the file)
      * extend the run. */
     for (uint64_t b = blk + 1; len < avail && b < x->payload_blocks; b++) {
-        if (classify(x, b) != c)
-            break;
-        if (c == CLS_DATA && block_offset(x, b) != block_offset(x, blk) + (b - blk) * bs)
+        block_class cb;
+        uint64_t ob;
+        if ((r = classify(d, b, &cb, &ob, err)) < 0)
+            return r;
+        if (cb != c || (c == CLS_DATA && ob != off + (b - blk) * bs))
             break;
         len += bs;
     }
@@ -701,14 +785,24 @@ static void info_id(vh_info_fn fn, void *ctx, const char *key, const vh_id *id)
 static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
 {
     vhdx_priv *x = vhdx_p(d);
-    if (!x->bat)
+    if (!x->bat && !x->bat_table)
         return;
-    uint64_t count[8] = {0}, sb_present = 0;
-    for (uint64_t b = 0; b < x->payload_blocks; b++)
-        count[VHDX_BAT_STATE(x->bat[vhdx_bat_payload_index(b, x->chunk_ratio)])]++;
-    for (uint64_t k = 0; vhdx_bat_sb_index(k, x->chunk_ratio) < x->bat_count; k++)
-        sb_present +=
-            VHDX_BAT_STATE(x->bat[vhdx_bat_sb_index(k, x->chunk_ratio)]) == VHDX_SB_PRESENT;
+    uint64_t count[8] = {0}, sb_present = 0, group = (uint64_t)x->chunk_ratio + 1;
+    const uint64_t per = BAT_PAGE / 8;
+    g_autofree uint8_t *page = g_malloc(BAT_PAGE);
+    /* a page of entries at a time: a paged BAT is read through the cache once per page */
+    for (uint64_t i = 0; i < x->bat_count; i += per) {
+        uint64_t n = MIN(per, x->bat_count - i);
+        if (!x->bat && vh_table_read(x->bat_table, i * 8, page, n * 8, NULL) < 0)
+            break;
+        for (uint64_t k = 0; k < n; k++) {
+            uint64_t idx = i + k, e = x->bat ? x->bat[idx] : vh_le64(page + 8 * k);
+            if (idx % group == x->chunk_ratio)
+                sb_present += VHDX_BAT_STATE(e) == VHDX_SB_PRESENT;
+            else if (idx / group * x->chunk_ratio + idx % group < x->payload_blocks)
+                count[VHDX_BAT_STATE(e)]++;
+        }
+    }
     for (unsigned s = 0; s < 8; s++)
         if (count[s]) {
             g_autofree char *key = g_strdup_printf("blocks.%s", vhdx_payload_state_name(s));
@@ -787,6 +881,7 @@ static void vhdx_close(vh_disk *d)
     g_free(x->rt);
     g_free(x->md);
     g_free(x->bat);
+    vh_table_free(x->bat_table);
     vhdx_locator_clear(&x->loc);
     if (x->bitmaps)
         g_hash_table_unref(x->bitmaps);

@@ -9,6 +9,7 @@
 
 #include "vhdx.h"
 #include "vhdx_format.h"
+#include "tcache.h"
 #include "vhdx_log.h"
 
 typedef struct vhdx_priv {
@@ -32,7 +33,9 @@ typedef struct vhdx_priv {
     uint32_t chunk_ratio;
     uint64_t payload_blocks;
     uint64_t bat_count;
-    uint64_t *bat;       /* NULL after a probe open */
+    uint64_t *bat;       /* the whole BAT; NULL after a probe open or when paged */
+    vh_table *bat_table; /* a large BAT of a read-only open, by pages (vhdx.c) */
+    bool sb_warned;      /* the warning about a sector bitmap without a parent was given */
     GHashTable *bitmaps; /* payload block -> its slice of the sector bitmap (cache) */
     /* log */
     const char *log_state; /* "empty", "replayed", "replayed in memory" */
@@ -58,6 +61,8 @@ int vhdx_read(vh_disk *d, void *buf, size_t len, uint64_t off, const char *what,
 
 /* The payload block's slice of its chunk's sector bitmap (cached in x->bitmaps). */
 const uint8_t *vhdx_block_bitmap(vh_disk *d, uint64_t blk, GError **err);
+/* Caches a block's bitmap slice (taking bm), bounded in bytes per disk. */
+void vhdx_cache_bitmap(vh_disk *d, uint64_t blk, uint8_t *bm);
 
 /* --- vhdx_write.c --- */
 int vhdx_write_sectors(vh_disk *d, const void *buf, uint64_t voff, uint64_t len, GError **err);

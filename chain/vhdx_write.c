@@ -237,11 +237,6 @@ static uint8_t *tx_set_bits(vh_disk *d, vhdx_tx *tx, uint64_t blk, uint64_t sb_o
     return bm;
 }
 
-static void cache_bitmap(vhdx_priv *x, uint64_t blk, uint8_t *bm)
-{
-    g_hash_table_insert(x->bitmaps, g_memdup2(&blk, sizeof blk), bm);
-}
-
 /* A write into a PARTIALLY_PRESENT block: data in place, then its bits (and state) logged. */
 static int write_partial(vh_disk *d, const uint8_t *buf, uint64_t blk, uint64_t in, uint64_t n,
                          GError **err)
@@ -272,7 +267,7 @@ static int write_partial(vh_disk *d, const uint8_t *buf, uint64_t blk, uint64_t 
         g_free(bm);
         return r;
     }
-    cache_bitmap(x, blk, bm);
+    vhdx_cache_bitmap(d, blk, bm);
     if (full)
         x->bat[idx] = entry;
     return 0;
@@ -325,7 +320,7 @@ static int write_new_block(vh_disk *d, const uint8_t *buf, uint64_t blk, uint64_
     if (new_sb)
         x->bat[sb_idx] = sb_entry;
     if (bm)
-        cache_bitmap(x, blk, bm);
+        vhdx_cache_bitmap(d, blk, bm);
     return 0;
 }
 

@@ -210,7 +210,10 @@ static inline bool vhfs_views_ino(fuse_ino_t ino)
     return (ino & VHFS_VIEWS_INO_BIT) != 0;
 }
 
-/* Opens the views' state (fs->views) for cfg.store; -errno on failure (logged). */
+/*
+ * Sets up the views' state (fs->views); -errno on failure (logged). The views read the store
+ * index of the service (fs->svc), which vhfs_heal_start starts before the session runs.
+ */
 int vhfs_views_init(struct vhfs *fs);
 void vhfs_views_fini(struct vhfs *fs);
 /*
@@ -227,6 +230,12 @@ void vhfs_views_wrap(struct fuse_lowlevel_ops *ops);
  */
 size_t vhfs_views_root_entries(fuse_req_t req, char *buf, size_t size, off_t off, bool plus,
                                unsigned *sent);
+/*
+ * After a change to the data of a regular file made through the mount (write, truncate,
+ * fallocate, copy_file_range), before the change is answered: every chain holding the file is
+ * read anew by the @raw files open on it, and the kernel drops their cached pages.
+ */
+void vhfs_views_changed(struct vhfs *fs, struct vhfs_inode *inode);
 
 /* --- util.c: logging and small helpers. --- */
 

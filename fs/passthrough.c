@@ -340,6 +340,7 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
             res = truncate(path, attr->st_size);
         if (res < 0)
             goto out_err;
+        vhfs_views_changed(vhfs_of(req), inode);
     }
     if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
         if (set_times(inode, attr, valid, fi) < 0)
@@ -790,6 +791,7 @@ static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
     if (n < 0)
         return reply_err(req, "write", (int)-n);
+    vhfs_views_changed(vhfs_of(req), inode_of(req, ino));
     fuse_reply_write(req, (size_t)n);
 }
 
@@ -821,6 +823,8 @@ static void lo_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 {
     int res = fallocate((int)fi->fh, mode, offset, length);
 
+    if (res == 0)
+        vhfs_views_changed(vhfs_of(req), inode_of(req, ino));
     reply_err(req, "fallocate", res < 0 ? errno : 0);
 }
 
@@ -833,6 +837,7 @@ static void lo_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 
     if (res < 0)
         return reply_err(req, "copy_file_range", errno);
+    vhfs_views_changed(vhfs_of(req), inode_of(req, ino_out));
     fuse_reply_write(req, (size_t)res);
 }
 

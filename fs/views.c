@@ -1,35 +1,35 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * views.c - the @raw and @chains folders at the root of the mount (doc/design.md "Views").
+ * views.c - the FUSE side of the @raw and @chains folders at the root of the mount (doc/design.md
+ * "Views"; what they hold is chain/snapshot.h's model):
  *
  *   @raw/DIR/NAME.raw      the virtual disk of the store's disk DIR/NAME, read through its whole
  *                          resolved chain (a broken link is crossed to its one heal target,
  *                          without writing anything), as large as the virtual size, read-only
- *   @chains/DIR/NAME/      for each chain top (a disk that is no other disk's parent):
- *        0-NAME, 1-PARENT, ...   relative symlinks to the members, top first, into the mount
- *        status                  the verdict of every link, worded as `vhdheal check` words it
+ *   @chains/DIR/NAME/      for each chain top: 0-NAME, 1-PARENT, ... (relative symlinks to the
+ *                          members, top first, into the mount) and `status`
  *
  * Contract: the views never write to STORE and parse no disk bytes (chain/flat.c reads the
- * chains). Both views mirror the store's folders but show only folders that hold, at any depth,
- * something to show: a file manager user browsing @raw finds disks, not a copy of every empty or
- * document folder. A disk that cannot be read, or whose chain is broken without a unique heal
- * target, still appears (with its virtual size, or size 0 when even that is unknown), and
- * opening it fails with EIO and one log line naming the reason. A real entry named @raw or
- * @chains at the store's root wins over the view (logged once).
+ * chains). A disk that cannot be read, or whose chain is broken without a unique heal target,
+ * still appears (with its virtual size, or size 0 when even that is unknown), and opening it
+ * fails with EIO and one log line naming the reason. A real entry named @raw or @chains at the
+ * store's root wins over the view (logged once).
  *
  * Inodes: a view's inode number has bit 63 set (VHFS_VIEWS_INO_BIT) and is never reused; the
- * pass-through's are addresses of its inode structs, which on Linux never have that bit set
- * (user space lies in the lower half of the address space). vhfs_views_wrap puts a wrapper in
- * front of every operation that takes an inode: view inodes are served here, all others go on to
- * passthrough.c. The only hook inside passthrough.c lists @raw and @chains after the real
- * entries of the root (vhfs_views_root_entries).
+ * pass-through's are addresses of its inode structs, which on Linux never have that bit set.
+ * vhfs_views_wrap puts a wrapper in front of every operation that takes an inode: view inodes
+ * are served here, all others go on to passthrough.c. The hooks inside passthrough.c list @raw
+ * and @chains after the real entries of the root (vhfs_views_root_entries) and report changes
+ * made through the mount (vhfs_views_changed).
  *
- * Freshness: what the views show is a snapshot of the store index, refreshed at most once a
- * second when a view is used (an incremental scan; it is rebuilt when any disk's path, inode,
- * size or mtime changed). Open chains are cached per disk (chain/flat.h, bounded LRU) and
- * reopened when a member's path, inode, size or mtime changed, which also catches a rename or a
- * repair through the mount. The kernel keeps a raw file's pages between opens only while the
- * same reader serves it.
+ * Freshness (README "What the views show, and when"): the views read the service's store index
+ * (one per daemon) and show a snapshot of it, refreshed (an incremental scan) at most once a
+ * second when a view is used. A lookup, stat or open of @raw/DIR/NAME.raw revalidates that one
+ * disk by a stat of DIR/NAME, so a disk created, replaced or removed behind the mount's back
+ * shows there at once. A change made through the mount to any member of a chain (write,
+ * truncate, fallocate, copy_file_range) drops, before the change returns, the readers of every
+ * chain holding it (the block maps they cached) and the kernel's pages of their @raw files;
+ * open @raw files then read through a reader opened anew.
  */
 #include "fs.h"
 
@@ -41,87 +41,57 @@
 #include <unistd.h>
 
 #include "flat.h"
-#include "resolve.h"
+#include "service.h"
+#include "snapshot.h"
 
 #define VIEW_TIMEOUT 1.0            /* entry and attribute timeout of the views, seconds */
 #define REFRESH_USEC G_USEC_PER_SEC /* at most one store refresh a second */
 #define FLAT_CACHE_MAX 32           /* open chains kept */
-#define RAW_SUFFIX ".raw"
-#define STATUS_NAME "status"
-
-enum vkind {
-    V_RAW_DIR,    /* @raw or a folder below it; path: the store folder ("" for @raw) */
-    V_RAW_FILE,   /* @raw/.../NAME.raw; path: the disk */
-    V_CHAINS_DIR, /* @chains or a folder below it; path: the store folder */
-    V_CHAIN,      /* @chains/.../NAME/; path: the chain's top */
-    V_LINK,       /* @chains/.../NAME/K-MEMBER; path: the top, index: K */
-    V_STATUS,     /* @chains/.../NAME/status; path: the top */
-};
 
 static const char *const root_names[] = {"@raw", "@chains"};
-static const enum vkind root_kinds[] = {V_RAW_DIR, V_CHAINS_DIR};
+static const vh_view_kind root_kinds[] = {VH_VIEW_RAW_DIR, VH_VIEW_CHAINS_DIR};
 
 /* One inode of the views the kernel knows. */
 struct vnode {
     fuse_ino_t ino;
-    enum vkind kind;
+    vh_view_kind kind;
     guint index;
     char *path;
     char *key;
     uint64_t nlookup; /* guarded by views.lock */
-    guint64 served;   /* V_RAW_FILE: serial of the reader last opened (atomic) */
-};
-
-/* A name in a view folder. */
-struct ventry {
-    char *name;
-    enum vkind kind;
-    char *path;
-    guint index;
-};
-
-/* What a chain top shows in @chains. */
-struct top {
-    GPtrArray *members; /* char*: store-relative paths, the top first */
-    char *status;       /* the status file's text */
-};
-
-/* The store as the views see it; replaced, never changed, when the store changed. */
-struct snap {
-    gint ref;
-    vh_resolver *resolver;
-    GPtrArray *list;        /* vh_disk_info*: every disk, readable or not, sorted by path */
-    GHashTable *disks;      /* path -> vh_disk_info* (borrowed from list) */
-    GHashTable *raw_dirs;   /* folder -> GPtrArray of ventry*, sorted by name */
-    GHashTable *chain_dirs; /* folder -> GPtrArray of ventry*, sorted by name */
-    GHashTable *tops;       /* top path -> struct top* */
-    GMutex lock;            /* guards chains and logged */
-    GHashTable *chains;     /* disk path -> vh_chain* (NULL value: cannot be resolved) */
-    GHashTable *logged;     /* disk paths whose failure was logged */
+    guint64 served;   /* VH_VIEW_RAW_FILE: serial of the reader last opened (atomic) */
 };
 
 struct vhfs_views {
     struct vhfs *fs;
-    vh_store *store;
-    vh_flat_cache *cache;
-    GMutex lock;        /* guards the node tables */
-    GHashTable *by_key; /* key -> struct vnode* */
-    GHashTable *by_ino; /* ino -> struct vnode* */
+    vh_flat_cache *cache; /* made with the first snapshot (the service starts after us); atomic */
+    GMutex lock;          /* guards the node tables and raw_open */
+    GHashTable *by_key;   /* key -> struct vnode* */
+    GHashTable *by_ino;   /* ino -> struct vnode* */
+    GHashTable *raw_open; /* the open @raw handles (struct vhandle*) */
     guint64 next_ino;
     GMutex snap_lock; /* guards snap and checked; held while refreshing */
-    struct snap *snap;
+    vh_snap *snap;
     gint64 checked; /* monotonic time of the last refresh */
     gint shadow_logged[2];
+    GThreadPool *notifier; /* -s: kernel notifications from another thread */
 };
 
 /* An open file or folder of the views (fi->fh). */
 struct vhandle {
-    enum vkind kind;
-    vh_flat *flat; /* V_RAW_FILE */
-    char *text;    /* V_STATUS */
+    vh_view_kind kind;
+    fuse_ino_t ino;
+    /* VH_VIEW_RAW_FILE: the reader, replaced once a member changed through the mount (gen,
+       counted up by vhfs_views_changed, then differs from flat_gen, the gen it was opened at) */
+    GMutex lock;   /* guards flat and flat_gen (held briefly) */
+    GMutex reopen; /* one reopen at a time */
+    vh_flat *flat;
+    gint gen;
+    gint flat_gen;
+    char *text; /* VH_VIEW_STATUS */
     size_t text_len;
-    struct snap *snap;  /* folders: the listing's snapshot */
-    GPtrArray *entries; /* folders: ventry* */
+    vh_snap *snap;      /* folders: the listing's snapshot */
+    GPtrArray *entries; /* folders: vh_view_entry* */
     char *path;
     gint logged; /* a read error of this handle was logged */
 };
@@ -147,335 +117,88 @@ static void reply_err(fuse_req_t req, const char *op, int err)
     vhfs_reply_err(req, "views", op, err);
 }
 
-static guint components(const char *path)
+static vh_store *store_of(struct vhfs_views *v)
 {
-    guint n = 1;
-    for (const char *p = path; *p; p++)
-        n += *p == '/';
-    return n;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Folder listings */
-
-static void ventry_free(struct ventry *e)
-{
-    g_free(e->name);
-    g_free(e->path);
-    g_free(e);
-}
-
-static struct ventry *ventry_new(char *name, enum vkind kind, const char *path, guint index)
-{
-    struct ventry *e = g_new0(struct ventry, 1);
-    e->name = name;
-    e->kind = kind;
-    e->path = g_strdup(path);
-    e->index = index;
-    return e;
-}
-
-static GPtrArray *entries_new(void)
-{
-    return g_ptr_array_new_with_free_func((GDestroyNotify)ventry_free);
-}
-
-/* The listing of `folder`, made (with an entry in each folder above) when missing. */
-static GPtrArray *tree_dir(GHashTable *dirs, const char *folder, enum vkind dir_kind)
-{
-    GPtrArray *a = g_hash_table_lookup(dirs, folder);
-    if (a)
-        return a;
-    a = entries_new();
-    g_hash_table_insert(dirs, g_strdup(folder), a);
-    if (*folder) {
-        g_autofree char *up = vh_relpath_dir(folder);
-        GPtrArray *parent = tree_dir(dirs, up, dir_kind);
-        g_ptr_array_add(parent, ventry_new(g_strdup(vh_relpath_base(folder)), dir_kind, folder, 0));
-    }
-    return a;
-}
-
-static void tree_add(GHashTable *dirs, enum vkind dir_kind, char *name, enum vkind kind,
-                     const char *path)
-{
-    g_autofree char *folder = vh_relpath_dir(path);
-    g_ptr_array_add(tree_dir(dirs, folder, dir_kind), ventry_new(name, kind, path, 0));
-}
-
-static gint ventry_cmp(gconstpointer a, gconstpointer b)
-{
-    const struct ventry *x = *(struct ventry *const *)a, *y = *(struct ventry *const *)b;
-    int c = strcmp(x->name, y->name);
-    /* Of two equal names the file (a disk) comes first and the folder is dropped. */
-    return c ? c
-             : (int)(x->kind == V_RAW_DIR || x->kind == V_CHAINS_DIR) -
-                   (int)(y->kind == V_RAW_DIR || y->kind == V_CHAINS_DIR);
-}
-
-/* Sorts every listing by name; where a disk's view name equals a folder's, the disk wins. */
-static void tree_finish(GHashTable *dirs)
-{
-    GHashTableIter it;
-    gpointer value;
-    g_hash_table_iter_init(&it, dirs);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-        GPtrArray *a = value;
-        g_ptr_array_sort(a, ventry_cmp);
-        for (guint k = 1; k < a->len;) {
-            if (strcmp(((struct ventry *)a->pdata[k - 1])->name,
-                       ((struct ventry *)a->pdata[k])->name) == 0)
-                g_ptr_array_remove_index(a, k);
-            else
-                k++;
-        }
-    }
-}
-
-static const struct ventry *entries_find(GPtrArray *a, const char *name)
-{
-    guint lo = 0, hi = a ? a->len : 0;
-    while (lo < hi) {
-        guint mid = lo + (hi - lo) / 2;
-        const struct ventry *e = a->pdata[mid];
-        int c = strcmp(name, e->name);
-        if (c == 0)
-            return e;
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return NULL;
+    return vh_service_store(v->fs->svc);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Snapshots */
 
-static void top_free(struct top *t)
+/* A new snapshot of the index when it changed. Called with snap_lock held. */
+static void rebuild_locked(struct vhfs_views *v)
 {
-    g_ptr_array_unref(t->members);
-    g_free(t->status);
-    g_free(t);
-}
-
-static void chain_free0(gpointer p)
-{
-    if (p)
-        vh_chain_free(p);
-}
-
-static struct snap *snap_ref(struct snap *s)
-{
-    g_atomic_int_inc(&s->ref);
-    return s;
-}
-
-static void snap_unref(struct snap *s)
-{
-    if (!s || !g_atomic_int_dec_and_test(&s->ref))
+    g_autoptr(GPtrArray) list = vh_store_list(store_of(v), NULL);
+    if (v->snap && vh_snap_same(v->snap, list))
         return;
-    g_hash_table_destroy(s->chains);
-    g_hash_table_destroy(s->logged);
-    g_hash_table_destroy(s->tops);
-    g_hash_table_destroy(s->chain_dirs);
-    g_hash_table_destroy(s->raw_dirs);
-    g_hash_table_destroy(s->disks);
-    g_ptr_array_unref(s->list);
-    vh_resolver_free(s->resolver);
-    g_mutex_clear(&s->lock);
-    g_free(s);
-}
-typedef struct snap snap;
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(snap, snap_unref)
-
-/* The chain of a disk, resolved once per snapshot; NULL when the disk cannot be read. */
-static const vh_chain *snap_chain(struct snap *s, const char *path, char **why)
-{
-    gpointer value = NULL;
-    g_mutex_lock(&s->lock);
-    bool known = g_hash_table_lookup_extended(s->chains, path, NULL, &value);
-    g_mutex_unlock(&s->lock);
-    if (known && (value || !why))
-        return value;
-    g_autoptr(GError) err = NULL;
-    vh_chain *c = vh_resolve_chain(s->resolver, path, &err);
-    if (!c && why)
-        *why = g_strdup(err ? err->message : "cannot be read");
-    g_mutex_lock(&s->lock);
-    if (!g_hash_table_lookup_extended(s->chains, path, NULL, &value)) {
-        g_hash_table_insert(s->chains, g_strdup(path), c);
-        value = c;
-    } else {
-        chain_free0(c); /* another thread resolved it meanwhile */
-    }
-    g_mutex_unlock(&s->lock);
-    return value;
-}
-
-/* True the first time a disk's failure is reported in this snapshot. */
-static bool snap_first_failure(struct snap *s, const char *path)
-{
-    g_mutex_lock(&s->lock);
-    bool first = !g_hash_table_contains(s->logged, path);
-    if (first)
-        g_hash_table_add(s->logged, g_strdup(path));
-    g_mutex_unlock(&s->lock);
-    return first;
-}
-
-static char *status_text(const vh_disk_info *top, const vh_chain *c, const char *why)
-{
-    GString *s = g_string_new(NULL);
-    if (!c) {
-        g_string_append_printf(s, "UNREADABLE  %s\n%s: unreadable: %s\n", top->path, top->path,
-                               why ? why : "cannot be read");
-        return g_string_free(s, FALSE);
-    }
-    if (c->broken == 0 && c->complete)
-        g_string_append_printf(s, "ok      %s (%u disk%s)\n", top->path, c->disks->len,
-                               c->disks->len == 1 ? "" : "s");
-    else
-        g_string_append_printf(s, "BROKEN  %s (%u broken link%s)\n", top->path, c->broken,
-                               c->broken == 1 ? "" : "s");
-    for (guint k = 0; k < c->links->len; k++) {
-        const vh_link *l = c->links->pdata[k];
-        g_string_append_printf(s, "%s: %s: %s\n", l->child, vh_verdict_name(l->verdict), l->detail);
-    }
-    const vh_disk_info *last = c->disks->pdata[c->disks->len - 1];
-    if (c->complete)
-        g_string_append_printf(s, "%s: base: %s %s, %" G_GUINT64_FORMAT " bytes\n", last->path,
-                               vh_type_name(last->type), vh_format_name(last->format),
-                               last->virtual_size);
-    g_string_append(s, "chain: ");
-    for (guint k = 0; k < c->disks->len; k++)
-        g_string_append_printf(s, "%s%s", k ? " -> " : "",
-                               ((vh_disk_info *)c->disks->pdata[k])->path);
-    g_string_append(s, c->complete ? "\n" : " -> ?\n");
-    return g_string_free(s, FALSE);
-}
-
-static void snap_add_top(struct snap *s, const vh_disk_info *d, GHashTable *covered)
-{
-    struct top *t = g_new0(struct top, 1);
-    t->members = g_ptr_array_new_with_free_func(g_free);
-    g_autofree char *why = NULL;
-    const vh_chain *c = d->error ? NULL : snap_chain(s, d->path, &why);
-    if (c) {
-        for (guint k = 0; k < c->disks->len; k++) {
-            const char *p = ((vh_disk_info *)c->disks->pdata[k])->path;
-            g_ptr_array_add(t->members, g_strdup(p));
-            g_hash_table_add(covered, (gpointer)p);
-        }
-    } else {
-        g_ptr_array_add(t->members, g_strdup(d->path));
-        g_hash_table_add(covered, d->path);
-    }
-    t->status = status_text(d, c, d->error ? d->error : why);
-    g_hash_table_insert(s->tops, g_strdup(d->path), t);
-    tree_add(s->chain_dirs, V_CHAINS_DIR, g_strdup(vh_relpath_base(d->path)), V_CHAIN, d->path);
-}
-
-/*
- * The tops: disks that no differencing disk's link (ok, or broken with a heal target) leads to.
- * Disks that no top's chain covers (a cycle has no top) become tops too, in path order, as
- * `vhdheal check` lists them.
- */
-static void snap_find_tops(struct snap *s)
-{
-    g_autoptr(GHashTable) parents = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    g_autoptr(GHashTable) covered = g_hash_table_new(g_str_hash, g_str_equal);
-    for (guint k = 0; k < s->list->len; k++) {
-        const vh_disk_info *d = s->list->pdata[k];
-        if (!vh_disk_info_is_disk(d) || d->type != VH_TYPE_DIFFERENCING)
-            continue;
-        g_autoptr(vh_link) l = vh_resolve_link(s->resolver, d->path, NULL);
-        const char *next = l ? (l->parent ? l->parent : l->heal_target) : NULL;
-        if (next)
-            g_hash_table_add(parents, g_strdup(next));
-    }
-    for (int pass = 0; pass < 2; pass++)
-        for (guint k = 0; k < s->list->len; k++) {
-            const vh_disk_info *d = s->list->pdata[k];
-            if (g_hash_table_contains(covered, d->path) ||
-                (pass == 0 && g_hash_table_contains(parents, d->path)))
-                continue;
-            snap_add_top(s, d, covered);
-        }
-}
-
-static struct snap *snap_build(struct vhfs_views *v, GPtrArray *list)
-{
     vh_resolve_opts ro = {.winroot = v->fs->cfg.winroot, .maxdepth = v->fs->cfg.maxdepth};
-    struct snap *s = g_new0(struct snap, 1);
-    s->ref = 1;
-    g_mutex_init(&s->lock);
-    s->resolver = vh_resolver_new(v->store, &ro);
-    s->list = g_ptr_array_ref(list);
-    s->disks = g_hash_table_new(g_str_hash, g_str_equal);
-    s->raw_dirs =
-        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
-    s->chain_dirs =
-        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
-    s->tops = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)top_free);
-    s->chains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, chain_free0);
-    s->logged = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    tree_dir(s->raw_dirs, "", V_RAW_DIR);
-    tree_dir(s->chain_dirs, "", V_CHAINS_DIR);
-    for (guint k = 0; k < list->len; k++) {
-        vh_disk_info *d = list->pdata[k];
-        g_hash_table_insert(s->disks, d->path, d);
-        tree_add(s->raw_dirs, V_RAW_DIR, g_strconcat(vh_relpath_base(d->path), RAW_SUFFIX, NULL),
-                 V_RAW_FILE, d->path);
-    }
-    snap_find_tops(s);
-    tree_finish(s->raw_dirs);
-    tree_finish(s->chain_dirs);
-    return s;
+    vh_snap *s = vh_snap_new(store_of(v), &ro, list);
+    vh_snap_unref(v->snap);
+    v->snap = s;
+    vhfs_debug("views: %u disks, %u chain tops", vh_snap_ndisks(s), vh_snap_ntops(s));
 }
 
-/* Whether two listings of the index describe the same files. */
-static bool same_list(GPtrArray *a, GPtrArray *b)
-{
-    if (a->len != b->len)
-        return false;
-    for (guint k = 0; k < a->len; k++) {
-        const vh_disk_info *x = a->pdata[k], *y = b->pdata[k];
-        if (x == y)
-            continue;
-        if (strcmp(x->path, y->path) != 0 || x->dev != y->dev || x->ino != y->ino ||
-            x->file_size != y->file_size || x->mtime_ns != y->mtime_ns || x->format != y->format ||
-            !x->error != !y->error)
-            return false;
-    }
-    return true;
-}
-
-/* Refreshes the index and, when a disk changed, the snapshot. Called with snap_lock held. */
+/* Refreshes the index (an incremental scan) and the snapshot. Called with snap_lock held. */
 static void refresh_locked(struct vhfs_views *v)
 {
     g_autoptr(GError) err = NULL;
-    if (vh_store_scan(v->store, &err) < 0)
+    if (vh_store_scan(store_of(v), &err) < 0)
         vhfs_log(LOG_WARNING, "views: scanning %s: %s", v->fs->cfg.store, err->message);
-    g_autoptr(GPtrArray) list = vh_store_list(v->store, NULL);
-    if (v->snap && same_list(v->snap->list, list))
-        return;
-    struct snap *s = snap_build(v, list);
-    snap_unref(v->snap);
-    v->snap = s;
-    vhfs_debug("views: %u disks, %u chain tops", list->len, g_hash_table_size(s->tops));
+    rebuild_locked(v);
+    v->checked = g_get_monotonic_time();
 }
 
 /* The current snapshot (a new reference); `force` refreshes even within the second. */
-static struct snap *snap_get(struct vhfs_views *v, bool force)
+static vh_snap *snap_get(struct vhfs_views *v, bool force)
 {
     g_mutex_lock(&v->snap_lock);
-    gint64 now = g_get_monotonic_time();
-    if (!v->snap || force || now - v->checked >= REFRESH_USEC) {
+    if (!v->cache)
+        g_atomic_pointer_set(&v->cache, vh_flat_cache_new(store_of(v), FLAT_CACHE_MAX));
+    if (!v->snap || force || g_get_monotonic_time() - v->checked >= REFRESH_USEC)
         refresh_locked(v);
-        v->checked = g_get_monotonic_time();
-    }
-    struct snap *s = snap_ref(v->snap);
+    vh_snap *s = vh_snap_ref(v->snap);
+    g_mutex_unlock(&v->snap_lock);
+    return s;
+}
+
+static bool same_stat(const vh_disk_info *d, const struct stat *st)
+{
+    return d->dev == st->st_dev && d->ino == st->st_ino && d->file_size == (uint64_t)st->st_size &&
+           d->mtime_ns == vh_mtime_ns(st);
+}
+
+/* Whether the snapshot's entry d (NULL: none) still describes the store file at its path. */
+static bool still_shown(const vh_disk_info *d, bool there, const struct stat *st)
+{
+    if (!there || !d)
+        return !there && !d;
+    /* The same file keeps its place; its content changes are the readers' concern (flat.h),
+       except for a file that could not be read, which is looked at again once it changed. */
+    return d->dev == st->st_dev && d->ino == st->st_ino && (!d->error || same_stat(d, st));
+}
+
+/*
+ * The snapshot for a question about the disk at `path` (@raw/PATH.raw): when the store file is
+ * no longer the one the snapshot shows (new, replaced, or gone; or an unreadable one changed),
+ * the index learns of that one file and the snapshot is rebuilt, without a walk of the store.
+ */
+static vh_snap *snap_for_disk(struct vhfs_views *v, const char *path)
+{
+    vh_snap *s = snap_get(v, false);
+    const vh_disk_info *d = vh_snap_disk(s, path);
+    struct stat st;
+    bool there =
+        fstatat(v->fs->root.fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    if (still_shown(d, there, &st))
+        return s;
+    vh_snap_unref(s);
+    if (there)
+        vh_disk_info_unref(vh_store_describe(store_of(v), path, NULL)); /* the index learns */
+    else
+        vh_store_note_unlink(store_of(v), path);
+    g_mutex_lock(&v->snap_lock);
+    rebuild_locked(v);
+    s = vh_snap_ref(v->snap);
     g_mutex_unlock(&v->snap_lock);
     return s;
 }
@@ -483,13 +206,14 @@ static struct snap *snap_get(struct vhfs_views *v, bool force)
 /* ---------------------------------------------------------------------------------------- */
 /* Inodes */
 
-static char *vnode_key(enum vkind kind, const char *path, guint index)
+static char *vnode_key(vh_view_kind kind, const char *path, guint index)
 {
     return g_strdup_printf("%d:%u:%s", (int)kind, index, path);
 }
 
 /* Takes one lookup on the node for (kind, path, index), made when missing. */
-static struct vnode *vnode_get(struct vhfs_views *v, enum vkind kind, const char *path, guint index)
+static struct vnode *vnode_get(struct vhfs_views *v, vh_view_kind kind, const char *path,
+                               guint index)
 {
     g_autofree char *key = vnode_key(kind, path, index);
     g_mutex_lock(&v->lock);
@@ -545,33 +269,25 @@ static struct vnode *vnode_of(struct vhfs_views *v, fuse_ino_t ino)
     return n;
 }
 
+/* The inode number of the @raw file of a disk, when the kernel knows it (else 0). */
+static fuse_ino_t raw_ino(struct vhfs_views *v, const char *path)
+{
+    g_autofree char *key = vnode_key(VH_VIEW_RAW_FILE, path, 0);
+    g_mutex_lock(&v->lock);
+    struct vnode *n = g_hash_table_lookup(v->by_key, key);
+    fuse_ino_t ino = n ? n->ino : 0;
+    g_mutex_unlock(&v->lock);
+    return ino;
+}
+
+/* The snapshot to answer a question about node n with (a new reference). */
+static vh_snap *snap_for(struct vhfs_views *v, vh_view_kind kind, const char *path)
+{
+    return kind == VH_VIEW_RAW_FILE ? snap_for_disk(v, path) : snap_get(v, false);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Attributes */
-
-static const struct top *snap_top(struct snap *s, const char *path)
-{
-    return g_hash_table_lookup(s->tops, path);
-}
-
-/* The symlink text of member `index` of a top's chain: up to the mount's root, then down. */
-static char *link_target(const char *top, const char *member)
-{
-    GString *t = g_string_new(NULL);
-    for (guint k = components(top) + 1; k > 0; k--)
-        g_string_append(t, "../");
-    g_string_append(t, member);
-    return g_string_free(t, FALSE);
-}
-
-static size_t link_target_len(const char *top, const char *member)
-{
-    return 3 * (components(top) + 1) + strlen(member);
-}
-
-static char *link_name(guint index, const char *member)
-{
-    return g_strdup_printf("%u-%s", index, vh_relpath_base(member));
-}
 
 /* A folder of the views: the real folder's owner and times, its write bits taken away. */
 static int dir_attr(struct vhfs_views *v, const char *folder, struct stat *st)
@@ -594,9 +310,9 @@ static int disk_stat(struct vhfs_views *v, const char *path, struct stat *st)
     return S_ISREG(st->st_mode) ? 0 : -ENOENT;
 }
 
-static int raw_attr(struct vhfs_views *v, struct snap *s, const char *path, struct stat *st)
+static int raw_attr(struct vhfs_views *v, vh_snap *s, const char *path, struct stat *st)
 {
-    const vh_disk_info *d = g_hash_table_lookup(s->disks, path);
+    const vh_disk_info *d = vh_snap_disk(s, path);
     if (!d)
         return -ENOENT;
     int r = disk_stat(v, path, st);
@@ -605,7 +321,7 @@ static int raw_attr(struct vhfs_views *v, struct snap *s, const char *path, stru
     uint64_t size = vh_disk_info_is_disk(d) ? d->virtual_size : 0;
     uint64_t stored = (uint64_t)st->st_size;
     int64_t mtime = vh_mtime_ns(st);
-    const vh_chain *c = vh_disk_info_is_disk(d) ? snap_chain(s, path, NULL) : NULL;
+    const vh_chain *c = vh_disk_info_is_disk(d) ? vh_snap_chain(s, path, NULL) : NULL;
     /* The content changes when any member changes: the newest member's mtime is the file's. */
     for (guint k = 1; c && k < c->disks->len; k++) {
         const vh_disk_info *m = c->disks->pdata[k];
@@ -624,46 +340,50 @@ static int raw_attr(struct vhfs_views *v, struct snap *s, const char *path, stru
     return 0;
 }
 
-static int node_attr(struct vhfs_views *v, struct snap *s, const struct vnode *n, struct stat *st)
+static int node_attr(struct vhfs_views *v, vh_snap *s, const struct vnode *n, struct stat *st)
 {
-    const struct top *t;
+    GPtrArray *m;
+    const char *status;
     int r;
 
     memset(st, 0, sizeof(*st));
+    if (n->kind != VH_VIEW_RAW_FILE && !vh_snap_has(s, n->kind, n->path, n->index))
+        return -ENOENT;
     switch (n->kind) {
-    case V_RAW_DIR:
-        r = g_hash_table_contains(s->raw_dirs, n->path) ? dir_attr(v, n->path, st) : -ENOENT;
+    case VH_VIEW_RAW_DIR:
+    case VH_VIEW_CHAINS_DIR:
+        r = dir_attr(v, n->path, st);
         break;
-    case V_CHAINS_DIR:
-        r = g_hash_table_contains(s->chain_dirs, n->path) ? dir_attr(v, n->path, st) : -ENOENT;
-        break;
-    case V_RAW_FILE:
+    case VH_VIEW_RAW_FILE:
         r = raw_attr(v, s, n->path, st);
         break;
-    case V_CHAIN:
-        if (!snap_top(s, n->path) || (r = disk_stat(v, n->path, st)) < 0)
+    case VH_VIEW_CHAIN:
+        if (disk_stat(v, n->path, st) < 0)
             return -ENOENT;
         st->st_mode = S_IFDIR | (st->st_mode & 0444) | ((st->st_mode & 0444) >> 2);
         st->st_nlink = 2;
         st->st_size = 4096;
+        r = 0;
         break;
-    case V_LINK:
-        t = snap_top(s, n->path);
-        if (!t || n->index >= t->members->len || (r = disk_stat(v, n->path, st)) < 0)
+    case VH_VIEW_LINK:
+        m = vh_snap_members(s, n->path);
+        if (disk_stat(v, n->path, st) < 0)
             return -ENOENT;
         st->st_mode = S_IFLNK | 0777;
         st->st_nlink = 1;
-        st->st_size = (off_t)link_target_len(n->path, t->members->pdata[n->index]);
+        st->st_size = (off_t)vh_view_link_target_len(n->path, m->pdata[n->index]);
         st->st_blocks = 0;
+        r = 0;
         break;
-    case V_STATUS:
-        t = snap_top(s, n->path);
-        if (!t || (r = disk_stat(v, n->path, st)) < 0)
+    case VH_VIEW_STATUS:
+        status = vh_snap_status(s, n->path);
+        if (disk_stat(v, n->path, st) < 0)
             return -ENOENT;
         st->st_mode = S_IFREG | 0444;
         st->st_nlink = 1;
-        st->st_size = (off_t)strlen(t->status);
+        st->st_size = (off_t)strlen(status);
         st->st_blocks = (blkcnt_t)((st->st_size + 511) / 512);
+        r = 0;
         break;
     default:
         return -ENOENT;
@@ -677,53 +397,8 @@ static int node_attr(struct vhfs_views *v, struct snap *s, const struct vnode *n
 /* ---------------------------------------------------------------------------------------- */
 /* Lookups */
 
-/* Looks `name` up in view folder `dir`: its kind, path and index. */
-static int child_of(struct snap *s, const struct vnode *dir, const char *name, enum vkind *kind,
-                    const char **path, guint *index)
-{
-    GPtrArray *a = NULL;
-    const struct top *t;
-
-    switch (dir->kind) {
-    case V_RAW_DIR:
-        a = g_hash_table_lookup(s->raw_dirs, dir->path);
-        break;
-    case V_CHAINS_DIR:
-        a = g_hash_table_lookup(s->chain_dirs, dir->path);
-        break;
-    case V_CHAIN:
-        t = snap_top(s, dir->path);
-        if (!t)
-            return -ENOENT;
-        *path = dir->path;
-        if (strcmp(name, STATUS_NAME) == 0) {
-            *kind = V_STATUS;
-            *index = 0;
-            return 0;
-        }
-        for (guint k = 0; k < t->members->len; k++) {
-            g_autofree char *ln = link_name(k, t->members->pdata[k]);
-            if (strcmp(ln, name) == 0) {
-                *kind = V_LINK;
-                *index = k;
-                return 0;
-            }
-        }
-        return -ENOENT;
-    default:
-        return -ENOTDIR;
-    }
-    const struct ventry *e = entries_find(a, name);
-    if (!e)
-        return -ENOENT;
-    *kind = e->kind;
-    *path = e->path;
-    *index = e->index;
-    return 0;
-}
-
 /* Fills e for the node (kind, path, index), taking one lookup on it. */
-static int make_entry(struct vhfs_views *v, struct snap *s, enum vkind kind, const char *path,
+static int make_entry(struct vhfs_views *v, vh_snap *s, vh_view_kind kind, const char *path,
                       guint index, struct fuse_entry_param *e)
 {
     memset(e, 0, sizeof(*e));
@@ -765,29 +440,38 @@ static int root_view(const char *name)
     return -1;
 }
 
+/* Looks name up in view folder dir; a @raw name is revalidated against its store file. */
+static int lookup_child(struct vhfs_views *v, const struct vnode *dir, const char *name,
+                        struct fuse_entry_param *e)
+{
+    g_autofree char *disk = dir->kind == VH_VIEW_RAW_DIR ? vh_view_raw_disk(dir->path, name) : NULL;
+    g_autoptr(vh_snap) s = disk ? snap_for_disk(v, disk) : snap_get(v, false);
+    vh_view_kind kind;
+    const char *path;
+    guint index;
+    int r = vh_snap_child(s, dir->kind, dir->path, name, &kind, &path, &index);
+    if (r == 0)
+        r = make_entry(v, s, kind, path, index, e);
+    return r;
+}
+
 static void vw_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     struct vhfs_views *v = views_of(req);
     struct fuse_entry_param e;
-    enum vkind kind;
-    const char *path;
-    guint index;
     int r, which;
 
     if (!vhfs_views_ino(parent)) {
         if (parent != FUSE_ROOT_ID || (which = root_view(name)) < 0 || shadowed(v, which))
             return base.lookup(req, parent, name);
-        g_autoptr(snap) s = snap_get(v, false);
+        g_autoptr(vh_snap) s = snap_get(v, false);
         r = make_entry(v, s, root_kinds[which], "", 0, &e);
         return r < 0 ? reply_err(req, "lookup", -r) : reply_entry(req, &e);
     }
     struct vnode *dir = vnode_of(v, parent);
     if (!dir)
         return reply_err(req, "lookup", ESTALE);
-    g_autoptr(snap) s = snap_get(v, false);
-    r = child_of(s, dir, name, &kind, &path, &index);
-    if (r == 0)
-        r = make_entry(v, s, kind, path, index, &e);
+    r = lookup_child(v, dir, name, &e);
     if (r < 0)
         return reply_err(req, "lookup", -r);
     reply_entry(req, &e);
@@ -807,7 +491,7 @@ size_t vhfs_views_root_entries(fuse_req_t req, char *buf, size_t size, off_t off
 
         if (shadowed(v, (int)*sent))
             continue; /* the real entry was listed */
-        g_autoptr(snap) s = snap_get(v, false);
+        g_autoptr(vh_snap) s = snap_get(v, false);
         if (make_entry(v, s, root_kinds[*sent], "", 0, &e) < 0)
             continue;
         if (plus) {
@@ -858,7 +542,7 @@ static void vw_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     struct vnode *n = vnode_of(v, ino);
     if (!n)
         return reply_err(req, "getattr", ESTALE);
-    g_autoptr(snap) s = snap_get(v, false);
+    g_autoptr(vh_snap) s = snap_for(v, n->kind, n->path);
     int r = node_attr(v, s, n, &st);
     if (r < 0)
         return reply_err(req, "getattr", -r);
@@ -874,62 +558,53 @@ static void vw_readlink(fuse_req_t req, fuse_ino_t ino)
     struct vnode *n = vnode_of(v, ino);
     if (!n)
         return reply_err(req, "readlink", ESTALE);
-    if (n->kind != V_LINK)
+    if (n->kind != VH_VIEW_LINK)
         return reply_err(req, "readlink", EINVAL);
-    g_autoptr(snap) s = snap_get(v, false);
-    const struct top *t = snap_top(s, n->path);
-    if (!t || n->index >= t->members->len)
+    g_autoptr(vh_snap) s = snap_get(v, false);
+    if (!vh_snap_has(s, VH_VIEW_LINK, n->path, n->index))
         return reply_err(req, "readlink", ENOENT);
-    g_autofree char *target = link_target(n->path, t->members->pdata[n->index]);
+    GPtrArray *m = vh_snap_members(s, n->path);
+    g_autofree char *target = vh_view_link_target(n->path, m->pdata[n->index]);
     fuse_reply_readlink(req, target);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Folders */
 
-static void handle_free(struct vhandle *h)
+static void handle_free(struct vhfs_views *v, struct vhandle *h)
 {
     if (!h)
         return;
+    if (h->kind == VH_VIEW_RAW_FILE) {
+        g_mutex_lock(&v->lock);
+        g_hash_table_remove(v->raw_open, h);
+        g_mutex_unlock(&v->lock);
+    }
     vh_flat_unref(h->flat);
+    g_mutex_clear(&h->lock);
+    g_mutex_clear(&h->reopen);
     g_free(h->text);
     if (h->entries)
         g_ptr_array_unref(h->entries);
-    snap_unref(h->snap);
+    vh_snap_unref(h->snap);
     g_free(h->path);
     g_free(h);
+}
+
+static struct vhandle *handle_new(vh_view_kind kind, fuse_ino_t ino, const char *path)
+{
+    struct vhandle *h = g_new0(struct vhandle, 1);
+    h->kind = kind;
+    h->ino = ino;
+    h->path = g_strdup(path);
+    g_mutex_init(&h->lock);
+    g_mutex_init(&h->reopen);
+    return h;
 }
 
 static struct vhandle *handle_of(struct fuse_file_info *fi)
 {
     return (struct vhandle *)(uintptr_t)fi->fh;
-}
-
-/* The names of a view folder, fixed when it is opened. */
-static GPtrArray *listing(struct snap *s, const struct vnode *n)
-{
-    GPtrArray *a = NULL;
-    const struct top *t;
-
-    switch (n->kind) {
-    case V_RAW_DIR:
-        a = g_hash_table_lookup(s->raw_dirs, n->path);
-        return a ? g_ptr_array_ref(a) : NULL;
-    case V_CHAINS_DIR:
-        a = g_hash_table_lookup(s->chain_dirs, n->path);
-        return a ? g_ptr_array_ref(a) : NULL;
-    case V_CHAIN:
-        t = snap_top(s, n->path);
-        if (!t)
-            return NULL;
-        a = entries_new();
-        for (guint k = 0; k < t->members->len; k++)
-            g_ptr_array_add(a, ventry_new(link_name(k, t->members->pdata[k]), V_LINK, n->path, k));
-        g_ptr_array_add(a, ventry_new(g_strdup(STATUS_NAME), V_STATUS, n->path, 0));
-        return a;
-    default:
-        return NULL;
-    }
 }
 
 static void vw_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -941,22 +616,21 @@ static void vw_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     struct vnode *n = vnode_of(v, ino);
     if (!n)
         return reply_err(req, "opendir", ESTALE);
-    if (n->kind != V_RAW_DIR && n->kind != V_CHAINS_DIR && n->kind != V_CHAIN)
+    if (!vh_view_is_dir(n->kind))
         return reply_err(req, "opendir", ENOTDIR);
-    struct snap *s = snap_get(v, false);
-    GPtrArray *a = listing(s, n);
+    vh_snap *s = snap_get(v, false);
+    GPtrArray *a = vh_snap_listing(s, n->kind, n->path);
     if (!a) {
-        snap_unref(s);
+        vh_snap_unref(s);
         return reply_err(req, "opendir", ENOENT);
     }
-    struct vhandle *h = g_new0(struct vhandle, 1);
-    h->kind = n->kind;
+    struct vhandle *h = handle_new(n->kind, ino, n->path);
     h->snap = s;
     h->entries = a;
     fi->fh = (uintptr_t)h;
     fi->cache_readdir = 0;
     if (fuse_reply_open(req, fi) != 0)
-        handle_free(h);
+        handle_free(v, h);
 }
 
 /* Offsets: 0 is the start, entry k (0 ".", 1 "..", then the listing) is followed by k + 1. */
@@ -977,7 +651,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset
         size_t len;
 
         if (k >= 2) {
-            const struct ventry *ve = h->entries->pdata[k - 2];
+            const vh_view_entry *ve = h->entries->pdata[k - 2];
             name = ve->name;
             if (make_entry(v, h->snap, ve->kind, ve->path, ve->index, &e) < 0)
                 continue; /* gone from the store since the snapshot */
@@ -1022,7 +696,7 @@ static void vw_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
     if (!vhfs_views_ino(ino))
         return base.releasedir(req, ino, fi);
-    handle_free(handle_of(fi));
+    handle_free(views_of(req), handle_of(fi));
     reply_err(req, "releasedir", 0);
 }
 
@@ -1041,19 +715,18 @@ static void vw_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
  * member gone or changed) and `retry` allows another try; else -EIO after one log line per
  * snapshot and disk.
  */
-static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, bool retry,
-                    vh_flat **out)
+static int open_raw(struct vhfs_views *v, vh_snap *s, const char *path, bool retry, vh_flat **out)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *why = NULL;
-    const vh_disk_info *d = g_hash_table_lookup(s->disks, path);
+    const vh_disk_info *d = vh_snap_disk(s, path);
     const vh_chain *c = NULL;
 
     if (!d)
         return retry ? -EAGAIN : -ENOENT;
     if (d->error)
         why = g_strdup(d->error);
-    else if ((c = snap_chain(s, path, &why)) != NULL && vh_flat_chain_ok(c, &err) == 0) {
+    else if ((c = vh_snap_chain(s, path, &why)) != NULL && vh_flat_chain_ok(c, &err) == 0) {
         if (vh_flat_cache_get(v->cache, c, out, &err) == 0)
             return 0;
         if (retry)
@@ -1061,9 +734,54 @@ static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, bool
     }
     if (!why)
         why = g_strdup(err ? err->message : "cannot be read");
-    if (snap_first_failure(s, path))
-        vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", path, RAW_SUFFIX, why);
+    if (vh_snap_first_failure(s, path))
+        vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", path, VH_VIEW_RAW_SUFFIX, why);
     return -EIO;
+}
+
+/* A reader of the disk at path, from a snapshot that is looked at again when it proves old. */
+static int raw_reader(struct vhfs_views *v, const char *path, vh_flat **out)
+{
+    g_autoptr(vh_snap) s = snap_for_disk(v, path);
+    int r = open_raw(v, s, path, true, out);
+    if (r == -EAGAIN) {
+        /* A member renamed or changed since the snapshot: look at the store again. */
+        g_autoptr(vh_snap) fresh = snap_get(v, true);
+        r = open_raw(v, fresh, path, false, out);
+    }
+    return r;
+}
+
+/* The handle's reader (a new reference) if it is current, else NULL. */
+static vh_flat *current_reader(struct vhandle *h)
+{
+    g_mutex_lock(&h->lock);
+    vh_flat *f = h->flat_gen == g_atomic_int_get(&h->gen) ? vh_flat_ref(h->flat) : NULL;
+    g_mutex_unlock(&h->lock);
+    return f;
+}
+
+/* The handle's reader (a new reference), opened anew once a member changed. */
+static int handle_reader(struct vhfs_views *v, struct vhandle *h, vh_flat **out)
+{
+    if ((*out = current_reader(h)) != NULL)
+        return 0;
+    g_mutex_lock(&h->reopen);
+    int r = 0;
+    while (r == 0 && (*out = current_reader(h)) == NULL) {
+        gint gen = g_atomic_int_get(&h->gen); /* a change from now on makes the new one stale */
+        vh_flat *fresh = NULL;
+        if ((r = raw_reader(v, h->path, &fresh)) < 0)
+            break;
+        g_mutex_lock(&h->lock);
+        vh_flat *old = h->flat;
+        h->flat = fresh;
+        h->flat_gen = gen;
+        g_mutex_unlock(&h->lock);
+        vh_flat_unref(old);
+    }
+    g_mutex_unlock(&h->reopen);
+    return r;
 }
 
 static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1075,34 +793,30 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     struct vnode *n = vnode_of(v, ino);
     if (!n)
         return reply_err(req, "open", ESTALE);
-    if (n->kind != V_RAW_FILE && n->kind != V_STATUS)
-        return reply_err(req, "open", n->kind == V_LINK ? ELOOP : EISDIR);
+    if (n->kind != VH_VIEW_RAW_FILE && n->kind != VH_VIEW_STATUS)
+        return reply_err(req, "open", n->kind == VH_VIEW_LINK ? ELOOP : EISDIR);
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
         return reply_err(req, "open", EROFS);
-    g_autoptr(snap) s = snap_get(v, false);
-    struct vhandle *h = g_new0(struct vhandle, 1);
-    h->kind = n->kind;
-    h->path = g_strdup(n->path);
-    if (n->kind == V_STATUS) {
-        const struct top *t = snap_top(s, n->path);
-        if (!t) {
-            handle_free(h);
+    struct vhandle *h = handle_new(n->kind, ino, n->path);
+    if (n->kind == VH_VIEW_STATUS) {
+        g_autoptr(vh_snap) s = snap_get(v, false);
+        const char *status = vh_snap_status(s, n->path);
+        if (!status) {
+            handle_free(v, h);
             return reply_err(req, "open", ENOENT);
         }
-        h->text = g_strdup(t->status);
+        h->text = g_strdup(status);
         h->text_len = strlen(h->text);
         fi->direct_io = 1; /* its length may change with the store: always ask */
     } else {
-        int r = open_raw(v, s, n->path, true, &h->flat);
-        if (r == -EAGAIN) {
-            /* A member renamed or changed since the snapshot: look at the store again. */
-            g_autoptr(snap) fresh = snap_get(v, true);
-            r = open_raw(v, fresh, n->path, false, &h->flat);
-        }
+        int r = raw_reader(v, n->path, &h->flat);
         if (r < 0) {
-            handle_free(h);
+            handle_free(v, h);
             return reply_err(req, "open", -r);
         }
+        g_mutex_lock(&v->lock);
+        g_hash_table_add(v->raw_open, h);
+        g_mutex_unlock(&v->lock);
         guint64 serial = vh_flat_serial(h->flat);
         /* Cached pages stay valid only while the same reader serves them. */
         fi->keep_cache = __atomic_exchange_n(&n->served, serial, __ATOMIC_RELAXED) == serial;
@@ -1112,7 +826,7 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->noflush = 1;
     fi->fh = (uintptr_t)h;
     if (fuse_reply_open(req, fi) != 0)
-        handle_free(h);
+        handle_free(v, h);
 }
 
 static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -1120,8 +834,15 @@ static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
     if (!vhfs_views_ino(ino))
         return base.read(req, ino, size, off, fi);
+    struct vhfs_views *v = views_of(req);
     struct vhandle *h = handle_of(fi);
-    uint64_t end = h->flat ? vh_flat_size(h->flat) : h->text_len;
+    g_autoptr(vh_flat) flat = NULL;
+    if (h->kind == VH_VIEW_RAW_FILE) {
+        int r = handle_reader(v, h, &flat);
+        if (r < 0)
+            return reply_err(req, "read", -r);
+    }
+    uint64_t end = flat ? vh_flat_size(flat) : h->text_len;
     if (off < 0)
         return reply_err(req, "read", EINVAL);
     if ((uint64_t)off >= end || size == 0)
@@ -1138,9 +859,9 @@ static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (buf == NULL)
         return reply_err(req, "read", ENOMEM);
     g_autoptr(GError) err = NULL;
-    if (vh_flat_read(h->flat, buf, (uint64_t)off, n, &err) < 0) {
+    if (vh_flat_read(flat, buf, (uint64_t)off, n, &err) < 0) {
         if (g_atomic_int_compare_and_exchange(&h->logged, 0, 1))
-            vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", h->path, RAW_SUFFIX, err->message);
+            vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", h->path, VH_VIEW_RAW_SUFFIX, err->message);
         return reply_err(req, "read", EIO);
     }
     fuse_reply_buf(req, buf, n);
@@ -1150,7 +871,7 @@ static void vw_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
     if (!vhfs_views_ino(ino))
         return base.release(req, ino, fi);
-    handle_free(handle_of(fi));
+    handle_free(views_of(req), handle_of(fi));
     reply_err(req, "release", 0);
 }
 
@@ -1160,29 +881,93 @@ static void vw_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     if (!vhfs_views_ino(ino))
         return base.lseek(req, ino, off, whence, fi);
     struct vhandle *h = handle_of(fi);
-    uint64_t end = h->flat ? vh_flat_size(h->flat) : h->text_len, res = 0;
+    g_autoptr(vh_flat) flat = NULL;
+    uint64_t res = 0;
     int r = 0;
 
     if (whence != SEEK_DATA && whence != SEEK_HOLE)
         return reply_err(req, "lseek", EINVAL);
     if (off < 0)
         return reply_err(req, "lseek", ENXIO);
-    if (h->flat) {
+    if (h->kind == VH_VIEW_RAW_FILE && (r = handle_reader(views_of(req), h, &flat)) < 0)
+        return reply_err(req, "lseek", -r);
+    if (flat) {
         g_autoptr(GError) err = NULL;
-        r = vh_flat_seek(h->flat, (uint64_t)off, whence == SEEK_HOLE, &res, &err);
+        r = vh_flat_seek(flat, (uint64_t)off, whence == SEEK_HOLE, &res, &err);
         if (r < 0 && r != -ENXIO)
-            vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", h->path, RAW_SUFFIX,
+            vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", h->path, VH_VIEW_RAW_SUFFIX,
                      err ? err->message : g_strerror(-r));
         if (r < 0 && r != -ENXIO)
             r = -EIO;
-    } else if ((uint64_t)off >= end) {
+    } else if ((uint64_t)off >= h->text_len) {
         r = -ENXIO;
     } else {
-        res = whence == SEEK_DATA ? (uint64_t)off : end;
+        res = whence == SEEK_DATA ? (uint64_t)off : h->text_len;
     }
     if (r < 0)
         return reply_err(req, "lseek", -r);
     fuse_reply_lseek(req, (off_t)res);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Changes made through the mount */
+
+static void notify_inval(struct vhfs *fs, fuse_ino_t ino)
+{
+    int r = fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+    if (r < 0 && r != -ENOENT)
+        vhfs_debug("views: invalidating inode %" G_GUINT64_FORMAT ": %s", (guint64)ino,
+                   g_strerror(-r));
+}
+
+static void notify_task(gpointer data, gpointer user)
+{
+    notify_inval(user, (fuse_ino_t)(uintptr_t)data);
+}
+
+void vhfs_views_changed(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    struct vhfs_views *v = fs->views;
+    if (v == NULL || !S_ISREG(inode->type))
+        return;
+    g_autoptr(GPtrArray) tops = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GArray) inos = g_array_new(FALSE, FALSE, sizeof(fuse_ino_t));
+    /* Open files first: their next read opens a new reader. */
+    g_mutex_lock(&v->lock);
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, v->raw_open);
+    while (g_hash_table_iter_next(&it, &key, NULL)) {
+        struct vhandle *h = key;
+        g_mutex_lock(&h->lock);
+        bool hit = h->flat && vh_flat_has_member(h->flat, inode->dev, inode->ino);
+        g_mutex_unlock(&h->lock);
+        if (hit) {
+            g_atomic_int_inc(&h->gen);
+            g_array_append_val(inos, h->ino);
+        }
+    }
+    g_mutex_unlock(&v->lock);
+    /* not under snap_lock: a refresh of the views must never hold up a write */
+    vh_flat_cache *cache = g_atomic_pointer_get(&v->cache);
+    if (cache)
+        vh_flat_cache_drop_member(cache, inode->dev, inode->ino, tops);
+    for (guint k = 0; k < tops->len; k++) {
+        fuse_ino_t ino = raw_ino(v, tops->pdata[k]);
+        if (ino)
+            g_array_append_val(inos, ino);
+    }
+    if (fs->se == NULL)
+        return;
+    /* One thread serves everything with -s: a notification from it would wait for a read of
+       the same file that waits for this thread. */
+    for (guint k = 0; k < inos->len; k++) {
+        fuse_ino_t ino = g_array_index(inos, fuse_ino_t, k);
+        if (v->notifier)
+            g_thread_pool_push(v->notifier, (gpointer)(uintptr_t)ino, NULL);
+        else
+            notify_inval(fs, ino);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1396,22 +1181,17 @@ static gboolean ino_equal(gconstpointer a, gconstpointer b)
 
 int vhfs_views_init(struct vhfs *fs)
 {
-    g_autoptr(GError) err = NULL;
     struct vhfs_views *v = g_new0(struct vhfs_views, 1);
 
     v->fs = fs;
-    v->store = vh_store_new(fs->cfg.store, &err);
-    if (v->store == NULL) {
-        vhfs_log(LOG_ERR, "views: %s", err->message);
-        g_free(v);
-        return -EIO;
-    }
-    v->cache = vh_flat_cache_new(v->store, FLAT_CACHE_MAX);
     g_mutex_init(&v->lock);
     g_mutex_init(&v->snap_lock);
     v->by_key = g_hash_table_new(g_str_hash, g_str_equal);
     v->by_ino = g_hash_table_new(ino_hash, ino_equal);
+    v->raw_open = g_hash_table_new(NULL, NULL);
     v->next_ino = 1;
+    if (fs->cfg.singlethread)
+        v->notifier = g_thread_pool_new(notify_task, fs, 1, FALSE, NULL);
     fs->views = v;
     for (int k = 0; k < 2; k++)
         shadowed(v, k); /* says now which real entry wins */
@@ -1426,14 +1206,16 @@ void vhfs_views_fini(struct vhfs *fs)
 
     if (v == NULL)
         return;
+    if (v->notifier)
+        g_thread_pool_free(v->notifier, FALSE, TRUE);
     g_hash_table_iter_init(&it, v->by_ino);
     while (g_hash_table_iter_next(&it, NULL, &value))
         vnode_free(value);
     g_hash_table_destroy(v->by_ino);
     g_hash_table_destroy(v->by_key);
-    snap_unref(v->snap);
+    g_hash_table_destroy(v->raw_open);
+    vh_snap_unref(v->snap);
     vh_flat_cache_free(v->cache);
-    vh_store_free(v->store);
     g_mutex_clear(&v->snap_lock);
     g_mutex_clear(&v->lock);
     g_free(v);

@@ -11,7 +11,11 @@ doc/formats.md §4a); SEEK_HOLE regions read as zeros; concurrent readers agree;
 file system inside a VHDX chain reads through debugfs, fuse2fs and a loop mount; @chains lists
 the chain tops with relative symlinks that readlink -f follows to the real files, and a status
 file; the store is byte-for-byte unchanged. Then: a change made through the mount shows in @raw
-at once, a real @raw folder at the store's root wins over the view, and views=off hides both.
+at once, also through an fd held open since before the change (a write into a block the top
+holds, one that allocates a new block, one into the base); a disk created or renamed in the
+store itself shows in @raw at once and its old name is gone within the 1 s entry timeout; five
+@raw opens of a 64 TiB VHDX keep the daemon under 300 MiB RSS; a real @raw folder at the
+store's root wins over the view, and views=off hides both.
 Each mount is waited for with a deadline that fails if the daemon died, unmounted in a
 `finally`, and the daemon must exit with status 0 and a log free of sanitizer reports."""
 import concurrent.futures
@@ -474,6 +478,116 @@ def expect_status(statuses):
     t.check("bad/bad.vhd: unreadable: " in bad, f"status of an unreadable disk:\n{bad}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Coherence and memory
+
+
+def pread_all(fd, off, n):
+    out = b""
+    while len(out) < n:
+        b = os.pread(fd, n - len(out), off + len(out))
+        if not b:
+            break
+        out += b
+    return out
+
+
+def check_held_open_raw(store, mnt):
+    """An fd kept open on @raw (as a loop device or a backup keeps it) sees every write made
+    through the mount into the chain: into a block the top holds and into a new one."""
+    top = "coh/top.vhd"
+    fd = os.open(raw_path(mnt, top), os.O_RDONLY)
+    try:
+        before = pread_all(fd, 0, 8 * MIB)  # every page of the disk is now cached
+        t.check(before == t.vhdheal("read", "--store", store, os.path.join(store, top)).stdout,
+                "the held-open @raw reads the chain")
+        # block 0 is in the top already; block 2 (4 MiB) only in the base: a new block
+        t.vhdheal("write", os.path.join(mnt, top), 4096, input=b"\x11" * 8192)
+        t.vhdheal("write", os.path.join(mnt, top), 4 * MIB + 512, input=b"\x22" * 65536)
+        after = pread_all(fd, 0, 8 * MIB)
+        want = t.vhdheal("read", "--store", store, os.path.join(store, top)).stdout
+        t.check(after[4096:4096 + 8192] == b"\x11" * 8192,
+                "the held-open @raw shows a write into a block the top holds")
+        t.check(after[4 * MIB + 512:4 * MIB + 512 + 65536] == b"\x22" * 65536,
+                "the held-open @raw shows a write that allocated a new block in the top")
+        t.check(after == want, "the held-open @raw reads what vhdheal reads after the writes")
+        # a change to the base through the mount reaches the top's @raw too
+        t.vhdheal("write", os.path.join(mnt, "coh/base.vhd"), 6 * MIB, input=b"\x33" * 4096)
+        again = pread_all(fd, 6 * MIB, 4096)
+        t.check(again == b"\x33" * 4096, "the held-open @raw shows a write into the base")
+    finally:
+        os.close(fd)
+
+
+def check_direct_changes(store, mnt):
+    """Disks created, renamed and removed in the store itself (not through the mount)."""
+    os.listdir(os.path.join(mnt, "@raw", "coh"))  # the views have just looked at the store
+    new = os.path.join(store, "coh", "new.vhd")
+    t.vhdheal("create", "--format", "vhd", "--size", "4M", new)
+    t.vhdheal("write", new, MIB, input=b"\x44" * 4096)
+    try:
+        data = read_file(raw_path(mnt, "coh/new.vhd"))
+    except OSError as e:
+        data = None
+        t.check(False, f"a disk created in the store shows in @raw at once: {e}")
+    if data is not None:
+        t.check(data == t.vhdheal("read", new).stdout, "it reads as the disk")
+    os.rename(new, os.path.join(store, "coh", "renamed.vhd"))
+    t.check(os.path.exists(raw_path(mnt, "coh/renamed.vhd")),
+            "a disk renamed in the store shows under its new name at once")
+    gone_after = None
+    start = time.monotonic()
+    while time.monotonic() - start < 5:
+        if not os.path.exists(raw_path(mnt, "coh/new.vhd")):
+            gone_after = time.monotonic() - start
+            break
+        time.sleep(0.05)
+    t.check(gone_after is not None and gone_after <= 1.5,
+            f"its old name is gone from @raw within the 1 s entry timeout ({gone_after})")
+    os.remove(os.path.join(store, "coh", "renamed.vhd"))
+    time.sleep(1.1)  # the entry timeout
+    t.check(not os.path.exists(raw_path(mnt, "coh/renamed.vhd")),
+            "a disk removed from the store is gone from @raw")
+    t.check("coh/renamed.vhd" not in os.listdir(os.path.join(mnt, "@raw", "coh")),
+            "and from the listing")
+
+
+def vm_rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+RSS_BOUND_MIB = 300
+
+
+def check_huge_raw_memory(store, mnt, pid):
+    """Five opens at once of the @raw of a 64 TiB dynamic VHDX with 1 MiB blocks (a 512 MiB
+    BAT): the daemon stays under RSS_BOUND_MIB."""
+    huge = os.path.join(store, "huge", "huge.vhdx")
+    os.mkdir(os.path.dirname(huge))
+    t.vhdheal("create", "--size", "64T", "--block-size", "1M", huge)
+    t.vhdheal("write", huge, 0, input=b"\x55" * 4096)  # the open that writes loads the BAT
+    fds = [os.open(raw_path(mnt, "huge/huge.vhdx"), os.O_RDONLY) for _ in range(5)]
+    try:
+        t.check(os.fstat(fds[0]).st_size == 64 << 40, "the @raw file is 64 TiB")
+        for k, fd in enumerate(fds):
+            for off in (0, (17 + k) << 40, (64 << 40) - 4096):
+                data = os.pread(fd, 4096, off)
+                t.check(data == (b"\x55" if off == 0 else b"\0") * 4096,
+                        f"@raw of the 64 TiB disk reads right at {off}")
+        rss = vm_rss_kib(pid)
+        t.check(0 < rss <= RSS_BOUND_MIB * 1024,
+                f"five open @raw files of a 64 TiB disk: daemon RSS {rss} KiB "
+                f"<= {RSS_BOUND_MIB} MiB")
+        print(f"daemon RSS with five @raw of a 64 TiB disk open: {rss // 1024} MiB")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    shutil.rmtree(os.path.dirname(huge))
+
+
 def main():
     if not os.path.exists("/dev/fuse"):
         if os.environ.get("CI"):
@@ -546,6 +660,20 @@ def main():
         t.check(os.readlink(os.path.join(mnt, "@chains/vhd/vm/grand.vhd/2-base-renamed.vhd"))
                 == "../../../../vhd/base-renamed.vhd", "@chains follows the rename")
         m.stop()
+
+        print("== a held-open @raw, disks changed behind the mount, a 64 TiB disk")
+        coh = os.path.join(store, "coh")
+        os.mkdir(coh)
+        t.vhdheal("create", "--format", "vhd", "--size", "8M", os.path.join(coh, "base.vhd"))
+        t.vhdheal("write", os.path.join(coh, "base.vhd"), 0, input=rng.randbytes(8 * MIB))
+        t.vhdheal("create", "--parent", os.path.join(coh, "base.vhd"), os.path.join(coh, "top.vhd"))
+        t.vhdheal("write", os.path.join(coh, "top.vhd"), 0, input=rng.randbytes(MIB))
+        m = Mount(store, mnt, log, "-o", "heal=off")
+        check_held_open_raw(store, mnt)
+        check_direct_changes(store, mnt)
+        check_huge_raw_memory(store, mnt, m.proc.pid)
+        m.stop()
+        shutil.rmtree(coh)
 
         print("== a real @raw at the store's root wins")
         os.mkdir(os.path.join(store, "@raw"))

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "flat.h"
+#include "tcache.h"
 #include "winpath.h"
 
 #define VSIZE (6 * 1024 * 1024 + 512 * 3) /* a partial last block */
@@ -405,6 +406,164 @@ static void cache_reopens_stale_and_keeps_its_bound(void **state)
     assert_true(vh_flat_cache_size(cache) <= 1);
 }
 
+/* The daemon's resident memory in KiB (VmRSS). */
+static long rss_kib(void)
+{
+    g_autofree char *status = NULL;
+    assert_true(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    const char *p = strstr(status, "VmRSS:");
+    assert_non_null(p);
+    return strtol(p + 6, NULL, 10);
+}
+
+static vh_flat *open_flat(vh_store *store, vh_resolver *r, const char *rel)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(vh_chain) c = vh_resolve_chain(r, rel, &err);
+    if (!c)
+        fail_msg("%s", err->message);
+    vh_flat *f = NULL;
+    if (vh_flat_open(store, c, &f, &err) < 0)
+        fail_msg("%s", err->message);
+    return f;
+}
+
+/* A large BAT is read by pages through the shared, bounded table cache: five readers of a
+ * 64 TiB disk cost no memory in proportion to its size, reads find data in any page, and a
+ * bad entry is reported by the read that needs it. */
+static void large_block_tables_are_paged(void **state)
+{
+    (void)state;
+    g_autofree char *dir = g_dir_make_tmp("test_flat_XXXXXX", NULL);
+    g_autofree char *huge = g_build_filename(dir, "huge.vhdx", NULL);
+    g_autofree char *big = g_build_filename(dir, "big.vhdx", NULL);
+    g_autoptr(GError) err = NULL;
+    vh_create_opts o = {.format = VH_FORMAT_VHDX,
+                        .type = VH_TYPE_DYNAMIC,
+                        .size = UINT64_C(64) << 40,
+                        .block_size = MIB};
+    if (vh_disk_create(huge, &o, &err) < 0)
+        fail_msg("%s", err->message);
+    o.size = UINT64_C(64) << 30; /* 64 Ki blocks: a 512 KiB BAT, 8 pages */
+    if (vh_disk_create(big, &o, &err) < 0)
+        fail_msg("%s", err->message);
+    const uint64_t offs[] = {0, (UINT64_C(33) << 30) + 5, (UINT64_C(63) << 30) + 4096};
+    fixture fx = {.format = VH_FORMAT_VHDX, .dir = dir};
+    for (guint k = 0; k < G_N_ELEMENTS(offs); k++)
+        write_random(&fx, "big.vhdx", offs[k], 70000, 20 + k);
+
+    size_t old_limit = vh_tcache_limit();
+    vh_tcache_set_limit(200 * 1024); /* three pages */
+    g_autoptr(vh_store) store = vh_store_new(dir, NULL);
+    vh_resolve_opts ro = {0};
+    vh_resolver *r = vh_resolver_new(store, &ro);
+    long rss0 = rss_kib();
+    vh_flat *readers[5];
+    g_autofree uint8_t *buf = g_malloc(70000);
+    g_autofree uint8_t *zero = g_malloc0(70000);
+    for (int k = 0; k < 5; k++) {
+        readers[k] = open_flat(store, r, "huge.vhdx");
+        const uint64_t at[] = {0, UINT64_C(32) << 40, (UINT64_C(64) << 40) - 70000};
+        for (guint i = 0; i < G_N_ELEMENTS(at); i++) {
+            assert_int_equal(vh_flat_read(readers[k], buf, at[i], 70000, NULL), 0);
+            assert_memory_equal(buf, zero, 70000);
+        }
+    }
+    assert_true(vh_tcache_bytes() <= vh_tcache_limit());
+    long grown = rss_kib() - rss0;
+    /* The whole tables would be 5 x 512 MiB. */
+    if (grown > 32 * 1024)
+        fail_msg("five readers of a 64 TiB disk grew the process by %ld KiB", grown);
+    for (int k = 0; k < 5; k++)
+        vh_flat_unref(readers[k]);
+
+    vh_flat *f = open_flat(store, r, "big.vhdx");
+    for (guint k = 0; k < G_N_ELEMENTS(offs); k++) {
+        GRand *g = g_rand_new_with_seed(20 + k);
+        for (size_t i = 0; i < 70000; i++)
+            zero[i] = (uint8_t)g_rand_int(g);
+        g_rand_free(g);
+        assert_int_equal(vh_flat_read(f, buf, offs[k], 70000, NULL), 0);
+        assert_memory_equal(buf, zero, 70000);
+    }
+    assert_true(vh_tcache_bytes() <= vh_tcache_limit());
+    vh_flat_unref(f);
+
+    /* A reserved state in the entry of block 40960 (BAT at 3 MiB; 4096 blocks a chunk). */
+    uint64_t blk = 40960, idx = blk + blk / 4096;
+    uint8_t e[8] = {4};
+    int fd = open(big, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, e, 8, 3 * MIB + 8 * idx), 8);
+    close(fd);
+    vh_resolver_reset(r);
+    f = open_flat(store, r, "big.vhdx"); /* the open reads no page */
+    assert_int_equal(vh_flat_read(f, buf, 0, 4096, NULL), 0);
+    assert_int_equal(vh_flat_read(f, buf, blk * MIB, 4096, &err), -EINVAL);
+    assert_non_null(strstr(err->message, "reserved payload state 4"));
+    vh_flat_unref(f);
+    vh_resolver_free(r);
+    vh_tcache_set_limit(old_limit);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* The same for a VHD whose BAT is larger than what is kept whole: data found in any page, an
+ * entry pointing past the footer reported by the read that needs it (the open reads no page). */
+static void large_vhd_tables_are_paged(void **state)
+{
+    (void)state;
+    g_autofree char *dir = g_dir_make_tmp("test_flat_XXXXXX", NULL);
+    g_autofree char *big = g_build_filename(dir, "big.vhd", NULL);
+    g_autoptr(GError) err = NULL;
+    /* 100 Ki blocks of 2 MiB: a 400 KiB BAT, 7 pages */
+    vh_create_opts o = {
+        .format = VH_FORMAT_VHD, .type = VH_TYPE_DYNAMIC, .size = UINT64_C(200) << 30};
+    if (vh_disk_create(big, &o, &err) < 0)
+        fail_msg("%s", err->message);
+    const uint64_t offs[] = {512, (UINT64_C(150) << 30) + 4096, (UINT64_C(200) << 30) - 70000};
+    fixture fx = {.format = VH_FORMAT_VHD, .dir = dir};
+    for (guint k = 0; k < G_N_ELEMENTS(offs); k++)
+        write_random(&fx, "big.vhd", offs[k], 70000, 40 + k);
+    size_t old_limit = vh_tcache_limit();
+    vh_tcache_set_limit(150 * 1024); /* two pages */
+    g_autoptr(vh_store) store = vh_store_new(dir, NULL);
+    vh_resolve_opts ro = {0};
+    vh_resolver *r = vh_resolver_new(store, &ro);
+    guint64 loads = vh_tcache_loads();
+    vh_flat *f = open_flat(store, r, "big.vhd");
+    assert_int_equal(vh_tcache_loads(), loads);
+    g_autofree uint8_t *buf = g_malloc(70000), *want = g_malloc(70000);
+    for (guint k = 0; k < G_N_ELEMENTS(offs); k++) {
+        GRand *g = g_rand_new_with_seed(40 + k);
+        for (size_t i = 0; i < 70000; i++)
+            want[i] = (uint8_t)g_rand_int(g);
+        g_rand_free(g);
+        assert_int_equal(vh_flat_read(f, buf, offs[k], 70000, NULL), 0);
+        assert_memory_equal(buf, want, 70000);
+    }
+    assert_true(vh_tcache_loads() > loads);
+    assert_true(vh_tcache_bytes() <= vh_tcache_limit());
+    vh_flat_unref(f);
+
+    /* Block 80000's entry (BAT at 1536, VHD's layout) points far past the footer. */
+    uint8_t e[4] = {0x7f, 0, 0, 0};
+    int fd = open(big, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, e, 4, 1536 + 4 * 80000), 4);
+    close(fd);
+    vh_resolver_reset(r);
+    f = open_flat(store, r, "big.vhd");
+    assert_int_equal(vh_flat_read(f, buf, 0, 4096, NULL), 0);
+    assert_int_equal(vh_flat_read(f, buf, UINT64_C(80000) * 2 * MIB, 4096, &err), -EINVAL);
+    assert_non_null(strstr(err->message, "BAT entry 80000"));
+    vh_flat_unref(f);
+    vh_resolver_free(r);
+    vh_tcache_set_limit(old_limit);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 #define TESTS(s)                                                                                   \
     cmocka_unit_test_setup_teardown(reads_equal_the_chain, s, teardown),                           \
         cmocka_unit_test_setup_teardown(concurrent_readers_agree, s, teardown),                    \
@@ -415,6 +574,8 @@ static void cache_reopens_stale_and_keeps_its_bound(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {TESTS(setup_vhd), TESTS(setup_vhdx)};
+    const struct CMUnitTest tests[] = {TESTS(setup_vhd), TESTS(setup_vhdx),
+                                       cmocka_unit_test(large_block_tables_are_paged),
+                                       cmocka_unit_test(large_vhd_tables_are_paged)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -204,6 +204,59 @@ static void notifications_keep_the_index_current(void **state)
     assert_null(vh_store_get(f->s, "vm/does-not-exist.vhd"));
 }
 
+/* A probe that changes the store, and tells the index, while a scan is running. */
+typedef struct {
+    vh_store *s;
+    const char *dir;
+    int fired;
+} race_ctx;
+
+static int racing_probe(void *ctx, const char *abs, const char *rel, vh_disk_info *out)
+{
+    race_ctx *rc = ctx;
+    if (strcmp(rel, "vm/trigger.vhd") == 0 && !rc->fired++) {
+        /* The walk has listed every folder: these changes are only known by the notes. */
+        g_autofree char *a = g_build_filename(rc->dir, "a.vhd", NULL);
+        g_autofree char *moved = g_build_filename(rc->dir, "vm/moved-a.vhd", NULL);
+        assert_int_equal(rename(a, moved), 0);
+        vh_store_note_rename(rc->s, "a.vhd", "vm/moved-a.vhd");
+        g_autofree char *copy = g_build_filename(rc->dir, "vm/copy-of-a.vhd", NULL);
+        assert_int_equal(unlink(copy), 0);
+        vh_store_note_unlink(rc->s, "vm/copy-of-a.vhd");
+        fake_write(rc->dir, "vm/new.vhd", "format=vhd\ntype=fixed\nsize=512\nid=" ID_C);
+        vh_store_note_changed(rc->s, "vm/new.vhd");
+        /* A rename the walk already saw done: what the walk found at the new name stays. */
+        vh_store_note_rename(rc->s, "gone/b.vhd", "vm/b.vhd");
+    }
+    return fake_probe(NULL, abs, rel, out);
+}
+
+static void notes_made_during_a_scan_survive_it(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(vh_store_scan(f->s, NULL), 0);
+    fake_write(f->dir, "vm/trigger.vhd", "format=vhd\ntype=fixed\nsize=512\nid=" ID_B);
+    race_ctx rc = {.s = f->s, .dir = f->dir};
+    vh_store_set_threads(f->s, 1);
+    vh_store_set_probe(f->s, racing_probe, &rc);
+    assert_int_equal(vh_store_scan(f->s, NULL), 0);
+    assert_int_equal(rc.fired, 1);
+    g_autofree char *a = ids(f->s, ID_A);
+    assert_string_equal(a, "vm/moved-a.vhd");
+    assert_null(vh_store_get(f->s, "a.vhd"));
+    assert_null(vh_store_get(f->s, "vm/copy-of-a.vhd"));
+    g_autofree char *c = ids(f->s, ID_C);
+    assert_string_equal(c, "vm/deep/c.vhdx vm/new.vhd");
+    g_autofree char *b = ids(f->s, ID_B);
+    assert_string_equal(b, "vm/b.vhd vm/trigger.vhd");
+    /* Nothing was missed: the next scan re-reads nothing and changes nothing. */
+    guint64 n0 = vh_store_probe_count(f->s);
+    assert_int_equal(vh_store_scan(f->s, NULL), 0);
+    assert_int_equal(vh_store_probe_count(f->s), n0);
+    g_autofree char *a2 = ids(f->s, ID_A);
+    assert_string_equal(a2, "vm/moved-a.vhd");
+}
+
 typedef struct {
     vh_store *s;
     gint stop;
@@ -365,6 +418,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(refresh_rereads_only_what_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(describe_probes_only_when_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(notifications_keep_the_index_current, setup, teardown),
+        cmocka_unit_test_setup_teardown(notes_made_during_a_scan_survive_it, setup, teardown),
         cmocka_unit_test_setup_teardown(parallel_scan_with_concurrent_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(store_is_determined_as_designed, setup, teardown),
         cmocka_unit_test_setup_teardown(default_probe_rejects_non_disks, setup, teardown),
