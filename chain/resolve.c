@@ -2,12 +2,15 @@
 /* resolve.c - the chain resolver (see resolve.h; DESIGN.md "Resolver rules"). */
 #include "resolve.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 struct vh_resolver {
     vh_store *store;
     char *winroot;
     guint maxdepth;
+    vh_trust trust;
     GMutex lock;      /* guards memo */
     GHashTable *memo; /* child path -> vh_link* */
 };
@@ -163,6 +166,93 @@ void vh_chain_free(vh_chain *c)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Trust (DESIGN.md "Many users on one mount") */
+
+const char *vh_trust_name(vh_trust t)
+{
+    switch (t) {
+    case VH_TRUST_OWNER:
+        return "owner";
+    case VH_TRUST_GROUP:
+        return "group";
+    case VH_TRUST_ANY:
+        return "any";
+    }
+    return "unknown";
+}
+
+bool vh_trust_parse(const char *s, vh_trust *out)
+{
+    for (vh_trust t = VH_TRUST_OWNER; t <= VH_TRUST_ANY; t++)
+        if (s && strcmp(s, vh_trust_name(t)) == 0) {
+            *out = t;
+            return true;
+        }
+    return false;
+}
+
+bool vh_trusted(vh_trust t, uid_t cuid, gid_t cgid, uid_t puid, gid_t pgid)
+{
+    if (t == VH_TRUST_ANY || puid == 0 || puid == cuid)
+        return true;
+    return t == VH_TRUST_GROUP && pgid == cgid;
+}
+
+/* The owner of an indexed file as the store holds it now; false when its path names another. */
+static bool owner_of(vh_resolver *r, const vh_disk_info *i, uid_t *uid, gid_t *gid)
+{
+    struct stat st;
+    if (fstatat(vh_store_root_fd(r->store), i->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        st.st_dev != i->dev || st.st_ino != i->ino)
+        return false;
+    *uid = st.st_uid;
+    *gid = st.st_gid;
+    return true;
+}
+
+/*
+ * May p be the parent of child? With *owner (if not NULL) set to p's owner. A file whose owner
+ * cannot be told (it changed since it was indexed) is not trusted.
+ */
+static bool trusted_parent(vh_resolver *r, const vh_disk_info *child, const vh_disk_info *p,
+                           uid_t *owner)
+{
+    uid_t cu = 0, pu = 0;
+    gid_t cg = 0, pg = 0;
+    bool known = owner_of(r, p, &pu, &pg);
+    if (owner)
+        *owner = pu;
+    if (r->trust == VH_TRUST_ANY)
+        return true;
+    return known && owner_of(r, child, &cu, &cg) && vh_trusted(r->trust, cu, cg, pu, pg);
+}
+
+/*
+ * Rule 4's trust filter: the candidates trusted for the child (*dropped counts the others);
+ * *mixed when those left belong to more than one owner (then none is preferred).
+ */
+static GPtrArray *trusted_candidates(vh_resolver *r, const vh_disk_info *child, GPtrArray *in,
+                                     guint *dropped, bool *mixed)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    uid_t first = 0;
+    *dropped = 0;
+    *mixed = false;
+    for (guint k = 0; k < in->len; k++) {
+        uid_t owner = 0;
+        if (!trusted_parent(r, child, in->pdata[k], &owner)) {
+            (*dropped)++;
+            continue;
+        }
+        if (out->len == 0)
+            first = owner;
+        *mixed = *mixed || owner != first;
+        g_ptr_array_add(out, vh_disk_info_ref(in->pdata[k]));
+    }
+    return out;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* The resolver */
 
 vh_resolver *vh_resolver_new(vh_store *store, const vh_resolve_opts *opts)
@@ -171,6 +261,7 @@ vh_resolver *vh_resolver_new(vh_store *store, const vh_resolve_opts *opts)
     r->store = store;
     r->winroot = g_strdup(opts ? opts->winroot : NULL);
     r->maxdepth = opts && opts->maxdepth ? opts->maxdepth : VH_DEFAULT_MAXDEPTH;
+    r->trust = opts ? opts->trust : VH_TRUST_OWNER;
     g_mutex_init(&r->lock);
     r->memo = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)vh_link_unref);
     return r;
@@ -382,6 +473,13 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         /* a same-named file found by a stale path's tail says little about the link */
         if (v == VH_VERDICT_ID_MISMATCH && c->via == VH_WP_VIA_TAIL)
             v = VH_VERDICT_PARENT_MISSING;
+        /* an untrusted file is as if the locator did not lead there */
+        if (v == VH_VERDICT_OK && !trusted_parent(r, child, p, NULL)) {
+            g_free(detail);
+            v = VH_VERDICT_PARENT_MISSING;
+            detail = g_strdup_printf("%s is not trusted for this child (trust=%s)", found,
+                                     vh_trust_name(r->trust));
+        }
         try_note(t, v, found, c->via, detail);
         if (v == VH_VERDICT_OK)
             return g_strdup(found);
@@ -459,9 +557,12 @@ static GPtrArray *disks_with_expected_id(vh_resolver *r, const vh_disk_info *chi
     return all;
 }
 
-/* Rule 4: the index's disks of the expected identity; sets heal_target or candidates. */
-static void use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_verdict *why,
-                      char **why_detail)
+/*
+ * Rule 4: the index's disks of the expected identity; sets heal_target or candidates. Returns
+ * how many were left out as untrusted.
+ */
+static guint use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_verdict *why,
+                       char **why_detail)
 {
     g_autoptr(GPtrArray) all = disks_with_expected_id(r, child);
     g_autoptr(GPtrArray) valid = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
@@ -480,25 +581,35 @@ static void use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_
         }
         g_free(detail);
     }
-    if (valid->len == 0)
-        return;
-    g_autoptr(GPtrArray) named = keep_best(valid, score_name, child);
-    g_autoptr(GPtrArray) near = keep_best(named, score_distance, child);
+    guint dropped = 0;
+    bool mixed = false;
+    g_autoptr(GPtrArray) trusted = trusted_candidates(r, child, valid, &dropped, &mixed);
+    if (trusted->len == 0)
+        return dropped;
+    /* disks of different owners: no preference by name or folder may pick one of them */
+    g_autoptr(GPtrArray) named =
+        mixed ? g_ptr_array_ref(trusted) : keep_best(trusted, score_name, child);
+    g_autoptr(GPtrArray) near =
+        mixed ? g_ptr_array_ref(trusted) : keep_best(named, score_distance, child);
     if (near->len == 1) {
         vh_disk_info *t = near->pdata[0];
         l->heal_target = g_strdup(t->path);
-        for (guint k = 0; k < valid->len; k++)
-            if (valid->pdata[k] != t)
-                g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)valid->pdata[k])->path));
-        return;
+        for (guint k = 0; k < trusted->len; k++)
+            if (trusted->pdata[k] != t)
+                g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)trusted->pdata[k])->path));
+        return dropped;
     }
     for (guint k = 0; k < near->len; k++)
         g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)near->pdata[k])->path));
     *why = VH_VERDICT_AMBIGUOUS;
     g_free(*why_detail);
-    *why_detail = g_strdup_printf("%u disks in the store have the expected id, none preferred "
-                                  "by name or folder",
-                                  near->len);
+    *why_detail = mixed ? g_strdup_printf("%u disks of different owners in the store have the "
+                                          "expected id",
+                                          near->len)
+                        : g_strdup_printf("%u disks in the store have the expected id, none "
+                                          "preferred by name or folder",
+                                          near->len);
+    return dropped;
 }
 
 /* A VHD parent time stamp that differs from the parent's mtime: a warning (rule 3). */
@@ -551,16 +662,20 @@ static vh_link *resolve_link(vh_resolver *r, const vh_disk_info *child)
         check_timestamp(r, child, l);
         return l;
     }
-    if (why != VH_VERDICT_CYCLE)
-        use_index(r, child, l, &why, &why_detail);
+    guint untrusted = why != VH_VERDICT_CYCLE ? use_index(r, child, l, &why, &why_detail) : 0;
     l->verdict = why;
     char id[VH_ID_STRLEN + 1];
     vh_id_format(&child->link.parent_id, id);
+    g_autofree char *none =
+        untrusted ? g_strdup_printf("; no disk in the store trusted for this child (trust=%s) "
+                                    "has that id",
+                                    vh_trust_name(r->trust))
+                  : g_strdup("; no disk in the store has that id");
     if (why == VH_VERDICT_PARENT_MISSING)
-        l->detail = g_strdup_printf("no locator leads to the parent (id %s)%s%s%s", id,
-                                    l->heal_target ? "; the store holds it at " : "",
-                                    l->heal_target ? l->heal_target : "",
-                                    l->heal_target ? "" : "; no disk in the store has that id");
+        l->detail =
+            g_strdup_printf("no locator leads to the parent (id %s)%s%s%s", id,
+                            l->heal_target ? "; the store holds it at " : "",
+                            l->heal_target ? l->heal_target : "", l->heal_target ? "" : none);
     else if (l->heal_target)
         l->detail =
             g_strdup_printf("%s; the store holds the parent at %s", why_detail, l->heal_target);
@@ -733,7 +848,8 @@ int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **to
     g_autofree char *rel = vh_store_relpath(root, path);
     if (!rel || !*rel)
         return vh_fail(err, EINVAL, "%s: not a file in the store %s", path, root);
-    vh_resolve_opts ro = {.winroot = opts->winroot, .maxdepth = opts->maxdepth};
+    vh_resolve_opts ro = {
+        .winroot = opts->winroot, .maxdepth = opts->maxdepth, .trust = opts->trust};
     g_autoptr(vh_resolver) r = vh_resolver_new(store, &ro);
     g_autoptr(vh_chain) c = vh_resolve_chain(r, rel, err);
     if (!c)
