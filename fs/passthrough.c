@@ -960,7 +960,7 @@ static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
     bool ours;
-    int res = vhfs_xattr_set(vhfs_of(req), inode, name, value, size, flags, &ours);
+    int res = vhfs_xattr_set(vhfs_of(req), req, inode, name, value, size, flags, &ours);
 
     if (!ours) {
         if (vhfs_xattr_hidden(name) || S_ISLNK(inode->type)) {

@@ -426,7 +426,8 @@ static void snap_find_tops(struct snap *s)
 
 static struct snap *snap_build(struct vhfs_views *v, GPtrArray *list)
 {
-    vh_resolve_opts ro = {.winroot = v->fs->cfg.winroot, .maxdepth = v->fs->cfg.maxdepth};
+    vh_resolve_opts ro = {
+        .winroot = v->fs->cfg.winroot, .maxdepth = v->fs->cfg.maxdepth, .trust = v->fs->cfg.trust};
     struct snap *s = g_new0(struct snap, 1);
     s->ref = 1;
     g_mutex_init(&s->lock);

@@ -227,7 +227,7 @@ static void test_table(void **state)
                 assert_string_equal(v, child_value(f, k->name));
             if (k->write == NULL) {
                 bool o;
-                int r = vhfs_xattr_set(&f->fs, f->in[file], k->name, "x", 1, 0, &o);
+                int r = vhfs_xattr_set(&f->fs, NULL, f->in[file], k->name, "x", 1, 0, &o);
                 if (comment) {
                     assert_false(o); /* written to the store file */
                 } else {
@@ -257,7 +257,7 @@ static void expect_status(fx_t *f, int file, const char *want_prefix)
 static int set(fx_t *f, int file, const char *name, const char *v)
 {
     bool ours;
-    int r = vhfs_xattr_set(&f->fs, f->in[file], name, v, strlen(v), 0, &ours);
+    int r = vhfs_xattr_set(&f->fs, NULL, f->in[file], name, v, strlen(v), 0, &ours);
     assert_true(ours);
     return r;
 }
