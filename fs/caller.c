@@ -19,6 +19,7 @@
 #include <linux/openat2.h>
 #include <string.h>
 #include <sys/fsuid.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -95,4 +96,30 @@ int vhfs_caller_openat(const struct vhfs *fs, const struct vhfs_caller *c, const
     r = fd < 0 ? -errno : (int)fd;
     vhfs_caller_leave(&as);
     return r;
+}
+
+int vhfs_caller_may_read(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
+                         dev_t dev, ino_t ino)
+{
+    vhfs_autofd int fd = vhfs_caller_openat(fs, c, rel, O_RDONLY, true);
+    struct stat st;
+
+    if (fd < 0)
+        return fd == -ELOOP || fd == -ENOENT ? -EAGAIN : fd;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    return st.st_dev == dev && st.st_ino == ino ? 0 : -EAGAIN;
+}
+
+int vhfs_caller_may_read_chain(const struct vhfs *fs, const struct vhfs_caller *c,
+                               const vh_chain *chain)
+{
+    for (guint k = 0; k < chain->disks->len; k++) {
+        const vh_disk_info *d = chain->disks->pdata[k];
+        int r = vhfs_caller_may_read(fs, c, d->path, d->dev, d->ino);
+
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }

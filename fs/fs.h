@@ -183,10 +183,11 @@ extern const size_t vhfs_xattr_nkeys;
  * Each hook is called by the pass-through before it touches the store file. A hook sets *ours
  * to false when the name is not one it serves; the pass-through then uses the store file. When
  * *ours is true the hook's result is the answer: get returns the value's length (with size 0:
- * the length needed; a short buffer: -ERANGE) or -errno; set/remove return 0 or -errno.
+ * the length needed; a short buffer: -ERANGE) or -errno; set/remove return 0 or -errno. req
+ * names the caller the hook acts for (NULL: the daemon itself).
  */
-ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *name, char *buf,
-                       size_t size, bool *ours);
+ssize_t vhfs_xattr_get(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                       char *buf, size_t size, bool *ours);
 int vhfs_xattr_set(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
                    const char *value, size_t size, int flags, bool *ours);
 int vhfs_xattr_remove(struct vhfs *fs, struct vhfs_inode *inode, const char *name, bool *ours);
@@ -266,6 +267,15 @@ void vhfs_caller_leave(struct vhfs_as *saved);
  */
 int vhfs_caller_openat(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
                        int flags, bool nofollow);
+/*
+ * May the caller read the file at rel, which must still be (dev, ino)? 0; -EACCES when not (also
+ * for a file in a folder the caller cannot search); -EAGAIN when rel names another file now.
+ */
+int vhfs_caller_may_read(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
+                         dev_t dev, ino_t ino);
+/* The same for every disk of a chain (what @raw reads for the caller). */
+int vhfs_caller_may_read_chain(const struct vhfs *fs, const struct vhfs_caller *c,
+                               const vh_chain *chain);
 
 /* --- util.c: logging and small helpers. --- */
 

@@ -920,7 +920,7 @@ static void lo_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
     if (size > 0 && (buf = g_try_malloc(size)) == NULL)
         return reply_err(req, "getxattr", ENOMEM);
-    res = vhfs_xattr_get(vhfs_of(req), inode, name, buf, size, &ours);
+    res = vhfs_xattr_get(vhfs_of(req), req, inode, name, buf, size, &ours);
     if (!ours)
         res = vhfs_xattr_hidden(name) ? -ENODATA : store_getxattr(inode, name, buf, size);
     if (res < 0)

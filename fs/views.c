@@ -1062,8 +1062,8 @@ static void vw_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
  * member gone or changed) and `retry` allows another try; else -EIO after one log line per
  * snapshot and disk.
  */
-static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, bool retry,
-                    vh_flat **out)
+static int open_raw(struct vhfs_views *v, const struct vhfs_caller *caller, struct snap *s,
+                    const char *path, bool retry, vh_flat **out)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *why = NULL;
@@ -1075,7 +1075,11 @@ static int open_raw(struct vhfs_views *v, struct snap *s, const char *path, bool
     if (d->error)
         why = g_strdup(d->error);
     else if ((c = snap_chain(s, path, &why)) != NULL && vh_flat_chain_ok(c, &err) == 0) {
-        if (vh_flat_cache_get(v->cache, c, out, &err) == 0)
+        /* the caller reads every disk of the chain: each must be readable by the caller */
+        int r = vhfs_caller_may_read_chain(v->fs, caller, c);
+        if (r < 0 && (r != -EAGAIN || !retry))
+            return r == -EAGAIN ? -EIO : r;
+        if (r == 0 && vh_flat_cache_get(v->cache, c, out, &err) == 0)
             return 0;
         if (retry)
             return -EAGAIN;
@@ -1114,11 +1118,13 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         h->text_len = strlen(h->text);
         fi->direct_io = 1; /* its length may change with the store: always ask */
     } else {
-        int r = open_raw(v, s, n->path, true, &h->flat);
+        struct vhfs_caller caller;
+        vhfs_caller_from_req(&caller, req);
+        int r = open_raw(v, &caller, s, n->path, true, &h->flat);
         if (r == -EAGAIN) {
             /* A member renamed or changed since the snapshot: look at the store again. */
             g_autoptr(snap) fresh = snap_get(v, true);
-            r = open_raw(v, fresh, n->path, false, &h->flat);
+            r = open_raw(v, &caller, fresh, n->path, false, &h->flat);
         }
         if (r < 0) {
             handle_free(h);

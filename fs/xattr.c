@@ -141,18 +141,25 @@ static int x_parent_id(struct vhfs_xq *q, GString *out)
     return 0;
 }
 
-/* The disk, then its ancestors as far as the links hold. */
+/*
+ * The disk, then its ancestors as far as the links hold and the caller may read them (no user
+ * learns the names of files the user cannot read).
+ */
 static int x_chain(struct vhfs_xq *q, GString *out)
 {
     const vh_chain *c = xq_chain(q);
+    struct vhfs_caller caller;
 
     if (c == NULL)
         return -ENODATA;
+    vhfs_caller_from_req(&caller, q->req);
     for (guint k = 0; k < c->disks->len; k++) {
-        g_autofree char *m = vhfs_mount_path(q->fs, ((vh_disk_info *)c->disks->pdata[k])->path);
+        const vh_disk_info *d = c->disks->pdata[k];
+        g_autofree char *m = vhfs_mount_path(q->fs, d->path);
 
         if (k > 0) {
-            if (((vh_link *)c->links->pdata[k - 1])->verdict != VH_VERDICT_OK)
+            if (((vh_link *)c->links->pdata[k - 1])->verdict != VH_VERDICT_OK ||
+                vhfs_caller_may_read(q->fs, &caller, d->path, d->dev, d->ino) < 0)
                 break;
             g_string_append_c(out, '\n');
         }
@@ -301,8 +308,8 @@ static bool candidate(const char *name)
 
 /* --- the hooks --- */
 
-ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *name, char *buf,
-                       size_t size, bool *ours)
+ssize_t vhfs_xattr_get(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                       char *buf, size_t size, bool *ours)
 {
     const struct vhfs_xattr_key *k;
     struct vhfs_xq q;
@@ -318,7 +325,7 @@ ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *na
                       : g_str_has_prefix(name, VHD_PREFIX);
     if (!*ours)
         return 0;
-    disk = xq_init(&q, fs, NULL, inode);
+    disk = xq_init(&q, fs, req, inode);
     if (!disk && k != NULL && k->need == VHFS_NEED_DISK && strcmp(name, COMMENT) == 0) {
         *ours = false; /* not a disk: the comment is the store file's (ENODATA there) */
         xq_clear(&q);
