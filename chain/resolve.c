@@ -228,19 +228,22 @@ static bool trusted_parent(vh_resolver *r, const vh_disk_info *child, const vh_d
 }
 
 /*
- * Rule 4's trust filter: the candidates trusted for the child (*dropped counts the others);
- * *mixed when those left belong to more than one owner (then none is preferred).
+ * Rule 4's trust filter: the candidates trusted for the child (*dropped counts the others, and
+ * l->index_stale notes one that is no longer where the index says); *mixed when those left
+ * belong to more than one owner (then none is preferred).
  */
 static GPtrArray *trusted_candidates(vh_resolver *r, const vh_disk_info *child, GPtrArray *in,
-                                     guint *dropped, bool *mixed)
+                                     vh_link *l, guint *dropped, bool *mixed)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
     uid_t first = 0;
     *dropped = 0;
     *mixed = false;
     for (guint k = 0; k < in->len; k++) {
-        uid_t owner = 0;
+        uid_t owner = 0, u;
+        gid_t g;
         if (!trusted_parent(r, child, in->pdata[k], &owner)) {
+            l->index_stale = l->index_stale || !owner_of(r, in->pdata[k], &u, &g);
             (*dropped)++;
             continue;
         }
@@ -583,7 +586,7 @@ static guint use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh
     }
     guint dropped = 0;
     bool mixed = false;
-    g_autoptr(GPtrArray) trusted = trusted_candidates(r, child, valid, &dropped, &mixed);
+    g_autoptr(GPtrArray) trusted = trusted_candidates(r, child, valid, l, &dropped, &mixed);
     if (trusted->len == 0)
         return dropped;
     /* disks of different owners: no preference by name or folder may pick one of them */

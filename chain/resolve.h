@@ -64,6 +64,8 @@ typedef struct vh_link {
                             * expected identity that passed the checks */
     GPtrArray *tries;      /* vh_locator_try*, in the order tried */
     GPtrArray *warnings;   /* char*: not fatal (a VHD parent time stamp that differs) */
+    bool index_stale;      /* a disk the index gave is no longer where it says (was left out,
+                            * since its owner cannot be told): a rescan may find it */
 } vh_link;
 
 vh_link *vh_link_ref(vh_link *l);

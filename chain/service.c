@@ -278,7 +278,7 @@ static int rescan_need(vh_service *s, const vh_chain *c)
         if (l->verdict == VH_VERDICT_OK || l->verdict == VH_VERDICT_CYCLE ||
             l->verdict == VH_VERDICT_TOO_DEEP)
             continue;
-        if (l->heal_target && !still_there(s, l->heal_target, child))
+        if ((l->heal_target && !still_there(s, l->heal_target, child)) || l->index_stale)
             return 2;
         for (guint j = 0; l->verdict == VH_VERDICT_AMBIGUOUS && j < l->candidates->len; j++)
             if (!still_there(s, l->candidates->pdata[j], child))
