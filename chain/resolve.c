@@ -466,6 +466,12 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
             try_note(t, VH_VERDICT_PARENT_MISSING, found, c->via, g_strdup(err->message));
             continue;
         }
+        /* a file not trusted for the child is as if the locator did not lead there, in the same
+           words as a missing file: locators cannot probe other users' folders */
+        if (strcmp(found, child->path) != 0 && !trusted_parent(r, child, p, NULL)) {
+            try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via, g_strdup("not found"));
+            continue;
+        }
         char *detail = NULL;
         vh_verdict v = evaluate(child, p, &detail);
         if (v == VH_VERDICT_OK && strcmp(found, child->path) == 0) {
@@ -476,13 +482,6 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         /* a same-named file found by a stale path's tail says little about the link */
         if (v == VH_VERDICT_ID_MISMATCH && c->via == VH_WP_VIA_TAIL)
             v = VH_VERDICT_PARENT_MISSING;
-        /* an untrusted file is as if the locator did not lead there */
-        if (v == VH_VERDICT_OK && !trusted_parent(r, child, p, NULL)) {
-            g_free(detail);
-            v = VH_VERDICT_PARENT_MISSING;
-            detail = g_strdup_printf("%s is not trusted for this child (trust=%s)", found,
-                                     vh_trust_name(r->trust));
-        }
         try_note(t, v, found, c->via, detail);
         if (v == VH_VERDICT_OK)
             return g_strdup(found);

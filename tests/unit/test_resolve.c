@@ -504,15 +504,31 @@ static void trust_filters_locators(void **state)
     diff(f, "alice/top.avhdx", "vhdx", ID_TOP, ID_BASE, "loc=relative_path|..\\bob\\base.vhdx");
     base(f, "lib/base.vhdx", "vhdx", ID_MID, MIB);
     diff(f, "alice/mine.avhdx", "vhdx", ID_OTHER, ID_MID, "loc=relative_path|..\\lib\\base.vhdx");
+    diff(f, "alice/probe.avhdx", "vhdx", ID_OTHER, ID_BASE, "loc=relative_path|..\\bob\\mid.vhdx");
+    diff(f, "alice/probe2.avhdx", "vhdx", ID_OTHER, ID_BASE,
+         "loc=relative_path|..\\bob\\nosuch.vhdx");
+    base(f, "bob/mid.vhdx", "vhdx", ID_MID, MIB);
     own(f, "bob/base.vhdx", BOB, STAFF);
+    own(f, "bob/mid.vhdx", BOB, STAFF);
     own(f, "alice/top.avhdx", ALICE, STAFF);
     own(f, "alice/mine.avhdx", ALICE, STAFF);
+    own(f, "alice/probe.avhdx", ALICE, STAFF);
+    own(f, "alice/probe2.avhdx", ALICE, STAFF);
     open_store(f, NULL, 0);
     g_autoptr(vh_link) l = link_of(f, "alice/top.avhdx");
     assert_int_equal(l->verdict, VH_VERDICT_PARENT_MISSING);
     assert_null(l->heal_target);
-    assert_non_null(strstr(try_at(l, 0)->detail, "not trusted for this child (trust=owner)"));
+    /* in the words of a missing file: no probing of other users' folders through locators */
+    assert_string_equal(try_at(l, 0)->detail, "not found");
+    assert_string_equal(try_at(l, 0)->target, "bob/base.vhdx");
     assert_non_null(strstr(l->detail, "no disk in the store trusted for this child"));
+    /* another user's file of another identity: not a word about it, as for a missing name */
+    g_autoptr(vh_link) p = link_of(f, "alice/probe.avhdx");
+    g_autoptr(vh_link) q = link_of(f, "alice/probe2.avhdx");
+    assert_string_equal(try_at(p, 0)->detail, "not found");
+    assert_string_equal(try_at(q, 0)->detail, "not found");
+    assert_int_equal(p->verdict, q->verdict);
+    assert_null(strstr(p->detail, ID_MID));
     g_autoptr(vh_link) m = link_of(f, "alice/mine.avhdx"); /* root's base */
     assert_int_equal(m->verdict, VH_VERDICT_OK);
     assert_string_equal(m->parent, "lib/base.vhdx");
