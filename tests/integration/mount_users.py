@@ -19,6 +19,7 @@ files:
 Needs root (skipped otherwise, unless CI is set). VH_RACE_SECONDS shortens the race for a
 quick run (at least 30 under CI)."""
 import ctypes
+import hashlib
 import os
 import pwd
 import subprocess
@@ -147,7 +148,6 @@ def setup_store(root, ids):
 
 ALICE_BASE = expected(SIZE, [(11, (0, 65536))])
 ALICE_BYTES = expected(SIZE, [(11, (0, 65536)), (12, (1 << 20,))])
-BOB_BYTES = expected(SIZE, [(66, (0, 65536))])
 ALICE_ON_BOB = expected(SIZE, [(66, (0, 65536)), (12, (1 << 20,))])
 BOB_OWN = expected(SIZE, [(77, (0,))])
 
@@ -159,7 +159,6 @@ def read_as(user, path):
 
 
 def digest(data):
-    import hashlib
     return hashlib.sha256(data).hexdigest()
 
 
@@ -242,8 +241,14 @@ def case_race(store, mnt, mt):
     sw = spawn_as(BOB, "swap", S("bob/race/top.avhd"), S("bob/race/lnk"), str(RACE_SECONDS))
     op = spawn_as(BOB, "open", M("bob/race/top.avhd"), M("bob/race/base-0.vhd"),
                   M("bob/race/base-1.vhd"), str(RACE_SECONDS))
-    out_sw, err_sw = sw.communicate(timeout=RACE_SECONDS + 120)
-    out_op, err_op = op.communicate(timeout=RACE_SECONDS + 120)
+    try:
+        out_sw, err_sw = sw.communicate(timeout=RACE_SECONDS + 120)
+        out_op, err_op = op.communicate(timeout=RACE_SECONDS + 120)
+    finally:
+        for p in (sw, op):  # never leave bob's processes behind (userdel would refuse)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     check(sw.returncode == 0 and op.returncode == 0,
           f"race: helpers failed: {err_sw[-500:]} {err_op[-500:]}")
     swaps = int(out_sw.strip() or 0)
