@@ -8,8 +8,12 @@
  * Contract: a file is rewritten only when repairs are written (healmode=persist, not ro) and the
  * gate allows it, asked by the service with its repair lock held: not while a handle of the file
  * is open for writing through the mount (new writers take the same lock, so a writer never
- * overlaps a rewrite), and, for repairs a request of a user sets off (open, rename), only when
- * that user may write the file. Opens are never refused because of a chain. Cache drops: the
+ * overlaps a rewrite), and only as the user whose request set it off (open, rename, a write of
+ * user.vhd.parent): the gate opens the child for writing and the new parent for reading with
+ * that user's credentials beneath STORE (the child without following symlinks, and only while
+ * it is the file the verdict was about), checks the trust rule on those very inodes, and the
+ * repair goes through the descriptors (vh_reconnect_pin), never through a path resolved again.
+ * Opens are never refused because of a chain. Cache drops: the
  * file being opened has only its attributes dropped here (its pages are dropped by the open,
  * keep_cache = 0), since a notify from a request of the same inode could wait for pages that
  * the kernel locked for that very request; other files get a full drop.
