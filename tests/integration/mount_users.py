@@ -121,6 +121,11 @@ def setup_store(root, ids):
     child(S("bob/stolen.avhd"), S("bob/own.vhd"))
     vhcraft.set_parent(S("bob/stolen.avhd"), vhcraft.vhd_id(S("alice/archive/base-2025.vhd")),
                        "..\\alice\\archive\\base-2025.vhd")
+    # a disk of alice's that everyone may read: readable, but not trusted for bob's children
+    create(S("shared/alice.vhd"), "vhd")
+    pw = pwd.getpwnam(ALICE)
+    os.chown(S("shared/alice.vhd"), pw.pw_uid, pw.pw_gid)
+    os.chmod(S("shared/alice.vhd"), 0o644)
     # a child of bob's on root's base in root's private folder (trusted: root's; not readable)
     create(S("private/base.vhd"), "vhd")
     fill(S("private/base.vhd"), 99, (0,))
@@ -222,6 +227,13 @@ def case_read_through_repair(store, mnt):
     check(sha(S("bob/child.avhd")) == before, "read through a repair: bob's child was rewritten")
     check(parent_id_on_disk(S("bob/child.avhd")) == ids_seen["bob-own"],
           "read through a repair: bob's child points elsewhere")
+    # a disk bob may read, but alice's: not trusted for his child
+    rc, _, err = as_user(BOB, "setfattr", "-n", "user.vhd.parent.force", "-v",
+                         M("shared/alice.vhd"), M("bob/child.avhd"))
+    rc2, st, _ = as_user(BOB, "getfattr", "--only-values", "-n", "user.vhd.status",
+                         M("bob/child.avhd"))
+    check(rc != 0 and "Permission denied" in err and "not trusted (trust=owner)" in st,
+          f"read through a repair: bob's force to alice's readable disk: {rc} {err} {st}")
     # what bob may do: reconnect to his own base
     rc, _, err = as_user(BOB, "setfattr", "-n", "user.vhd.parent", "-v", M("bob/own.vhd"),
                          M("bob/child.avhd"))
