@@ -227,32 +227,50 @@ static bool trusted_parent(vh_resolver *r, const vh_disk_info *child, const vh_d
     return known && owner_of(r, child, &cu, &cg) && vh_trusted(r->trust, cu, cg, pu, pg);
 }
 
+/* Does the child's owner own p too (so that the child's status may describe p)? */
+static bool same_owner(vh_resolver *r, const vh_disk_info *child, const vh_disk_info *p)
+{
+    uid_t cu, pu;
+    gid_t cg, pg;
+    return owner_of(r, child, &cu, &cg) && owner_of(r, p, &pu, &pg) && cu == pu;
+}
+
 /*
  * Rule 4's trust filter: the candidates trusted for the child (*dropped counts the others, and
- * l->index_stale notes one that is no longer where the index says); *mixed when those left
- * belong to more than one owner (then none is preferred).
+ * l->index_stale notes one that is no longer where the index says).
  */
 static GPtrArray *trusted_candidates(vh_resolver *r, const vh_disk_info *child, GPtrArray *in,
-                                     vh_link *l, guint *dropped, bool *mixed)
+                                     vh_link *l, guint *dropped)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
-    uid_t first = 0;
     *dropped = 0;
-    *mixed = false;
     for (guint k = 0; k < in->len; k++) {
-        uid_t owner = 0, u;
+        uid_t u;
         gid_t g;
-        if (!trusted_parent(r, child, in->pdata[k], &owner)) {
+        if (!trusted_parent(r, child, in->pdata[k], NULL)) {
             l->index_stale = l->index_stale || !owner_of(r, in->pdata[k], &u, &g);
             (*dropped)++;
             continue;
         }
-        if (out->len == 0)
-            first = owner;
-        *mixed = *mixed || owner != first;
         g_ptr_array_add(out, vh_disk_info_ref(in->pdata[k]));
     }
     return out;
+}
+
+/* Do the disks belong to more than one owner (then none may be preferred by name or folder)? */
+static bool owners_differ(vh_resolver *r, GPtrArray *disks)
+{
+    uid_t first = 0, u = 0;
+    gid_t g;
+    for (guint k = 0; k < disks->len; k++) {
+        if (!owner_of(r, disks->pdata[k], &u, &g))
+            return true; /* cannot tell: no preference */
+        if (k == 0)
+            first = u;
+        if (u != first)
+            return true;
+    }
+    return false;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -482,6 +500,12 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         /* a same-named file found by a stale path's tail says little about the link */
         if (v == VH_VERDICT_ID_MISMATCH && c->via == VH_WP_VIA_TAIL)
             v = VH_VERDICT_PARENT_MISSING;
+        /* another owner's file (root's, or the group's) is described only when it is the parent */
+        if (v != VH_VERDICT_OK && r->trust != VH_TRUST_ANY && !same_owner(r, child, p)) {
+            g_free(detail);
+            try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via, g_strdup("not found"));
+            continue;
+        }
         try_note(t, v, found, c->via, detail);
         if (v == VH_VERDICT_OK)
             return g_strdup(found);
@@ -566,7 +590,10 @@ static GPtrArray *disks_with_expected_id(vh_resolver *r, const vh_disk_info *chi
 static guint use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_verdict *why,
                        char **why_detail)
 {
-    g_autoptr(GPtrArray) all = disks_with_expected_id(r, child);
+    g_autoptr(GPtrArray) any = disks_with_expected_id(r, child);
+    guint dropped = 0;
+    /* untrusted disks are never evaluated: the status says nothing of them */
+    g_autoptr(GPtrArray) all = trusted_candidates(r, child, any, l, &dropped);
     g_autoptr(GPtrArray) valid = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
     for (guint k = 0; k < all->len; k++) {
         vh_disk_info *p = all->pdata[k];
@@ -583,11 +610,10 @@ static guint use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh
         }
         g_free(detail);
     }
-    guint dropped = 0;
-    bool mixed = false;
-    g_autoptr(GPtrArray) trusted = trusted_candidates(r, child, valid, l, &dropped, &mixed);
+    GPtrArray *trusted = valid;
     if (trusted->len == 0)
         return dropped;
+    bool mixed = owners_differ(r, trusted);
     /* disks of different owners: no preference by name or folder may pick one of them */
     g_autoptr(GPtrArray) named =
         mixed ? g_ptr_array_ref(trusted) : keep_best(trusted, score_name, child);

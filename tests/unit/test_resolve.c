@@ -508,6 +508,13 @@ static void trust_filters_locators(void **state)
     diff(f, "alice/probe2.avhdx", "vhdx", ID_OTHER, ID_BASE,
          "loc=relative_path|..\\bob\\nosuch.vhdx");
     base(f, "bob/mid.vhdx", "vhdx", ID_MID, MIB);
+    diff(f, "alice/wrong.avhdx", "vhdx", ID_OTHER, ID_BASE, "loc=relative_path|..\\lib\\base.vhdx");
+    base(f, "bob/big.vhdx", "vhdx", "66666666-0000-0000-0000-000000000006", "2097152");
+    diff(f, "alice/sized.avhdx", "vhdx", ID_OTHER, "66666666-0000-0000-0000-000000000006",
+         "loc=relative_path|.\\nosuch.vhdx");
+    own(f, "bob/big.vhdx", BOB, STAFF);
+    own(f, "alice/wrong.avhdx", ALICE, STAFF);
+    own(f, "alice/sized.avhdx", ALICE, STAFF);
     own(f, "bob/base.vhdx", BOB, STAFF);
     own(f, "bob/mid.vhdx", BOB, STAFF);
     own(f, "alice/top.avhdx", ALICE, STAFF);
@@ -532,6 +539,15 @@ static void trust_filters_locators(void **state)
     g_autoptr(vh_link) m = link_of(f, "alice/mine.avhdx"); /* root's base */
     assert_int_equal(m->verdict, VH_VERDICT_OK);
     assert_string_equal(m->parent, "lib/base.vhdx");
+    /* root's file that is not the parent is not described either (root's folders) */
+    g_autoptr(vh_link) w = link_of(f, "alice/wrong.avhdx");
+    assert_string_equal(try_at(w, 0)->detail, "not found");
+    assert_null(strstr(w->detail, ID_MID));
+    /* another user's disk with the expected id but another size: neither named nor measured */
+    g_autoptr(vh_link) z = link_of(f, "alice/sized.avhdx");
+    assert_int_equal(z->verdict, VH_VERDICT_PARENT_MISSING);
+    assert_null(strstr(z->detail, "bob/"));
+    assert_null(strstr(z->detail, "2097152"));
     /* the chain stops at the untrusted link: Bob's disk is not in Alice's chain */
     g_autoptr(vh_chain) c = vh_resolve_chain(f->r, "alice/top.avhdx", NULL);
     assert_int_equal(c->disks->len, 1);
@@ -542,6 +558,11 @@ static void trust_filters_locators(void **state)
     g_autoptr(vh_link) a = link_of(f, "alice/top.avhdx");
     assert_int_equal(a->verdict, VH_VERDICT_OK);
     assert_string_equal(a->parent, "bob/base.vhdx");
+    /* when everyone trusts everyone, details are shown */
+    g_autoptr(vh_link) wa = link_of(f, "alice/wrong.avhdx");
+    assert_int_equal(wa->verdict, VH_VERDICT_ID_MISMATCH);
+    g_autoptr(vh_link) za = link_of(f, "alice/sized.avhdx");
+    assert_int_equal(za->verdict, VH_VERDICT_SIZE_MISMATCH);
 }
 
 static void verdict_names(void **state)
