@@ -367,7 +367,7 @@ static void recover_journal(const char *root)
 typedef struct run_args {
     gboolean json, dry_run;
     gint maxdepth;
-    char *store, *winroot;
+    char *store, *winroot, *trust;
 } run_args;
 
 /* Parses the options shared by check and repair, and collects every chain of the paths. */
@@ -382,6 +382,10 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
          "W"},
         {"maxdepth", 0, 0, G_OPTION_ARG_INT, &a->maxdepth,
          "Longest chain followed (" G_STRINGIFY(VH_DEFAULT_MAXDEPTH) ")", "N"},
+        {"trust", 0, 0, G_OPTION_ARG_STRING, &a->trust,
+         "Whose disks may be a child's parent: owner (its owner's and root's, the default), "
+         "group, any",
+         "WHO"},
         G_OPTION_ENTRY_NULL};
     /* repair's own options: a table of their own, so that no entry ends the shared one early */
     GOptionEntry repair_entries[] = {{"dry-run", 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
@@ -400,6 +404,9 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
         return vh_cli_usage("%s: PATH... (disk files or store folders)", cmd);
     if (a->maxdepth < 1)
         return vh_cli_usage("%s: --maxdepth must be at least 1", cmd);
+    vh_trust trust = VH_TRUST_OWNER;
+    if (a->trust && !vh_trust_parse(a->trust, &trust))
+        return vh_cli_usage("%s: --trust must be owner, group or any", cmd);
     g_autofree char *root = vh_store_determine(a->store, argv + 1, argc - 1, true, &err);
     if (!root)
         return vh_cli_usage("%s: %s", cmd, err->message);
@@ -414,7 +421,7 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
     c->progress = isatty(STDERR_FILENO);
     if (c->progress)
         vh_store_set_progress(c->store, progress_cb, NULL);
-    vh_resolve_opts ro = {.winroot = a->winroot, .maxdepth = (guint)a->maxdepth};
+    vh_resolve_opts ro = {.winroot = a->winroot, .maxdepth = (guint)a->maxdepth, .trust = trust};
     c->resolver = vh_resolver_new(c->store, &ro);
     c->chains = g_ptr_array_new_with_free_func((GDestroyNotify)vh_chain_free);
     c->unreadable = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
@@ -433,6 +440,7 @@ static void run_args_clear(run_args *a)
 {
     g_free(a->store);
     g_free(a->winroot);
+    g_free(a->trust);
 }
 
 int vhdheal_cmd_check(int argc, char **argv)

@@ -265,11 +265,13 @@ static int write_all_fd(int fd, const uint8_t *p, size_t n)
 
 int vhdheal_cmd_read(int argc, char **argv)
 {
-    g_autofree char *out_path = NULL, *store = NULL, *winroot = NULL;
+    g_autofree char *out_path = NULL, *store = NULL, *winroot = NULL, *trust_s = NULL;
     GOptionEntry entries[] = {
         {"output", 'o', 0, G_OPTION_ARG_FILENAME, &out_path, "Write to OUT, not stdout", "OUT"},
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
+        {"trust", 0, 0, G_OPTION_ARG_STRING, &trust_s,
+         "Whose disks may be a parent: owner (default), group, any", "WHO"},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc =
         g_option_context_new("FILE [OFFSET LENGTH] - read virtual content through the chain");
@@ -279,9 +281,12 @@ int vhdheal_cmd_read(int argc, char **argv)
         return vh_cli_usage("%s", perr->message);
     if (argc != 2 && argc != 4)
         return vh_cli_usage("read: FILE [OFFSET LENGTH]");
+    vh_trust trust = VH_TRUST_OWNER;
+    if (trust_s && !vh_trust_parse(trust_s, &trust))
+        return vh_cli_usage("read: --trust must be owner, group or any");
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    vh_chain_open_opts co = {.store = store, .winroot = winroot};
+    vh_chain_open_opts co = {.store = store, .winroot = winroot, .trust = trust};
     if (vh_chain_open(argv[1], &co, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;

@@ -81,6 +81,7 @@ static bool makes_cycle(const char *child_real, const vh_disk *child, const char
 
 typedef struct {
     char *store_real, *child_real, *parent_real;
+    char *child_open, *parent_open; /* what is opened: the real path, or a pin's /proc/self/fd/N */
 } real_paths;
 
 static void real_paths_clear(real_paths *p)
@@ -88,11 +89,33 @@ static void real_paths_clear(real_paths *p)
     g_free(p->store_real);
     g_free(p->child_real);
     g_free(p->parent_real);
+    g_free(p->child_open);
+    g_free(p->parent_open);
 }
 
-static int resolve_paths(const char *child, const char *parent, const char *store, real_paths *rp,
-                         GError **err)
+/* The path a file is opened by: its pinned descriptor's, else its path as given. */
+static char *open_path(int fd, const char *given)
 {
+    return fd >= 0 ? g_strdup_printf("/proc/self/fd/%d", fd) : g_strdup(given);
+}
+
+/* Opens a disk by rp's open path, under its real name (messages, the journal). */
+static int open_named(const char *open, const char *name, vh_open_flags flags, vh_disk **out,
+                      GError **err)
+{
+    vh_file f;
+    int r = vh_file_open(&f, open, (flags & VH_OPEN_WRITE) != 0, err);
+    if (r < 0)
+        return r;
+    g_free(f.path);
+    f.path = g_strdup(name);
+    return vh_disk_open_file(&f, flags, out, err);
+}
+
+static int resolve_paths(const char *child, const char *parent, const vh_reconnect_opts *o,
+                         real_paths *rp, GError **err)
+{
+    const char *store = o->store;
     if (!parent || !*parent)
         return vh_fail(err, EINVAL, "the parent path is empty");
     if (strlen(parent) >= PATH_MAX)
@@ -100,10 +123,12 @@ static int resolve_paths(const char *child, const char *parent, const char *stor
     rp->store_real = realpath(store, NULL);
     if (!rp->store_real)
         return vh_fail(err, errno, "%s: the store: %s", store, g_strerror(errno));
-    rp->child_real = realpath(child, NULL);
+    rp->child_open = open_path(o->pin ? o->pin->child_fd : -1, child);
+    rp->parent_open = open_path(o->pin ? o->pin->parent_fd : -1, parent);
+    rp->child_real = realpath(rp->child_open, NULL);
     if (!rp->child_real)
         return vh_fail(err, errno, "%s: %s", child, g_strerror(errno));
-    rp->parent_real = realpath(parent, NULL);
+    rp->parent_real = realpath(rp->parent_open, NULL);
     if (!rp->parent_real)
         return vh_fail(err, ENOENT, "%s: the parent does not exist", parent);
     g_autofree char *pb = path_below(rp->store_real, rp->parent_real);
@@ -116,15 +141,15 @@ static int resolve_paths(const char *child, const char *parent, const char *stor
 }
 
 /* Opens the child read-only and checks it is a differencing disk. */
-static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
+static int open_child_for_checks(const char *open, const char *child, vh_disk **out, GError **err)
 {
-    if (vh_sniff_path(child) == VH_FORMAT_NONE) {
-        if (access(child, R_OK) < 0)
+    if (vh_sniff_path(open) == VH_FORMAT_NONE) {
+        if (access(open, R_OK) < 0)
             return vh_fail(err, errno, "%s: %s", child, g_strerror(errno));
         return vh_fail(err, ENOTSUP, "%s: not a VHD or VHDX file", child);
     }
     g_autoptr(GError) e = NULL;
-    if (vh_disk_open(child, VH_OPEN_READ, out, &e) < 0)
+    if (open_named(open, child, VH_OPEN_READ, out, &e) < 0)
         return vh_fail(err, e->code == EACCES ? EACCES : EIO, "%s", e->message);
     if ((*out)->type != VH_TYPE_DIFFERENCING)
         return vh_fail(err, ENOTSUP, "%s: a %s %s disk has no parent to reconnect", child,
@@ -133,10 +158,11 @@ static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
 }
 
 /* The parent is a disk of the child's format, virtual size and logical sector size. */
-static int check_parent(const vh_disk *c, const char *parent_path, vh_disk **out, GError **err)
+static int check_parent(const vh_disk *c, const char *open, const char *parent_path, vh_disk **out,
+                        GError **err)
 {
     g_autoptr(GError) e = NULL;
-    if (vh_disk_open(parent_path, VH_OPEN_READ, out, &e) < 0)
+    if (open_named(open, parent_path, VH_OPEN_READ, out, &e) < 0)
         return vh_fail(err, e->code == EACCES ? EACCES : EINVAL, "the parent is not usable: %s",
                        e->message);
     const vh_disk *p = *out;
@@ -207,7 +233,7 @@ static void plan_link(const real_paths *rp, const vh_disk *parent, const vh_reco
     lp->absolute = vh_winroot_path(rp->store_real, o->winroot, rp->parent_real);
     lp->file_name = g_path_get_basename(rp->parent_real);
     lp->u.parent_id = parent->id;
-    lp->u.parent_mtime = stat(rp->parent_real, &st) == 0 ? st.st_mtime : 0;
+    lp->u.parent_mtime = stat(rp->parent_open, &st) == 0 ? st.st_mtime : 0;
     lp->u.relative = lp->relative;
     lp->u.absolute = lp->absolute;
     lp->u.volume = NULL;
@@ -231,8 +257,10 @@ static int rewrite_link(const real_paths *rp, const link_plan *lp, vh_reconnect_
     if (r < 0)
         return r;
     vh_file f;
-    if ((r = vh_file_open(&f, rp->child_real, true, err)) < 0)
+    if ((r = vh_file_open(&f, rp->child_open, true, err)) < 0)
         return r;
+    g_free(f.path); /* a pin's /proc/self/fd/N: the journal and messages want the name */
+    f.path = g_strdup(rp->child_real);
     if ((r = lock_child(&f, err)) < 0) {
         vh_file_close(&f);
         return r;
@@ -287,11 +315,11 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
     link_plan lp = {0};
     g_autoptr(vh_disk) c = NULL;
     g_autoptr(vh_disk) p = NULL;
-    int r = resolve_paths(child, parent, opts->store, &rp, err);
+    int r = resolve_paths(child, parent, opts, &rp, err);
     if (r == 0)
-        r = open_child_for_checks(rp.child_real, &c, err);
+        r = open_child_for_checks(rp.child_open, rp.child_real, &c, err);
     if (r == 0)
-        r = check_parent(c, rp.parent_real, &p, err);
+        r = check_parent(c, rp.parent_open, rp.parent_real, &p, err);
     if (r == 0 && (strcmp(rp.child_real, rp.parent_real) == 0 ||
                    makes_cycle(rp.child_real, c, rp.parent_real, maxdepth)))
         r = vh_fail(err, EINVAL, "cycle: %s is %s itself or its descendant", parent, child);

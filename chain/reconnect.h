@@ -14,12 +14,25 @@
 
 #include "disk.h"
 
+/*
+ * Descriptors of the very files a repair is about (any open mode, O_PATH too), -1 for none. The
+ * reconnect then opens them again through /proc/self/fd, never by the path it was given, which
+ * only names them (messages, the journal, the relative locator). Whoever acts for a user opens
+ * them with that user's rights and passes them here, so that no rename or symlink swapped in
+ * between can redirect the repair to another file.
+ */
+typedef struct vh_reconnect_pin {
+    int child_fd;
+    int parent_fd;
+} vh_reconnect_pin;
+
 typedef struct vh_reconnect_opts {
-    const char *store;       /* the store: the journal lives there; nothing outside is opened */
-    const char *winroot;     /* where Windows sees the store (absolute locators), or NULL */
-    bool ignore_id_mismatch; /* Set-VHD -IgnoreIdMismatch */
-    bool dry_run;            /* check and describe only */
-    int maxdepth;            /* 0 = VH_DEFAULT_MAXDEPTH */
+    const char *store;           /* the store: the journal lives there; nothing outside is opened */
+    const char *winroot;         /* where Windows sees the store (absolute locators), or NULL */
+    bool ignore_id_mismatch;     /* Set-VHD -IgnoreIdMismatch */
+    bool dry_run;                /* check and describe only */
+    int maxdepth;                /* 0 = VH_DEFAULT_MAXDEPTH */
+    const vh_reconnect_pin *pin; /* NULL: the child and the parent are opened by their paths */
 } vh_reconnect_opts;
 
 typedef struct vh_reconnect_result {

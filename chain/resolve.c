@@ -2,12 +2,15 @@
 /* resolve.c - the chain resolver (see resolve.h; doc/design.md "Resolver rules"). */
 #include "resolve.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 struct vh_resolver {
     vh_store *store;
     char *winroot;
     guint maxdepth;
+    vh_trust trust;
     GMutex lock;      /* guards memo */
     GHashTable *memo; /* child path -> vh_link* */
 };
@@ -163,6 +166,114 @@ void vh_chain_free(vh_chain *c)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Trust (DESIGN.md "Many users on one mount") */
+
+const char *vh_trust_name(vh_trust t)
+{
+    switch (t) {
+    case VH_TRUST_OWNER:
+        return "owner";
+    case VH_TRUST_GROUP:
+        return "group";
+    case VH_TRUST_ANY:
+        return "any";
+    }
+    return "unknown";
+}
+
+bool vh_trust_parse(const char *s, vh_trust *out)
+{
+    for (vh_trust t = VH_TRUST_OWNER; t <= VH_TRUST_ANY; t++)
+        if (s && strcmp(s, vh_trust_name(t)) == 0) {
+            *out = t;
+            return true;
+        }
+    return false;
+}
+
+bool vh_trusted(vh_trust t, uid_t cuid, gid_t cgid, uid_t puid, gid_t pgid)
+{
+    if (t == VH_TRUST_ANY || puid == 0 || puid == cuid)
+        return true;
+    return t == VH_TRUST_GROUP && pgid == cgid;
+}
+
+/* The owner of an indexed file as the store holds it now; false when its path names another. */
+static bool owner_of(vh_resolver *r, const vh_disk_info *i, uid_t *uid, gid_t *gid)
+{
+    struct stat st;
+    if (fstatat(vh_store_root_fd(r->store), i->path, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        st.st_dev != i->dev || st.st_ino != i->ino)
+        return false;
+    *uid = st.st_uid;
+    *gid = st.st_gid;
+    return true;
+}
+
+/*
+ * May p be the parent of child? With *owner (if not NULL) set to p's owner. A file whose owner
+ * cannot be told (it changed since it was indexed) is not trusted.
+ */
+static bool trusted_parent(vh_resolver *r, const vh_disk_info *child, const vh_disk_info *p,
+                           uid_t *owner)
+{
+    uid_t cu = 0, pu = 0;
+    gid_t cg = 0, pg = 0;
+    bool known = owner_of(r, p, &pu, &pg);
+    if (owner)
+        *owner = pu;
+    if (r->trust == VH_TRUST_ANY)
+        return true;
+    return known && owner_of(r, child, &cu, &cg) && vh_trusted(r->trust, cu, cg, pu, pg);
+}
+
+/* Does the child's owner own p too (so that the child's status may describe p)? */
+static bool same_owner(vh_resolver *r, const vh_disk_info *child, const vh_disk_info *p)
+{
+    uid_t cu, pu;
+    gid_t cg, pg;
+    return owner_of(r, child, &cu, &cg) && owner_of(r, p, &pu, &pg) && cu == pu;
+}
+
+/*
+ * Rule 4's trust filter: the candidates trusted for the child (*dropped counts the others, and
+ * l->index_stale notes one that is no longer where the index says).
+ */
+static GPtrArray *trusted_candidates(vh_resolver *r, const vh_disk_info *child, GPtrArray *in,
+                                     vh_link *l, guint *dropped)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    *dropped = 0;
+    for (guint k = 0; k < in->len; k++) {
+        uid_t u;
+        gid_t g;
+        if (!trusted_parent(r, child, in->pdata[k], NULL)) {
+            l->index_stale = l->index_stale || !owner_of(r, in->pdata[k], &u, &g);
+            (*dropped)++;
+            continue;
+        }
+        g_ptr_array_add(out, vh_disk_info_ref(in->pdata[k]));
+    }
+    return out;
+}
+
+/* Do the disks belong to more than one owner (then none may be preferred by name or folder)? */
+static bool owners_differ(vh_resolver *r, GPtrArray *disks)
+{
+    uid_t first = 0, u = 0;
+    gid_t g;
+    for (guint k = 0; k < disks->len; k++) {
+        if (!owner_of(r, disks->pdata[k], &u, &g))
+            return true; /* cannot tell: no preference */
+        if (k == 0)
+            first = u;
+        if (u != first)
+            return true;
+    }
+    return false;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* The resolver */
 
 vh_resolver *vh_resolver_new(vh_store *store, const vh_resolve_opts *opts)
@@ -171,6 +282,7 @@ vh_resolver *vh_resolver_new(vh_store *store, const vh_resolve_opts *opts)
     r->store = store;
     r->winroot = g_strdup(opts ? opts->winroot : NULL);
     r->maxdepth = opts && opts->maxdepth ? opts->maxdepth : VH_DEFAULT_MAXDEPTH;
+    r->trust = opts ? opts->trust : VH_TRUST_OWNER;
     g_mutex_init(&r->lock);
     r->memo = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)vh_link_unref);
     return r;
@@ -366,6 +478,12 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
             try_note(t, VH_VERDICT_PARENT_MISSING, found, c->via, g_strdup(err->message));
             continue;
         }
+        /* a file not trusted for the child is as if the locator did not lead there, in the same
+           words as a missing file: locators cannot probe other users' folders */
+        if (strcmp(found, child->path) != 0 && !trusted_parent(r, child, p, NULL)) {
+            try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via, g_strdup("not found"));
+            continue;
+        }
         char *detail = NULL;
         vh_verdict v = evaluate(child, p, &detail);
         if (v == VH_VERDICT_OK && strcmp(found, child->path) == 0) {
@@ -376,6 +494,12 @@ static char *follow_locator(vh_resolver *r, const vh_disk_info *child, const vh_
         /* a same-named file found by a stale path's tail says little about the link */
         if (v == VH_VERDICT_ID_MISMATCH && c->via == VH_WP_VIA_TAIL)
             v = VH_VERDICT_PARENT_MISSING;
+        /* another owner's file (root's, or the group's) is described only when it is the parent */
+        if (v != VH_VERDICT_OK && r->trust != VH_TRUST_ANY && !same_owner(r, child, p)) {
+            g_free(detail);
+            try_note(t, VH_VERDICT_PARENT_MISSING, c->rel, c->via, g_strdup("not found"));
+            continue;
+        }
         try_note(t, v, found, c->via, detail);
         if (v == VH_VERDICT_OK)
             return g_strdup(found);
@@ -452,11 +576,17 @@ static GPtrArray *disks_with_expected_id(vh_resolver *r, const vh_disk_info *chi
     return all;
 }
 
-/* Rule 4: the index's disks of the expected identity; sets heal_target or candidates. */
-static void use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_verdict *why,
-                      char **why_detail)
+/*
+ * Rule 4: the index's disks of the expected identity; sets heal_target or candidates. Returns
+ * how many were left out as untrusted.
+ */
+static guint use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_verdict *why,
+                       char **why_detail)
 {
-    g_autoptr(GPtrArray) all = disks_with_expected_id(r, child);
+    g_autoptr(GPtrArray) any = disks_with_expected_id(r, child);
+    guint dropped = 0;
+    /* untrusted disks are never evaluated: the status says nothing of them */
+    g_autoptr(GPtrArray) all = trusted_candidates(r, child, any, l, &dropped);
     g_autoptr(GPtrArray) valid = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
     for (guint k = 0; k < all->len; k++) {
         vh_disk_info *p = all->pdata[k];
@@ -473,25 +603,34 @@ static void use_index(vh_resolver *r, const vh_disk_info *child, vh_link *l, vh_
         }
         g_free(detail);
     }
-    if (valid->len == 0)
-        return;
-    g_autoptr(GPtrArray) named = keep_best(valid, score_name, child);
-    g_autoptr(GPtrArray) near = keep_best(named, score_distance, child);
+    GPtrArray *trusted = valid;
+    if (trusted->len == 0)
+        return dropped;
+    bool mixed = owners_differ(r, trusted);
+    /* disks of different owners: no preference by name or folder may pick one of them */
+    g_autoptr(GPtrArray) named =
+        mixed ? g_ptr_array_ref(trusted) : keep_best(trusted, score_name, child);
+    g_autoptr(GPtrArray) near =
+        mixed ? g_ptr_array_ref(trusted) : keep_best(named, score_distance, child);
     if (near->len == 1) {
         vh_disk_info *t = near->pdata[0];
         l->heal_target = g_strdup(t->path);
-        for (guint k = 0; k < valid->len; k++)
-            if (valid->pdata[k] != t)
-                g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)valid->pdata[k])->path));
-        return;
+        for (guint k = 0; k < trusted->len; k++)
+            if (trusted->pdata[k] != t)
+                g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)trusted->pdata[k])->path));
+        return dropped;
     }
     for (guint k = 0; k < near->len; k++)
         g_ptr_array_add(l->candidates, g_strdup(((vh_disk_info *)near->pdata[k])->path));
     *why = VH_VERDICT_AMBIGUOUS;
     g_free(*why_detail);
-    *why_detail = g_strdup_printf("%u disks in the store have the expected id, none preferred "
-                                  "by name or folder",
-                                  near->len);
+    *why_detail = mixed ? g_strdup_printf("%u disks of different owners in the store have the "
+                                          "expected id",
+                                          near->len)
+                        : g_strdup_printf("%u disks in the store have the expected id, none "
+                                          "preferred by name or folder",
+                                          near->len);
+    return dropped;
 }
 
 /* A VHD parent time stamp that differs from the parent's mtime: a warning (rule 3). */
@@ -544,16 +683,20 @@ static vh_link *resolve_link(vh_resolver *r, const vh_disk_info *child)
         check_timestamp(r, child, l);
         return l;
     }
-    if (why != VH_VERDICT_CYCLE)
-        use_index(r, child, l, &why, &why_detail);
+    guint untrusted = why != VH_VERDICT_CYCLE ? use_index(r, child, l, &why, &why_detail) : 0;
     l->verdict = why;
     char id[VH_ID_STRLEN + 1];
     vh_id_format(&child->link.parent_id, id);
+    g_autofree char *none =
+        untrusted ? g_strdup_printf("; no disk in the store trusted for this child (trust=%s) "
+                                    "has that id",
+                                    vh_trust_name(r->trust))
+                  : g_strdup("; no disk in the store has that id");
     if (why == VH_VERDICT_PARENT_MISSING)
-        l->detail = g_strdup_printf("no locator leads to the parent (id %s)%s%s%s", id,
-                                    l->heal_target ? "; the store holds it at " : "",
-                                    l->heal_target ? l->heal_target : "",
-                                    l->heal_target ? "" : "; no disk in the store has that id");
+        l->detail =
+            g_strdup_printf("no locator leads to the parent (id %s)%s%s%s", id,
+                            l->heal_target ? "; the store holds it at " : "",
+                            l->heal_target ? l->heal_target : "", l->heal_target ? "" : none);
     else if (l->heal_target)
         l->detail =
             g_strdup_printf("%s; the store holds the parent at %s", why_detail, l->heal_target);
@@ -726,7 +869,8 @@ int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **to
     g_autofree char *rel = vh_store_relpath(root, path);
     if (!rel || !*rel)
         return vh_fail(err, EINVAL, "%s: not a file in the store %s", path, root);
-    vh_resolve_opts ro = {.winroot = opts->winroot, .maxdepth = opts->maxdepth};
+    vh_resolve_opts ro = {
+        .winroot = opts->winroot, .maxdepth = opts->maxdepth, .trust = opts->trust};
     g_autoptr(vh_resolver) r = vh_resolver_new(store, &ro);
     g_autoptr(vh_chain) c = vh_resolve_chain(r, rel, err);
     if (!c)

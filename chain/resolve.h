@@ -9,7 +9,10 @@
  * `outside-store` and its target is never opened. A link is `ok` when a locator, in rule 1's
  * order, leads to a disk that passes rule 3's identity check; otherwise its verdict says why
  * and, when the index holds exactly one (or one preferred) disk with the expected identity,
- * the heal target names it (rule 4). Nothing here writes.
+ * the heal target names it (rule 4). Only disks trusted for the child (vh_trusted, by the owners
+ * the store gives now) count: a locator that leads to an untrusted disk is treated as not
+ * leading there, an untrusted disk is never a candidate, and trusted candidates of different
+ * owners are `ambiguous`. Nothing here writes.
  */
 #ifndef VH_RESOLVE_H
 #define VH_RESOLVE_H
@@ -61,6 +64,8 @@ typedef struct vh_link {
                             * expected identity that passed the checks */
     GPtrArray *tries;      /* vh_locator_try*, in the order tried */
     GPtrArray *warnings;   /* char*: not fatal (a VHD parent time stamp that differs) */
+    bool index_stale;      /* a disk the index gave is no longer where it says (was left out,
+                            * since its owner cannot be told): a rescan may find it */
 } vh_link;
 
 vh_link *vh_link_ref(vh_link *l);
@@ -77,9 +82,31 @@ typedef struct vh_chain {
 void vh_chain_free(vh_chain *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_chain, vh_chain_free)
 
+/*
+ * Whose disks may be a child's parent (DESIGN.md "Many users on one mount"): a parent owned by
+ * the child's owner or by root always; with GROUP also one whose group is the child's group;
+ * with ANY every disk. OWNER (0) is the default of every caller.
+ */
+typedef enum {
+    VH_TRUST_OWNER = 0,
+    VH_TRUST_GROUP,
+    VH_TRUST_ANY,
+} vh_trust;
+
+/* "owner", "group", "any"; parse gives false for anything else. */
+const char *vh_trust_name(vh_trust t);
+bool vh_trust_parse(const char *s, vh_trust *out);
+/*
+ * The one trust rule, used by the resolver (candidates and locator targets) and by the mount
+ * (on the very inode it is about to use): may a disk owned by puid:pgid be the parent of a
+ * child owned by cuid:cgid? It depends on the owners only, never on who asks.
+ */
+bool vh_trusted(vh_trust t, uid_t cuid, gid_t cgid, uid_t puid, gid_t pgid);
+
 typedef struct vh_resolve_opts {
     const char *winroot; /* where Windows hosts see STORE, or NULL */
     guint maxdepth;      /* the longest chain followed, in disks (0: VH_DEFAULT_MAXDEPTH) */
+    vh_trust trust;      /* whose disks may be parents (default: the child's owner's and root's) */
 } vh_resolve_opts;
 
 typedef struct vh_resolver vh_resolver;
@@ -113,6 +140,7 @@ typedef struct vh_chain_open_opts {
     guint maxdepth;       /* 0: VH_DEFAULT_MAXDEPTH */
     bool writable;        /* open the top disk for writing (parents stay read-only) */
     bool use_heal_target; /* cross a broken link to its unique heal target (overlay healing) */
+    vh_trust trust;       /* as vh_resolve_opts */
 } vh_chain_open_opts;
 
 /*

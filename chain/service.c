@@ -33,6 +33,7 @@ struct vh_service {
     vh_store *store;
     char *winroot;
     guint maxdepth;
+    vh_trust trust;
     gint64 rescan_interval_us;
     GMutex lock;         /* guards records, last_scan_us */
     GHashTable *records; /* rec_key* -> rec* */
@@ -75,6 +76,7 @@ vh_service *vh_service_new(const vh_service_opts *opts, GError **err)
     s->store = store;
     s->winroot = g_strdup(opts->winroot);
     s->maxdepth = opts->maxdepth ? opts->maxdepth : VH_DEFAULT_MAXDEPTH;
+    s->trust = opts->trust;
     s->rescan_interval_us =
         opts->rescan_interval_us > 0 ? opts->rescan_interval_us : DEFAULT_RESCAN_US;
     g_mutex_init(&s->lock);
@@ -235,14 +237,14 @@ bool vh_disk_info_is_child(const vh_disk_info *i)
 
 static vh_chain *resolve_fresh(vh_service *s, const char *rel, GError **err)
 {
-    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth};
+    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth, .trust = s->trust};
     g_autoptr(vh_resolver) r = vh_resolver_new(s->store, &o);
     return vh_resolve_chain(r, rel, err);
 }
 
 static vh_link *link_fresh(vh_service *s, const char *rel, GError **err)
 {
-    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth};
+    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth, .trust = s->trust};
     g_autoptr(vh_resolver) r = vh_resolver_new(s->store, &o);
     return vh_resolve_link(r, rel, err);
 }
@@ -276,7 +278,7 @@ static int rescan_need(vh_service *s, const vh_chain *c)
         if (l->verdict == VH_VERDICT_OK || l->verdict == VH_VERDICT_CYCLE ||
             l->verdict == VH_VERDICT_TOO_DEEP)
             continue;
-        if (l->heal_target && !still_there(s, l->heal_target, child))
+        if ((l->heal_target && !still_there(s, l->heal_target, child)) || l->index_stale)
             return 2;
         for (guint j = 0; l->verdict == VH_VERDICT_AMBIGUOUS && j < l->candidates->len; j++)
             if (!still_there(s, l->candidates->pdata[j], child))
@@ -413,18 +415,24 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
                            .winroot = s->winroot,
                            .ignore_id_mismatch = force,
                            .maxdepth = (int)s->maxdepth};
+    vh_reconnect_pin pin = {-1, -1};
     int r = 0;
     memset(res, 0, sizeof *res);
     vh_service_lock_repairs(s);
     if (gate) {
         g_autofree char *why = NULL;
-        r = gate(ctx, child, &why);
+        r = gate(ctx, child, parent_abs, &pin, &why);
         if (r < 0)
             vh_fail(err, -r, "%s: %s", child->path, why ? why : g_strerror(-r));
     }
+    o.pin = &pin;
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
     vh_service_unlock_repairs(s);
+    if (pin.child_fd >= 0)
+        close(pin.child_fd);
+    if (pin.parent_fd >= 0)
+        close(pin.parent_fd);
     return r;
 }
 

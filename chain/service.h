@@ -27,6 +27,7 @@ typedef struct vh_service_opts {
     const char *winroot;       /* where Windows hosts see the store, or NULL */
     guint maxdepth;            /* the longest chain followed (0: VH_DEFAULT_MAXDEPTH) */
     gint64 rescan_interval_us; /* least time between rescans for a lost parent (0: 1 s) */
+    vh_trust trust;            /* whose disks may be parents (resolve.h; default owner) */
 } vh_service_opts;
 
 /* One line for the log: a detection, a repair, or a repair that failed (warning). */
@@ -104,10 +105,13 @@ char *vh_service_status(vh_service *s, const vh_disk_info *disk, const vh_chain 
 /* --- repairs --- */
 
 /*
- * May the child be rewritten now? 0, or a negative errno (EBUSY, EACCES, ...) with *why set to a
- * message. Called with the repair lock held, right before the rewrite.
+ * May the child be rewritten now, to the parent at parent_abs? 0, or a negative errno (EBUSY,
+ * EACCES, ...) with *why set to a message. Called with the repair lock held, right before the
+ * rewrite. The gate may pin the files it checked (pin->child_fd, pin->parent_fd, both -1 when
+ * called): the repair then uses exactly those (vh_reconnect_pin), and the service closes them.
  */
-typedef int (*vh_gate_fn)(void *ctx, const vh_disk_info *child, char **why);
+typedef int (*vh_gate_fn)(void *ctx, const vh_disk_info *child, const char *parent_abs,
+                          vh_reconnect_pin *pin, char **why);
 
 /* Held around a rewrite; whoever must not overlap a rewrite (a new writer) takes it too. */
 void vh_service_lock_repairs(vh_service *s);

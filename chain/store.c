@@ -116,6 +116,13 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
     int r = vh_file_open(&f, abs, false, &err);
     if (r < 0)
         return r;
+    /* the file stat'ed (out's dev, ino) must be the one read: a symlink or another file renamed
+       in between must not lend its content to this entry */
+    struct stat st;
+    if (fstat(f.fd, &st) < 0 || st.st_dev != out->dev || st.st_ino != out->ino) {
+        vh_file_close(&f);
+        return -EAGAIN;
+    }
     vh_format fmt = vh_sniff_file(&f);
     out->format = fmt;
     if (fmt == VH_FORMAT_NONE) {

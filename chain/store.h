@@ -52,7 +52,9 @@ void vh_disk_info_fill(vh_disk_info *i, const vh_disk *d);
  * Reads what a file is. `abs` is the file's absolute path, `rel` its store-relative path.
  * Fills out->format (VH_FORMAT_NONE for a file that is not a disk), and the disk fields, or sets
  * out->error for a disk that cannot be read. Returns 0, or a negative errno for an I/O error
- * (the file is then left out of the index). Called from several threads at once.
+ * (the file is then left out of the index). Called from several threads at once. out's dev, ino,
+ * size and mtime are those stat'ed first: the default probe reads only that very file (EAGAIN
+ * when a rename or a symlink put another one at `abs` in between).
  */
 typedef int (*vh_probe_fn)(void *ctx, const char *abs, const char *rel, vh_disk_info *out);
 

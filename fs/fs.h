@@ -23,6 +23,7 @@
 #include <syslog.h>
 
 #include "common.h" /* the engine's small helpers: vh_autofd, vh_mtime_ns, VH_DEFAULT_MAXDEPTH */
+#include "resolve.h"
 
 /* heal=: when a broken chain is repaired (doc/design.md "vhdhealfs"). */
 enum vhfs_heal {
@@ -46,6 +47,7 @@ struct vhfs_config {
     char *winroot;     /* Windows form with backslashes ("\\nas\vms", "D:\VMs"), or NULL */
     bool views;        /* the @raw and @chains folders */
     unsigned maxdepth; /* longest chain followed, >= 1 */
+    vh_trust trust;    /* whose disks may be parents (DESIGN.md "Many users on one mount") */
     bool ro;
     bool allow_other;
     bool foreground;   /* -f (or -d) */
@@ -149,8 +151,10 @@ void vhfs_heal_unlinked(struct vhfs *fs, struct vhfs_inode *dir, const char *nam
  * Repairs asked for through user.vhd.parent[.force] (xattr.c): maps `value` (a path under the
  * mount point, under STORE, or relative to the child's folder) and reconnects; on success the
  * kernel's cache of the child is dropped. 0 or -errno; the message goes to user.vhd.status.
+ * The caller of req (NULL: the daemon itself) must be able to write the child and read the
+ * parent, and the parent must be trusted for the child (the gate).
  */
-int vhfs_heal_set_parent(struct vhfs *fs, struct vhfs_inode *inode, const char *rel,
+int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *rel,
                          const char *value, size_t size, bool force);
 /* What user.vhd.status adds to a broken link that has a heal target, by the mount's mode. */
 const char *vhfs_heal_note(const struct vhfs *fs);
@@ -180,12 +184,13 @@ extern const size_t vhfs_xattr_nkeys;
  * Each hook is called by the pass-through before it touches the store file. A hook sets *ours
  * to false when the name is not one it serves; the pass-through then uses the store file. When
  * *ours is true the hook's result is the answer: get returns the value's length (with size 0:
- * the length needed; a short buffer: -ERANGE) or -errno; set/remove return 0 or -errno.
+ * the length needed; a short buffer: -ERANGE) or -errno; set/remove return 0 or -errno. req
+ * names the caller the hook acts for (NULL: the daemon itself).
  */
-ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *name, char *buf,
-                       size_t size, bool *ours);
-int vhfs_xattr_set(struct vhfs *fs, struct vhfs_inode *inode, const char *name, const char *value,
-                   size_t size, int flags, bool *ours);
+ssize_t vhfs_xattr_get(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                       char *buf, size_t size, bool *ours);
+int vhfs_xattr_set(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                   const char *value, size_t size, int flags, bool *ours);
 int vhfs_xattr_remove(struct vhfs *fs, struct vhfs_inode *inode, const char *name, bool *ours);
 /*
  * The synthesised names to list after the store file's own (NUL-terminated each): their total
@@ -236,6 +241,51 @@ size_t vhfs_views_root_entries(fuse_req_t req, char *buf, size_t size, off_t off
  * read anew by the @raw files open on it, and the kernel drops their cached pages.
  */
 void vhfs_views_changed(struct vhfs *fs, struct vhfs_inode *inode);
+
+/* --- caller.c: acting with the rights of a request's user. --- */
+
+/* Who a request acts for (fuse_req_ctx and the groups of its process). */
+struct vhfs_caller {
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    gid_t groups[256];
+};
+/* The daemon thread's own credentials while it acts for a caller. */
+struct vhfs_as {
+    bool switched;
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    gid_t groups[256];
+};
+
+/* The caller of req; NULL: the daemon itself (its own uid and gid, no groups). */
+void vhfs_caller_from_req(struct vhfs_caller *c, fuse_req_t req);
+/*
+ * Takes the caller's fsuid, fsgid and groups on this thread (no change for root, or for the
+ * daemon's own user when it is not root). 0, or -errno (EACCES: a daemon that is not root
+ * cannot act for another user); vhfs_caller_leave restores them.
+ */
+int vhfs_caller_enter(const struct vhfs *fs, const struct vhfs_caller *c, struct vhfs_as *saved);
+void vhfs_caller_leave(struct vhfs_as *saved);
+/*
+ * Opens the store-relative path rel as the caller, beneath STORE (flags as open(2), plus
+ * O_CLOEXEC, O_NOCTTY and O_NONBLOCK); with nofollow no symlink is followed at all. The
+ * descriptor, or -errno (EACCES for a file in a folder the caller cannot search, whether it
+ * exists or not; EXDEV for a path leading outside STORE; ELOOP for a symlink with nofollow).
+ */
+int vhfs_caller_openat(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
+                       int flags, bool nofollow);
+/*
+ * May the caller read the file at rel, which must still be (dev, ino)? 0; -EACCES when not (also
+ * for a file in a folder the caller cannot search); -EAGAIN when rel names another file now.
+ */
+int vhfs_caller_may_read(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
+                         dev_t dev, ino_t ino);
+/* The same for every disk of a chain (what @raw reads for the caller). */
+int vhfs_caller_may_read_chain(const struct vhfs *fs, const struct vhfs_caller *c,
+                               const vh_chain *chain);
 
 /* --- util.c: logging and small helpers. --- */
 

@@ -8,8 +8,12 @@
  * Contract: a file is rewritten only when repairs are written (healmode=persist, not ro) and the
  * gate allows it, asked by the service with its repair lock held: not while a handle of the file
  * is open for writing through the mount (new writers take the same lock, so a writer never
- * overlaps a rewrite), and, for repairs a request of a user sets off (open, rename), only when
- * that user may write the file. Opens are never refused because of a chain. Cache drops: the
+ * overlaps a rewrite), and only as the user whose request set it off (open, rename, a write of
+ * user.vhd.parent): the gate opens the child for writing and the new parent for reading with
+ * that user's credentials beneath STORE (the child without following symlinks, and only while
+ * it is the file the verdict was about), checks the trust rule on those very inodes, and the
+ * repair goes through the descriptors (vh_reconnect_pin), never through a path resolved again.
+ * Opens are never refused because of a chain. Cache drops: the
  * file being opened has only its attributes dropped here (its pages are dropped by the open,
  * keep_cache = 0), since a notify from a request of the same inode could wait for pages that
  * the kernel locked for that very request; other files get a full drop.
@@ -82,8 +86,10 @@ static gpointer scan_main(gpointer data)
 
 int vhfs_heal_start(struct vhfs *fs)
 {
-    vh_service_opts o = {
-        .store = fs->cfg.store, .winroot = fs->cfg.winroot, .maxdepth = fs->cfg.maxdepth};
+    vh_service_opts o = {.store = fs->cfg.store,
+                         .winroot = fs->cfg.winroot,
+                         .maxdepth = fs->cfg.maxdepth,
+                         .trust = fs->cfg.trust};
     g_autoptr(GError) err = NULL;
 
     fs->svc = vh_service_new(&o, &err);
@@ -211,64 +217,136 @@ static void invalidate(struct vhfs *fs, const vh_disk_info *i, bool data)
         vhfs_log(LOG_WARNING, "%s: cannot drop the kernel's cache: %s", i->path, g_strerror(-res));
 }
 
-/* Who set a repair off: may_write is asked only when check_caller. */
+/*
+ * Who set a repair off. The gate opens the files of the repair as that user, beneath STORE, and
+ * pins them: the repair then writes through exactly the inode that was checked.
+ */
 struct gate_ctx {
     struct vhfs *fs;
-    bool check_caller;
-    uid_t uid;
-    gid_t gid;
-    int ngroups;
-    gid_t groups[64];
+    struct vhfs_caller caller;
+    int parent_fd; /* a parent already pinned for the caller (user.vhd.parent), or -1 */
 };
 
 static void gate_from_req(struct gate_ctx *g, struct vhfs *fs, fuse_req_t req)
 {
-    const struct fuse_ctx *ctx = fuse_req_ctx(req);
-    int n;
-
-    memset(g, 0, sizeof(*g));
     g->fs = fs;
-    g->check_caller = true;
-    g->uid = ctx->uid;
-    g->gid = ctx->gid;
-    n = fuse_req_getgroups(req, G_N_ELEMENTS(g->groups), g->groups);
-    g->ngroups = CLAMP(n, 0, (int)G_N_ELEMENTS(g->groups));
+    g->parent_fd = -1;
+    vhfs_caller_from_req(&g->caller, req);
 }
 
-/* As the kernel's generic permission check for writing (owner, then group, then others). */
-static bool may_write(const struct gate_ctx *g, const struct stat *st)
+/*
+ * Opens the child for writing as the caller, without following any symlink, and checks that it
+ * is still the file the verdict was about. A symlink or another file put in its place (a
+ * rename racing the repair) is refused with EBUSY, never followed.
+ */
+static int pin_child(struct gate_ctx *g, const vh_disk_info *child, int *out, char **why)
 {
-    bool in_group = st->st_gid == g->gid;
+    struct stat st;
+    int fd = vhfs_caller_openat(g->fs, &g->caller, child->path, O_RDWR, true);
 
-    if (g->uid == 0)
-        return true;
-    if (st->st_uid == g->uid)
-        return (st->st_mode & S_IWUSR) != 0;
-    for (int k = 0; k < g->ngroups && !in_group; k++)
-        in_group = g->groups[k] == st->st_gid;
-    return (st->st_mode & (in_group ? S_IWGRP : S_IWOTH)) != 0;
+    if (fd == -EACCES || fd == -EPERM) {
+        *why = g_strdup_printf("user %u may not write it", (unsigned)g->caller.uid);
+        return -EACCES;
+    }
+    if (fd == -ELOOP || fd == -EXDEV) {
+        *why = g_strdup("a symlink took its place while it was being repaired; not rewritten");
+        return -EBUSY;
+    }
+    if (fd < 0) {
+        *why = g_strdup(g_strerror(-fd));
+        return fd;
+    }
+    *out = fd;
+    if (fstat(fd, &st) < 0) {
+        *why = g_strdup(g_strerror(errno));
+        return -errno;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_dev != child->dev || st.st_ino != child->ino) {
+        *why = g_strdup("another file took its place while it was being repaired; not rewritten");
+        return -EBUSY;
+    }
+    return 0;
 }
 
-static int gate(void *ctx, const vh_disk_info *child, char **why)
+/*
+ * Opens the parent at absolute STORE path `abs` for reading as the caller (symlinks only inside
+ * STORE). A file in a folder the caller cannot search gives EACCES whether it exists or not.
+ */
+static int open_parent(struct gate_ctx *g, const char *abs, int *out, GError **err)
+{
+    const char *rel = below(abs, g->fs->cfg.store);
+    struct stat st;
+    int fd =
+        rel != NULL && *rel ? vhfs_caller_openat(g->fs, &g->caller, rel, O_RDONLY, false) : -EXDEV;
+
+    switch (-fd) {
+    case 0:
+        break;
+    case ENOENT:
+    case ENOTDIR:
+        return vh_fail(err, ENOENT, "%s: the parent does not exist", abs);
+    case EACCES:
+    case EPERM:
+        return vh_fail(err, EACCES, "%s: user %u may not read the parent", abs,
+                       (unsigned)g->caller.uid);
+    case EXDEV:
+        return vh_fail(err, EXDEV, "%s: the parent is outside the store", abs);
+    default:
+        if (fd < 0)
+            return vh_fail(err, -fd, "%s: %s", abs, g_strerror(-fd));
+    }
+    *out = fd;
+    if (fstat(fd, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return vh_fail(err, EINVAL, "%s: the parent is not a VHD or VHDX file", abs);
+    return 0;
+}
+
+/* The trust rule (chain/resolve.c) on the very inodes the repair will use. */
+static int check_trust(struct gate_ctx *g, int child_fd, int parent_fd, const char *parent,
+                       char **why)
+{
+    struct stat c, p;
+
+    if (fstat(child_fd, &c) < 0 || fstat(parent_fd, &p) < 0) {
+        *why = g_strdup(g_strerror(errno));
+        return -errno;
+    }
+    if (vh_trusted(g->fs->cfg.trust, c.st_uid, c.st_gid, p.st_uid, p.st_gid))
+        return 0;
+    *why = g_strdup_printf("the parent %s belongs to user %u, the child to user %u: not trusted "
+                           "(trust=%s)",
+                           parent, (unsigned)p.st_uid, (unsigned)c.st_uid,
+                           vh_trust_name(g->fs->cfg.trust));
+    return -EACCES;
+}
+
+static int gate(void *ctx, const vh_disk_info *child, const char *parent_abs, vh_reconnect_pin *pin,
+                char **why)
 {
     struct gate_ctx *g = ctx;
-    struct stat st;
+    g_autoptr(GError) err = NULL;
+    int r;
 
     if (writers_of(g->fs, child->dev, child->ino) > 0) {
         *why = g_strdup("open for writing through the mount");
         return -EBUSY;
     }
-    if (!g->check_caller)
-        return 0;
-    if (fstatat(g->fs->root.fd, child->path, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-        *why = g_strdup(g_strerror(errno));
-        return -errno;
+    r = pin_child(g, child, &pin->child_fd, why);
+    if (r < 0)
+        return r;
+    if (g->parent_fd >= 0) {
+        pin->parent_fd = fcntl(g->parent_fd, F_DUPFD_CLOEXEC, 0);
+        if (pin->parent_fd < 0) {
+            *why = g_strdup(g_strerror(errno));
+            return -errno;
+        }
+    } else if ((r = open_parent(g, parent_abs, &pin->parent_fd, &err)) < 0) {
+        *why = g_strdup(err->message);
+        return r;
     }
-    if (!may_write(g, &st)) {
-        *why = g_strdup_printf("user %u may not write it", (unsigned)g->uid);
-        return -EACCES;
-    }
-    return 0;
+    return check_trust(g, pin->child_fd, pin->parent_fd, parent_abs, why);
 }
 
 /* --- hooks --- */
@@ -412,14 +490,15 @@ static int check_value(const char *value, size_t size, char **out, GError **err)
     return 0;
 }
 
-int vhfs_heal_set_parent(struct vhfs *fs, struct vhfs_inode *inode, const char *rel,
+int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *rel,
                          const char *value, size_t size, bool force)
 {
     g_autoptr(vh_disk_info) info = NULL;
     g_autoptr(GError) err = NULL;
     g_autofree char *path = NULL, *parent = NULL;
     vh_reconnect_result res = {0};
-    struct gate_ctx g = {.fs = fs};
+    vh_autofd int parent_fd = -1;
+    struct gate_ctx g;
     int r = 0;
 
     if (fs->svc == NULL)
@@ -442,6 +521,11 @@ int vhfs_heal_set_parent(struct vhfs *fs, struct vhfs_inode *inode, const char *
         r = check_value(value, size, &path, &err);
     if (r == 0)
         r = map_parent(fs, rel, path, &parent, &err);
+    gate_from_req(&g, fs, req);
+    /* the parent is read for the caller: opened with the caller's rights, and pinned */
+    if (r == 0)
+        r = open_parent(&g, parent, &parent_fd, &err);
+    g.parent_fd = parent_fd;
     if (r < 0) {
         vh_service_record_failure(fs->svc, info, -r, err->message);
         vhfs_log(LOG_WARNING, "reconnect of %s refused: %s", rel, err->message);

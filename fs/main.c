@@ -36,6 +36,7 @@ struct cmdline {
     char *winroot;
     char *views;
     char *maxdepth;
+    char *trust;
     int ro;
     int allow_other;
     int foreground;
@@ -67,6 +68,7 @@ static const struct fuse_opt vhfs_opts[] = {
     CMD_OPT("winroot=%s", winroot),
     CMD_OPT("views=%s", views),
     CMD_OPT("maxdepth=%s", maxdepth),
+    CMD_OPT("trust=%s", trust),
     /* Noted and also handed to the kernel. */
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
@@ -183,6 +185,9 @@ static void print_help(void)
         "                          (in -o, write \\\\ for each \\, or use /: //nas/vms, D:/VMs)\n"
         "  -o views=on|off         the @raw and @chains folders (default on)\n"
         "  -o maxdepth=N           longest chain followed, 1 to %u (default %u)\n"
+        "  -o trust=owner|group|any\n"
+        "                          whose disks may be a child's parent: its owner's and\n"
+        "                          root's (owner, the default), also its group's, or anyone's\n"
         "  -o ro                   read-only mount (implies healmode=overlay)\n"
         "  -o allow_other          let other users use the mount\n"
         "\n"
@@ -306,6 +311,10 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         return false;
     }
     cfg->maxdepth = (unsigned)depth;
+    if (c->trust != NULL && !vh_trust_parse(c->trust, &cfg->trust)) {
+        usage_error("invalid value for trust: '%s' (use owner, group or any)", c->trust);
+        return false;
+    }
     if (c->winroot != NULL) {
         cfg->winroot = winroot_normalise(c->winroot);
         if (!winroot_ok(cfg->winroot)) {
@@ -363,6 +372,7 @@ static void cmdline_clear(struct cmdline *c)
     free(c->winroot);
     free(c->views);
     free(c->maxdepth);
+    free(c->trust);
 }
 
 /* The session's arguments: our fixed options first, so that the user's fsname= wins. */

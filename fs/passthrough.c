@@ -906,7 +906,7 @@ static void lo_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
     if (size > 0 && (buf = g_try_malloc(size)) == NULL)
         return reply_err(req, "getxattr", ENOMEM);
-    res = vhfs_xattr_get(vhfs_of(req), inode, name, buf, size, &ours);
+    res = vhfs_xattr_get(vhfs_of(req), req, inode, name, buf, size, &ours);
     if (!ours)
         res = vhfs_xattr_hidden(name) ? -ENODATA : store_getxattr(inode, name, buf, size);
     if (res < 0)
@@ -946,7 +946,7 @@ static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
     bool ours;
-    int res = vhfs_xattr_set(vhfs_of(req), inode, name, value, size, flags, &ours);
+    int res = vhfs_xattr_set(vhfs_of(req), req, inode, name, value, size, flags, &ours);
 
     if (!ours) {
         if (vhfs_xattr_hidden(name) || S_ISLNK(inode->type)) {

@@ -88,7 +88,8 @@ struct vhandle {
     vh_flat *flat;
     gint gen;
     gint flat_gen;
-    char *text; /* VH_VIEW_STATUS */
+    struct vhfs_caller caller; /* who opened it: a reopen checks the chain for them again */
+    char *text;                /* VH_VIEW_STATUS */
     size_t text_len;
     vh_snap *snap;      /* folders: the listing's snapshot */
     GPtrArray *entries; /* folders: vh_view_entry* */
@@ -131,7 +132,8 @@ static void rebuild_locked(struct vhfs_views *v)
     g_autoptr(GPtrArray) list = vh_store_list(store_of(v), NULL);
     if (v->snap && vh_snap_same(v->snap, list))
         return;
-    vh_resolve_opts ro = {.winroot = v->fs->cfg.winroot, .maxdepth = v->fs->cfg.maxdepth};
+    vh_resolve_opts ro = {
+        .winroot = v->fs->cfg.winroot, .maxdepth = v->fs->cfg.maxdepth, .trust = v->fs->cfg.trust};
     vh_snap *s = vh_snap_new(store_of(v), &ro, list);
     vh_snap_unref(v->snap);
     v->snap = s;
@@ -715,7 +717,8 @@ static void vw_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
  * member gone or changed) and `retry` allows another try; else -EIO after one log line per
  * snapshot and disk.
  */
-static int open_raw(struct vhfs_views *v, vh_snap *s, const char *path, bool retry, vh_flat **out)
+static int open_raw(struct vhfs_views *v, const struct vhfs_caller *caller, vh_snap *s,
+                    const char *path, bool retry, vh_flat **out)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *why = NULL;
@@ -727,7 +730,11 @@ static int open_raw(struct vhfs_views *v, vh_snap *s, const char *path, bool ret
     if (d->error)
         why = g_strdup(d->error);
     else if ((c = vh_snap_chain(s, path, &why)) != NULL && vh_flat_chain_ok(c, &err) == 0) {
-        if (vh_flat_cache_get(v->cache, c, out, &err) == 0)
+        /* the caller reads every disk of the chain: each must be readable by the caller */
+        int r = vhfs_caller_may_read_chain(v->fs, caller, c);
+        if (r < 0 && (r != -EAGAIN || !retry))
+            return r == -EAGAIN ? -EIO : r;
+        if (r == 0 && vh_flat_cache_get(v->cache, c, out, &err) == 0)
             return 0;
         if (retry)
             return -EAGAIN;
@@ -740,14 +747,15 @@ static int open_raw(struct vhfs_views *v, vh_snap *s, const char *path, bool ret
 }
 
 /* A reader of the disk at path, from a snapshot that is looked at again when it proves old. */
-static int raw_reader(struct vhfs_views *v, const char *path, vh_flat **out)
+static int raw_reader(struct vhfs_views *v, const struct vhfs_caller *caller, const char *path,
+                      vh_flat **out)
 {
     g_autoptr(vh_snap) s = snap_for_disk(v, path);
-    int r = open_raw(v, s, path, true, out);
+    int r = open_raw(v, caller, s, path, true, out);
     if (r == -EAGAIN) {
         /* A member renamed or changed since the snapshot: look at the store again. */
         g_autoptr(vh_snap) fresh = snap_get(v, true);
-        r = open_raw(v, fresh, path, false, out);
+        r = open_raw(v, caller, fresh, path, false, out);
     }
     return r;
 }
@@ -771,7 +779,7 @@ static int handle_reader(struct vhfs_views *v, struct vhandle *h, vh_flat **out)
     while (r == 0 && (*out = current_reader(h)) == NULL) {
         gint gen = g_atomic_int_get(&h->gen); /* a change from now on makes the new one stale */
         vh_flat *fresh = NULL;
-        if ((r = raw_reader(v, h->path, &fresh)) < 0)
+        if ((r = raw_reader(v, &h->caller, h->path, &fresh)) < 0)
             break;
         g_mutex_lock(&h->lock);
         vh_flat *old = h->flat;
@@ -809,7 +817,8 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         h->text_len = strlen(h->text);
         fi->direct_io = 1; /* its length may change with the store: always ask */
     } else {
-        int r = raw_reader(v, n->path, &h->flat);
+        vhfs_caller_from_req(&h->caller, req); /* a reopen reads for the same caller */
+        int r = raw_reader(v, &h->caller, n->path, &h->flat);
         if (r < 0) {
             handle_free(v, h);
             return reply_err(req, "open", -r);

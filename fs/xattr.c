@@ -28,6 +28,7 @@
 /* One request's view of a file: found once, the chain resolved when first needed. */
 struct vhfs_xq {
     struct vhfs *fs;
+    fuse_req_t req; /* who asks (NULL: the daemon itself) */
     struct vhfs_inode *inode;
     char *rel;          /* store-relative path */
     vh_disk_info *info; /* what the file is */
@@ -43,10 +44,11 @@ static void xq_clear(struct vhfs_xq *q)
 }
 
 /* Finds what the file is; false for anything that is not a disk. */
-static bool xq_init(struct vhfs_xq *q, struct vhfs *fs, struct vhfs_inode *inode)
+static bool xq_init(struct vhfs_xq *q, struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
 {
     memset(q, 0, sizeof(*q));
     q->fs = fs;
+    q->req = req;
     q->inode = inode;
     if (fs->svc == NULL || !S_ISREG(inode->type))
         return false;
@@ -139,18 +141,25 @@ static int x_parent_id(struct vhfs_xq *q, GString *out)
     return 0;
 }
 
-/* The disk, then its ancestors as far as the links hold. */
+/*
+ * The disk, then its ancestors as far as the links hold and the caller may read them (no user
+ * learns the names of files the user cannot read).
+ */
 static int x_chain(struct vhfs_xq *q, GString *out)
 {
     const vh_chain *c = xq_chain(q);
+    struct vhfs_caller caller;
 
     if (c == NULL)
         return -ENODATA;
+    vhfs_caller_from_req(&caller, q->req);
     for (guint k = 0; k < c->disks->len; k++) {
-        g_autofree char *m = vhfs_mount_path(q->fs, ((vh_disk_info *)c->disks->pdata[k])->path);
+        const vh_disk_info *d = c->disks->pdata[k];
+        g_autofree char *m = vhfs_mount_path(q->fs, d->path);
 
         if (k > 0) {
-            if (((vh_link *)c->links->pdata[k - 1])->verdict != VH_VERDICT_OK)
+            if (((vh_link *)c->links->pdata[k - 1])->verdict != VH_VERDICT_OK ||
+                vhfs_caller_may_read(q->fs, &caller, d->path, d->dev, d->ino) < 0)
                 break;
             g_string_append_c(out, '\n');
         }
@@ -250,12 +259,12 @@ static int x_comment(struct vhfs_xq *q, GString *out)
 
 static int w_parent(struct vhfs_xq *q, const char *v, size_t size)
 {
-    return vhfs_heal_set_parent(q->fs, q->inode, q->rel, v, size, false);
+    return vhfs_heal_set_parent(q->fs, q->req, q->inode, q->rel, v, size, false);
 }
 
 static int w_parent_force(struct vhfs_xq *q, const char *v, size_t size)
 {
-    return vhfs_heal_set_parent(q->fs, q->inode, q->rel, v, size, true);
+    return vhfs_heal_set_parent(q->fs, q->req, q->inode, q->rel, v, size, true);
 }
 
 /* --- the table --- */
@@ -299,8 +308,8 @@ static bool candidate(const char *name)
 
 /* --- the hooks --- */
 
-ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *name, char *buf,
-                       size_t size, bool *ours)
+ssize_t vhfs_xattr_get(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                       char *buf, size_t size, bool *ours)
 {
     const struct vhfs_xattr_key *k;
     struct vhfs_xq q;
@@ -316,7 +325,7 @@ ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *na
                       : g_str_has_prefix(name, VHD_PREFIX);
     if (!*ours)
         return 0;
-    disk = xq_init(&q, fs, inode);
+    disk = xq_init(&q, fs, req, inode);
     if (!disk && k != NULL && k->need == VHFS_NEED_DISK && strcmp(name, COMMENT) == 0) {
         *ours = false; /* not a disk: the comment is the store file's (ENODATA there) */
         xq_clear(&q);
@@ -339,8 +348,8 @@ ssize_t vhfs_xattr_get(struct vhfs *fs, struct vhfs_inode *inode, const char *na
     return (ssize_t)v->len;
 }
 
-int vhfs_xattr_set(struct vhfs *fs, struct vhfs_inode *inode, const char *name, const char *value,
-                   size_t size, int flags, bool *ours)
+int vhfs_xattr_set(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *name,
+                   const char *value, size_t size, int flags, bool *ours)
 {
     const struct vhfs_xattr_key *k;
     struct vhfs_xq q;
@@ -354,7 +363,7 @@ int vhfs_xattr_set(struct vhfs *fs, struct vhfs_inode *inode, const char *name, 
         return -ENOTSUP; /* user.vhd.* is never stored */
     if (k->write == NULL)
         return -EROFS;
-    if (!xq_init(&q, fs, inode))
+    if (!xq_init(&q, fs, req, inode))
         r = -ENOTSUP; /* not a disk */
     else
         r = k->write(&q, value, size);
@@ -375,7 +384,7 @@ ssize_t vhfs_xattr_list(struct vhfs *fs, struct vhfs_inode *inode, char *buf, si
     struct vhfs_xq q;
     size_t need = 0;
 
-    if (!xq_init(&q, fs, inode)) {
+    if (!xq_init(&q, fs, NULL, inode)) {
         xq_clear(&q);
         return 0;
     }

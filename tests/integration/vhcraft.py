@@ -44,6 +44,16 @@ def vhd_id(path):
     return str(uuid.UUID(bytes=bytes(_vhd(path)[-512 + 68:-512 + 84])))
 
 
+def vhd_set_id(path, display_id):
+    """Gives a VHD the unique id display_id (both footers of a dynamic disk)."""
+    buf = _vhd(path)
+    offs = [len(buf) - 512] + ([0] if buf[0:8] == b'conectix' and len(buf) > 1024 else [])
+    for off in offs:
+        buf[off + 68:off + 84] = uuid.UUID(display_id).bytes
+        _vhd_fix_footer(buf, off)
+    _save(path, buf)
+
+
 def vhd_set_parent_id(path, display_id):
     buf = _vhd(path)
     h = _vhd_hoff(buf)

@@ -47,13 +47,18 @@ static int teardown(void **state)
     return 0;
 }
 
-static void open_store(fixture *f, const char *winroot, guint maxdepth)
+static void open_store_trust(fixture *f, const char *winroot, guint maxdepth, vh_trust trust)
 {
     f->s = vh_store_new(f->store, NULL);
     assert_non_null(f->s);
     vh_store_set_probe(f->s, fake_probe, NULL);
-    vh_resolve_opts o = {.winroot = winroot, .maxdepth = maxdepth};
+    vh_resolve_opts o = {.winroot = winroot, .maxdepth = maxdepth, .trust = trust};
     f->r = vh_resolver_new(f->s, &o);
+}
+
+static void open_store(fixture *f, const char *winroot, guint maxdepth)
+{
+    open_store_trust(f, winroot, maxdepth, VH_TRUST_OWNER);
 }
 
 static void base(fixture *f, const char *rel, const char *fmt, const char *id, const char *size)
@@ -395,6 +400,171 @@ static void chains_cycles_and_depth(void **state)
     g_clear_error(&err);
 }
 
+/* --- trust (DESIGN.md "Many users on one mount", resolver rule 4) --- */
+
+#define ALICE 61001
+#define BOB 61002
+#define STAFF 61100
+#define BOBS 61102
+
+static void trust_rule(void **state)
+{
+    (void)state;
+    /* owner: the child's owner's and root's disks only, whatever the groups */
+    assert_true(vh_trusted(VH_TRUST_OWNER, ALICE, STAFF, ALICE, STAFF));
+    assert_true(vh_trusted(VH_TRUST_OWNER, ALICE, STAFF, 0, 0));
+    assert_false(vh_trusted(VH_TRUST_OWNER, ALICE, STAFF, BOB, STAFF));
+    assert_false(vh_trusted(VH_TRUST_OWNER, 0, 0, BOB, 0)); /* root's child: root's disks only */
+    /* group: also the child's group's */
+    assert_true(vh_trusted(VH_TRUST_GROUP, ALICE, STAFF, BOB, STAFF));
+    assert_false(vh_trusted(VH_TRUST_GROUP, ALICE, STAFF, BOB, BOBS));
+    assert_true(vh_trusted(VH_TRUST_GROUP, ALICE, STAFF, ALICE, BOBS));
+    /* any */
+    assert_true(vh_trusted(VH_TRUST_ANY, ALICE, STAFF, BOB, BOBS));
+    vh_trust t = VH_TRUST_ANY;
+    for (vh_trust k = VH_TRUST_OWNER; k <= VH_TRUST_ANY; k++) {
+        assert_true(vh_trust_parse(vh_trust_name(k), &t));
+        assert_int_equal(t, k);
+    }
+    assert_false(vh_trust_parse("root", &t));
+    assert_false(vh_trust_parse(NULL, &t));
+    assert_string_equal(vh_trust_name(VH_TRUST_OWNER), "owner");
+}
+
+/* Files of other users need root to make; skipped otherwise, failed under CI. */
+static bool can_chown(void)
+{
+    if (geteuid() == 0)
+        return true;
+    if (getenv("CI"))
+        fail_msg("the trust tests need root (to give files to other users)");
+    return false;
+}
+
+static void own(fixture *f, const char *rel, uid_t uid, gid_t gid)
+{
+    g_autofree char *abs = g_build_filename(f->store, rel, NULL);
+    assert_int_equal(lchown(abs, uid, gid), 0);
+}
+
+/*
+ * Alice archived her base; Bob made a disk with her base's identity, named as her locator names
+ * it: by trust=owner Bob's is never a candidate (her own copy is the heal target, though Bob's
+ * is preferred by name); by trust=any the two of different owners are ambiguous.
+ */
+static void trust_filters_candidates(void **state)
+{
+    fixture *f = *state;
+    if (!can_chown())
+        skip();
+    base(f, "alice/archive/base-2025.vhdx", "vhdx", ID_BASE, MIB);
+    base(f, "bob/base.vhdx", "vhdx", ID_BASE, MIB);
+    diff(f, "alice/vm/top.avhdx", "vhdx", ID_TOP, ID_BASE, "loc=relative_path|.\\base.vhdx");
+    own(f, "alice/archive/base-2025.vhdx", ALICE, STAFF);
+    own(f, "alice/vm/top.avhdx", ALICE, STAFF);
+    own(f, "bob/base.vhdx", BOB, STAFF);
+    open_store(f, NULL, 0);
+    g_autoptr(vh_link) l = link_of(f, "alice/vm/top.avhdx");
+    assert_int_equal(l->verdict, VH_VERDICT_PARENT_MISSING);
+    assert_string_equal(l->heal_target, "alice/archive/base-2025.vhdx");
+    assert_int_equal(l->candidates->len, 0); /* Bob's is not even named */
+    vh_resolver_free(f->r);
+    vh_store_free(f->s);
+
+    open_store_trust(f, NULL, 0, VH_TRUST_ANY);
+    g_autoptr(vh_link) a = link_of(f, "alice/vm/top.avhdx");
+    assert_int_equal(a->verdict, VH_VERDICT_AMBIGUOUS);
+    assert_null(a->heal_target);
+    assert_int_equal(a->candidates->len, 2);
+    assert_non_null(strstr(a->detail, "different owners"));
+    vh_resolver_free(f->r);
+    vh_store_free(f->s);
+
+    /* group: Bob's in Alice's group counts, and the two owners make it ambiguous; in his own
+     * group it does not count */
+    open_store_trust(f, NULL, 0, VH_TRUST_GROUP);
+    g_autoptr(vh_link) g = link_of(f, "alice/vm/top.avhdx");
+    assert_int_equal(g->verdict, VH_VERDICT_AMBIGUOUS);
+    vh_resolver_free(f->r);
+    vh_store_free(f->s);
+    own(f, "bob/base.vhdx", BOB, BOBS);
+    open_store_trust(f, NULL, 0, VH_TRUST_GROUP);
+    g_autoptr(vh_link) h = link_of(f, "alice/vm/top.avhdx");
+    assert_int_equal(h->verdict, VH_VERDICT_PARENT_MISSING);
+    assert_string_equal(h->heal_target, "alice/archive/base-2025.vhdx");
+}
+
+/* A locator that leads to another user's disk is as if it led nowhere; root's always count. */
+static void trust_filters_locators(void **state)
+{
+    fixture *f = *state;
+    if (!can_chown())
+        skip();
+    base(f, "bob/base.vhdx", "vhdx", ID_BASE, MIB);
+    diff(f, "alice/top.avhdx", "vhdx", ID_TOP, ID_BASE, "loc=relative_path|..\\bob\\base.vhdx");
+    base(f, "lib/base.vhdx", "vhdx", ID_MID, MIB);
+    diff(f, "alice/mine.avhdx", "vhdx", ID_OTHER, ID_MID, "loc=relative_path|..\\lib\\base.vhdx");
+    diff(f, "alice/probe.avhdx", "vhdx", ID_OTHER, ID_BASE, "loc=relative_path|..\\bob\\mid.vhdx");
+    diff(f, "alice/probe2.avhdx", "vhdx", ID_OTHER, ID_BASE,
+         "loc=relative_path|..\\bob\\nosuch.vhdx");
+    base(f, "bob/mid.vhdx", "vhdx", ID_MID, MIB);
+    diff(f, "alice/wrong.avhdx", "vhdx", ID_OTHER, ID_BASE, "loc=relative_path|..\\lib\\base.vhdx");
+    base(f, "bob/big.vhdx", "vhdx", "66666666-0000-0000-0000-000000000006", "2097152");
+    diff(f, "alice/sized.avhdx", "vhdx", ID_OTHER, "66666666-0000-0000-0000-000000000006",
+         "loc=relative_path|.\\nosuch.vhdx");
+    own(f, "bob/big.vhdx", BOB, STAFF);
+    own(f, "alice/wrong.avhdx", ALICE, STAFF);
+    own(f, "alice/sized.avhdx", ALICE, STAFF);
+    own(f, "bob/base.vhdx", BOB, STAFF);
+    own(f, "bob/mid.vhdx", BOB, STAFF);
+    own(f, "alice/top.avhdx", ALICE, STAFF);
+    own(f, "alice/mine.avhdx", ALICE, STAFF);
+    own(f, "alice/probe.avhdx", ALICE, STAFF);
+    own(f, "alice/probe2.avhdx", ALICE, STAFF);
+    open_store(f, NULL, 0);
+    g_autoptr(vh_link) l = link_of(f, "alice/top.avhdx");
+    assert_int_equal(l->verdict, VH_VERDICT_PARENT_MISSING);
+    assert_null(l->heal_target);
+    /* in the words of a missing file: no probing of other users' folders through locators */
+    assert_string_equal(try_at(l, 0)->detail, "not found");
+    assert_string_equal(try_at(l, 0)->target, "bob/base.vhdx");
+    assert_non_null(strstr(l->detail, "no disk in the store trusted for this child"));
+    /* another user's file of another identity: not a word about it, as for a missing name */
+    g_autoptr(vh_link) p = link_of(f, "alice/probe.avhdx");
+    g_autoptr(vh_link) q = link_of(f, "alice/probe2.avhdx");
+    assert_string_equal(try_at(p, 0)->detail, "not found");
+    assert_string_equal(try_at(q, 0)->detail, "not found");
+    assert_int_equal(p->verdict, q->verdict);
+    assert_null(strstr(p->detail, ID_MID));
+    g_autoptr(vh_link) m = link_of(f, "alice/mine.avhdx"); /* root's base */
+    assert_int_equal(m->verdict, VH_VERDICT_OK);
+    assert_string_equal(m->parent, "lib/base.vhdx");
+    /* root's file that is not the parent is not described either (root's folders) */
+    g_autoptr(vh_link) w = link_of(f, "alice/wrong.avhdx");
+    assert_string_equal(try_at(w, 0)->detail, "not found");
+    assert_null(strstr(w->detail, ID_MID));
+    /* another user's disk with the expected id but another size: neither named nor measured */
+    g_autoptr(vh_link) z = link_of(f, "alice/sized.avhdx");
+    assert_int_equal(z->verdict, VH_VERDICT_PARENT_MISSING);
+    assert_null(strstr(z->detail, "bob/"));
+    assert_null(strstr(z->detail, "2097152"));
+    /* the chain stops at the untrusted link: Bob's disk is not in Alice's chain */
+    g_autoptr(vh_chain) c = vh_resolve_chain(f->r, "alice/top.avhdx", NULL);
+    assert_int_equal(c->disks->len, 1);
+    assert_false(c->complete);
+    vh_resolver_free(f->r);
+    vh_store_free(f->s);
+    open_store_trust(f, NULL, 0, VH_TRUST_ANY);
+    g_autoptr(vh_link) a = link_of(f, "alice/top.avhdx");
+    assert_int_equal(a->verdict, VH_VERDICT_OK);
+    assert_string_equal(a->parent, "bob/base.vhdx");
+    /* when everyone trusts everyone, details are shown */
+    g_autoptr(vh_link) wa = link_of(f, "alice/wrong.avhdx");
+    assert_int_equal(wa->verdict, VH_VERDICT_ID_MISMATCH);
+    g_autoptr(vh_link) za = link_of(f, "alice/sized.avhdx");
+    assert_int_equal(za->verdict, VH_VERDICT_SIZE_MISMATCH);
+}
+
 static void verdict_names(void **state)
 {
     const char *want[] = {"ok",
@@ -416,7 +586,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(verdict_names),
+        cmocka_unit_test(trust_rule),
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+        T(trust_filters_candidates),
+        T(trust_filters_locators),
         T(ok_by_relative_locator),
         T(locator_order_vhdx),
         T(locator_order_vhd_and_parent_name),

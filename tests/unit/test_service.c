@@ -238,7 +238,8 @@ static void test_heal_vhdx(void **state)
     heal_moved_parent(VH_FORMAT_VHDX);
 }
 
-static int gate_busy(void *ctx, const vh_disk_info *child, char **why)
+static int gate_busy(void *ctx, const vh_disk_info *child, const char *parent_abs,
+                     vh_reconnect_pin *pin, char **why)
 {
     int *calls = ctx;
     (*calls)++;

@@ -122,14 +122,15 @@ static int teardown(void **state)
 static char *get(fx_t *f, int file, const char *name, ssize_t *res, bool *ours)
 {
     char buf[4096];
-    ssize_t n = vhfs_xattr_get(&f->fs, f->in[file], name, NULL, 0, ours);
+    ssize_t n = vhfs_xattr_get(&f->fs, NULL, f->in[file], name, NULL, 0, ours);
     *res = n;
     if (!*ours || n < 0)
         return NULL;
     assert_true(n > 0 && n < (ssize_t)sizeof buf);
     bool o2;
-    assert_int_equal(vhfs_xattr_get(&f->fs, f->in[file], name, buf, (size_t)n - 1, &o2), -ERANGE);
-    assert_int_equal(vhfs_xattr_get(&f->fs, f->in[file], name, buf, sizeof buf, &o2), n);
+    assert_int_equal(vhfs_xattr_get(&f->fs, NULL, f->in[file], name, buf, (size_t)n - 1, &o2),
+                     -ERANGE);
+    assert_int_equal(vhfs_xattr_get(&f->fs, NULL, f->in[file], name, buf, sizeof buf, &o2), n);
     assert_true(o2);
     return g_strndup(buf, (gsize)n);
 }
@@ -227,7 +228,7 @@ static void test_table(void **state)
                 assert_string_equal(v, child_value(f, k->name));
             if (k->write == NULL) {
                 bool o;
-                int r = vhfs_xattr_set(&f->fs, f->in[file], k->name, "x", 1, 0, &o);
+                int r = vhfs_xattr_set(&f->fs, NULL, f->in[file], k->name, "x", 1, 0, &o);
                 if (comment) {
                     assert_false(o); /* written to the store file */
                 } else {
@@ -257,7 +258,7 @@ static void expect_status(fx_t *f, int file, const char *want_prefix)
 static int set(fx_t *f, int file, const char *name, const char *v)
 {
     bool ours;
-    int r = vhfs_xattr_set(&f->fs, f->in[file], name, v, strlen(v), 0, &ours);
+    int r = vhfs_xattr_set(&f->fs, NULL, f->in[file], name, v, strlen(v), 0, &ours);
     assert_true(ours);
     return r;
 }
@@ -280,14 +281,14 @@ static void test_values_elsewhere(void **state)
     g_autofree char *ocom = get(f, F_ORPHAN, "user.xdg.comment", &res, &ours);
     assert_string_equal(ocom, "differencing VHDX, parent gone.vhdx (broken: parent-missing)");
     /* unknown names */
-    assert_int_equal(vhfs_xattr_get(&f->fs, f->in[F_CHILD], "user.vhd.nosuch", NULL, 0, &ours),
-                     -ENODATA);
+    assert_int_equal(
+        vhfs_xattr_get(&f->fs, NULL, f->in[F_CHILD], "user.vhd.nosuch", NULL, 0, &ours), -ENODATA);
     assert_true(ours);
     assert_int_equal(set(f, F_CHILD, "user.vhd.nosuch", "1"), -ENOTSUP);
     assert_int_equal(vhfs_xattr_remove(&f->fs, f->in[F_CHILD], "user.vhd.nosuch", &ours), -ENODATA);
-    vhfs_xattr_get(&f->fs, f->in[F_CHILD], "user.other", NULL, 0, &ours);
+    vhfs_xattr_get(&f->fs, NULL, f->in[F_CHILD], "user.other", NULL, 0, &ours);
     assert_false(ours);
-    vhfs_xattr_get(&f->fs, f->in[F_CHILD], "security.capability", NULL, 0, &ours);
+    vhfs_xattr_get(&f->fs, NULL, f->in[F_CHILD], "security.capability", NULL, 0, &ours);
     assert_false(ours);
     assert_true(vhfs_xattr_hidden("user.vhd.format"));
     assert_false(vhfs_xattr_hidden("user.xdg.comment"));
@@ -297,7 +298,7 @@ static void test_values_elsewhere(void **state)
         g_autofree char *fmt = get(f, F_CHILD, "user.vhd.format", &res, &ours);
         assert_string_equal(fmt, "vhdx");
         assert_int_equal(setxattr(cabs, "user.xdg.comment", "mine", 4, 0), 0);
-        vhfs_xattr_get(&f->fs, f->in[F_CHILD], "user.xdg.comment", NULL, 0, &ours);
+        vhfs_xattr_get(&f->fs, NULL, f->in[F_CHILD], "user.xdg.comment", NULL, 0, &ours);
         assert_false(ours);
         assert_false(listed(f, F_CHILD, "user.xdg.comment"));
         assert_true(listed(f, F_CHILD, "user.vhd.format"));
