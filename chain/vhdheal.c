@@ -20,15 +20,18 @@ typedef struct {
 static const command commands[] = {
     {"info", vhdheal_cmd_info, "info [--json] FILE..."},
     {"check", vhdheal_cmd_check,
-     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
+     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO] PATH..."},
     {"repair", vhdheal_cmd_repair,
-     "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] PATH..."},
+     "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO]\n"
+     "    PATH..."},
     {"create", vhdheal_cmd_create,
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N]\n"
      "    [--logical-sector-size N] [--physical-sector-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
     {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
-    {"read", vhdheal_cmd_read, "read [--store DIR] [--winroot W] FILE [OFFSET LENGTH] [-o OUT]"},
+    {"read", vhdheal_cmd_read,
+     "read [--store DIR] [--winroot W] [--trust WHO] FILE [OFFSET LENGTH]\n"
+     "    [-o OUT]"},
     {"reconnect", vhdheal_cmd_reconnect,
      "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
     {"undo", vhdheal_cmd_undo, "undo [--store DIR] (--list | ID...)"},
