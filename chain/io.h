@@ -30,8 +30,21 @@ struct vh_file {
     void *hook_ctx;
 };
 
-/* Opens path read-only or read-write. The file must be a regular file. */
+/*
+ * Opens path read-only or read-write. The file must be a regular file: the open never blocks
+ * (O_NONBLOCK, cleared once fstat showed a regular file), so a FIFO, socket, device or folder
+ * fails with EINVAL "not a regular file" instead of hanging. Follows symlinks: for names a user
+ * gave; a path taken from a disk or an attribute is opened with vh_file_open_beneath.
+ */
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
+/*
+ * Opens `rel` (relative, no "..") strictly beneath the folder open as dirfd, passing no symlink
+ * (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or an O_NOFOLLOW walk where openat2 is
+ * missing), with the same regular-file check as vh_file_open. `path` names the file in messages
+ * and in f->path. EXDEV when rel would leave the folder or passes a symlink: nothing is opened.
+ */
+int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *path, bool writable,
+                         GError **err);
 /* Creates a new file (O_EXCL) for writing. */
 int vh_file_create(vh_file *f, const char *path, GError **err);
 void vh_file_close(vh_file *f);

@@ -109,19 +109,4 @@ vh_chain *vh_resolve_chain(vh_resolver *r, const char *rel, GError **err);
 /* What `vhdheal reconnect` would be given to fix a broken link (NULL when nothing would). */
 const char *vh_link_fix_parent(const vh_link *l);
 
-typedef struct vh_chain_open_opts {
-    const char *store;    /* NULL: determined from the path as DESIGN.md "vhdheal" says */
-    const char *winroot;  /* may be NULL */
-    guint maxdepth;       /* 0: 256 */
-    bool writable;        /* open the top disk for writing (parents stay read-only) */
-    bool use_heal_target; /* cross a broken link to its unique heal target (overlay healing) */
-} vh_chain_open_opts;
-
-/*
- * Opens the disk at `path` and its parents, resolved by the rules above and attached with
- * vh_disk_set_parent. Fails with a message naming the broken link (child, reason, detail, and
- * the fix when one is known).
- */
-int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **top, GError **err);
-
 #endif

@@ -10,6 +10,7 @@
 
 #include "vhd.h"
 #include "vhdx.h"
+#include "winpath.h"
 
 #define PRIVATE_DIR ".vhdheal"
 #define PARALLEL_MIN 32 /* fewer files than this are probed inline */
@@ -582,10 +583,7 @@ GPtrArray *vh_store_find_id(vh_store *s, const vh_id *id)
 
 static bool path_under(const char *path, const char *under)
 {
-    if (!under || !*under)
-        return true;
-    size_t n = strlen(under);
-    return strncmp(path, under, n) == 0 && (path[n] == '\0' || path[n] == '/');
+    return vh_path_below(under ? under : "", path) != NULL;
 }
 
 GPtrArray *vh_store_list(vh_store *s, const char *under)
@@ -659,16 +657,7 @@ void vh_store_note_changed(vh_store *s, const char *rel)
 char *vh_store_relpath(const char *store_real, const char *path)
 {
     g_autofree char *real = realpath(path, NULL);
-    if (!real)
-        return NULL;
-    size_t n = strlen(store_real);
-    if (strcmp(real, store_real) == 0)
-        return g_strdup("");
-    if (n == 1)
-        return g_strdup(real + 1);
-    if (strncmp(real, store_real, n) == 0 && real[n] == '/')
-        return g_strdup(real + n + 1);
-    return NULL;
+    return real ? g_strdup(vh_path_below(store_real, real)) : NULL;
 }
 
 static bool is_dir(const char *p)
