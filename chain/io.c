@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -114,18 +115,53 @@ static int open_flags(int flags, bool writable)
     return flags | O_CLOEXEC | O_NONBLOCK | (writable ? 0 : O_NOATIME);
 }
 
+/*
+ * Opens the file an O_PATH fd found, with `flags`, only if fstat shows a regular file: what is
+ * not one (a FIFO, whose open waits for a writer; a device, whose open acts) is never opened at
+ * all. The same inode is reopened through /proc/self/fd (no second lookup of the name). Returns
+ * the fd or -errno: -EINVAL for what is not a regular file, -ENOENT without /proc.
+ */
+static int reopen_regular(int pfd, int flags)
+{
+    struct stat st;
+    if (fstat(pfd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+    char p[40];
+    snprintf(p, sizeof p, "/proc/self/fd/%d", pfd);
+    int fd = open(p, flags);
+    /* O_NOATIME needs the file's owner or CAP_FOWNER; without them, open as usual */
+    if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
+        fd = open(p, flags & ~O_NOATIME);
+    return fd < 0 ? -errno : fd;
+}
+
 static int open_checked(vh_file *f, const char *path, int flags, bool writable, GError **err)
 {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     /* Reading a disk's structures is not an access by a user: keep its atime (the mount
-       probes files after every write-close, and a scan probes every file). O_NOATIME needs
-       the file's owner or CAP_FOWNER; without them, open as usual. */
-    int fd = open(path, open_flags(flags, writable), 0666);
-    if (fd < 0 && errno == EPERM && !writable)
-        fd = open(path, open_flags(flags, true), 0666);
+       probes files after every write-close, and a scan probes every file). */
+    int oflags = open_flags(flags, writable);
+    int fd = -ENOENT;
+    if (!(flags & O_CREAT)) {
+        int pfd = open(path, O_PATH | O_CLOEXEC);
+        if (pfd < 0)
+            return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
+        fd = reopen_regular(pfd, oflags);
+        close(pfd);
+    }
+    if (fd == -ENOENT) { /* creating, or no /proc: open by name (O_NONBLOCK, checked below) */
+        fd = open(path, oflags, 0666);
+        if (fd < 0 && errno == EPERM && (oflags & O_NOATIME))
+            fd = open(path, oflags & ~O_NOATIME, 0666);
+        fd = fd < 0 ? -errno : fd;
+    }
+    if (fd == -EINVAL)
+        return vh_fail(err, EINVAL, "%s: not a regular file", path);
     if (fd < 0)
-        return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
+        return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
     return adopt_fd(f, fd, path, writable, err);
 }
 
@@ -206,13 +242,22 @@ int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *pat
 {
     memset(f, 0, sizeof *f);
     f->fd = -1;
-    int flags = writable ? O_RDWR : O_RDONLY;
-    int fd = openat_beneath(dirfd, rel, open_flags(flags, writable));
-    if (fd == -EPERM && !writable)
-        fd = openat_beneath(dirfd, rel, open_flags(flags, true));
+    int oflags = open_flags(writable ? O_RDWR : O_RDONLY, writable);
+    int fd = openat_beneath(dirfd, rel, O_PATH | O_CLOEXEC);
+    if (fd >= 0) {
+        int pfd = fd;
+        fd = reopen_regular(pfd, oflags);
+        close(pfd);
+        if (fd == -ENOENT) /* no /proc: open by name (O_NONBLOCK, checked below) */
+            fd = openat_beneath(dirfd, rel, oflags);
+        if (fd == -EPERM && (oflags & O_NOATIME))
+            fd = openat_beneath(dirfd, rel, oflags & ~O_NOATIME);
+    }
     if (fd == -EXDEV)
         return vh_fail(err, EXDEV, "%s: not opened: the path leaves the store or passes a symlink",
                        path);
+    if (fd == -EINVAL)
+        return vh_fail(err, EINVAL, "%s: not a regular file", path);
     if (fd < 0)
         return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
     return adopt_fd(f, fd, path, writable, err);
