@@ -25,7 +25,7 @@ static const command commands[] = {
     {"create", vhdheal_cmd_create,
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
-    {"write", vhdheal_cmd_write, "write FILE OFFSET [INPUT]"},
+    {"write", vhdheal_cmd_write, "write [--store DIR] [--winroot W] FILE OFFSET [INPUT]"},
     {"read", vhdheal_cmd_read, "read [--store DIR] [--winroot W] FILE [OFFSET LENGTH] [-o OUT]"},
     {"reconnect", vhdheal_cmd_reconnect,
      "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
