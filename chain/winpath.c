@@ -236,6 +236,8 @@ static int under_root(const vh_winpath *p, const vh_winpath *root)
 /* ---------------------------------------------------------------------------------------- */
 /* Mapping */
 
+static bool parse_winroot(const char *winroot, vh_winpath *out);
+
 const char *vh_wp_via_name(vh_wp_via v)
 {
     switch (v) {
@@ -359,7 +361,7 @@ GPtrArray *vh_winpath_candidates(const char *stored, const char *child_dir, cons
             add_candidate(out, NULL, VH_WP_VIA_STORE, true);
     } else if (winroot) {
         vh_winpath root;
-        if (vh_winpath_parse(winroot, &root)) {
+        if (parse_winroot(winroot, &root)) {
             int skip = under_root(&p, &root);
             if (skip >= 0)
                 add_candidate(out, vh_winpath_join("", (const char *const *)p.parts + skip),
@@ -387,10 +389,17 @@ char *vh_winpath_to_windows(const char *rel, const char *winroot)
     return g_strdup_printf("%.*s\\%s", (int)n, root, r);
 }
 
+/* A winroot as given ("/" may stand for "\\": "//nas/vms", "D:/VMs"): never a POSIX path. */
+static bool parse_winroot(const char *winroot, vh_winpath *out)
+{
+    g_autofree char *w = winroot ? vh_winpath_from_posix(winroot) : NULL;
+    return w && vh_winpath_parse(w, out);
+}
+
 bool vh_winpath_is_root(const char *winroot)
 {
     vh_winpath p;
-    if (!winroot || !vh_winpath_parse(winroot, &p))
+    if (!parse_winroot(winroot, &p))
         return false;
     bool ok = (p.kind == VH_WP_DRIVE || p.kind == VH_WP_UNC || p.kind == VH_WP_VOLUME) && *p.root;
     vh_winpath_clear(&p);
