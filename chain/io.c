@@ -180,6 +180,11 @@ int vh_file_create(vh_file *f, const char *path, GError **err)
 
 static bool have_openat2 = true;
 
+void vh_io_test_without_openat2(bool without)
+{
+    have_openat2 = !without;
+}
+
 /*
  * Without openat2: walks rel one component at a time from dirfd, never following a symlink
  * (O_NOFOLLOW) and refusing "..", which is what RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS do.
@@ -199,6 +204,14 @@ static int openat_walk(int dirfd, const char *rel, int flags)
         }
         if (!*c || strcmp(c, ".") == 0)
             continue;
+        /* what RESOLVE_NO_SYMLINKS reports (O_NOFOLLOW below keeps it safe from a race) */
+        struct stat st;
+        if (fstatat(cur >= 0 ? cur : dirfd, c, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISLNK(st.st_mode)) {
+            if (cur >= 0)
+                close(cur);
+            return -EXDEV;
+        }
         int fd =
             last ? openat(cur >= 0 ? cur : dirfd, c, flags | O_NOFOLLOW, 0666)
                  : openat(cur >= 0 ? cur : dirfd, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

@@ -68,6 +68,10 @@ int vh_file_truncate(vh_file *f, uint64_t size, GError **err);
 void vh_io_set_durable(bool durable);
 bool vh_io_durable(void);
 
+/* Tests only: make vh_file_open_beneath walk with O_NOFOLLOW as it does where the kernel has
+ * no openat2 (true), or use openat2 again (false). */
+void vh_io_test_without_openat2(bool without);
+
 /* --- fault injection (tests only; inert unless armed) --- */
 typedef enum {
     VH_FAULT_NONE = 0,
