@@ -4,8 +4,9 @@
  * (an absolute path outside the store, "..\..\x", a file:// URL, a UNC path, a symlink in the
  * store pointing outside, a FIFO named like the parent) give a broken link and nothing outside
  * the store, and no FIFO, is opened (inotify watches for IN_OPEN); a healthy chain opens, also
- * writable; reconnect refuses a link that would make a cycle, forced or not. A hang is a
- * failure: alarm() ends the program.
+ * writable; reconnect's cycle check (which follows the chain above the parent it is given)
+ * stays in the store too, and refuses a link that would make a cycle, forced or not. A hang is
+ * a failure: alarm() ends the program.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -153,6 +154,21 @@ static void hostile_locators_never_leave_the_store(void **state)
                 strstr(err->message, cases[k].want == EXDEV ? "outside-store" : "parent-missing"));
             assert_null(d);
         }
+    }
+    /* reconnect's cycle check follows the chain above the parent it is given: a forced dry run
+     * onto each hostile child must not leave the store either (nor wait on the FIFO) */
+    g_autofree char *in_base = in_store(f, "in/base.vhdx"), *kid = in_store(f, "in/kid.vhdx");
+    create_base(in_base);
+    create_child(kid, in_base, ".\\base.vhdx");
+    for (size_t k = 0; k < G_N_ELEMENTS(cases); k++) {
+        g_autofree char *rel = g_strdup_printf("%s/child.vhdx", cases[k].dir);
+        g_autofree char *child = in_store(f, rel);
+        vh_reconnect_opts o = {.store = f->store, .ignore_id_mismatch = true, .dry_run = true};
+        vh_reconnect_result res;
+        g_autoptr(GError) err = NULL;
+        if (vh_reconnect(kid, child, &o, &res, &err) < 0)
+            fail_msg("reconnect onto %s: %s", cases[k].dir, err->message);
+        vh_reconnect_result_clear(&res);
     }
     /* nothing outside the store was opened, and the FIFO was not either */
     assert_int_equal(opens_seen(ifd, "base.vhdx"), 0);
