@@ -112,8 +112,10 @@ static void set_stat(vh_disk_info *i, const struct stat *st)
 int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_info *out)
 {
     g_autoptr(GError) err = NULL;
+    vh_store *s = ctx; /* the store itself, by default: then the file is opened beneath it */
     vh_file f;
-    int r = vh_file_open(&f, abs, false, &err);
+    int r = s ? vh_file_open_beneath(&f, s->root_fd, rel, abs, false, &err)
+              : vh_file_open(&f, abs, false, &err);
     if (r < 0)
         return r;
     vh_format fmt = vh_sniff_file(&f);
@@ -238,6 +240,7 @@ vh_store *vh_store_new(const char *root, GError **err)
     s->by_path = new_by_path();
     s->by_id = new_by_id();
     s->probe = vh_store_default_probe;
+    s->probe_ctx = s;
     s->threads = 4;
     return s;
 }
@@ -268,7 +271,7 @@ int vh_store_root_fd(vh_store *s)
 void vh_store_set_probe(vh_store *s, vh_probe_fn fn, void *ctx)
 {
     s->probe = fn ? fn : vh_store_default_probe;
-    s->probe_ctx = ctx;
+    s->probe_ctx = fn ? ctx : s;
 }
 
 void vh_store_set_threads(vh_store *s, int n)

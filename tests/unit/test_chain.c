@@ -173,6 +173,13 @@ static void hostile_locators_never_leave_the_store(void **state)
     /* nothing outside the store was opened, and the FIFO was not either */
     assert_int_equal(opens_seen(ifd, "base.vhdx"), 0);
     assert_int_equal(opens_seen(ifd, "fifo.vhdx"), 0);
+    /* the store's probe opens beneath the store too: a symlink there is not followed */
+    {
+        g_autoptr(vh_store) st = vh_store_new(f->store, NULL);
+        g_autoptr(vh_disk_info) i = vh_disk_info_new();
+        assert_int_equal(vh_store_default_probe(st, link, "symlink/base.vhdx", i), -EXDEV);
+        assert_int_equal(opens_seen(ifd, "base.vhdx"), 0);
+    }
     /* the positive control: the watch does see an open of the outside file */
     g_autoptr(vh_disk) d = NULL;
     assert_int_equal(vh_disk_open(base, VH_OPEN_READ, &d, NULL), 0);
