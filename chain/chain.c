@@ -1,97 +1,137 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* chain.c - opening a chain by following locators (see chain.h). */
+/* chain.c - the chain opener (see chain.h and doc/chain.md). */
 #include "chain.h"
 
-static int compare_locators(gconstpointer a, gconstpointer b)
-{
-    const vh_locator *la = *(vh_locator *const *)a, *lb = *(vh_locator *const *)b;
-    return (int)la->kind - (int)lb->kind;
-}
+#include <sys/stat.h>
 
-/* Candidate POSIX paths for one locator, relative to the child's folder. */
-static void locator_candidates(const vh_locator *l, const char *child_dir, GPtrArray *out)
-{
-    g_autofree char *posix = g_strdup(l->path);
-    for (char *p = posix; *p; p++)
-        if (*p == '\\')
-            *p = '/';
-    const char *rel = posix;
-    if (g_str_has_prefix(rel, "file://localhost"))
-        rel += strlen("file://localhost");
-    else if (g_str_has_prefix(rel, "file://"))
-        rel += strlen("file://");
-    bool relative = l->kind == VH_LOC_RELATIVE_PATH || l->kind == VH_LOC_W2RU ||
-                    l->kind == VH_LOC_WI2R || !strchr(rel, '/');
-    if (relative)
-        g_ptr_array_add(out, g_build_filename(child_dir, rel, NULL));
-    else if (rel[0] == '/')
-        g_ptr_array_add(out, g_strdup(rel));
-    const char *base = strrchr(rel, '/');
-    if (base && base[1])
-        g_ptr_array_add(out, g_build_filename(child_dir, base + 1, NULL));
-}
-
-static bool parent_matches(const vh_disk *child, const vh_disk *parent)
-{
-    if (parent->format != child->format || parent->virtual_size != child->virtual_size)
-        return false;
-    if (parent->logical_sector_size != child->logical_sector_size)
-        return false;
-    return vh_id_equal(&parent->id, &child->link.parent_id) ||
-           (child->link.has_parent_id2 && vh_id_equal(&parent->id, &child->link.parent_id2));
-}
-
-static vh_disk *find_parent(vh_disk *child)
-{
-    g_autofree char *dir = g_path_get_dirname(child->file.path);
-    g_autoptr(GPtrArray) locs = g_ptr_array_copy(child->link.locators, NULL, NULL);
-    g_ptr_array_set_free_func(locs, NULL); /* the copy borrows the child's locators */
-    g_ptr_array_sort(locs, compare_locators);
-    for (guint i = 0; i < locs->len; i++) {
-        g_autoptr(GPtrArray) cands = g_ptr_array_new_with_free_func(g_free);
-        locator_candidates(locs->pdata[i], dir, cands);
-        for (guint k = 0; k < cands->len; k++) {
-            vh_disk *p = NULL;
-            if (vh_disk_open(cands->pdata[k], VH_OPEN_READ, &p, NULL) < 0)
-                continue;
-            if (parent_matches(child, p))
-                return p;
-            vh_disk_close(p);
-        }
-    }
-    return NULL;
-}
-
-int vh_chain_open_simple(const char *path, bool writable, int maxdepth, bool lenient, vh_disk **out,
-                         GError **err)
+int vh_disk_open_beneath(int store_fd, const char *root, const char *rel, vh_open_flags flags,
+                         vh_disk **out, GError **err)
 {
     *out = NULL;
-    vh_disk *top = NULL;
-    int r = vh_disk_open(path, writable ? VH_OPEN_WRITE : VH_OPEN_READ, &top, err);
+    g_autofree char *abs = g_build_filename(root, rel, NULL);
+    vh_file f;
+    int r = vh_file_open_beneath(&f, store_fd, rel, abs, (flags & VH_OPEN_WRITE) != 0, err);
     if (r < 0)
         return r;
-    vh_disk *d = top;
-    for (int depth = 1; d->type == VH_TYPE_DIFFERENCING; depth++) {
-        if (depth > maxdepth) {
-            vh_disk_close(top);
-            return vh_fail(err, ELOOP, "%s: chain deeper than %d disks (a cycle?)", path, maxdepth);
-        }
-        vh_disk *p = find_parent(d);
-        if (!p && lenient)
-            break;
-        if (!p) {
-            char id[VH_ID_STRLEN + 1];
-            vh_id_format(&d->link.parent_id, id);
-            r = vh_fail(err, ENOENT,
-                        "%s: the chain is broken: no parent with id %s found where its locators "
-                        "point (try `vhdheal check`)",
-                        d->file.path, id);
-            vh_disk_close(top);
+    return vh_disk_open_file(&f, flags, out, err);
+}
+
+static int broken_link_error(vh_store *store, const vh_link *l, GError **err)
+{
+    const char *fix = vh_link_fix_parent(l);
+    g_autofree char *hint = NULL;
+    if (fix && store) {
+        g_autofree char *c = g_build_filename(vh_store_root(store), l->child, NULL);
+        g_autofree char *p = g_build_filename(vh_store_root(store), fix, NULL);
+        g_autofree char *qc = g_shell_quote(c), *qp = g_shell_quote(p);
+        hint = g_strdup_printf(" (fix: vhdheal reconnect %s %s)", qc, qp);
+    } else if (l->verdict == VH_VERDICT_OUTSIDE_STORE && store) {
+        hint = g_strdup_printf(" (the store is %s; --store DIR names a wider one)",
+                               vh_store_root(store));
+    }
+    return vh_fail(err, vh_verdict_errno(l->verdict), "the chain is broken at %s: %s: %s%s",
+                   l->child, vh_verdict_name(l->verdict), l->detail, hint ? hint : "");
+}
+
+int vh_chain_usable(vh_store *store, const vh_chain *c, bool use_heal_target, GError **err)
+{
+    for (guint k = 0; k < c->links->len; k++) {
+        const vh_link *l = c->links->pdata[k];
+        bool crossable = use_heal_target && l->heal_target && l->verdict != VH_VERDICT_CYCLE &&
+                         l->verdict != VH_VERDICT_TOO_DEEP;
+        if (l->verdict != VH_VERDICT_OK && !crossable)
+            return broken_link_error(store, l, err);
+    }
+    if (!c->complete)
+        return vh_fail(err, EIO, "%s: the chain does not reach a base disk",
+                       ((vh_disk_info *)c->disks->pdata[0])->path);
+    return 0;
+}
+
+/* Opens one member and checks that it is still the disk the index described. */
+static int open_member(vh_store *store, const vh_disk_info *i, bool writable, vh_disk **out,
+                       GError **err)
+{
+    g_autoptr(vh_disk) d = NULL;
+    int r = vh_disk_open_beneath(vh_store_root_fd(store), vh_store_root(store), i->path,
+                                 writable ? VH_OPEN_WRITE : VH_OPEN_READ, &d, err);
+    if (r < 0)
+        return r;
+    struct stat st;
+    if (fstat(d->file.fd, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", d->file.path, g_strerror(errno));
+    /* The index never follows symlinks: the same inode means the same file in the store. */
+    if (st.st_dev != i->dev || st.st_ino != i->ino || d->format != i->format ||
+        !vh_id_equal(&d->id, &i->id) || d->virtual_size != i->virtual_size)
+        return vh_fail(err, EAGAIN, "%s changed while its chain was being opened", d->file.path);
+    *out = g_steal_pointer(&d);
+    return 0;
+}
+
+int vh_chain_open_resolved(vh_store *store, const vh_chain *c, bool writable, vh_disk **top,
+                           GError **err)
+{
+    *top = NULL;
+    vh_disk *child = NULL;
+    for (guint k = 0; k < c->disks->len; k++) {
+        vh_disk *d = NULL;
+        int r = open_member(store, c->disks->pdata[k], k == 0 && writable, &d, err);
+        if (r < 0) {
+            g_clear_pointer(top, vh_disk_close);
             return r;
         }
-        vh_disk_set_parent(d, p);
-        d = p;
+        if (child)
+            vh_disk_set_parent(child, d);
+        else
+            *top = d;
+        child = d;
     }
-    *out = top;
     return 0;
+}
+
+vh_chain *vh_chain_resolve(const char *path, const vh_chain_open_opts *opts, vh_store **store,
+                           GError **err)
+{
+    *store = NULL;
+    vh_chain_open_opts none = {0};
+    if (!opts)
+        opts = &none;
+    char *paths[] = {(char *)path};
+    g_autofree char *root = vh_store_determine(opts->store, paths, 1, false, err);
+    if (!root)
+        return NULL;
+    g_autofree char *rel = vh_store_relpath(root, path);
+    if (!rel || !*rel) {
+        vh_fail(err, EINVAL, "%s: not a file in the store %s", path, root);
+        return NULL;
+    }
+    g_autoptr(vh_store) s = vh_store_new(root, err);
+    if (!s)
+        return NULL;
+    vh_resolve_opts ro = {
+        .winroot = opts->winroot, .maxdepth = opts->maxdepth, .trust = opts->trust};
+    g_autoptr(vh_resolver) r = vh_resolver_new(s, &ro);
+    vh_chain *c = vh_resolve_chain(r, rel, err);
+    if (c)
+        *store = g_steal_pointer(&s);
+    return c;
+}
+
+int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **top, GError **err)
+{
+    *top = NULL;
+    vh_chain_open_opts none = {0};
+    if (!opts)
+        opts = &none;
+    g_autoptr(GError) e = NULL;
+    g_autoptr(vh_store) store = NULL;
+    g_autoptr(vh_chain) c = vh_chain_resolve(path, opts, &store, &e);
+    int r = c ? vh_chain_usable(store, c, opts->use_heal_target, &e) : -vh_error_errno(e);
+    if (c && r < 0)
+        vh_fail_prefix(&e, "%s", path);
+    if (r == 0)
+        r = vh_chain_open_resolved(store, c, opts->writable, top, &e);
+    if (r < 0)
+        g_propagate_error(err, g_steal_pointer(&e));
+    return r;
 }

@@ -263,6 +263,26 @@ static int write_all_fd(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
+/*
+ * Opens a data file the user named (OUT, INPUT): it may be a pipe, but the open never waits for
+ * the other end (O_NONBLOCK: a FIFO nobody writes reads as empty, one nobody reads fails with
+ * ENXIO); O_NONBLOCK is cleared for the I/O. -1 with errno on failure.
+ */
+static int open_stream(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC | O_NONBLOCK, 0644);
+    if (fd < 0)
+        return -1;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 int vhdheal_cmd_read(int argc, char **argv)
 {
     g_autofree char *out_path = NULL, *store = NULL, *winroot = NULL, *trust_s = NULL;
@@ -297,8 +317,8 @@ int vhdheal_cmd_read(int argc, char **argv)
     if (!vh_range_ok(off, len, d->virtual_size))
         return vh_cli_usage("read: range %s+%s lies past the virtual size %" G_GUINT64_FORMAT,
                             argv[2], argv[3], d->virtual_size);
-    vh_autofd int fd = out_path ? open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
-                                : dup(STDOUT_FILENO);
+    vh_autofd int fd =
+        out_path ? open_stream(out_path, O_WRONLY | O_CREAT | O_TRUNC) : dup(STDOUT_FILENO);
     if (fd < 0) {
         fprintf(stderr, "vhdheal: %s: %s\n", out_path ? out_path : "stdout", g_strerror(errno));
         return VH_EXIT_USAGE;
@@ -322,23 +342,30 @@ int vhdheal_cmd_read(int argc, char **argv)
 
 int vhdheal_cmd_write(int argc, char **argv)
 {
+    g_autofree char *store = NULL, *winroot = NULL;
+    GOptionEntry entries[] = {
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
+        {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new(
         "FILE OFFSET [INPUT] - write bytes (INPUT, or stdin) at a virtual offset");
+    g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
     if (!g_option_context_parse(oc, &argc, &argv, &perr))
         return vh_cli_usage("%s", perr->message);
     uint64_t off;
     if ((argc != 3 && argc != 4) || !vh_cli_parse_size(argv[2], &off))
         return vh_cli_usage("write: FILE OFFSET [INPUT]");
-    vh_autofd int in = argc == 4 ? open(argv[3], O_RDONLY | O_CLOEXEC) : dup(STDIN_FILENO);
-    if (in < 0) {
-        fprintf(stderr, "vhdheal: %s: %s\n", argc == 4 ? argv[3] : "stdin", g_strerror(errno));
-        return VH_EXIT_USAGE;
-    }
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    if (vh_chain_open_simple(argv[1], true, VH_DEFAULT_MAXDEPTH, false, &d, &err) < 0) {
+    vh_chain_open_opts co = {.store = store, .winroot = winroot, .writable = true};
+    if (vh_chain_open(argv[1], &co, &d, &err) < 0) {
         vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
+    vh_autofd int in = argc == 4 ? open_stream(argv[3], O_RDONLY) : dup(STDIN_FILENO);
+    if (in < 0) {
+        fprintf(stderr, "vhdheal: %s: %s\n", argc == 4 ? argv[3] : "stdin", g_strerror(errno));
         return VH_EXIT_USAGE;
     }
     g_autofree uint8_t *buf = g_malloc(IO_CHUNK);

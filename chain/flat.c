@@ -33,46 +33,24 @@ static bool member_matches(const member *m, const struct stat *st)
            m->mtime_ns == vh_mtime_ns(st);
 }
 
-/* Every link is crossable: ok, or broken with one heal target (no cycle, not too deep; the same
- * rule as vh_chain_open with use_heal_target). */
+/* Every link is crossable: ok, or broken with one heal target (the opener's rule with
+ * use_heal_target). */
 int vh_flat_chain_ok(const vh_chain *c, GError **err)
 {
-    for (guint k = 0; k < c->links->len; k++) {
-        const vh_link *l = c->links->pdata[k];
-        bool crossable =
-            l->heal_target && l->verdict != VH_VERDICT_CYCLE && l->verdict != VH_VERDICT_TOO_DEEP;
-        if (l->verdict != VH_VERDICT_OK && !crossable)
-            return vh_fail(err, vh_verdict_errno(l->verdict), "the chain is broken at %s: %s: %s",
-                           l->child, vh_verdict_name(l->verdict), l->detail);
-    }
-    if (!c->complete)
-        return vh_fail(err, EIO, "%s: the chain does not reach a base disk",
-                       ((vh_disk_info *)c->disks->pdata[0])->path);
-    return 0;
+    return vh_chain_usable(NULL, c, true, err);
 }
 
-/* Opens one member and checks that it is still the disk the index described. */
-static int open_member(vh_store *store, const vh_disk_info *i, member *m, vh_disk **out,
-                       GError **err)
+/* Remembers what a member file is now (the opener checked it is the disk the index described). */
+static int note_member(const vh_disk_info *i, const vh_disk *d, member *m, GError **err)
 {
-    g_autofree char *abs = g_build_filename(vh_store_root(store), i->path, NULL);
-    g_autoptr(vh_disk) d = NULL;
     struct stat st;
-    int r = vh_disk_open(abs, VH_OPEN_READ, &d, err);
-    if (r < 0)
-        return r;
     if (fstat(d->file.fd, &st) < 0)
-        return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
-    /* The index never follows symlinks: the same inode means the same file in the store. */
-    if (st.st_dev != i->dev || st.st_ino != i->ino || d->format != i->format ||
-        !vh_id_equal(&d->id, &i->id) || d->virtual_size != i->virtual_size)
-        return vh_fail(err, EAGAIN, "%s changed while its chain was being opened", abs);
+        return vh_fail(err, errno, "%s: %s", d->file.path, g_strerror(errno));
     m->path = g_strdup(i->path);
     m->dev = st.st_dev;
     m->ino = st.st_ino;
     m->size = (uint64_t)st.st_size;
     m->mtime_ns = vh_mtime_ns(&st);
-    *out = g_steal_pointer(&d);
     return 0;
 }
 
@@ -88,20 +66,15 @@ int vh_flat_open(vh_store *store, const vh_chain *c, vh_flat **out, GError **err
     f->store = store;
     f->members = g_new0(member, c->disks->len);
     g_mutex_init(&f->map_lock);
-    vh_disk *child = NULL;
-    for (guint k = 0; k < c->disks->len; k++) {
-        vh_disk *d = NULL;
-        r = open_member(store, c->disks->pdata[k], &f->members[k], &d, err);
-        if (r < 0) {
-            vh_flat_unref(f);
-            return r;
-        }
+    r = vh_chain_open_resolved(store, c, false, &f->top, err);
+    guint k = 0;
+    for (vh_disk *d = f->top; r == 0 && d; d = d->parent, k++) {
+        r = note_member(c->disks->pdata[k], d, &f->members[k], err);
         f->n = k + 1;
-        if (child)
-            vh_disk_set_parent(child, d);
-        else
-            f->top = d;
-        child = d;
+    }
+    if (r < 0) {
+        vh_flat_unref(f);
+        return r;
     }
     *out = f;
     return 0;

@@ -18,7 +18,7 @@
 #ifndef VH_FLAT_H
 #define VH_FLAT_H
 
-#include "resolve.h"
+#include "chain.h"
 
 typedef struct vh_flat vh_flat;
 

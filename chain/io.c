@@ -4,7 +4,10 @@
 #include "io.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static struct {
@@ -66,29 +69,100 @@ static bool fault_blocks_op(void)
     return false;
 }
 
+/* Why an fd cannot be a disk file: 0 for a regular file, else a positive errno. Sets *size. */
+static int check_regular(int fd, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return errno;
+    if (!S_ISREG(st.st_mode))
+        return EINVAL;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+/*
+ * Takes an fd opened with O_NONBLOCK: checks that it is a regular file before anything reads it,
+ * then clears O_NONBLOCK (regular files ignore it, but later I/O must not see it). Closes fd on
+ * failure.
+ */
+static int adopt_fd(vh_file *f, int fd, const char *path, bool writable, GError **err)
+{
+    uint64_t size = 0;
+    int e = check_regular(fd, &size);
+    if (e == 0) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+            e = errno;
+    }
+    if (e != 0) {
+        close(fd);
+        if (e == EINVAL)
+            return vh_fail(err, EINVAL, "%s: not a regular file", path);
+        return vh_fail(err, e, "%s: %s", path, g_strerror(e));
+    }
+    f->fd = fd;
+    f->path = g_strdup(path);
+    f->writable = writable;
+    f->size = size;
+    return 0;
+}
+
+/* The open(2) flags of a disk file: O_NONBLOCK, so that a FIFO or a device never blocks the
+ * open; O_NOATIME when reading (see open_checked). */
+static int open_flags(int flags, bool writable)
+{
+    return flags | O_CLOEXEC | O_NONBLOCK | (writable ? 0 : O_NOATIME);
+}
+
+/*
+ * Opens the file an O_PATH fd found, with `flags`, only if fstat shows a regular file: what is
+ * not one (a FIFO, whose open waits for a writer; a device, whose open acts) is never opened at
+ * all. The same inode is reopened through /proc/self/fd (no second lookup of the name). Returns
+ * the fd or -errno: -EINVAL for what is not a regular file, -ENOENT without /proc.
+ */
+static int reopen_regular(int pfd, int flags)
+{
+    struct stat st;
+    if (fstat(pfd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+    char p[40];
+    snprintf(p, sizeof p, "/proc/self/fd/%d", pfd);
+    int fd = open(p, flags);
+    /* O_NOATIME needs the file's owner or CAP_FOWNER; without them, open as usual */
+    if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
+        fd = open(p, flags & ~O_NOATIME);
+    return fd < 0 ? -errno : fd;
+}
+
 static int open_checked(vh_file *f, const char *path, int flags, bool writable, GError **err)
 {
     memset(f, 0, sizeof *f);
     f->fd = -1;
     /* Reading a disk's structures is not an access by a user: keep its atime (the mount
-       probes files after every write-close, and a scan probes every file). O_NOATIME needs
-       the file's owner or CAP_FOWNER; without them, open as usual. */
-    int fd = open(path, flags | O_CLOEXEC | (writable ? 0 : O_NOATIME), 0666);
-    if (fd < 0 && errno == EPERM && !writable)
-        fd = open(path, flags | O_CLOEXEC, 0666);
-    if (fd < 0)
-        return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        int e = S_ISREG(st.st_mode) ? errno : EINVAL;
-        close(fd);
-        return vh_fail(err, e, "%s: not a regular file", path);
+       probes files after every write-close, and a scan probes every file). */
+    int oflags = open_flags(flags, writable);
+    int fd = -ENOENT;
+    if (!(flags & O_CREAT)) {
+        int pfd = open(path, O_PATH | O_CLOEXEC);
+        if (pfd < 0)
+            return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
+        fd = reopen_regular(pfd, oflags);
+        close(pfd);
     }
-    f->fd = fd;
-    f->path = g_strdup(path);
-    f->writable = writable;
-    f->size = (uint64_t)st.st_size;
-    return 0;
+    if (fd == -ENOENT) { /* creating, or no /proc: open by name (O_NONBLOCK, checked below) */
+        fd = open(path, oflags, 0666);
+        if (fd < 0 && errno == EPERM && (oflags & O_NOATIME))
+            fd = open(path, oflags & ~O_NOATIME, 0666);
+        fd = fd < 0 ? -errno : fd;
+    }
+    if (fd == -EINVAL)
+        return vh_fail(err, EINVAL, "%s: not a regular file", path);
+    if (fd < 0)
+        return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
+    return adopt_fd(f, fd, path, writable, err);
 }
 
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err)
@@ -99,6 +173,107 @@ int vh_file_open(vh_file *f, const char *path, bool writable, GError **err)
 int vh_file_create(vh_file *f, const char *path, GError **err)
 {
     return open_checked(f, path, O_RDWR | O_CREAT | O_EXCL, true, err);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Opening strictly beneath a folder */
+
+static bool have_openat2 = true;
+
+void vh_io_test_without_openat2(bool without)
+{
+    have_openat2 = !without;
+}
+
+/*
+ * Without openat2: walks rel one component at a time from dirfd, never following a symlink
+ * (O_NOFOLLOW) and refusing "..", which is what RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS do.
+ */
+static int openat_walk(int dirfd, const char *rel, int flags)
+{
+    g_auto(GStrv) parts = g_strsplit(rel, "/", -1);
+    guint n = g_strv_length(parts);
+    int cur = -1;
+    for (guint k = 0; k < n; k++) {
+        const char *c = parts[k];
+        bool last = k + 1 == n;
+        if (strcmp(c, "..") == 0 || (last && (!*c || strcmp(c, ".") == 0))) {
+            if (cur >= 0)
+                close(cur);
+            return -EXDEV;
+        }
+        if (!*c || strcmp(c, ".") == 0)
+            continue;
+        /* what RESOLVE_NO_SYMLINKS reports (O_NOFOLLOW below keeps it safe from a race) */
+        struct stat st;
+        if (fstatat(cur >= 0 ? cur : dirfd, c, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISLNK(st.st_mode)) {
+            if (cur >= 0)
+                close(cur);
+            return -EXDEV;
+        }
+        int fd =
+            last ? openat(cur >= 0 ? cur : dirfd, c, flags | O_NOFOLLOW, 0666)
+                 : openat(cur >= 0 ? cur : dirfd, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        if (cur >= 0)
+            close(cur);
+        if (fd < 0)
+            return e == ELOOP ? -EXDEV : -e;
+        cur = fd;
+    }
+    return cur >= 0 ? cur : -EINVAL;
+}
+
+/* Opens rel beneath dirfd with no symlink and no ".." on the way; -EXDEV when it would leave. */
+static int openat_beneath(int dirfd, const char *rel, int flags)
+{
+    if (!*rel || rel[0] == '/')
+        return -EXDEV;
+    if (have_openat2) {
+        struct open_how how = {
+            .flags = (uint64_t)flags,
+            .mode = (flags & O_CREAT) ? 0666 : 0,
+            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+        if (fd >= 0)
+            return (int)fd;
+        /* EPERM: O_NOATIME on another's file (the caller retries without it), or a seccomp
+           filter refusing openat2 (some sandboxes): then walk instead */
+        if (errno == EPERM && (flags & O_NOATIME))
+            return -EPERM;
+        if (errno != ENOSYS && errno != EPERM)
+            return errno == ELOOP ? -EXDEV : -errno;
+        have_openat2 = false;
+    }
+    return openat_walk(dirfd, rel, flags);
+}
+
+int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *path, bool writable,
+                         GError **err)
+{
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    int oflags = open_flags(writable ? O_RDWR : O_RDONLY, writable);
+    int fd = openat_beneath(dirfd, rel, O_PATH | O_CLOEXEC);
+    if (fd >= 0) {
+        int pfd = fd;
+        fd = reopen_regular(pfd, oflags);
+        close(pfd);
+        if (fd == -ENOENT) /* no /proc: open by name (O_NONBLOCK, checked below) */
+            fd = openat_beneath(dirfd, rel, oflags);
+        if (fd == -EPERM && (oflags & O_NOATIME))
+            fd = openat_beneath(dirfd, rel, oflags & ~O_NOATIME);
+    }
+    if (fd == -EXDEV)
+        return vh_fail(err, EXDEV, "%s: not opened: the path leaves the store or passes a symlink",
+                       path);
+    if (fd == -EINVAL)
+        return vh_fail(err, EINVAL, "%s: not a regular file", path);
+    if (fd < 0)
+        return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
+    return adopt_fd(f, fd, path, writable, err);
 }
 
 void vh_file_close(vh_file *f)

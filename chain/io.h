@@ -37,8 +37,21 @@ struct vh_file {
  */
 ssize_t vh_read_full(int fd, void *buf, size_t len, int64_t off);
 
-/* Opens path read-only or read-write. The file must be a regular file. */
+/*
+ * Opens path read-only or read-write. The file must be a regular file: the open never blocks
+ * (O_NONBLOCK, cleared once fstat showed a regular file), so a FIFO, socket, device or folder
+ * fails with EINVAL "not a regular file" instead of hanging. Follows symlinks: for names a user
+ * gave; a path taken from a disk or an attribute is opened with vh_file_open_beneath.
+ */
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
+/*
+ * Opens `rel` (relative, no "..") strictly beneath the folder open as dirfd, passing no symlink
+ * (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or an O_NOFOLLOW walk where openat2 is
+ * missing), with the same regular-file check as vh_file_open. `path` names the file in messages
+ * and in f->path. EXDEV when rel would leave the folder or passes a symlink: nothing is opened.
+ */
+int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *path, bool writable,
+                         GError **err);
 /* Creates a new file (O_EXCL) for writing. */
 int vh_file_create(vh_file *f, const char *path, GError **err);
 void vh_file_close(vh_file *f);
@@ -61,6 +74,10 @@ int vh_file_truncate(vh_file *f, uint64_t size, GError **err);
  */
 void vh_io_set_durable(bool durable);
 bool vh_io_durable(void);
+
+/* Tests only: make vh_file_open_beneath walk with O_NOFOLLOW as it does where the kernel has
+ * no openat2 (true), or use openat2 again (false). */
+void vh_io_test_without_openat2(bool without);
 
 /* --- fault injection (tests only; inert unless armed) --- */
 typedef enum {

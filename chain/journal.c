@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "winpath.h"
+
 struct vh_journal {
     char *store;
     char *path;
@@ -179,8 +181,9 @@ int vh_journal_begin(vh_journal *j, vh_file *child, const char *old_link, const 
     g_autofree char *rel = NULL;
     g_autofree char *abs_store = g_canonicalize_filename(j->store, NULL);
     g_autofree char *abs_child = g_canonicalize_filename(child->path, NULL);
-    if (g_str_has_prefix(abs_child, abs_store) && abs_child[strlen(abs_store)] == '/')
-        rel = g_strdup(abs_child + strlen(abs_store) + 1);
+    const char *below = vh_path_below(abs_store, abs_child);
+    if (below && *below)
+        rel = g_strdup(below);
     else
         return vh_fail(err, EXDEV, "%s: not inside the store %s", child->path, j->store);
     vh_repair *r = g_new0(vh_repair, 1);

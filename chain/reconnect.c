@@ -36,12 +36,7 @@ char *vh_link_describe(const vh_disk *d)
 /* The path of `path` below `store` ("" for the store itself), or NULL when outside. */
 static char *path_below(const char *store_real, const char *path_real)
 {
-    size_t n = strlen(store_real);
-    if (strcmp(store_real, "/") == 0)
-        return g_strdup(path_real + 1);
-    if (strncmp(path_real, store_real, n) != 0 || (path_real[n] != '/' && path_real[n] != '\0'))
-        return NULL;
-    return g_strdup(path_real[n] == '/' ? path_real + n + 1 : "");
+    return g_strdup(vh_path_below(store_real, path_real));
 }
 
 char *vh_winroot_path(const char *store, const char *winroot, const char *path)
@@ -55,25 +50,38 @@ char *vh_winroot_path(const char *store, const char *winroot, const char *path)
     g_autofree char *rel = path_below(store_real, path_real);
     if (!rel)
         return NULL;
-    g_autofree char *win_rel = vh_winpath_from_posix(rel);
-    size_t wl = strlen(winroot);
-    bool sep = wl > 0 && (winroot[wl - 1] == '\\' || winroot[wl - 1] == '/');
-    return g_strdup_printf("%.*s\\%s", (int)(sep ? wl - 1 : wl), winroot, win_rel);
+    return vh_winpath_to_windows(rel, winroot);
 }
 
-/* Does the chain above `parent` (parent included) contain the child? */
-static bool makes_cycle(const char *child_real, const vh_disk *child, const char *parent_path,
-                        int maxdepth)
+/*
+ * Would linking the child to `parent_real` make a cycle? True when the chain above the parent
+ * (the parent included), as the chain opener resolves it in the store (heal targets followed:
+ * a heal would make them links), holds the child, or ends at a link that expects the child.
+ */
+static bool makes_cycle(const char *store_real, const char *child_real, const vh_disk *child,
+                        const char *parent_real, int maxdepth)
 {
-    g_autoptr(vh_disk) chain = NULL;
-    if (vh_chain_open_simple(parent_path, false, maxdepth, true, &chain, NULL) < 0)
+    if (strcmp(child_real, parent_real) == 0)
+        return true;
+    g_autofree char *child_rel = g_strdup(vh_path_below(store_real, child_real));
+    vh_chain_open_opts o = {.store = store_real, .maxdepth = (guint)maxdepth};
+    g_autoptr(vh_store) store = NULL;
+    g_autoptr(vh_chain) c = vh_chain_resolve(parent_real, &o, &store, NULL);
+    if (!c || !child_rel)
         return false;
-    for (vh_disk *d = chain; d; d = d->parent) {
-        g_autofree char *real = realpath(d->file.path, NULL);
-        if (real && strcmp(real, child_real) == 0)
+    for (guint k = 0; k < c->disks->len; k++) {
+        const vh_disk_info *d = c->disks->pdata[k];
+        if (strcmp(d->path, child_rel) == 0)
             return true;
-        if (d->type == VH_TYPE_DIFFERENCING && !d->parent &&
-            vh_id_equal(&d->link.parent_id, &child->id))
+    }
+    for (guint k = 0; k < c->links->len; k++) {
+        const vh_link *l = c->links->pdata[k];
+        const vh_disk_info *d = c->disks->pdata[k];
+        bool unfollowed = k + 1 == c->links->len && c->disks->len == c->links->len;
+        bool expects = vh_id_equal(&l->expected_id, &child->id) ||
+                       (d->link.has_parent_id2 && !vh_id_is_zero(&d->link.parent_id2) &&
+                        vh_id_equal(&d->link.parent_id2, &child->id));
+        if (unfollowed && expects)
             return true; /* its (unfollowed) parent link expects the child */
     }
     return false;
@@ -82,6 +90,7 @@ static bool makes_cycle(const char *child_real, const vh_disk *child, const char
 typedef struct {
     char *store_real, *child_real, *parent_real;
     char *child_open, *parent_open; /* what is opened: the real path, or a pin's /proc/self/fd/N */
+    bool parent_pinned;
 } real_paths;
 
 static void real_paths_clear(real_paths *p)
@@ -125,6 +134,7 @@ static int resolve_paths(const char *child, const char *parent, const vh_reconne
         return vh_fail(err, errno, "%s: the store: %s", store, g_strerror(errno));
     rp->child_open = open_path(o->pin ? o->pin->child_fd : -1, child);
     rp->parent_open = open_path(o->pin ? o->pin->parent_fd : -1, parent);
+    rp->parent_pinned = o->pin && o->pin->parent_fd >= 0;
     rp->child_real = realpath(rp->child_open, NULL);
     if (!rp->child_real)
         return vh_fail(err, errno, "%s: %s", child, g_strerror(errno));
@@ -157,12 +167,27 @@ static int open_child_for_checks(const char *open, const char *child, vh_disk **
     return 0;
 }
 
-/* The parent is a disk of the child's format, virtual size and logical sector size. */
-static int check_parent(const vh_disk *c, const char *open, const char *parent_path, vh_disk **out,
-                        GError **err)
+/* Opens the parent (inside the store: resolve_paths checked) beneath the store's folder: never
+ * through a symlink, never blocking on a FIFO or device. */
+static int open_parent(const real_paths *rp, vh_disk **out, GError **err)
 {
+    if (rp->parent_pinned) /* the caller's pin: the very inode its rights were checked on */
+        return open_named(rp->parent_open, rp->parent_real, VH_OPEN_READ, out, err);
+    vh_autofd int root = open(rp->store_real, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return vh_fail(err, errno, "%s: %s", rp->store_real, g_strerror(errno));
+    const char *rel = vh_path_below(rp->store_real, rp->parent_real);
+    if (!rel || !*rel)
+        return vh_fail(err, EXDEV, "%s: the parent is outside the store", rp->parent_real);
+    return vh_disk_open_beneath(root, rp->store_real, rel, VH_OPEN_READ, out, err);
+}
+
+/* The parent is a disk of the child's format, virtual size and logical sector size. */
+static int check_parent(const vh_disk *c, const real_paths *rp, vh_disk **out, GError **err)
+{
+    const char *parent_path = rp->parent_real;
     g_autoptr(GError) e = NULL;
-    if (open_named(open, parent_path, VH_OPEN_READ, out, &e) < 0)
+    if (open_parent(rp, out, &e) < 0)
         return vh_fail(err, e->code == EACCES ? EACCES : EINVAL, "the parent is not usable: %s",
                        e->message);
     const vh_disk *p = *out;
@@ -319,10 +344,12 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
     if (r == 0)
         r = open_child_for_checks(rp.child_open, rp.child_real, &c, err);
     if (r == 0)
-        r = check_parent(c, rp.parent_open, rp.parent_real, &p, err);
-    if (r == 0 && (strcmp(rp.child_real, rp.parent_real) == 0 ||
-                   makes_cycle(rp.child_real, c, rp.parent_real, maxdepth)))
-        r = vh_fail(err, EINVAL, "cycle: %s is %s itself or its descendant", parent, child);
+        r = check_parent(c, &rp, &p, err);
+    if (r == 0 && makes_cycle(rp.store_real, rp.child_real, c, rp.parent_real, maxdepth))
+        r = vh_fail(err, EINVAL,
+                    "cycle: the link would make a cycle: %s is %s itself or its "
+                    "descendant",
+                    parent, child);
     if (r == 0)
         r = check_identity(c, p, parent, opts, err);
     if (r == 0) {

@@ -166,7 +166,7 @@ void vh_chain_free(vh_chain *c)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Trust (DESIGN.md "Many users on one mount") */
+/* Trust (doc/design.md "Many users on one mount") */
 
 const char *vh_trust_name(vh_trust t)
 {
@@ -804,88 +804,4 @@ vh_chain *vh_resolve_chain(vh_resolver *r, const char *rel, GError **err)
     }
     c->complete = cur->type != VH_TYPE_DIFFERENCING;
     return c;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Opening a chain */
-
-static int broken_link_error(vh_store *store, const vh_link *l, GError **err)
-{
-    const char *fix = vh_link_fix_parent(l);
-    g_autofree char *hint = NULL;
-    if (fix) {
-        g_autofree char *c = g_build_filename(vh_store_root(store), l->child, NULL);
-        g_autofree char *p = g_build_filename(vh_store_root(store), fix, NULL);
-        g_autofree char *qc = g_shell_quote(c), *qp = g_shell_quote(p);
-        hint = g_strdup_printf(" (fix: vhdheal reconnect %s %s)", qc, qp);
-    } else if (l->verdict == VH_VERDICT_OUTSIDE_STORE) {
-        hint = g_strdup_printf(" (the store is %s; --store DIR names a wider one)",
-                               vh_store_root(store));
-    }
-    return vh_fail(err, vh_verdict_errno(l->verdict), "the chain is broken at %s: %s: %s%s",
-                   l->child, vh_verdict_name(l->verdict), l->detail, hint ? hint : "");
-}
-
-static int open_resolved(vh_store *store, const vh_chain *c, bool writable, vh_disk **top,
-                         GError **err)
-{
-    vh_disk *child = NULL;
-    for (guint k = 0; k < c->disks->len; k++) {
-        const vh_disk_info *i = c->disks->pdata[k];
-        g_autofree char *abs = g_build_filename(vh_store_root(store), i->path, NULL);
-        vh_disk *d = NULL;
-        int r = vh_disk_open(abs, k == 0 && writable ? VH_OPEN_WRITE : VH_OPEN_READ, &d, err);
-        if (r == 0 && (d->format != i->format || !vh_id_equal(&d->id, &i->id))) {
-            vh_disk_close(d);
-            r = vh_fail(err, EAGAIN, "%s changed while its chain was being opened", abs);
-        }
-        if (r < 0) {
-            vh_disk_close(*top);
-            *top = NULL;
-            return r;
-        }
-        if (child)
-            vh_disk_set_parent(child, d);
-        else
-            *top = d;
-        child = d;
-    }
-    return 0;
-}
-
-int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **top, GError **err)
-{
-    *top = NULL;
-    vh_chain_open_opts none = {0};
-    if (!opts)
-        opts = &none;
-    char *paths[] = {(char *)path};
-    g_autofree char *root = vh_store_determine(opts->store, paths, 1, false, err);
-    if (!root)
-        return -vh_error_errno(*err);
-    g_autoptr(vh_store) store = vh_store_new(root, err);
-    if (!store)
-        return -vh_error_errno(*err);
-    g_autofree char *rel = vh_store_relpath(root, path);
-    if (!rel || !*rel)
-        return vh_fail(err, EINVAL, "%s: not a file in the store %s", path, root);
-    vh_resolve_opts ro = {
-        .winroot = opts->winroot, .maxdepth = opts->maxdepth, .trust = opts->trust};
-    g_autoptr(vh_resolver) r = vh_resolver_new(store, &ro);
-    g_autoptr(vh_chain) c = vh_resolve_chain(r, rel, err);
-    if (!c)
-        return -vh_error_errno(*err);
-    for (guint k = 0; k < c->links->len; k++) {
-        const vh_link *l = c->links->pdata[k];
-        bool crossable = opts->use_heal_target && l->heal_target &&
-                         l->verdict != VH_VERDICT_CYCLE && l->verdict != VH_VERDICT_TOO_DEEP;
-        if (l->verdict != VH_VERDICT_OK && !crossable) {
-            int e = broken_link_error(store, l, err);
-            vh_fail_prefix(err, "%s", path);
-            return e;
-        }
-    }
-    if (!c->complete)
-        return vh_fail(err, EIO, "%s: the chain does not reach a base disk", path);
-    return open_resolved(store, c, opts->writable, top, err);
 }

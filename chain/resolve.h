@@ -83,7 +83,7 @@ void vh_chain_free(vh_chain *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_chain, vh_chain_free)
 
 /*
- * Whose disks may be a child's parent (DESIGN.md "Many users on one mount"): a parent owned by
+ * Whose disks may be a child's parent (doc/design.md "Many users on one mount"): a parent owned by
  * the child's owner or by root always; with GROUP also one whose group is the child's group;
  * with ANY every disk. OWNER (0) is the default of every caller.
  */
@@ -133,21 +133,5 @@ vh_chain *vh_resolve_chain(vh_resolver *r, const char *rel, GError **err);
 
 /* What `vhdheal reconnect` would be given to fix a broken link (NULL when nothing would). */
 const char *vh_link_fix_parent(const vh_link *l);
-
-typedef struct vh_chain_open_opts {
-    const char *store;    /* NULL: determined from the path as doc/design.md "vhdheal" says */
-    const char *winroot;  /* may be NULL */
-    guint maxdepth;       /* 0: VH_DEFAULT_MAXDEPTH */
-    bool writable;        /* open the top disk for writing (parents stay read-only) */
-    bool use_heal_target; /* cross a broken link to its unique heal target (overlay healing) */
-    vh_trust trust;       /* as vh_resolve_opts */
-} vh_chain_open_opts;
-
-/*
- * Opens the disk at `path` and its parents, resolved by the rules above and attached with
- * vh_disk_set_parent. Fails with a message naming the broken link (child, reason, detail, and
- * the fix when one is known).
- */
-int vh_chain_open(const char *path, const vh_chain_open_opts *opts, vh_disk **top, GError **err);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "vhd.h"
 #include "vhdx.h"
+#include "winpath.h"
 
 #define PRIVATE_DIR ".vhdheal"
 #define PARALLEL_MIN 32 /* fewer files than this are probed inline */
@@ -112,8 +113,10 @@ static void set_stat(vh_disk_info *i, const struct stat *st)
 int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_info *out)
 {
     g_autoptr(GError) err = NULL;
+    vh_store *s = ctx; /* the store itself, by default: then the file is opened beneath it */
     vh_file f;
-    int r = vh_file_open(&f, abs, false, &err);
+    int r = s ? vh_file_open_beneath(&f, s->root_fd, rel, abs, false, &err)
+              : vh_file_open(&f, abs, false, &err);
     if (r < 0)
         return r;
     /* the file stat'ed (out's dev, ino) must be the one read: a symlink or another file renamed
@@ -161,10 +164,7 @@ static vh_disk_info *probe_file(vh_store *s, const char *rel, const struct stat 
 
 static bool path_under(const char *path, const char *under)
 {
-    if (!under || !*under)
-        return true;
-    size_t n = strlen(under);
-    return strncmp(path, under, n) == 0 && (path[n] == '\0' || path[n] == '/');
+    return vh_path_below(under ? under : "", path) != NULL;
 }
 
 static guint id_hash(gconstpointer p)
@@ -264,6 +264,7 @@ vh_store *vh_store_new(const char *root, GError **err)
     s->by_path = new_by_path();
     s->by_id = new_by_id();
     s->probe = vh_store_default_probe;
+    s->probe_ctx = s;
     s->threads = 4;
     return s;
 }
@@ -294,7 +295,7 @@ int vh_store_root_fd(vh_store *s)
 void vh_store_set_probe(vh_store *s, vh_probe_fn fn, void *ctx)
 {
     s->probe = fn ? fn : vh_store_default_probe;
-    s->probe_ctx = ctx;
+    s->probe_ctx = fn ? ctx : s;
 }
 
 void vh_store_set_threads(vh_store *s, int n)
@@ -763,16 +764,7 @@ void vh_store_note_changed(vh_store *s, const char *rel)
 char *vh_store_relpath(const char *store_real, const char *path)
 {
     g_autofree char *real = realpath(path, NULL);
-    if (!real)
-        return NULL;
-    size_t n = strlen(store_real);
-    if (strcmp(real, store_real) == 0)
-        return g_strdup("");
-    if (n == 1)
-        return g_strdup(real + 1);
-    if (strncmp(real, store_real, n) == 0 && real[n] == '/')
-        return g_strdup(real + n + 1);
-    return NULL;
+    return real ? g_strdup(vh_path_below(store_real, real)) : NULL;
 }
 
 static bool is_dir(const char *p)

@@ -58,7 +58,8 @@ void vh_disk_info_fill(vh_disk_info *i, const vh_disk *d);
  */
 typedef int (*vh_probe_fn)(void *ctx, const char *abs, const char *rel, vh_disk_info *out);
 
-/* The default probe: content sniffing + vh_disk_open(VH_OPEN_PROBE). */
+/* The default probe: content sniffing + vh_disk_open(VH_OPEN_PROBE). With ctx a vh_store (as
+ * the store sets it), the file is opened beneath the store (vh_file_open_beneath); else by abs. */
 int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_info *out);
 
 typedef struct vh_store vh_store;

@@ -236,6 +236,8 @@ static int under_root(const vh_winpath *p, const vh_winpath *root)
 /* ---------------------------------------------------------------------------------------- */
 /* Mapping */
 
+static bool parse_winroot(const char *winroot, vh_winpath *out);
+
 const char *vh_wp_via_name(vh_wp_via v)
 {
     switch (v) {
@@ -359,7 +361,7 @@ GPtrArray *vh_winpath_candidates(const char *stored, const char *child_dir, cons
             add_candidate(out, NULL, VH_WP_VIA_STORE, true);
     } else if (winroot) {
         vh_winpath root;
-        if (vh_winpath_parse(winroot, &root)) {
+        if (parse_winroot(winroot, &root)) {
             int skip = under_root(&p, &root);
             if (skip >= 0)
                 add_candidate(out, vh_winpath_join("", (const char *const *)p.parts + skip),
@@ -377,13 +379,46 @@ GPtrArray *vh_winpath_candidates(const char *stored, const char *child_dir, cons
 char *vh_winpath_to_windows(const char *rel, const char *winroot)
 {
     g_autofree char *w = vh_winpath_from_posix(rel);
+    g_autofree char *root = vh_winpath_from_posix(winroot);
     const char *r = w;
     while (*r == '\\')
         r++;
-    size_t n = strlen(winroot);
-    while (n > 0 && winroot[n - 1] == '\\')
+    size_t n = strlen(root);
+    while (n > 0 && root[n - 1] == '\\')
         n--;
-    return g_strdup_printf("%.*s\\%s", (int)n, winroot, r);
+    return g_strdup_printf("%.*s\\%s", (int)n, root, r);
+}
+
+/* A winroot as given ("/" may stand for "\\": "//nas/vms", "D:/VMs"): never a POSIX path. */
+static bool parse_winroot(const char *winroot, vh_winpath *out)
+{
+    g_autofree char *w = winroot ? vh_winpath_from_posix(winroot) : NULL;
+    return w && vh_winpath_parse(w, out);
+}
+
+bool vh_winpath_is_root(const char *winroot)
+{
+    vh_winpath p;
+    if (!parse_winroot(winroot, &p))
+        return false;
+    bool ok = (p.kind == VH_WP_DRIVE || p.kind == VH_WP_UNC || p.kind == VH_WP_VOLUME) && *p.root;
+    vh_winpath_clear(&p);
+    return ok;
+}
+
+const char *vh_path_below(const char *root, const char *path)
+{
+    size_t n = strlen(root);
+    while (n > 0 && root[n - 1] == '/')
+        n--;
+    if (n == 0) { /* "/" holds every absolute path, "" every relative one */
+        if (root[0] != '/')
+            return path[0] == '/' ? NULL : path;
+        return path[0] == '/' ? path + strspn(path, "/") : NULL;
+    }
+    if (strncmp(path, root, n) != 0 || (path[n] != '\0' && path[n] != '/'))
+        return NULL;
+    return path[n] == '/' ? path + n + 1 : path + n;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -398,9 +433,7 @@ static int open_beneath_fallback(int root_fd, const char *root_real, const char 
     g_autofree char *real = realpath(joined, NULL);
     if (!real)
         return -errno;
-    size_t n = strlen(root_real);
-    if (strcmp(real, root_real) != 0 &&
-        !(strncmp(real, root_real, n) == 0 && (real[n] == '/' || n == 1)))
+    if (!vh_path_below(root_real, real))
         return -EXDEV;
     int fd = open(real, flags | O_CLOEXEC | O_NOFOLLOW);
     return fd < 0 ? -errno : fd;
@@ -434,12 +467,10 @@ static int fd_store_path(int fd, const char *root_real, char **found)
     g_autofree char *target = g_file_read_link(link, NULL);
     if (!target)
         return -ENOENT;
-    size_t n = strlen(root_real);
-    if (n == 1) /* the store is "/" */
-        n = 0;
-    if (strncmp(target, root_real, n) != 0 || target[n] != '/')
+    const char *rel = vh_path_below(root_real, target);
+    if (!rel || !*rel)
         return -EXDEV;
-    *found = g_strdup(target + n + 1);
+    *found = g_strdup(rel);
     return 0;
 }
 

@@ -91,9 +91,20 @@ char *vh_winpath_join(const char *dir, const char *const *parts);
 
 /*
  * The absolute Windows path of the store file `rel` (store-relative POSIX path) under
- * winroot (e.g. "\\nas\vms" or "D:\VMs"). Returns a new string.
+ * winroot (e.g. "\\nas\vms" or "D:\VMs"; "/" may stand for "\", a trailing separator is
+ * dropped). Returns a new string.
  */
 char *vh_winpath_to_windows(const char *rel, const char *winroot);
+
+/* Is winroot usable as one: a drive ("D:", "D:\VMs"), share ("\\nas\vms") or volume path? */
+bool vh_winpath_is_root(const char *winroot);
+
+/*
+ * The one "is this below the store" check, on canonical POSIX paths: the part of `path` below
+ * `root` ("" when path is root itself), a pointer into path; NULL when path lies outside.
+ * root "/" holds every absolute path; root "" every relative one. Pure string work.
+ */
+const char *vh_path_below(const char *root, const char *path);
 
 /*
  * Finds the store-relative path `rel` strictly beneath the store whose folder is open as

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * caller.c - acting for the user of a request (DESIGN.md "Many users on one mount"): the
+ * caller.c - acting for the user of a request (doc/design.md "Many users on one mount"): the
  * daemon runs as root, so whatever it opens for a user (the child a repair rewrites, the parent
  * it reads) it opens with that user's credentials: fsuid, fsgid and supplementary groups of the
  * request, set on the calling thread only and restored right after.

@@ -47,7 +47,7 @@ struct vhfs_config {
     char *winroot;     /* Windows form with backslashes ("\\nas\vms", "D:\VMs"), or NULL */
     bool views;        /* the @raw and @chains folders */
     unsigned maxdepth; /* longest chain followed, >= 1 */
-    vh_trust trust;    /* whose disks may be parents (DESIGN.md "Many users on one mount") */
+    vh_trust trust;    /* whose disks may be parents (doc/design.md "Many users on one mount") */
     bool ro;
     bool allow_other;
     bool foreground;   /* -f (or -d) */

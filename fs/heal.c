@@ -124,15 +124,7 @@ void vhfs_heal_stop(struct vhfs *fs)
 /* rel of an absolute path under root (canonical), or NULL. */
 static const char *below(const char *path, const char *root)
 {
-    size_t n = strlen(root);
-
-    if (strcmp(root, "/") == 0)
-        return path[0] == '/' ? path + 1 : NULL;
-    if (strncmp(path, root, n) != 0)
-        return NULL;
-    if (path[n] == '\0')
-        return path + n;
-    return path[n] == '/' ? path + n + 1 : NULL;
+    return vh_path_below(root, path);
 }
 
 char *vhfs_inode_path(struct vhfs *fs, struct vhfs_inode *inode)

@@ -25,6 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "winpath.h"
+
 #define EXIT_USAGE 2
 
 /* The command line as written, before its values are checked. */
@@ -221,17 +223,7 @@ static int pick(const char *value, const char *const *names, int n)
 /* "\\server\share[\...]", "\\?\...", "D:" or "D:\...". */
 static bool winroot_ok(const char *w)
 {
-    if (g_ascii_isalpha(w[0]) && w[1] == ':')
-        return w[2] == '\0' || w[2] == '\\';
-    if (g_str_has_prefix(w, "\\\\?\\"))
-        return w[4] != '\0';
-    if (g_str_has_prefix(w, "\\\\")) {
-        const char *server = w + 2;
-        const char *sep = strchr(server, '\\');
-
-        return sep != NULL && sep > server && sep[1] != '\0' && sep[1] != '\\';
-    }
-    return false;
+    return vh_winpath_is_root(w); /* parsed as the resolver parses it */
 }
 
 /* winroot as given ('/' or '\'), in Windows form without a trailing separator ("D:\" kept). */
@@ -256,11 +248,9 @@ static char *winroot_normalise(const char *given)
 /* True when path lies strictly inside dir (both canonical). */
 static bool path_inside(const char *path, const char *dir)
 {
-    size_t n = strlen(dir);
+    const char *rel = vh_path_below(dir, path);
 
-    if (strcmp(dir, "/") == 0)
-        return strcmp(path, "/") != 0;
-    return strncmp(path, dir, n) == 0 && path[n] == '/';
+    return rel != NULL && *rel != '\0';
 }
 
 /* Checks the values of c into cfg. Reports each problem; false on a usage error. */

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """mount_users - one allow_other mount, two users the test creates (useradd; removed after):
 alice keeps her VM in a 0700 folder with 0600 files, bob has his own folder in the same store
-(DESIGN.md "Many users on one mount", resolver rule 4). What bob tries must not reach alice's
+(doc/design.md "Many users on one mount", resolver rule 4). What bob tries must not reach alice's
 files:
 
 1. substitution: bob's disk with alice's base identity, her size, his bytes, named as her

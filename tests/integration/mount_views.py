@@ -117,12 +117,14 @@ def errno_of(fn, *args):
 # The store
 
 
-def write_random(path, rng, count, size, align=4096, maxlen=256 * 1024):
-    """`count` random writes in whole aligned units (libvhdi reads VHD bitmaps right only then)."""
+def write_random(path, rng, count, size, align=4096, maxlen=256 * 1024, store=None):
+    """`count` random writes in whole aligned units (libvhdi reads VHD bitmaps right only then);
+    a chain that spans folders needs its store."""
+    opt = ["--store", store] if store else []
     for _ in range(count):
         off = rng.randrange(size // align) * align
         n = min(size - off, rng.randrange(1, maxlen // align + 1) * align)
-        t.vhdheal("write", path, off, input=rng.randbytes(n))
+        t.vhdheal("write", *opt, path, off, input=rng.randbytes(n))
 
 
 def ext4_images(d):
@@ -146,7 +148,7 @@ def ext4_images(d):
                        "sub/hello.txt": b"hello from inside a VHDX chain\n"}
 
 
-def write_changes(disk, old, new, unit=64 * 1024):
+def write_changes(disk, old, new, unit=64 * 1024, store=None):
     """Writes into disk only the units in which image `new` differs from `old`."""
     with open(old, "rb") as a, open(new, "rb") as b:
         off = 0
@@ -155,7 +157,7 @@ def write_changes(disk, old, new, unit=64 * 1024):
             if not y:
                 break
             if x != y:
-                t.vhdheal("write", disk, off, input=y)
+                t.vhdheal("write", *(["--store", store] if store else []), disk, off, input=y)
             off += len(y)
 
 
@@ -172,29 +174,29 @@ def build_store(store, work, rng):
     # exists: a write changes a VHDX's DataWriteGuid), and a fixed disk.
     t.vhdheal("create", "--format", "vhdx", "--type", "dynamic", "--block-size", "1M",
               "--size", "24M", p("vhdx/base.vhdx"))
-    write_random(p("vhdx/base.vhdx"), rng, 12, 24 * MIB)
+    write_random(p("vhdx/base.vhdx"), rng, 12, 24 * MIB, store=store)
     t.vhdheal("create", "--parent", p("vhdx/base.vhdx"), p("vhdx/vm1/mid.vhdx"))
-    write_random(p("vhdx/vm1/mid.vhdx"), rng, 8, 24 * MIB, align=512)
+    write_random(p("vhdx/vm1/mid.vhdx"), rng, 8, 24 * MIB, align=512, store=store)
     t.vhdheal("create", "--parent", p("vhdx/vm1/mid.vhdx"), p("vhdx/vm1/top.avhdx"))
-    write_random(p("vhdx/vm1/top.avhdx"), rng, 8, 24 * MIB, align=512)
+    write_random(p("vhdx/vm1/top.avhdx"), rng, 8, 24 * MIB, align=512, store=store)
     chains["vhdx/vm1/top.avhdx"] = ["vhdx/vm1/top.avhdx", "vhdx/vm1/mid.vhdx", "vhdx/base.vhdx"]
     chains["vhdx/vm1/mid.vhdx"] = ["vhdx/vm1/mid.vhdx", "vhdx/base.vhdx"]
     chains["vhdx/base.vhdx"] = ["vhdx/base.vhdx"]
     t.vhdheal("create", "--format", "vhdx", "--type", "fixed", "--size", "6M",
               p("vhdx/fixed.vhdx"))
-    write_random(p("vhdx/fixed.vhdx"), rng, 4, 6 * MIB)
+    write_random(p("vhdx/fixed.vhdx"), rng, 4, 6 * MIB, store=store)
     chains["vhdx/fixed.vhdx"] = ["vhdx/fixed.vhdx"]
 
     # VHD: fixed, and a dynamic base with two children, all written in aligned 4 KiB units.
     t.vhdheal("create", "--format", "vhd", "--type", "fixed", "--size", "5M", p("vhd/fixed.vhd"))
-    write_random(p("vhd/fixed.vhd"), rng, 4, 5 * MIB)
+    write_random(p("vhd/fixed.vhd"), rng, 4, 5 * MIB, store=store)
     chains["vhd/fixed.vhd"] = ["vhd/fixed.vhd"]
     t.vhdheal("create", "--format", "vhd", "--type", "dynamic", "--block-size", "512K",
               "--size", "20M", p("vhd/base.vhd"))
     t.vhdheal("create", "--parent", p("vhd/base.vhd"), p("vhd/vm/child.vhd"))
     t.vhdheal("create", "--parent", p("vhd/vm/child.vhd"), p("vhd/vm/grand.vhd"))
     for disk in ("vhd/base.vhd", "vhd/vm/child.vhd", "vhd/vm/grand.vhd"):
-        write_random(p(disk), rng, 10, 20 * MIB)
+        write_random(p(disk), rng, 10, 20 * MIB, store=store)
     chains["vhd/vm/grand.vhd"] = ["vhd/vm/grand.vhd", "vhd/vm/child.vhd", "vhd/base.vhd"]
     chains["vhd/vm/child.vhd"] = ["vhd/vm/child.vhd", "vhd/base.vhd"]
     chains["vhd/base.vhd"] = ["vhd/base.vhd"]
@@ -202,9 +204,9 @@ def build_store(store, work, rng):
     # A broken link with one heal target: the parent was renamed into another folder.
     t.vhdheal("create", "--format", "vhdx", "--type", "dynamic", "--size", "12M",
               p("moved/parent.vhdx"))
-    write_random(p("moved/parent.vhdx"), rng, 5, 12 * MIB)
+    write_random(p("moved/parent.vhdx"), rng, 5, 12 * MIB, store=store)
     t.vhdheal("create", "--parent", p("moved/parent.vhdx"), p("moved/kid.vhdx"))
-    write_random(p("moved/kid.vhdx"), rng, 5, 12 * MIB)
+    write_random(p("moved/kid.vhdx"), rng, 5, 12 * MIB, store=store)
     os.rename(p("moved/parent.vhdx"), p("moved/old/parent-renamed.vhdx"))
     chains["moved/kid.vhdx"] = ["moved/kid.vhdx", "moved/old/parent-renamed.vhdx"]
     chains["moved/old/parent-renamed.vhdx"] = ["moved/old/parent-renamed.vhdx"]
@@ -213,7 +215,7 @@ def build_store(store, work, rng):
     t.vhdheal("create", "--format", "vhd", "--type", "dynamic", "--size", "4M",
               p("orphan/gone.vhd"))
     t.vhdheal("create", "--parent", p("orphan/gone.vhd"), p("orphan/lost.vhd"))
-    write_random(p("orphan/lost.vhd"), rng, 2, 4 * MIB)
+    write_random(p("orphan/lost.vhd"), rng, 2, 4 * MIB, store=store)
     os.unlink(p("orphan/gone.vhd"))
 
     # A file that looks like a disk but cannot be read.
@@ -228,7 +230,7 @@ def build_store(store, work, rng):
               p("fs/ext.vhdx"))
     t.vhdheal("write", p("fs/ext.vhdx"), 0, img)
     t.vhdheal("create", "--parent", p("fs/ext.vhdx"), p("fs/ext-child.vhdx"))
-    write_changes(p("fs/ext-child.vhdx"), img, img2)
+    write_changes(p("fs/ext-child.vhdx"), img, img2, store=store)
     chains["fs/ext-child.vhdx"] = ["fs/ext-child.vhdx", "fs/ext.vhdx"]
     chains["fs/ext.vhdx"] = ["fs/ext.vhdx"]
 
@@ -642,7 +644,8 @@ def main():
         m = Mount(store, mnt, log, "-o", "heal=off")
         top = "vhdx/vm1/top.avhdx"
         old = read_file(raw_path(mnt, top))
-        t.vhdheal("write", os.path.join(mnt, top), 3 * MIB, input=b"\x5a" * 65536)
+        t.vhdheal("write", "--store", mnt, os.path.join(mnt, top), 3 * MIB,
+                  input=b"\x5a" * 65536)
         new = read_file(raw_path(mnt, top))
         t.check(new == t.vhdheal("read", "--store", store, os.path.join(store, top)).stdout,
                 "after a write through the mount, @raw reads the new content")

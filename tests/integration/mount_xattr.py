@@ -46,16 +46,16 @@ def build(store, fmt):
         "lost": f"disks/lost.{e}", "gc": f"disks/vm/gc.{a}"}.items()}
     create(p["fixed"], fmt, "4M", "fixed")
     create(p["base"], fmt)
-    fill(p["base"], 1)
+    fill(p["base"], 1, store=store)
     child(p["child"], p["base"])
-    fill(p["child"], 2, (1 << 20,))
+    fill(p["child"], 2, (1 << 20,), store=store)
     child(p["gc"], p["child"])
     create(p["other"], fmt)
     create(p["small"], fmt, "4M")
     create(p["lost"], fmt)
-    fill(p["lost"], 5)
+    fill(p["lost"], 5, store=store)
     child(p["broken"], p["lost"])
-    fill(p["broken"], 6, (2 << 20,))
+    fill(p["broken"], 6, (2 << 20,), store=store)
     for path in p.values():
         ident(path)
     return p

@@ -129,10 +129,12 @@ def pattern(seed, k=0):
     return bytes((seed * 31 + k * 7 + i) & 0xFF for i in range(4096))
 
 
-def fill(path, seed, offsets=(0,)):
-    """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: doc/formats.md §4a)."""
+def fill(path, seed, offsets=(0,), store=None):
+    """Writes 4 KiB of a pattern at each offset (whole 4 KiB units: doc/formats.md §4a). A chain
+    that spans folders needs its store (parents are never followed out of it)."""
     for k, off in enumerate(offsets):
-        vhdheal("write", path, str(off), input=pattern(seed, k))
+        vhdheal("write", *(["--store", store] if store else []), path, str(off),
+                input=pattern(seed, k))
 
 
 def expected(size, layers):

@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * test_io.c - chain/io.c: the durability switch for synthetic data. Linked with
- * -Wl,--wrap=fdatasync (tests/unit/meson.build) to count the flushes that reach the system.
+ * test_io.c - chain/io.c: the durability switch for synthetic data; opens that never block and
+ * accept only regular files; opens strictly beneath a folder. Linked with -Wl,--wrap=fdatasync
+ * (tests/unit/meson.build) to count the flushes that reach the system. A hang is a failure: each
+ * open test arms alarm(), whose SIGALRM ends the test program.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "tmpfix.h"
@@ -66,10 +72,112 @@ static void durability_switch(void **state)
     vh_file_close(&f);
 }
 
+/* A FIFO, a folder, a socket and a device give EINVAL "not a regular file", at once. */
+static void open_refuses_what_is_not_a_regular_file(void **state)
+{
+    alarm(10);
+    g_autofree char *fifo = tpath("fifo.vhdx");
+    g_autofree char *dir = tpath("dir.vhdx");
+    g_autofree char *sock = tpath("sock.vhdx");
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    g_strlcpy(sa.sun_path, sock, sizeof sa.sun_path);
+    vh_autofd int sfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(bind(sfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    const char *paths[] = {fifo, dir, sock, "/dev/null"};
+    for (int k = 0; k < 4; k++) {
+        for (int w = 0; w < 2; w++) {
+            vh_file f;
+            g_autoptr(GError) err = NULL;
+            int r = vh_file_open(&f, paths[k], w == 1, &err);
+            if (k == 2) /* a socket cannot be opened at all */
+                assert_true(r < 0);
+            else if (!(k == 1 && w == 1)) { /* a folder opened O_RDWR is EISDIR */
+                assert_int_equal(r, -EINVAL);
+                assert_non_null(strstr(err->message, "not a regular file"));
+            }
+            assert_true(r < 0);
+        }
+    }
+    /* a regular file opens, and its fd is blocking again */
+    g_autofree char *reg = tpath("reg");
+    assert_true(g_file_set_contents(reg, "data", 4, NULL));
+    vh_file f;
+    assert_int_equal(vh_file_open(&f, reg, false, NULL), 0);
+    assert_int_equal(fcntl(f.fd, F_GETFL) & O_NONBLOCK, 0);
+    assert_int_equal(f.size, 4);
+    vh_file_close(&f);
+    alarm(0);
+}
+
+/* Opens each case beneath root; with walk, as where the kernel has no openat2. */
+static void open_beneath_cases(int root, bool walk)
+{
+    struct {
+        const char *rel;
+        int want;
+    } cases[] = {
+        {"sub/in.vhdx", 0},       {"./sub/in.vhdx", 0},
+        {"../outside", -EXDEV},   {"sub/../../outside", -EXDEV},
+        {"out.vhdx", -EXDEV},     {"alias.vhdx", -EXDEV},
+        {"subl/in.vhdx", -EXDEV}, {"fifo.vhdx", -EINVAL},
+        {"sub", -EINVAL},         {"none.vhdx", -ENOENT},
+        {"/etc/passwd", -EXDEV},  {"", -EXDEV},
+    };
+    vh_io_test_without_openat2(walk);
+    for (size_t k = 0; k < G_N_ELEMENTS(cases); k++) {
+        vh_file f;
+        g_autoptr(GError) err = NULL;
+        int r = vh_file_open_beneath(&f, root, cases[k].rel, cases[k].rel, false, &err);
+        if (r != cases[k].want) {
+            vh_io_test_without_openat2(false);
+            fail_msg("%s%s: %d, want %d (%s)", cases[k].rel, walk ? " (walk)" : "", r,
+                     cases[k].want, err ? err->message : "opened");
+        }
+        if (r == 0) {
+            assert_string_equal(f.path, cases[k].rel);
+            assert_int_equal(f.size, 2);
+            vh_file_close(&f);
+        }
+    }
+    vh_io_test_without_openat2(false);
+}
+
+/* Beneath a folder: no "..", no absolute path, no symlink (inside or out), no FIFO; with
+ * openat2 and with the O_NOFOLLOW walk that stands in for it on older kernels. */
+static void open_beneath_stays_beneath(void **state)
+{
+    alarm(10);
+    g_autofree char *store = tpath("store");
+    g_autofree char *sub = tpath("store/sub");
+    g_autofree char *outside = tpath("outside");
+    assert_int_equal(g_mkdir_with_parents(sub, 0755), 0);
+    g_autofree char *in = tpath("store/sub/in.vhdx");
+    assert_true(g_file_set_contents(in, "in", 2, NULL));
+    assert_true(g_file_set_contents(outside, "out", 3, NULL));
+    g_autofree char *l1 = tpath("store/out.vhdx");
+    g_autofree char *l2 = tpath("store/alias.vhdx");
+    g_autofree char *l3 = tpath("store/subl");
+    g_autofree char *fifo = tpath("store/fifo.vhdx");
+    assert_int_equal(symlink("../outside", l1), 0);
+    assert_int_equal(symlink("sub/in.vhdx", l2), 0);
+    assert_int_equal(symlink("sub", l3), 0);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    vh_autofd int root = open(store, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    assert_true(root >= 0);
+    open_beneath_cases(root, false);
+    open_beneath_cases(root, true);
+    alarm(0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(durability_switch, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(open_refuses_what_is_not_a_regular_file, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(open_beneath_stays_beneath, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,7 +38,8 @@ static void write_pattern(const char *path, uint64_t off, size_t len, uint8_t se
 {
     g_autoptr(vh_disk) d = NULL;
     g_autoptr(GError) err = NULL;
-    int r = vh_chain_open_simple(path, true, 16, false, &d, &err);
+    vh_chain_open_opts o = {.maxdepth = 16, .writable = true};
+    int r = vh_chain_open(path, &o, &d, &err);
     if (r < 0)
         fail_msg("%s", err->message);
     g_autofree uint8_t *buf = g_malloc(len);
@@ -150,11 +151,12 @@ static void reconnect_heals_the_chain(vh_format f)
     fx_t *fx = make_store(f, "moved/elsewhere");
     g_autoptr(vh_disk) broken = NULL;
     g_autoptr(GError) err = NULL;
-    assert_true(vh_chain_open_simple(fx->child, false, 16, false, &broken, &err) < 0);
+    vh_chain_open_opts o = {.store = fx->store, .maxdepth = 16};
+    assert_true(vh_chain_open(fx->child, &o, &broken, &err) < 0);
     g_autofree char *before = content_hash(fx);
     assert_int_equal(reconnect(fx, fx->base, false, &err), 0);
     g_autoptr(vh_disk) chain = NULL;
-    assert_int_equal(vh_chain_open_simple(fx->child, false, 16, false, &chain, NULL), 0);
+    assert_int_equal(vh_chain_open(fx->child, &o, &chain, NULL), 0);
     assert_non_null(chain->parent);
     g_autofree char *after = content_hash(fx);
     assert_string_equal(before, after);

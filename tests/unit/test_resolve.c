@@ -256,6 +256,22 @@ static void parent_linkage2_is_accepted(void **state)
     assert_int_equal(l->verdict, VH_VERDICT_OK);
 }
 
+/* Hyper-V writes an all-zero parent_linkage2: it never matches, not even a disk whose id is
+ * zero (the chain opener follows the same rule: it uses these verdicts). */
+static void zero_parent_linkage2_never_matches(void **state)
+{
+    fixture *f = *state;
+    base(f, "base.vhdx", "vhdx", "00000000-0000-0000-0000-000000000000", MIB);
+    fake_write(f->store, "top.vhdx",
+               "format=vhdx\ntype=differencing\nsize=" MIB "\nlss=512\nid=" ID_TOP
+               "\nparent=" ID_BASE "\nparent2=00000000-0000-0000-0000-000000000000\n"
+               "loc=relative_path|.\\base.vhdx");
+    open_store(f, NULL, 0);
+    g_autoptr(vh_link) l = link_of(f, "top.vhdx");
+    assert_int_equal(l->verdict, VH_VERDICT_ID_MISMATCH);
+    assert_null(l->heal_target);
+}
+
 static void outside_store_never_followed(void **state)
 {
     fixture *f = *state;
@@ -400,7 +416,7 @@ static void chains_cycles_and_depth(void **state)
     g_clear_error(&err);
 }
 
-/* --- trust (DESIGN.md "Many users on one mount", resolver rule 4) --- */
+/* --- trust (doc/design.md "Many users on one mount", resolver rule 4) --- */
 
 #define ALICE 61001
 #define BOB 61002
@@ -599,6 +615,7 @@ int main(void)
         T(replaced_parent_is_id_mismatch),
         T(size_sector_format_mismatch),
         T(parent_linkage2_is_accepted),
+        T(zero_parent_linkage2_never_matches),
         T(outside_store_never_followed),
         T(corrupt_parent),
         T(copies_prefer_name_then_folder_else_ambiguous),

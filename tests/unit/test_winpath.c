@@ -153,6 +153,11 @@ static void maps_back_to_windows(void **state)
     assert_string_equal(a, "\\\\nas\\vms\\Web01\\disk.vhdx");
     g_autofree char *b = vh_winpath_to_windows("d.vhd", "D:\\VMs");
     assert_string_equal(b, "D:\\VMs\\d.vhd");
+    /* a winroot written with '/' (as in -o winroot=D:/VMs/) gives the same path */
+    g_autofree char *s = vh_winpath_to_windows("d.vhd", "D:/VMs/");
+    assert_string_equal(s, "D:\\VMs\\d.vhd");
+    g_autofree char *u = vh_winpath_to_windows("x/d.vhd", "//nas/vms");
+    assert_string_equal(u, "\\\\nas\\vms\\x\\d.vhd");
     /* and that maps into the store again */
     g_autofree char *c = cands(b, "", "D:\\VMs", NULL);
     assert_true(g_str_has_prefix(c, "winroot:d.vhd"));
@@ -247,6 +252,47 @@ static void lookup_follows_symlinks_only_inside(void **state)
     assert_null(b);
 }
 
+/* The one "below the store" check, on canonical paths. */
+static void path_below(void **state)
+{
+    assert_string_equal(vh_path_below("/srv/store", "/srv/store/a/b.vhdx"), "a/b.vhdx");
+    assert_string_equal(vh_path_below("/srv/store", "/srv/store"), "");
+    assert_string_equal(vh_path_below("/srv/store/", "/srv/store/x"), "x");
+    assert_null(vh_path_below("/srv/store", "/srv/storeroom/x"));
+    assert_null(vh_path_below("/srv/store", "/srv"));
+    assert_null(vh_path_below("/srv/store", "/etc/passwd"));
+    assert_string_equal(vh_path_below("/", "/etc/passwd"), "etc/passwd");
+    assert_string_equal(vh_path_below("/", "/"), "");
+    assert_null(vh_path_below("/", "relative"));
+    assert_string_equal(vh_path_below("", "a/b"), "a/b"); /* relative: the whole store */
+    assert_string_equal(vh_path_below("vm", "vm/a"), "a");
+    assert_null(vh_path_below("vm", "vm2/a"));
+}
+
+/* A winroot is a drive, share or volume path, parsed as locators are. */
+static void winroot_forms(void **state)
+{
+    const char *good[] = {"D:",
+                          "D:\\",
+                          "D:\\VMs",
+                          "\\\\nas\\vms",
+                          "\\\\nas\\vms\\sub",
+                          "//nas/vms",
+                          "D:/VMs",
+                          "\\\\?\\C:\\VMs",
+                          "\\\\?\\UNC\\nas\\vms",
+                          "\\\\?\\Volume{0b4c1d2e-0000-0000-0000-000000000000}\\VMs"};
+    const char *bad[] = {"",          "VMs",         "\\VMs",    "\\\\nas",
+                         "\\\\nas\\", "\\\\?\\junk", "/srv/vms", "file:///srv/vms"};
+    for (size_t k = 0; k < G_N_ELEMENTS(good); k++)
+        if (!vh_winpath_is_root(good[k]))
+            fail_msg("%s: refused", good[k]);
+    for (size_t k = 0; k < G_N_ELEMENTS(bad); k++)
+        if (vh_winpath_is_root(bad[k]))
+            fail_msg("%s: accepted", bad[k]);
+    assert_false(vh_winpath_is_root(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +302,8 @@ int main(void)
         cmocka_unit_test(maps_into_the_store),
         cmocka_unit_test(maps_back_to_windows),
         cmocka_unit_test(join_folds_dots),
+        cmocka_unit_test(path_below),
+        cmocka_unit_test(winroot_forms),
         cmocka_unit_test_setup_teardown(lookup_exact_and_folding_case, setup, teardown),
         cmocka_unit_test_setup_teardown(lookup_follows_symlinks_only_inside, setup, teardown),
     };
