@@ -291,7 +291,7 @@ static int open_parent(struct gate_ctx *g, const char *abs, int *out, GError **e
     if (fstat(fd, &st) < 0)
         return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return vh_fail(err, EINVAL, "%s: the parent is not a VHD or VHDX file", abs);
+        return vh_fail(err, EINVAL, "%s: the parent is not a regular file", abs);
     return 0;
 }
 
