@@ -10,6 +10,7 @@
 #include "chain.h"
 #include "resolve.h"
 #include "cli.h"
+#include "service.h"
 #include "json.h"
 #include "winpath.h"
 
@@ -333,8 +334,16 @@ static ssize_t read_full_fd(int fd, uint8_t *p, size_t n)
 
 int vhdheal_cmd_write(int argc, char **argv)
 {
+    gboolean force = FALSE;
+    g_autofree char *store = NULL;
+    GOptionEntry entries[] = {
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force, "Write even a disk other disks use as parent",
+         NULL},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store searched for children", "DIR"},
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) oc = g_option_context_new(
         "FILE OFFSET [INPUT] - write bytes (INPUT, or stdin) at a virtual offset");
+    g_option_context_add_main_entries(oc, entries, NULL);
     g_autoptr(GError) perr = NULL;
     if (!g_option_context_parse(oc, &argc, &argv, &perr))
         return vh_cli_usage("%s", perr->message);
@@ -348,6 +357,10 @@ int vhdheal_cmd_write(int argc, char **argv)
     }
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
+    if (vh_parent_write_check(argv[1], store, force, &err) < 0) { /* children would break */
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
     if (vh_chain_open_simple(argv[1], true, 256, false, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;

@@ -628,3 +628,97 @@ void vh_service_changed(vh_service *s, const char *rel)
 {
     vh_store_note_changed(s->store, rel);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Parents in use */
+
+/* The last component of a locator's path (Windows or POSIX separators). */
+static const char *locator_base(const char *path)
+{
+    const char *b = path;
+    for (const char *p = path; *p; p++)
+        if (*p == '\\' || *p == '/')
+            b = p + 1;
+    return b;
+}
+
+/* Could a locator of child c name a file called `base`? (Only those are resolved.) */
+static bool may_point_at(const vh_disk_info *c, const char *base)
+{
+    for (guint k = 0; c->link.locators && k < c->link.locators->len; k++) {
+        const vh_locator *l = c->link.locators->pdata[k];
+        if (g_ascii_strcasecmp(locator_base(l->path), base) == 0)
+            return true;
+    }
+    return false;
+}
+
+GPtrArray *vh_service_children(vh_service *s, const char *rel, GError **err)
+{
+    g_autoptr(vh_disk_info) disk = vh_store_describe(s->store, rel, err);
+    if (!disk)
+        return NULL;
+    GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
+    if (!vh_disk_info_is_disk(disk))
+        return out;
+    if (!vh_store_scanned(s->store))
+        vh_service_scan(s, NULL);
+    g_autofree char *base = g_path_get_basename(disk->path);
+    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth};
+    g_autoptr(vh_resolver) r = vh_resolver_new(s->store, &o);
+    g_autoptr(GPtrArray) all = vh_store_list(s->store, NULL);
+    for (guint k = 0; k < all->len; k++) {
+        const vh_disk_info *c = all->pdata[k];
+        if (!vh_disk_info_is_child(c) || strcmp(c->path, disk->path) == 0)
+            continue;
+        bool uses = expects(c, &disk->id);
+        if (!uses && may_point_at(c, base)) {
+            vh_link *l = vh_resolve_link(r, c->path, NULL);
+            uses = l && l->verdict == VH_VERDICT_OK && g_strcmp0(l->parent, disk->path) == 0;
+            if (l)
+                vh_link_unref(l);
+        }
+        if (uses)
+            g_ptr_array_add(out, g_strdup(c->path));
+    }
+    return out;
+}
+
+char *vh_children_text(const GPtrArray *children)
+{
+    enum { SHOWN = 5 };
+    GString *t = g_string_new(NULL);
+    guint n = MIN(children->len, SHOWN);
+    for (guint k = 0; k < n; k++)
+        g_string_append_printf(t, "%s%s", k ? ", " : "", (const char *)children->pdata[k]);
+    if (children->len > n)
+        g_string_append_printf(t, " and %u more", children->len - n);
+    return g_string_free(t, FALSE);
+}
+
+int vh_parent_write_check(const char *path, const char *store_opt, bool force, GError **err)
+{
+    if (force)
+        return 0;
+    g_autoptr(GError) e = NULL;
+    char *paths[] = {(char *)path};
+    g_autofree char *root = vh_store_determine(store_opt, paths, 1, false, &e);
+    g_autofree char *rel = root ? vh_store_relpath(root, path) : NULL;
+    vh_service_opts o = {.store = root};
+    g_autoptr(vh_service) s = rel ? vh_service_new(&o, &e) : NULL;
+    g_autoptr(GPtrArray) kids = s ? vh_service_children(s, rel, &e) : NULL;
+    if (!kids) {
+        if (!e)
+            vh_fail(&e, EINVAL, "%s: not inside the store %s", path, root);
+        int code = vh_error_errno(e);
+        g_propagate_error(err, g_steal_pointer(&e));
+        return -code;
+    }
+    if (kids->len == 0)
+        return 0;
+    g_autofree char *names = vh_children_text(kids);
+    return vh_fail(err, EBUSY,
+                   "%s: refused: it is the parent of %u disk%s in %s (%s); writing it would break "
+                   "them (--force writes anyway)",
+                   path, kids->len, kids->len == 1 ? "" : "s", root, names);
+}

@@ -150,6 +150,26 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
 void vh_service_record_failure(vh_service *s, const vh_disk_info *disk, int error,
                                const char *message);
 
+/* --- parents in use --- */
+
+/*
+ * The differencing disks of the store that use the disk at rel as their parent: every child
+ * that expects its identity, and every child whose link resolves to it (a VHD parent keeps its
+ * identity when written, so its children would read other content and still look healthy).
+ * Waits for the first scan. A sorted GPtrArray of store paths (char *), empty when rel is no
+ * readable disk or has no children; NULL with *err when rel cannot be examined.
+ */
+GPtrArray *vh_service_children(vh_service *s, const char *rel, GError **err);
+/* "a.vhdx, b.vhdx and 3 more": the first few of a list of paths, for one line. */
+char *vh_children_text(const GPtrArray *children);
+
+/*
+ * For `vhdheal write`: refuses (-EBUSY, *err naming the children) to write the disk at path
+ * while disks of its store use it as their parent; the store is store_opt, or determined from
+ * path as for every command. 0 when no disk uses it, or when force is set.
+ */
+int vh_parent_write_check(const char *path, const char *store_opt, bool force, GError **err);
+
 /* The file at rel was removed, or created or written (it is re-read now). */
 void vh_service_unlinked(vh_service *s, const char *rel);
 void vh_service_changed(vh_service *s, const char *rel);

@@ -46,9 +46,10 @@ struct vhfs_config {
     unsigned maxdepth; /* longest chain followed, >= 1 */
     bool ro;
     bool allow_other;
-    bool foreground;   /* -f (or -d) */
-    bool debug;        /* -d */
-    bool singlethread; /* -s */
+    bool allow_parent_writes; /* a disk other disks use as parent may be opened for writing */
+    bool foreground;          /* -f (or -d) */
+    bool debug;               /* -d */
+    bool singlethread;        /* -s */
 };
 
 /* Defaults of the options that have one. */
@@ -133,6 +134,11 @@ char *vhfs_mount_path(const struct vhfs *fs, const char *rel);
  * opened file itself was rewritten (the open must then drop the kernel's cached pages).
  */
 bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
+/*
+ * May inode be opened for writing (or truncated)? -EBUSY, logged with the children's names, for
+ * a disk that other disks of the store use as their parent (unless allow_parent_writes); else 0.
+ */
+int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode);
 /* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode);
 /* A handle of inode was closed; a writer's close re-reads the file into the index. */

@@ -319,6 +319,27 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
     return self;
 }
 
+int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    g_autofree char *rel = NULL, *names = NULL;
+    g_autoptr(GPtrArray) kids = NULL;
+
+    if (fs->svc == NULL || fs->cfg.allow_parent_writes || !S_ISREG(inode->type))
+        return 0;
+    rel = vhfs_inode_path(fs, inode);
+    if (rel == NULL)
+        return 0;
+    kids = vh_service_children(fs->svc, rel, NULL);
+    if (kids == NULL || kids->len == 0)
+        return 0;
+    names = vh_children_text(kids);
+    vhfs_log(LOG_WARNING,
+             "%s: not opened for writing: it is the parent of %u disk%s (%s); writing it would "
+             "break them (-o allow_parent_writes allows it)",
+             rel, kids->len, kids->len == 1 ? "" : "s", names);
+    return -EBUSY;
+}
+
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode)
 {
     if (fs->svc != NULL)

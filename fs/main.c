@@ -38,6 +38,7 @@ struct cmdline {
     char *maxdepth;
     int ro;
     int allow_other;
+    int allow_parent_writes;
     int foreground;
     int debug;
     int singlethread;
@@ -54,6 +55,7 @@ enum {
     KEY_SINGLE,
     KEY_RO,
     KEY_ALLOW_OTHER,
+    KEY_ALLOW_PARENT_WRITES,
 };
 
 #define CMD_OPT(t, m)                                                                              \
@@ -70,6 +72,7 @@ static const struct fuse_opt vhfs_opts[] = {
     /* Noted and also handed to the kernel. */
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("allow_parent_writes", KEY_ALLOW_PARENT_WRITES),
     FUSE_OPT_KEY("-f", KEY_FOREGROUND),
     FUSE_OPT_KEY("-d", KEY_DEBUG),
     FUSE_OPT_KEY("debug", KEY_DEBUG),
@@ -139,6 +142,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
     case KEY_ALLOW_OTHER:
         c->allow_other = 1;
         return 1;
+    case KEY_ALLOW_PARENT_WRITES:
+        c->allow_parent_writes = 1;
+        return 0;
     case KEY_FOREGROUND:
         c->foreground = 1;
         return 0;
@@ -185,6 +191,8 @@ static void print_help(void)
         "  -o maxdepth=N           longest chain followed, 1 to %u (default %u)\n"
         "  -o ro                   read-only mount (implies healmode=overlay)\n"
         "  -o allow_other          let other users use the mount\n"
+        "  -o allow_parent_writes  let a disk that other disks use as parent be opened for\n"
+        "                          writing (refused with EBUSY by default)\n"
         "\n"
         "Permissions are always checked by the kernel (default_permissions). mount(8)'s own\n"
         "options (defaults, noauto, nofail, _netdev, user, users, x-*) are accepted and\n"
@@ -322,6 +330,7 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         cfg->healmode = VHFS_HEALMODE_OVERLAY;
     }
     cfg->allow_other = c->allow_other;
+    cfg->allow_parent_writes = c->allow_parent_writes;
     cfg->foreground = c->foreground;
     cfg->debug = c->debug;
     cfg->singlethread = c->singlethread;

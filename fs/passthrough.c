@@ -335,6 +335,9 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
             goto out_err;
     }
     if (valid & FUSE_SET_ATTR_SIZE) {
+        /* An open handle passed the check when it was opened for writing. */
+        if (fi == NULL && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
+            return reply_err(req, "setattr", -res);
         if (fi != NULL)
             res = ftruncate((int)fi->fh, attr->st_size);
         else
@@ -703,10 +706,14 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
-    /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
-    bool rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
-    int fd;
+    bool rewritten;
+    int fd, res;
 
+    /* A disk other disks use as parent is not written (heal.c). */
+    if (writable(fi->flags) && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
+        return reply_err(req, "open", -res);
+    /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
+    rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
     vhfs_procfd(path, inode->fd);
     fd = open(path, backing_flags(fi));
     if (fd < 0)
@@ -716,6 +723,21 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fi->keep_cache = 0; /* the kernel drops the pages it cached of the old bytes */
     if (fuse_reply_open(req, fi) != 0)
         closed(inode, fi);
+}
+
+/* An existing file that create opens for writing: the check of lo_open (before any O_TRUNC). */
+static int may_write_existing(struct vhfs *fs, struct vhfs_inode *dir, const char *name, int flags)
+{
+    struct fuse_entry_param e;
+    int res;
+
+    if (!writable(flags) && !(flags & O_TRUNC))
+        return 0;
+    if (do_lookup(fs, dir, name, &e) < 0)
+        return 0; /* gone meanwhile: the open says what it finds */
+    res = vhfs_heal_may_write(fs, inode_by_ino(fs, e.ino));
+    inode_unref(fs, inode_by_ino(fs, e.ino), 1);
+    return res;
 }
 
 static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -733,8 +755,12 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     /* Only what this call made is given to the caller, never a file that appeared meanwhile. */
     fd = openat(dir->fd, name, flags | O_CREAT | O_EXCL, mode);
     made = fd >= 0;
-    if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL))
+    if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+        res = may_write_existing(fs, dir, name, flags);
+        if (res < 0)
+            return reply_err(req, "create", -res);
         fd = openat(dir->fd, name, flags, mode);
+    }
     if (fd < 0)
         return reply_err(req, "create", errno);
     if (made)
