@@ -135,17 +135,24 @@ char *vhfs_inode_path(struct vhfs *fs, struct vhfs_inode *inode)
     const char *rel;
     struct stat st;
     ssize_t n;
+    int fd;
 
     if (inode == &fs->root)
         return g_strdup("");
-    vhfs_procfd(proc, inode->fd);
-    n = readlink(proc, buf, sizeof(buf) - 1);
-    if (n <= 0 || (size_t)n >= sizeof(buf) - 1)
+    fd = vhfs_inode_pin(fs, inode);
+    if (fd < 0)
         return NULL;
-    buf[n] = '\0';
-    /* A removed file's link ends in " (deleted)"; so may a real name: ask the inode. */
-    if (g_str_has_suffix(buf, " (deleted)") &&
-        (fstatat(inode->fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_nlink == 0))
+    vhfs_procfd(proc, fd);
+    n = readlink(proc, buf, sizeof(buf) - 1);
+    if (n > 0 && (size_t)n < sizeof(buf) - 1) {
+        buf[n] = '\0';
+        /* A removed file's link ends in " (deleted)"; so may a real name: ask the inode. */
+        if (g_str_has_suffix(buf, " (deleted)") &&
+            (fstatat(fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_nlink == 0))
+            n = -1;
+    }
+    vhfs_inode_unpin(fs, inode);
+    if (n <= 0 || (size_t)n >= sizeof(buf) - 1)
         return NULL;
     rel = below(buf, fs->cfg.store);
     return rel != NULL ? g_strdup(rel) : NULL;

@@ -13,6 +13,7 @@
  */
 #include "fs.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -396,7 +397,7 @@ static void session_args(const struct vhfs_config *cfg, const struct fuse_args *
         fuse_opt_add_arg(out, rest->argv[i]);
 }
 
-/* Every object the kernel keeps in its cache holds one descriptor here: allow as many as we may. */
+/* Descriptors for open files and the inodes' cache (fs.h, VHFS_MAX_PATH_FDS): all we may have. */
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -406,6 +407,17 @@ static void raise_fd_limit(void)
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             vhfs_debug("setrlimit(RLIMIT_NOFILE): %s", g_strerror(errno));
     }
+}
+
+/*
+ * libfuse ends its worker threads with pthread_cancel, for which glibc loads libgcc_s on first
+ * use; with no descriptor free at that moment glibc aborts ("libgcc_s.so.1 must be installed for
+ * pthread_cancel to work"). Load it while descriptors are plentiful.
+ */
+static void preload_unwinder(void)
+{
+    if (dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_NODELETE) == NULL)
+        vhfs_log(LOG_WARNING, "cannot load libgcc_s.so.1 (%s): unmounting may abort", dlerror());
 }
 
 static int run_session(struct vhfs *fs)
@@ -469,6 +481,7 @@ int main(int argc, char *argv[])
     /* The kernel has applied the caller's umask to every mode it sends. */
     umask(0);
     raise_fd_limit();
+    preload_unwinder();
     if (vhfs_init(&fs) < 0) {
         status = EXIT_USAGE;
         goto out;
