@@ -189,12 +189,14 @@ static void inode_free(struct vhfs *fs, struct vhfs_inode *inode)
 bool vhfs_fds_shrink(struct vhfs *fs)
 {
     unsigned before;
+    bool closed;
 
     g_mutex_lock(&fs->lock);
     before = fs->nfds;
     evict_to(fs, fs->nfds / 2);
+    closed = fs->nfds < before;
     g_mutex_unlock(&fs->lock);
-    return fs->nfds < before;
+    return closed;
 }
 
 /* Runs `expr` (an open that sets errno) again after making room, on EMFILE or ENFILE. */
