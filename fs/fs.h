@@ -63,8 +63,10 @@ struct vhfs_config {
  * Its O_PATH descriptor is cached: at most vhfs.max_fds of them are open (the kernel may keep
  * hundreds of thousands of inodes after a large listing). Files and folders that have a file
  * handle (name_to_handle_at) give back their descriptor when the cache is full, least recently
- * used first, and are reopened by handle (open_by_handle_at: the very same object, or ESTALE
- * when it is gone) the next time they are pinned. Use the descriptor only between
+ * used first, and are reopened the next time they are pinned: through the folder and name they
+ * were last seen under when that still leads to the same object (the descriptor's path then
+ * stays connected), else by handle (open_by_handle_at: the very same object, or ESTALE when it
+ * is gone). Use the descriptor only between
  * vhfs_inode_pin and vhfs_inode_unpin: it is never closed while pinned.
  */
 struct vhfs_inode {
@@ -75,11 +77,13 @@ struct vhfs_inode {
     uint64_t nlookup; /* kernel lookups; guarded by vhfs.lock */
     gint nwriters;    /* handles open for writing through the mount (atomic) */
     /* the descriptor cache, guarded by vhfs.lock */
-    unsigned pins;              /* users of fd now */
-    struct file_handle *handle; /* to reopen after eviction; NULL: never evicted */
-    GList lru;                  /* in vhfs.lru while fd >= 0 and pins == 0 */
-    bool hashed;                /* in vhfs.inodes (a stale entry is not) */
-    bool dead;                  /* forgotten while pinned: freed by the last unpin */
+    unsigned pins;                  /* users of fd now */
+    struct file_handle *handle;     /* to reopen after eviction; NULL: never evicted */
+    struct file_handle *dir_handle; /* the folder it was last seen in (NULL: the root) */
+    char *name;                     /* its name there (NULL: unknown, reopen by handle) */
+    GList lru;                      /* in vhfs.lru while fd >= 0 and pins == 0 */
+    bool hashed;                    /* in vhfs.inodes (a stale entry is not) */
+    bool dead;                      /* forgotten while pinned: freed by the last unpin */
 };
 
 /* The mount. */
@@ -95,6 +99,7 @@ struct vhfs {
     unsigned nfds;      /* inodes' descriptors open (root excluded) */
     unsigned max_fds;   /* the cache's bound (VHFS_MAX_PATH_FDS or less) */
     int mount_id;       /* STORE's mount: handles of other mounts are not kept */
+    int mount_fd;       /* STORE opened for open_by_handle_at (which takes no O_PATH one) */
     double timeout;     /* entry and attribute timeout, seconds */
     bool as_root;       /* the daemon runs as root: new objects are given to their creator */
 

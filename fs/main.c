@@ -450,7 +450,7 @@ int main(int argc, char *argv[])
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     struct fuse_args sargs = FUSE_ARGS_INIT(0, NULL);
     struct cmdline c = {0};
-    struct vhfs fs = {.root.fd = -1};
+    struct vhfs fs = {.root.fd = -1, .mount_fd = -1};
     struct fuse_lowlevel_ops ops = vhfs_ops;
     int status = 1, res;
 

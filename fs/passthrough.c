@@ -121,7 +121,12 @@ static struct file_handle *handle_of(struct vhfs *fs, int fd, mode_t type)
         g_free(h);
         return NULL;
     }
-    return h;
+    return g_realloc(h, sizeof(*h) + h->handle_bytes);
+}
+
+static struct file_handle *handle_dup(const struct file_handle *h)
+{
+    return h != NULL ? g_memdup2(h, sizeof(*h) + h->handle_bytes) : NULL;
 }
 
 static bool same_handle(const struct file_handle *a, const struct file_handle *b)
@@ -129,6 +134,49 @@ static bool same_handle(const struct file_handle *a, const struct file_handle *b
     return a != NULL && b != NULL && a->handle_type == b->handle_type &&
            a->handle_bytes == b->handle_bytes &&
            memcmp(a->f_handle, b->f_handle, a->handle_bytes) == 0;
+}
+
+/* Where the inode was last looked up (or renamed to through the mount): dir/name. */
+static void set_place(struct vhfs *fs, struct vhfs_inode *inode, struct vhfs_inode *dir,
+                      const char *name)
+{
+    g_clear_pointer(&inode->name, g_free);
+    g_clear_pointer(&inode->dir_handle, g_free);
+    if (dir != &fs->root && dir->handle == NULL)
+        return; /* a folder that cannot be reopened: by handle only */
+    inode->name = g_strdup(name);
+    inode->dir_handle = handle_dup(dir->handle);
+}
+
+/*
+ * Reopens an evicted inode: through its folder and name first, so that the descriptor's path
+ * (/proc/self/fd, which says where a disk is) is connected even when the store's file system has
+ * dropped the dentry, checking that the very same object is found (its handle); else by handle.
+ */
+static int reopen(struct vhfs *fs, struct vhfs_inode *inode, const struct file_handle *dirh,
+                  const char *name)
+{
+    int dfd = dirh != NULL ? open_by_handle_at(fs->mount_fd, (struct file_handle *)dirh,
+                                               O_PATH | O_DIRECTORY | O_CLOEXEC)
+                           : fs->root.fd;
+    int fd = -1;
+
+    if (name != NULL && dfd >= 0) {
+        fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            g_autofree struct file_handle *h = handle_of(fs, fd, inode->type);
+
+            if (!same_handle(h, inode->handle)) {
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    if (dirh != NULL && dfd >= 0)
+        close(dfd);
+    if (fd >= 0)
+        return fd;
+    return open_by_handle_at(fs->mount_fd, inode->handle, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 }
 
 static void lru_drop(struct vhfs *fs, struct vhfs_inode *inode)
@@ -183,6 +231,8 @@ static void inode_free(struct vhfs *fs, struct vhfs_inode *inode)
         fs->nfds--;
     }
     g_free(inode->handle);
+    g_free(inode->dir_handle);
+    g_free(inode->name);
     g_free(inode);
 }
 
@@ -213,11 +263,12 @@ int vhfs_inode_pin(struct vhfs *fs, struct vhfs_inode *inode)
         return fs->root.fd;
     g_mutex_lock(&fs->lock);
     if (inode->fd < 0) {
-        struct file_handle *h = inode->handle;
+        g_autofree struct file_handle *dirh = handle_dup(inode->dir_handle);
+        g_autofree char *name = g_strdup(inode->name);
 
-        inode->pins++; /* the handle stays while we open by it */
+        inode->pins++; /* the inode and its handle stay while we reopen it */
         g_mutex_unlock(&fs->lock);
-        RETRY_ON_EMFILE(fs, fd, open_by_handle_at(fs->root.fd, h, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+        RETRY_ON_EMFILE(fs, fd, reopen(fs, inode, dirh, name));
         res = fd < 0 ? -errno : 0;
         g_mutex_lock(&fs->lock);
         inode->pins--;
@@ -287,7 +338,8 @@ static void unpin(struct pinned *p)
  * close. An evicted entry whose object is gone (another handle, or another type: the inode
  * number was reused) leaves the table to the new object.
  */
-static struct vhfs_inode *inode_get(struct vhfs *fs, int *fd, const struct stat *st)
+static struct vhfs_inode *inode_get(struct vhfs *fs, int *fd, const struct stat *st,
+                                    struct vhfs_inode *dir, const char *name)
 {
     struct vhfs_inode key = {.dev = st->st_dev, .ino = st->st_ino};
     mode_t type = st->st_mode & S_IFMT;
@@ -318,9 +370,28 @@ static struct vhfs_inode *inode_get(struct vhfs *fs, int *fd, const struct stat 
         fd_adopt(fs, inode, *fd);
         *fd = -1;
     }
+    if (inode->handle != NULL)
+        set_place(fs, inode, dir, name);
     inode->nlookup++;
     g_mutex_unlock(&fs->lock);
     return inode;
+}
+
+/* After a rename through the mount: the inode now at dir/name (if the kernel knows it). */
+static void moved_to(struct vhfs *fs, struct vhfs_inode *dir, int dfd, const char *name)
+{
+    struct stat st;
+    struct vhfs_inode key, *inode;
+
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return;
+    key.dev = st.st_dev;
+    key.ino = st.st_ino;
+    g_mutex_lock(&fs->lock);
+    inode = g_hash_table_lookup(fs->inodes, &key);
+    if (inode != NULL && inode->handle != NULL)
+        set_place(fs, inode, dir, name);
+    g_mutex_unlock(&fs->lock);
 }
 
 /* Drops n lookups; the last one frees the inode and closes its descriptor. */
@@ -382,7 +453,9 @@ int vhfs_init(struct vhfs *fs)
     /* Without handles (a store that cannot export them), descriptors are never evicted. */
     h = g_malloc(sizeof(*h) + VHFS_HANDLE_MAX);
     h->handle_bytes = VHFS_HANDLE_MAX;
-    if (name_to_handle_at(fs->root.fd, "", h, &fs->mount_id, AT_EMPTY_PATH) < 0) {
+    fs->mount_fd = open(fs->cfg.store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fs->mount_fd < 0 ||
+        name_to_handle_at(fs->root.fd, "", h, &fs->mount_id, AT_EMPTY_PATH) < 0) {
         vhfs_log(LOG_WARNING,
                  "%s: no file handles (%s): every file the kernel keeps holds a "
                  "descriptor",
@@ -413,6 +486,9 @@ void vhfs_fini(struct vhfs *fs)
     if (fs->root.fd >= 0)
         close(fs->root.fd);
     fs->root.fd = -1;
+    if (fs->mount_fd >= 0)
+        close(fs->mount_fd);
+    fs->mount_fd = -1;
 }
 
 int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino)
@@ -462,7 +538,7 @@ static int do_lookup(struct vhfs *fs, struct vhfs_inode *dir, const char *name,
         return -errno;
     if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
-    inode = inode_get(fs, &fd, &e->attr);
+    inode = inode_get(fs, &fd, &e->attr, dir, name);
     e->ino = ino_of(fs, inode);
     return 0;
 }
@@ -773,6 +849,11 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     if (a.fd < 0 || b.fd < 0)
         return reply_err(req, "rename", a.fd < 0 ? -a.fd : -b.fd);
     res = renameat2(a.fd, name, b.fd, newname, flags);
+    if (res == 0) {
+        moved_to(vhfs_of(req), inode_of(req, newparent), b.fd, newname);
+        if (flags & RENAME_EXCHANGE)
+            moved_to(vhfs_of(req), inode_of(req, parent), a.fd, name);
+    }
     unpin(&a);
     unpin(&b);
     if (res == 0) /* the index follows; children of moved disks are relinked (heal.c) */
