@@ -306,6 +306,13 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
         return false;
     /* The cheap check first: a stat and the index's entry; only differencing disks go on. */
     info = vh_service_describe(fs->svc, rel, NULL);
+    if (info != NULL && info->error != NULL) {
+        /* Unreadable when last probed: that may have been a passing I/O error, and the entry
+           stays while the file is unchanged. Probe again. */
+        vh_service_changed(fs->svc, rel);
+        vh_disk_info_unref(info);
+        info = vh_service_describe(fs->svc, rel, NULL);
+    }
     if (!vh_disk_info_is_child(info))
         return false;
     if (!heal_on_open(fs)) {
