@@ -10,6 +10,7 @@
 #include "chain.h"
 #include "resolve.h"
 #include "cli.h"
+#include "service.h"
 #include "json.h"
 #include "winpath.h"
 
@@ -342,8 +343,11 @@ int vhdheal_cmd_read(int argc, char **argv)
 
 int vhdheal_cmd_write(int argc, char **argv)
 {
+    gboolean force = FALSE;
     g_autofree char *store = NULL, *winroot = NULL;
     GOptionEntry entries[] = {
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force, "Write even a disk other disks use as parent",
+         NULL},
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         G_OPTION_ENTRY_NULL};
@@ -358,6 +362,10 @@ int vhdheal_cmd_write(int argc, char **argv)
         return vh_cli_usage("write: FILE OFFSET [INPUT]");
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
+    if (vh_parent_write_check(argv[1], store, force, &err) < 0) { /* children would break */
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
     vh_chain_open_opts co = {.store = store, .winroot = winroot, .writable = true};
     if (vh_chain_open(argv[1], &co, &d, &err) < 0) {
         vh_cli_error(err);

@@ -2,6 +2,8 @@
 /* service.c - the engine as a long-lived, thread-safe service for the mount (see service.h). */
 #include "service.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -38,7 +40,9 @@ struct vh_service {
     GMutex lock;         /* guards records, last_scan_us */
     GHashTable *records; /* rec_key* -> rec* */
     gint64 last_scan_us; /* monotonic time the last scan began (0: never) */
-    GMutex repair_lock;  /* one rewrite at a time; held around gate + vh_reconnect */
+    GRWLock repair_lock; /* rewrites hold it shared (gate + vh_reconnect), new writers exclusive */
+    GHashTable *busy;    /* rec_key* of the children being rewritten now; guarded by lock */
+    GCond busy_done;     /* a child left busy */
     vh_service_log_fn log;
     void *log_ctx;
     gint exchanges; /* names for the index's middle step of RENAME_EXCHANGE */
@@ -80,7 +84,9 @@ vh_service *vh_service_new(const vh_service_opts *opts, GError **err)
     s->rescan_interval_us =
         opts->rescan_interval_us > 0 ? opts->rescan_interval_us : DEFAULT_RESCAN_US;
     g_mutex_init(&s->lock);
-    g_mutex_init(&s->repair_lock);
+    g_rw_lock_init(&s->repair_lock);
+    g_cond_init(&s->busy_done);
+    s->busy = g_hash_table_new_full(rec_key_hash, rec_key_eq, g_free, NULL);
     s->records = g_hash_table_new_full(rec_key_hash, rec_key_eq, g_free, rec_free);
     return s;
 }
@@ -91,7 +97,9 @@ void vh_service_free(vh_service *s)
         return;
     g_hash_table_unref(s->records);
     g_mutex_clear(&s->lock);
-    g_mutex_clear(&s->repair_lock);
+    g_rw_lock_clear(&s->repair_lock);
+    g_cond_clear(&s->busy_done);
+    g_hash_table_unref(s->busy);
     vh_store_free(s->store);
     g_free(s->winroot);
     g_free(s);
@@ -398,12 +406,36 @@ char *vh_service_status(vh_service *s, const vh_disk_info *disk, const vh_chain 
 
 void vh_service_lock_repairs(vh_service *s)
 {
-    g_mutex_lock(&s->repair_lock);
+    g_rw_lock_writer_lock(&s->repair_lock);
 }
 
 void vh_service_unlock_repairs(vh_service *s)
 {
-    g_mutex_unlock(&s->repair_lock);
+    g_rw_lock_writer_unlock(&s->repair_lock);
+}
+
+/*
+ * Rewrites of different children run side by side (a folder's relink waits on the disk's
+ * flushes, not on the processor); two of one child never do: the second waits for the first
+ * (and then finds the link healed), as one repair lock made every repair wait before.
+ */
+static void claim_child(vh_service *s, const vh_disk_info *child)
+{
+    rec_key key = {child->dev, child->ino};
+    g_mutex_lock(&s->lock);
+    while (g_hash_table_contains(s->busy, &key))
+        g_cond_wait(&s->busy_done, &s->lock);
+    g_hash_table_add(s->busy, g_memdup2(&key, sizeof key));
+    g_mutex_unlock(&s->lock);
+}
+
+static void release_child(vh_service *s, const vh_disk_info *child)
+{
+    rec_key key = {child->dev, child->ino};
+    g_mutex_lock(&s->lock);
+    g_hash_table_remove(s->busy, &key);
+    g_cond_broadcast(&s->busy_done);
+    g_mutex_unlock(&s->lock);
 }
 
 /* The gate, then vh_reconnect, under the repair lock. */
@@ -418,7 +450,8 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     vh_reconnect_pin pin = {-1, -1};
     int r = 0;
     memset(res, 0, sizeof *res);
-    vh_service_lock_repairs(s);
+    claim_child(s, child);
+    g_rw_lock_reader_lock(&s->repair_lock);
     if (gate) {
         g_autofree char *why = NULL;
         r = gate(ctx, child, parent_abs, &pin, &why);
@@ -428,7 +461,8 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     o.pin = &pin;
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
-    vh_service_unlock_repairs(s);
+    g_rw_lock_reader_unlock(&s->repair_lock);
+    release_child(s, child);
     if (pin.child_fd >= 0)
         close(pin.child_fd);
     if (pin.parent_fd >= 0)
@@ -569,6 +603,81 @@ static GPtrArray *relink_candidates(vh_service *s, GPtrArray *moved)
     return out;
 }
 
+/* One relink after a rename: its children, shared by the threads that work through them. */
+typedef struct {
+    vh_service *s;
+    GPtrArray *todo; /* store paths */
+    const char *why;
+    vh_gate_fn gate;
+    void *ctx;
+    gint next;          /* the next index of todo to take (atomic) */
+    GMutex lock;        /* guards the fields below */
+    int n;              /* links repaired */
+    GPtrArray *changed; /* vh_disk_info*: rewritten children */
+} relink_job;
+
+/* Children relinked at once: each rewrite mostly waits for its flushes (about 20 per child). */
+#define RELINK_THREADS 8
+
+/*
+ * A scan that began before the rename may have put back what the rename changed (the index
+ * keeps the walk it made): walk once more, once for the whole relink.
+ */
+static void relink_one(relink_job *job, const char *rel)
+{
+    vh_service *s = job->s;
+    g_autoptr(vh_disk_info) child = vh_store_describe(s->store, rel, NULL);
+    g_autoptr(vh_link) l = vh_disk_info_is_child(child) ? link_fresh(s, rel, NULL) : NULL;
+    if (!l || l->verdict == VH_VERDICT_OK)
+        return;
+    note_detection(s, child, l);
+    g_autoptr(GPtrArray) changed =
+        g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    int n = heal_link(s, child, l, job->why, job->gate, job->ctx, changed);
+    g_mutex_lock(&job->lock);
+    job->n += n;
+    if (!job->changed)
+        job->changed = g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    for (guint k = 0; k < changed->len; k++)
+        g_ptr_array_add(job->changed, vh_disk_info_ref(changed->pdata[k]));
+    g_mutex_unlock(&job->lock);
+}
+
+static gpointer relink_thread(gpointer data)
+{
+    relink_job *job = data;
+    for (;;) {
+        guint k = (guint)g_atomic_int_add(&job->next, 1);
+        if (k >= job->todo->len)
+            return NULL;
+        relink_one(job, job->todo->pdata[k]);
+    }
+}
+
+/*
+ * Works through job->todo from up to RELINK_THREADS threads (the caller's is one of them). The
+ * threads start with every signal blocked: a signal meant for the caller's program must not land
+ * in a thread that does not expect it.
+ */
+static void run_relinks(relink_job *job)
+{
+    guint extra = MIN(job->todo->len, (guint)RELINK_THREADS) - (job->todo->len > 0 ? 1 : 0);
+    g_autoptr(GPtrArray) threads = g_ptr_array_new();
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (guint k = 0; k < extra; k++) {
+        GThread *t = g_thread_try_new("vh-relink", relink_thread, job, NULL);
+        if (!t)
+            break; /* fewer threads: the work still gets done */
+        g_ptr_array_add(threads, t);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    relink_thread(job);
+    for (guint k = 0; k < threads->len; k++)
+        g_thread_join(threads->pdata[k]);
+}
+
 int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exchange, bool relink,
                        vh_gate_fn gate, void *ctx, GPtrArray *changed)
 {
@@ -599,17 +708,15 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
     g_autoptr(GPtrArray) todo = relink_candidates(s, moved);
     g_autofree char *why = exchange ? g_strdup_printf(" after %s and %s were exchanged", from, to)
                                     : g_strdup_printf(" after %s moved to %s", from, to);
-    int n = 0;
-    for (guint k = 0; k < todo->len; k++) {
-        const char *rel = todo->pdata[k];
-        g_autoptr(vh_disk_info) child = vh_store_describe(s->store, rel, NULL);
-        g_autoptr(vh_link) l = vh_disk_info_is_child(child) ? link_fresh(s, rel, NULL) : NULL;
-        if (!l || l->verdict == VH_VERDICT_OK)
-            continue;
-        note_detection(s, child, l);
-        n += heal_link(s, child, l, why, gate, ctx, changed);
-    }
-    return n;
+    relink_job job = {.s = s, .todo = todo, .why = why, .gate = gate, .ctx = ctx};
+    g_mutex_init(&job.lock);
+    run_relinks(&job);
+    g_mutex_clear(&job.lock);
+    if (changed && job.changed)
+        for (guint k = 0; k < job.changed->len; k++)
+            g_ptr_array_add(changed, vh_disk_info_ref(job.changed->pdata[k]));
+    g_clear_pointer(&job.changed, g_ptr_array_unref);
+    return job.n;
 }
 
 void vh_service_record_failure(vh_service *s, const vh_disk_info *disk, int error,
@@ -626,4 +733,98 @@ void vh_service_unlinked(vh_service *s, const char *rel)
 void vh_service_changed(vh_service *s, const char *rel)
 {
     vh_store_note_changed(s->store, rel);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Parents in use */
+
+/* The last component of a locator's path (Windows or POSIX separators). */
+static const char *locator_base(const char *path)
+{
+    const char *b = path;
+    for (const char *p = path; *p; p++)
+        if (*p == '\\' || *p == '/')
+            b = p + 1;
+    return b;
+}
+
+/* Could a locator of child c name a file called `base`? (Only those are resolved.) */
+static bool may_point_at(const vh_disk_info *c, const char *base)
+{
+    for (guint k = 0; c->link.locators && k < c->link.locators->len; k++) {
+        const vh_locator *l = c->link.locators->pdata[k];
+        if (g_ascii_strcasecmp(locator_base(l->path), base) == 0)
+            return true;
+    }
+    return false;
+}
+
+GPtrArray *vh_service_children(vh_service *s, const char *rel, GError **err)
+{
+    g_autoptr(vh_disk_info) disk = vh_store_describe(s->store, rel, err);
+    if (!disk)
+        return NULL;
+    GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
+    if (!vh_disk_info_is_disk(disk))
+        return out;
+    if (!vh_store_scanned(s->store))
+        vh_service_scan(s, NULL);
+    g_autofree char *base = g_path_get_basename(disk->path);
+    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth};
+    g_autoptr(vh_resolver) r = vh_resolver_new(s->store, &o);
+    g_autoptr(GPtrArray) all = vh_store_list(s->store, NULL);
+    for (guint k = 0; k < all->len; k++) {
+        const vh_disk_info *c = all->pdata[k];
+        if (!vh_disk_info_is_child(c) || strcmp(c->path, disk->path) == 0)
+            continue;
+        bool uses = expects(c, &disk->id);
+        if (!uses && may_point_at(c, base)) {
+            vh_link *l = vh_resolve_link(r, c->path, NULL);
+            uses = l && l->verdict == VH_VERDICT_OK && g_strcmp0(l->parent, disk->path) == 0;
+            if (l)
+                vh_link_unref(l);
+        }
+        if (uses)
+            g_ptr_array_add(out, g_strdup(c->path));
+    }
+    return out;
+}
+
+char *vh_children_text(const GPtrArray *children)
+{
+    enum { SHOWN = 5 };
+    GString *t = g_string_new(NULL);
+    guint n = MIN(children->len, SHOWN);
+    for (guint k = 0; k < n; k++)
+        g_string_append_printf(t, "%s%s", k ? ", " : "", (const char *)children->pdata[k]);
+    if (children->len > n)
+        g_string_append_printf(t, " and %u more", children->len - n);
+    return g_string_free(t, FALSE);
+}
+
+int vh_parent_write_check(const char *path, const char *store_opt, bool force, GError **err)
+{
+    if (force)
+        return 0;
+    g_autoptr(GError) e = NULL;
+    char *paths[] = {(char *)path};
+    g_autofree char *root = vh_store_determine(store_opt, paths, 1, false, &e);
+    g_autofree char *rel = root ? vh_store_relpath(root, path) : NULL;
+    vh_service_opts o = {.store = root};
+    g_autoptr(vh_service) s = rel ? vh_service_new(&o, &e) : NULL;
+    g_autoptr(GPtrArray) kids = s ? vh_service_children(s, rel, &e) : NULL;
+    if (!kids) {
+        if (!e)
+            vh_fail(&e, EINVAL, "%s: not inside the store %s", path, root);
+        int code = vh_error_errno(e);
+        g_propagate_error(err, g_steal_pointer(&e));
+        return -code;
+    }
+    if (kids->len == 0)
+        return 0;
+    g_autofree char *names = vh_children_text(kids);
+    return vh_fail(err, EBUSY,
+                   "%s: refused: it is the parent of %u disk%s in %s (%s); writing it would break "
+                   "them (--force writes anyway)",
+                   path, kids->len, kids->len == 1 ? "" : "s", root, names);
 }

@@ -9,10 +9,11 @@
  * (vh_store_describe), so changes made behind the service's back are noticed; a link that is
  * broken with no heal target makes the service rescan the store incrementally (at most once per
  * rescan interval) before it gives the verdict, so a parent moved behind its back is found.
- * Repairs run one at a time (the repair lock), each through vh_reconnect (journaled, under the
- * child's OFD lock); a gate given by the caller is asked, with the repair lock held, whether a
- * child may be rewritten now. The service writes nothing but through vh_reconnect and
- * vh_journal_recover.
+ * Repairs of one child run one at a time; repairs of different children may run side by side
+ * (a relink after a rename rewrites its children from a few threads), each through vh_reconnect
+ * (journaled, under the child's OFD lock) with the repair lock held shared; a gate given by the
+ * caller is asked, with the repair lock held, whether a child may be rewritten now. The service
+ * writes nothing but through vh_reconnect and vh_journal_recover.
  */
 #ifndef VH_SERVICE_H
 #define VH_SERVICE_H
@@ -113,7 +114,7 @@ char *vh_service_status(vh_service *s, const vh_disk_info *disk, const vh_chain 
 typedef int (*vh_gate_fn)(void *ctx, const vh_disk_info *child, const char *parent_abs,
                           vh_reconnect_pin *pin, char **why);
 
-/* Held around a rewrite; whoever must not overlap a rewrite (a new writer) takes it too. */
+/* Exclusive against every rewrite: whoever must not overlap one (a new writer) takes it. */
 void vh_service_lock_repairs(vh_service *s);
 void vh_service_unlock_repairs(vh_service *s);
 
@@ -141,8 +142,8 @@ int vh_service_heal(vh_service *s, const char *rel, vh_gate_fn gate, void *ctx, 
  * After `from` was renamed to `to` in the store (a file or a folder; with exchange, each took
  * the other's place): tells the index, and with relink reconnects every differencing disk whose
  * expected parent is a moved disk, and every moved differencing disk, whose link is broken and
- * has a heal target (as vh_service_heal does). Returns the number of links repaired; `changed`
- * as for vh_service_heal.
+ * has a heal target (as vh_service_heal does), several of them at once (the gate
+ * must be thread-safe). Returns the number of links repaired; `changed` as for vh_service_heal.
  */
 int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exchange, bool relink,
                        vh_gate_fn gate, void *ctx, GPtrArray *changed);
@@ -153,6 +154,26 @@ int vh_service_renamed(vh_service *s, const char *from, const char *to, bool exc
  */
 void vh_service_record_failure(vh_service *s, const vh_disk_info *disk, int error,
                                const char *message);
+
+/* --- parents in use --- */
+
+/*
+ * The differencing disks of the store that use the disk at rel as their parent: every child
+ * that expects its identity, and every child whose link resolves to it (a VHD parent keeps its
+ * identity when written, so its children would read other content and still look healthy).
+ * Waits for the first scan. A sorted GPtrArray of store paths (char *), empty when rel is no
+ * readable disk or has no children; NULL with *err when rel cannot be examined.
+ */
+GPtrArray *vh_service_children(vh_service *s, const char *rel, GError **err);
+/* "a.vhdx, b.vhdx and 3 more": the first few of a list of paths, for one line. */
+char *vh_children_text(const GPtrArray *children);
+
+/*
+ * For `vhdheal write`: refuses (-EBUSY, *err naming the children) to write the disk at path
+ * while disks of its store use it as their parent; the store is store_opt, or determined from
+ * path as for every command. 0 when no disk uses it, or when force is set.
+ */
+int vh_parent_write_check(const char *path, const char *store_opt, bool force, GError **err);
 
 /* The file at rel was removed, or created or written (it is re-read now). */
 void vh_service_unlinked(vh_service *s, const char *rel);

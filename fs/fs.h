@@ -50,26 +50,43 @@ struct vhfs_config {
     vh_trust trust;    /* whose disks may be parents (doc/design.md "Many users on one mount") */
     bool ro;
     bool allow_other;
-    bool foreground;   /* -f (or -d) */
-    bool debug;        /* -d */
-    bool singlethread; /* -s */
+    bool allow_parent_writes; /* a disk other disks use as parent may be opened for writing */
+    bool foreground;          /* -f (or -d) */
+    bool debug;               /* -d */
+    bool singlethread;        /* -s */
 };
 
 /* The largest maxdepth= (its default is the engine's VH_DEFAULT_MAXDEPTH). */
 #define VHFS_MAXDEPTH_LIMIT 65536u
 
 /*
- * One backing object the kernel knows (it holds lookups on it). Keyed by (dev, ino); the O_PATH
- * descriptor keeps the backing inode alive, so its number cannot be reused while we hold it.
- * The fuse_ino_t the kernel sees is the address of this struct (FUSE_ROOT_ID for the root).
+ * One backing object the kernel knows (it holds lookups on it). Keyed by (dev, ino). The
+ * fuse_ino_t the kernel sees is the address of this struct (FUSE_ROOT_ID for the root).
+ *
+ * Its O_PATH descriptor is cached: at most vhfs.max_fds of them are open (the kernel may keep
+ * hundreds of thousands of inodes after a large listing). Files and folders that have a file
+ * handle (name_to_handle_at) give back their descriptor when the cache is full, least recently
+ * used first, and are reopened the next time they are pinned: through the folder and name they
+ * were last seen under when that still leads to the same object (the descriptor's path then
+ * stays connected), else by handle (open_by_handle_at: the very same object, or ESTALE when it
+ * is gone). Use the descriptor only between
+ * vhfs_inode_pin and vhfs_inode_unpin: it is never closed while pinned.
  */
 struct vhfs_inode {
-    int fd; /* O_PATH | O_NOFOLLOW, owned */
+    int fd; /* O_PATH | O_NOFOLLOW, owned; -1 while evicted (guarded by vhfs.lock) */
     dev_t dev;
     ino_t ino;
     mode_t type;      /* S_IFMT bits; an inode never changes its type */
     uint64_t nlookup; /* kernel lookups; guarded by vhfs.lock */
     gint nwriters;    /* handles open for writing through the mount (atomic) */
+    /* the descriptor cache, guarded by vhfs.lock */
+    unsigned pins;                  /* users of fd now */
+    struct file_handle *handle;     /* to reopen after eviction; NULL: never evicted */
+    struct file_handle *dir_handle; /* the folder it was last seen in (NULL: the root) */
+    char *name;                     /* its name there (NULL: unknown, reopen by handle) */
+    GList lru;                      /* in vhfs.lru while fd >= 0 and pins == 0 */
+    bool hashed;                    /* in vhfs.inodes (a stale entry is not) */
+    bool dead;                      /* forgotten while pinned: freed by the last unpin */
 };
 
 /* The mount. */
@@ -81,12 +98,23 @@ struct vhfs {
     struct vhfs_inode root;
     GMutex lock;        /* guards inodes and every nlookup */
     GHashTable *inodes; /* (dev, ino) -> struct vhfs_inode *, root excluded */
+    GQueue lru;         /* unpinned inodes holding a descriptor, most recent first */
+    unsigned nfds;      /* inodes' descriptors open (root excluded) */
+    unsigned max_fds;   /* the cache's bound (VHFS_MAX_PATH_FDS or less) */
+    int mount_id;       /* STORE's mount: handles of other mounts are not kept */
+    int mount_fd;       /* STORE opened for open_by_handle_at (which takes no O_PATH one) */
     double timeout;     /* entry and attribute timeout, seconds */
     bool as_root;       /* the daemon runs as root: new objects are given to their creator */
 
     /* views.c's state; NULL with views=off */
     struct vhfs_views *views;
 };
+
+/*
+ * The inodes' O_PATH descriptors kept open at most: this, or a quarter of the descriptor limit
+ * when that is lower (main.c raises the soft limit to the hard one first).
+ */
+#define VHFS_MAX_PATH_FDS 4096u
 
 /*
  * Entry and attribute timeout. Long, so that with keep_cache the kernel serves repeated reads
@@ -99,6 +127,18 @@ struct vhfs {
 
 /* The low-level operations (passthrough.c). */
 extern const struct fuse_lowlevel_ops vhfs_ops;
+
+/*
+ * The inode's O_PATH descriptor, pinned: reopened when it was evicted. -errno (ESTALE: the object
+ * is gone) when it cannot be had; then nothing is pinned.
+ */
+int vhfs_inode_pin(struct vhfs *fs, struct vhfs_inode *inode);
+void vhfs_inode_unpin(struct vhfs *fs, struct vhfs_inode *inode);
+/*
+ * After EMFILE/ENFILE from an open: gives back unpinned cached descriptors (half the cache);
+ * true when any was closed (the open is worth retrying).
+ */
+bool vhfs_fds_shrink(struct vhfs *fs);
 
 /* Sets up the root inode and the table for cfg->store; -errno on failure (logged). */
 int vhfs_init(struct vhfs *fs);
@@ -137,6 +177,11 @@ char *vhfs_mount_path(const struct vhfs *fs, const char *rel);
  * opened file itself was rewritten (the open must then drop the kernel's cached pages).
  */
 bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
+/*
+ * May inode be opened for writing (or truncated)? -EBUSY, logged with the children's names, for
+ * a disk that other disks of the store use as their parent (unless allow_parent_writes); else 0.
+ */
+int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode);
 /* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode);
 /* A handle of inode was closed; a writer's close re-reads the file into the index. */

@@ -133,17 +133,24 @@ char *vhfs_inode_path(struct vhfs *fs, struct vhfs_inode *inode)
     const char *rel;
     struct stat st;
     ssize_t n;
+    int fd;
 
     if (inode == &fs->root)
         return g_strdup("");
-    vhfs_procfd(proc, inode->fd);
-    n = readlink(proc, buf, sizeof(buf) - 1);
-    if (n <= 0 || (size_t)n >= sizeof(buf) - 1)
+    fd = vhfs_inode_pin(fs, inode);
+    if (fd < 0)
         return NULL;
-    buf[n] = '\0';
-    /* A removed file's link ends in " (deleted)"; so may a real name: ask the inode. */
-    if (g_str_has_suffix(buf, " (deleted)") &&
-        (fstatat(inode->fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_nlink == 0))
+    vhfs_procfd(proc, fd);
+    n = readlink(proc, buf, sizeof(buf) - 1);
+    if (n > 0 && (size_t)n < sizeof(buf) - 1) {
+        buf[n] = '\0';
+        /* A removed file's link ends in " (deleted)"; so may a real name: ask the inode. */
+        if (g_str_has_suffix(buf, " (deleted)") &&
+            (fstatat(fd, "", &st, AT_EMPTY_PATH) < 0 || st.st_nlink == 0))
+            n = -1;
+    }
+    vhfs_inode_unpin(fs, inode);
+    if (n <= 0 || (size_t)n >= sizeof(buf) - 1)
         return NULL;
     rel = below(buf, fs->cfg.store);
     return rel != NULL ? g_strdup(rel) : NULL;
@@ -359,6 +366,13 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
         return false;
     /* The cheap check first: a stat and the index's entry; only differencing disks go on. */
     info = vh_service_describe(fs->svc, rel, NULL);
+    if (info != NULL && info->error != NULL) {
+        /* Unreadable when last probed: that may have been a passing I/O error, and the entry
+           stays while the file is unchanged. Probe again. */
+        vh_service_changed(fs->svc, rel);
+        vh_disk_info_unref(info);
+        info = vh_service_describe(fs->svc, rel, NULL);
+    }
     if (!vh_disk_info_is_child(info))
         return false;
     if (!heal_on_open(fs)) {
@@ -377,6 +391,27 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
         self = self || is_self;
     }
     return self;
+}
+
+int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    g_autofree char *rel = NULL, *names = NULL;
+    g_autoptr(GPtrArray) kids = NULL;
+
+    if (fs->svc == NULL || fs->cfg.allow_parent_writes || !S_ISREG(inode->type))
+        return 0;
+    rel = vhfs_inode_path(fs, inode);
+    if (rel == NULL)
+        return 0;
+    kids = vh_service_children(fs->svc, rel, NULL);
+    if (kids == NULL || kids->len == 0)
+        return 0;
+    names = vh_children_text(kids);
+    vhfs_log(LOG_WARNING,
+             "%s: not opened for writing: it is the parent of %u disk%s (%s); writing it would "
+             "break them (-o allow_parent_writes allows it)",
+             rel, kids->len, kids->len == 1 ? "" : "s", names);
+    return -EBUSY;
 }
 
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode)

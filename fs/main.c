@@ -13,6 +13,7 @@
  */
 #include "fs.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -41,6 +42,7 @@ struct cmdline {
     char *trust;
     int ro;
     int allow_other;
+    int allow_parent_writes;
     int foreground;
     int debug;
     int singlethread;
@@ -57,6 +59,7 @@ enum {
     KEY_SINGLE,
     KEY_RO,
     KEY_ALLOW_OTHER,
+    KEY_ALLOW_PARENT_WRITES,
 };
 
 #define CMD_OPT(t, m)                                                                              \
@@ -74,6 +77,7 @@ static const struct fuse_opt vhfs_opts[] = {
     /* Noted and also handed to the kernel. */
     FUSE_OPT_KEY("ro", KEY_RO),
     FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("allow_parent_writes", KEY_ALLOW_PARENT_WRITES),
     FUSE_OPT_KEY("-f", KEY_FOREGROUND),
     FUSE_OPT_KEY("-d", KEY_DEBUG),
     FUSE_OPT_KEY("debug", KEY_DEBUG),
@@ -143,6 +147,9 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
     case KEY_ALLOW_OTHER:
         c->allow_other = 1;
         return 1;
+    case KEY_ALLOW_PARENT_WRITES:
+        c->allow_parent_writes = 1;
+        return 0;
     case KEY_FOREGROUND:
         c->foreground = 1;
         return 0;
@@ -192,6 +199,8 @@ static void print_help(void)
         "                          root's (owner, the default), also its group's, or anyone's\n"
         "  -o ro                   read-only mount (implies healmode=overlay)\n"
         "  -o allow_other          let other users use the mount\n"
+        "  -o allow_parent_writes  let a disk that other disks use as parent be opened for\n"
+        "                          writing (refused with EBUSY by default)\n"
         "\n"
         "Permissions are always checked by the kernel (default_permissions). mount(8)'s own\n"
         "options (defaults, noauto, nofail, _netdev, user, users, x-*) are accepted and\n"
@@ -321,6 +330,7 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         cfg->healmode = VHFS_HEALMODE_OVERLAY;
     }
     cfg->allow_other = c->allow_other;
+    cfg->allow_parent_writes = c->allow_parent_writes;
     cfg->foreground = c->foreground;
     cfg->debug = c->debug;
     cfg->singlethread = c->singlethread;
@@ -387,7 +397,7 @@ static void session_args(const struct vhfs_config *cfg, const struct fuse_args *
         fuse_opt_add_arg(out, rest->argv[i]);
 }
 
-/* Every object the kernel keeps in its cache holds one descriptor here: allow as many as we may. */
+/* Descriptors for open files and the inodes' cache (fs.h, VHFS_MAX_PATH_FDS): all we may have. */
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -397,6 +407,17 @@ static void raise_fd_limit(void)
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             vhfs_debug("setrlimit(RLIMIT_NOFILE): %s", g_strerror(errno));
     }
+}
+
+/*
+ * libfuse ends its worker threads with pthread_cancel, for which glibc loads libgcc_s on first
+ * use; with no descriptor free at that moment glibc aborts ("libgcc_s.so.1 must be installed for
+ * pthread_cancel to work"). Load it while descriptors are plentiful.
+ */
+static void preload_unwinder(void)
+{
+    if (dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_NODELETE) == NULL)
+        vhfs_log(LOG_WARNING, "cannot load libgcc_s.so.1 (%s): unmounting may abort", dlerror());
 }
 
 static int run_session(struct vhfs *fs)
@@ -429,7 +450,7 @@ int main(int argc, char *argv[])
     struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
     struct fuse_args sargs = FUSE_ARGS_INIT(0, NULL);
     struct cmdline c = {0};
-    struct vhfs fs = {.root.fd = -1};
+    struct vhfs fs = {.root.fd = -1, .mount_fd = -1};
     struct fuse_lowlevel_ops ops = vhfs_ops;
     int status = 1, res;
 
@@ -460,6 +481,7 @@ int main(int argc, char *argv[])
     /* The kernel has applied the caller's umask to every mode it sends. */
     umask(0);
     raise_fd_limit();
+    preload_unwinder();
     if (vhfs_init(&fs) < 0) {
         status = EXIT_USAGE;
         goto out;

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -101,36 +102,300 @@ static gboolean inode_equal(gconstpointer a, gconstpointer b)
     return x->dev == y->dev && x->ino == y->ino;
 }
 
+/* --- the descriptor cache (see struct vhfs_inode); fs->lock is held by every helper here --- */
+
+#define VHFS_HANDLE_MAX 128 /* MAX_HANDLE_SZ */
+
+/* The file handle of an O_PATH descriptor, for a file or folder of STORE's mount; else NULL. */
+static struct file_handle *handle_of(struct vhfs *fs, int fd, mode_t type)
+{
+    struct file_handle *h;
+    int mount_id;
+
+    if (!S_ISREG(type) && !S_ISDIR(type))
+        return NULL; /* symlinks and devices keep their descriptor: they are few */
+    h = g_malloc(sizeof(*h) + VHFS_HANDLE_MAX);
+    h->handle_bytes = VHFS_HANDLE_MAX;
+    if (name_to_handle_at(fd, "", h, &mount_id, AT_EMPTY_PATH) < 0 || mount_id != fs->mount_id) {
+        g_free(h);
+        return NULL;
+    }
+    return g_realloc(h, sizeof(*h) + h->handle_bytes);
+}
+
+static struct file_handle *handle_dup(const struct file_handle *h)
+{
+    return h != NULL ? g_memdup2(h, sizeof(*h) + h->handle_bytes) : NULL;
+}
+
+static bool same_handle(const struct file_handle *a, const struct file_handle *b)
+{
+    return a != NULL && b != NULL && a->handle_type == b->handle_type &&
+           a->handle_bytes == b->handle_bytes &&
+           memcmp(a->f_handle, b->f_handle, a->handle_bytes) == 0;
+}
+
+/* Where the inode was last looked up (or renamed to through the mount): dir/name. */
+static void set_place(struct vhfs *fs, struct vhfs_inode *inode, struct vhfs_inode *dir,
+                      const char *name)
+{
+    g_clear_pointer(&inode->name, g_free);
+    g_clear_pointer(&inode->dir_handle, g_free);
+    if (dir != &fs->root && dir->handle == NULL)
+        return; /* a folder that cannot be reopened: by handle only */
+    inode->name = g_strdup(name);
+    inode->dir_handle = handle_dup(dir->handle);
+}
+
+/*
+ * Reopens an evicted inode: through its folder and name first, so that the descriptor's path
+ * (/proc/self/fd, which says where a disk is) is connected even when the store's file system has
+ * dropped the dentry, checking that the very same object is found (its handle); else by handle.
+ */
+static int reopen(struct vhfs *fs, struct vhfs_inode *inode, const struct file_handle *dirh,
+                  const char *name)
+{
+    int dfd = dirh != NULL ? open_by_handle_at(fs->mount_fd, (struct file_handle *)dirh,
+                                               O_PATH | O_DIRECTORY | O_CLOEXEC)
+                           : fs->root.fd;
+    int fd = -1;
+
+    if (name != NULL && dfd >= 0) {
+        fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            g_autofree struct file_handle *h = handle_of(fs, fd, inode->type);
+
+            if (!same_handle(h, inode->handle)) {
+                close(fd);
+                fd = -1;
+            }
+        }
+    }
+    if (dirh != NULL && dfd >= 0)
+        close(dfd);
+    if (fd >= 0)
+        return fd;
+    return open_by_handle_at(fs->mount_fd, inode->handle, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+}
+
+static void lru_drop(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    if (inode->lru.data != NULL) {
+        g_queue_unlink(&fs->lru, &inode->lru);
+        inode->lru.data = NULL;
+    }
+}
+
+static void lru_push(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    if (inode->fd >= 0 && inode->pins == 0 && inode->lru.data == NULL) {
+        inode->lru.data = inode;
+        g_queue_push_head_link(&fs->lru, &inode->lru);
+    }
+}
+
+/* Closes the descriptors of the least recently used unpinned inodes while more than `keep`. */
+static void evict_to(struct vhfs *fs, unsigned keep)
+{
+    GList *l = fs->lru.tail;
+
+    while (fs->nfds > keep && l != NULL) {
+        struct vhfs_inode *inode = l->data;
+        GList *prev = l->prev;
+
+        if (inode->handle != NULL) {
+            lru_drop(fs, inode);
+            close(inode->fd);
+            inode->fd = -1;
+            fs->nfds--;
+        }
+        l = prev;
+    }
+}
+
+/* A new descriptor for an inode: counted, and the cache kept within its bound. */
+static void fd_adopt(struct vhfs *fs, struct vhfs_inode *inode, int fd)
+{
+    inode->fd = fd;
+    fs->nfds++;
+    lru_push(fs, inode);
+    evict_to(fs, fs->max_fds);
+}
+
+static void inode_free(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    lru_drop(fs, inode);
+    if (inode->fd >= 0) {
+        close(inode->fd);
+        fs->nfds--;
+    }
+    g_free(inode->handle);
+    g_free(inode->dir_handle);
+    g_free(inode->name);
+    g_free(inode);
+}
+
+bool vhfs_fds_shrink(struct vhfs *fs)
+{
+    unsigned before;
+    bool closed;
+
+    g_mutex_lock(&fs->lock);
+    before = fs->nfds;
+    evict_to(fs, fs->nfds / 2);
+    closed = fs->nfds < before;
+    g_mutex_unlock(&fs->lock);
+    return closed;
+}
+
+/* Runs `expr` (an open that sets errno) again after making room, on EMFILE or ENFILE. */
+#define RETRY_ON_EMFILE(fs, res, expr)                                                             \
+    do {                                                                                           \
+        (res) = (expr);                                                                            \
+    } while ((res) < 0 && (errno == EMFILE || errno == ENFILE) && vhfs_fds_shrink(fs))
+
+int vhfs_inode_pin(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    int fd = -1, res;
+
+    if (inode == &fs->root)
+        return fs->root.fd;
+    g_mutex_lock(&fs->lock);
+    if (inode->fd < 0) {
+        g_autofree struct file_handle *dirh = handle_dup(inode->dir_handle);
+        g_autofree char *name = g_strdup(inode->name);
+
+        inode->pins++; /* the inode and its handle stay while we reopen it */
+        g_mutex_unlock(&fs->lock);
+        RETRY_ON_EMFILE(fs, fd, reopen(fs, inode, dirh, name));
+        res = fd < 0 ? -errno : 0;
+        g_mutex_lock(&fs->lock);
+        inode->pins--;
+        if (fd >= 0 && inode->fd < 0) {
+            fd_adopt(fs, inode, fd);
+            fd = -1;
+        }
+        if (inode->fd < 0) {
+            if (inode->pins == 0 && inode->dead)
+                inode_free(fs, inode);
+            g_mutex_unlock(&fs->lock);
+            return res < 0 ? res : -ESTALE;
+        }
+    }
+    lru_drop(fs, inode);
+    inode->pins++;
+    res = inode->fd;
+    g_mutex_unlock(&fs->lock);
+    if (fd >= 0)
+        close(fd); /* another thread reopened it first */
+    return res;
+}
+
+void vhfs_inode_unpin(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    if (inode == &fs->root)
+        return;
+    g_mutex_lock(&fs->lock);
+    inode->pins--;
+    if (inode->pins == 0 && inode->dead) {
+        inode_free(fs, inode);
+    } else {
+        lru_push(fs, inode);
+        evict_to(fs, fs->max_fds);
+    }
+    g_mutex_unlock(&fs->lock);
+}
+
+/* A handler's pin of an inode's descriptor, let go when it goes out of scope. */
+struct pinned {
+    struct vhfs *fs;
+    struct vhfs_inode *inode; /* NULL when the pin failed */
+    int fd;                   /* the descriptor, or -errno */
+};
+
+static struct pinned pin(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    struct pinned p = {.fs = fs, .inode = inode, .fd = vhfs_inode_pin(fs, inode)};
+
+    if (p.fd < 0)
+        p.inode = NULL;
+    return p;
+}
+
+static void unpin(struct pinned *p)
+{
+    if (p->inode != NULL)
+        vhfs_inode_unpin(p->fs, p->inode);
+    p->inode = NULL;
+}
+
+#define autopin __attribute__((cleanup(unpin))) struct pinned
+
 /*
  * Takes one lookup on the inode of st. When the table has none, a new one takes over *fd (set to
- * -1); otherwise *fd is left for the caller to close.
+ * -1); so does an entry whose descriptor was evicted; otherwise *fd is left for the caller to
+ * close. An evicted entry whose object is gone (another handle, or another type: the inode
+ * number was reused) leaves the table to the new object.
  */
-static struct vhfs_inode *inode_get(struct vhfs *fs, int *fd, const struct stat *st)
+static struct vhfs_inode *inode_get(struct vhfs *fs, int *fd, const struct stat *st,
+                                    struct vhfs_inode *dir, const char *name)
 {
     struct vhfs_inode key = {.dev = st->st_dev, .ino = st->st_ino};
+    mode_t type = st->st_mode & S_IFMT;
+    g_autofree struct file_handle *h = handle_of(fs, *fd, type);
     struct vhfs_inode *inode;
 
     g_mutex_lock(&fs->lock);
     inode = g_hash_table_lookup(fs->inodes, &key);
+    if (inode != NULL && inode->fd < 0) {
+        if (inode->type != type || !same_handle(h, inode->handle)) {
+            g_hash_table_steal(fs->inodes, inode); /* stale: its lookups end by forget */
+            inode->hashed = false;
+            inode = NULL;
+        } else {
+            fd_adopt(fs, inode, *fd);
+            *fd = -1;
+        }
+    }
     if (inode == NULL) {
         inode = g_new0(struct vhfs_inode, 1);
-        inode->fd = *fd;
-        *fd = -1;
+        inode->fd = -1;
         inode->dev = st->st_dev;
         inode->ino = st->st_ino;
-        inode->type = st->st_mode & S_IFMT;
+        inode->type = type;
+        inode->handle = g_steal_pointer(&h);
+        inode->hashed = true;
         g_hash_table_add(fs->inodes, inode);
+        fd_adopt(fs, inode, *fd);
+        *fd = -1;
     }
+    if (inode->handle != NULL)
+        set_place(fs, inode, dir, name);
     inode->nlookup++;
     g_mutex_unlock(&fs->lock);
     return inode;
 }
 
+/* After a rename through the mount: the inode now at dir/name (if the kernel knows it). */
+static void moved_to(struct vhfs *fs, struct vhfs_inode *dir, int dfd, const char *name)
+{
+    struct stat st;
+    struct vhfs_inode key, *inode;
+
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return;
+    key.dev = st.st_dev;
+    key.ino = st.st_ino;
+    g_mutex_lock(&fs->lock);
+    inode = g_hash_table_lookup(fs->inodes, &key);
+    if (inode != NULL && inode->handle != NULL)
+        set_place(fs, inode, dir, name);
+    g_mutex_unlock(&fs->lock);
+}
+
 /* Drops n lookups; the last one frees the inode and closes its descriptor. */
 static void inode_unref(struct vhfs *fs, struct vhfs_inode *inode, uint64_t n)
 {
-    bool gone = false;
-
     if (inode == &fs->root)
         return;
     g_mutex_lock(&fs->lock);
@@ -142,19 +407,32 @@ static void inode_unref(struct vhfs *fs, struct vhfs_inode *inode, uint64_t n)
     }
     inode->nlookup -= n;
     if (inode->nlookup == 0) {
-        g_hash_table_remove(fs->inodes, inode);
-        gone = true;
+        if (inode->hashed)
+            g_hash_table_steal(fs->inodes, inode);
+        inode->hashed = false;
+        if (inode->pins > 0)
+            inode->dead = true; /* the last unpin frees it */
+        else
+            inode_free(fs, inode);
     }
     g_mutex_unlock(&fs->lock);
-    if (gone) {
-        close(inode->fd);
-        g_free(inode);
-    }
+}
+
+/* How many descriptors the cache may hold, from the process's limit. */
+static unsigned fd_budget(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur / 4 < VHFS_MAX_PATH_FDS)
+        return rl.rlim_cur / 4 > 16 ? (unsigned)(rl.rlim_cur / 4) : 16;
+    return VHFS_MAX_PATH_FDS;
 }
 
 int vhfs_init(struct vhfs *fs)
 {
     struct stat st;
+    struct file_handle *h;
 
     fs->root.fd = open(fs->cfg.store, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fs->root.fd < 0 || fstat(fs->root.fd, &st) < 0) {
@@ -169,6 +447,21 @@ int vhfs_init(struct vhfs *fs)
     fs->root.nlookup = 2; /* never dropped */
     g_mutex_init(&fs->lock);
     fs->inodes = g_hash_table_new(inode_hash, inode_equal);
+    g_queue_init(&fs->lru);
+    fs->max_fds = fd_budget();
+    /* Without handles (a store that cannot export them), descriptors are never evicted. */
+    h = g_malloc(sizeof(*h) + VHFS_HANDLE_MAX);
+    h->handle_bytes = VHFS_HANDLE_MAX;
+    fs->mount_fd = open(fs->cfg.store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fs->mount_fd < 0 ||
+        name_to_handle_at(fs->root.fd, "", h, &fs->mount_id, AT_EMPTY_PATH) < 0) {
+        vhfs_log(LOG_WARNING,
+                 "%s: no file handles (%s): every file the kernel keeps holds a "
+                 "descriptor",
+                 fs->cfg.store, g_strerror(errno));
+        fs->mount_id = -1;
+    }
+    g_free(h);
     fs->timeout = VHFS_TIMEOUT;
     fs->as_root = geteuid() == 0;
     return 0;
@@ -182,11 +475,8 @@ void vhfs_fini(struct vhfs *fs)
     if (fs->inodes != NULL) {
         g_hash_table_iter_init(&it, fs->inodes);
         while (g_hash_table_iter_next(&it, &key, NULL)) {
-            struct vhfs_inode *inode = key;
-
             g_hash_table_iter_steal(&it);
-            close(inode->fd);
-            g_free(inode);
+            inode_free(fs, key);
         }
         g_hash_table_destroy(fs->inodes);
         fs->inodes = NULL;
@@ -195,6 +485,9 @@ void vhfs_fini(struct vhfs *fs)
     if (fs->root.fd >= 0)
         close(fs->root.fd);
     fs->root.fd = -1;
+    if (fs->mount_fd >= 0)
+        close(fs->mount_fd);
+    fs->mount_fd = -1;
 }
 
 int vhfs_invalidate(struct vhfs *fs, dev_t dev, ino_t ino, bool data)
@@ -236,12 +529,15 @@ static int do_lookup(struct vhfs *fs, struct vhfs_inode *dir, const char *name,
     memset(e, 0, sizeof(*e));
     e->attr_timeout = fs->timeout;
     e->entry_timeout = fs->timeout;
-    fd = openat(dir->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    autopin d = pin(fs, dir);
+    if (d.fd < 0)
+        return d.fd;
+    RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (fd < 0)
         return -errno;
     if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
-    inode = inode_get(fs, &fd, &e->attr);
+    inode = inode_get(fs, &fd, &e->attr, dir, name);
     e->ino = ino_of(fs, inode);
     return 0;
 }
@@ -282,15 +578,17 @@ static void lo_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    autopin p = pin(vhfs_of(req), inode_of(req, ino));
     struct stat st;
 
-    if (fstatat(inode_of(req, ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+    if (p.fd < 0)
+        return reply_err(req, "getattr", -p.fd);
+    if (fstatat(p.fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         return reply_err(req, "getattr", errno);
     fuse_reply_attr(req, &st, vhfs_of(req)->timeout);
 }
 
-static int set_times(struct vhfs_inode *inode, const struct stat *attr, int valid,
-                     struct fuse_file_info *fi)
+static int set_times(int ifd, const struct stat *attr, int valid, struct fuse_file_info *fi)
 {
     struct timespec tv[2] = {{.tv_nsec = UTIME_OMIT}, {.tv_nsec = UTIME_OMIT}};
     char path[VHFS_PROCFD_LEN];
@@ -306,7 +604,7 @@ static int set_times(struct vhfs_inode *inode, const struct stat *attr, int vali
     if (fi != NULL)
         return futimens((int)fi->fh, tv);
     /* The magic link reaches the object itself, a symlink included. */
-    vhfs_procfd(path, inode->fd);
+    vhfs_procfd(path, ifd);
     return utimensat(AT_FDCWD, path, tv, 0);
 }
 
@@ -316,8 +614,11 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
     int res, saverr;
+    autopin p = pin(vhfs_of(req), inode);
 
-    vhfs_procfd(path, inode->fd);
+    if (p.fd < 0)
+        return reply_err(req, "setattr", -p.fd);
+    vhfs_procfd(path, p.fd);
     if (valid & FUSE_SET_ATTR_MODE) {
         if (fi != NULL)
             res = fchmod((int)fi->fh, attr->st_mode);
@@ -330,10 +631,13 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
         uid_t uid = (valid & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
         gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
 
-        if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+        if (fchownat(p.fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
             goto out_err;
     }
     if (valid & FUSE_SET_ATTR_SIZE) {
+        /* An open handle passed the check when it was opened for writing. */
+        if (fi == NULL && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
+            return reply_err(req, "setattr", -res);
         if (fi != NULL)
             res = ftruncate((int)fi->fh, attr->st_size);
         else
@@ -343,7 +647,7 @@ static void lo_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
         vhfs_views_changed(vhfs_of(req), inode);
     }
     if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
-        if (set_times(inode, attr, valid, fi) < 0)
+        if (set_times(p.fd, attr, valid, fi) < 0)
             goto out_err;
     }
     return lo_getattr(req, ino, fi);
@@ -356,7 +660,8 @@ out_err:
 static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
 {
     char buf[PATH_MAX + 1];
-    ssize_t res = readlinkat(inode_of(req, ino)->fd, "", buf, sizeof(buf));
+    autopin p = pin(vhfs_of(req), inode_of(req, ino));
+    ssize_t res = p.fd < 0 ? (errno = -p.fd, -1) : readlinkat(p.fd, "", buf, sizeof(buf));
 
     if (res < 0)
         return reply_err(req, "readlink", errno);
@@ -369,8 +674,11 @@ static void lo_readlink(fuse_req_t req, fuse_ino_t ino)
 static void lo_statfs(fuse_req_t req, fuse_ino_t ino)
 {
     struct statvfs sv;
+    autopin p = pin(vhfs_of(req), inode_of(req, ino));
 
-    if (fstatvfs(inode_of(req, ino)->fd, &sv) < 0)
+    if (p.fd < 0)
+        return reply_err(req, "statfs", -p.fd);
+    if (fstatvfs(p.fd, &sv) < 0)
         return reply_err(req, "statfs", errno);
     fuse_reply_statfs(req, &sv);
 }
@@ -393,12 +701,15 @@ static void give_to_caller(fuse_req_t req, struct vhfs_inode *dir, const char *n
 
     if (!fs->as_root || (ctx->uid == 0 && ctx->gid == 0))
         return;
-    if (fstatat(dir->fd, "", &dst, AT_EMPTY_PATH) == 0 && (dst.st_mode & S_ISGID))
+    autopin d = pin(fs, dir);
+    if (d.fd < 0)
+        return;
+    if (fstatat(d.fd, "", &dst, AT_EMPTY_PATH) == 0 && (dst.st_mode & S_ISGID))
         gid = (gid_t)-1;
     if (fd >= 0)
         res = fchown(fd, ctx->uid, gid);
     else
-        res = fchownat(dir->fd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
+        res = fchownat(d.fd, name, ctx->uid, gid, AT_SYMLINK_NOFOLLOW);
     if (res < 0) {
         vhfs_debug("chown of new %s to %u:%u: %s", name, (unsigned)ctx->uid, (unsigned)ctx->gid,
                    g_strerror(errno));
@@ -413,7 +724,7 @@ static void give_to_caller(fuse_req_t req, struct vhfs_inode *dir, const char *n
         if (fd >= 0)
             res = fchmod(fd, keep);
         else
-            res = fchmodat(dir->fd, name, keep, 0);
+            res = fchmodat(d.fd, name, keep, 0);
         if (res < 0)
             vhfs_debug("chmod of new %s: %s", name, g_strerror(errno));
     }
@@ -436,27 +747,39 @@ static void finish_new(fuse_req_t req, const char *op, struct vhfs_inode *dir, c
 static void lo_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
     struct vhfs_inode *dir = inode_of(req, parent);
+    autopin d = pin(vhfs_of(req), dir);
 
-    if (mknodat(dir->fd, name, mode, rdev) < 0)
+    if (d.fd < 0)
+        return reply_err(req, "mknod", -d.fd);
+    if (mknodat(d.fd, name, mode, rdev) < 0)
         return reply_err(req, "mknod", errno);
+    unpin(&d);
     finish_new(req, "mknod", dir, name, mode);
 }
 
 static void lo_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
     struct vhfs_inode *dir = inode_of(req, parent);
+    autopin d = pin(vhfs_of(req), dir);
 
-    if (mkdirat(dir->fd, name, mode) < 0)
+    if (d.fd < 0)
+        return reply_err(req, "mkdir", -d.fd);
+    if (mkdirat(d.fd, name, mode) < 0)
         return reply_err(req, "mkdir", errno);
+    unpin(&d);
     finish_new(req, "mkdir", dir, name, S_IFDIR | mode);
 }
 
 static void lo_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
     struct vhfs_inode *dir = inode_of(req, parent);
+    autopin d = pin(vhfs_of(req), dir);
 
-    if (symlinkat(link, dir->fd, name) < 0)
+    if (d.fd < 0)
+        return reply_err(req, "symlink", -d.fd);
+    if (symlinkat(link, d.fd, name) < 0)
         return reply_err(req, "symlink", errno);
+    unpin(&d);
     finish_new(req, "symlink", dir, name, S_IFLNK | 0777);
 }
 
@@ -467,17 +790,21 @@ static void lo_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
     struct fuse_entry_param e = {.attr_timeout = fs->timeout, .entry_timeout = fs->timeout};
     char path[VHFS_PROCFD_LEN];
     int res, saverr;
+    autopin p = pin(fs, inode);
+    autopin d = pin(fs, inode_of(req, newparent));
 
+    if (p.fd < 0 || d.fd < 0)
+        return reply_err(req, "link", p.fd < 0 ? -p.fd : -d.fd);
     if (fs->as_root) {
         /* Links exactly the object held, symlinks included (needs CAP_DAC_READ_SEARCH). */
-        res = linkat(inode->fd, "", inode_of(req, newparent)->fd, newname, AT_EMPTY_PATH);
+        res = linkat(p.fd, "", d.fd, newname, AT_EMPTY_PATH);
     } else {
-        vhfs_procfd(path, inode->fd);
-        res = linkat(AT_FDCWD, path, inode_of(req, newparent)->fd, newname, AT_SYMLINK_FOLLOW);
+        vhfs_procfd(path, p.fd);
+        res = linkat(AT_FDCWD, path, d.fd, newname, AT_SYMLINK_FOLLOW);
     }
     if (res < 0)
         goto out_err;
-    if (fstatat(inode->fd, "", &e.attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+    if (fstatat(p.fd, "", &e.attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         goto out_err;
     g_mutex_lock(&fs->lock);
     inode->nlookup++;
@@ -493,7 +820,8 @@ out_err:
 
 static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    int res = unlinkat(inode_of(req, parent)->fd, name, 0);
+    autopin d = pin(vhfs_of(req), inode_of(req, parent));
+    int res = d.fd < 0 ? (errno = -d.fd, -1) : unlinkat(d.fd, name, 0);
 
     if (res == 0)
         vhfs_heal_unlinked(vhfs_of(req), inode_of(req, parent), name);
@@ -502,7 +830,8 @@ static void lo_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void lo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    int res = unlinkat(inode_of(req, parent)->fd, name, AT_REMOVEDIR);
+    autopin d = pin(vhfs_of(req), inode_of(req, parent));
+    int res = d.fd < 0 ? (errno = -d.fd, -1) : unlinkat(d.fd, name, AT_REMOVEDIR);
 
     reply_err(req, "rmdir", res < 0 ? errno : 0);
 }
@@ -515,7 +844,18 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     /* RENAME_WHITEOUT is for overlay file systems, not for a store. */
     if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
         return reply_err(req, "rename", EINVAL);
-    res = renameat2(inode_of(req, parent)->fd, name, inode_of(req, newparent)->fd, newname, flags);
+    autopin a = pin(vhfs_of(req), inode_of(req, parent));
+    autopin b = pin(vhfs_of(req), inode_of(req, newparent));
+    if (a.fd < 0 || b.fd < 0)
+        return reply_err(req, "rename", a.fd < 0 ? -a.fd : -b.fd);
+    res = renameat2(a.fd, name, b.fd, newname, flags);
+    if (res == 0) {
+        moved_to(vhfs_of(req), inode_of(req, newparent), b.fd, newname);
+        if (flags & RENAME_EXCHANGE)
+            moved_to(vhfs_of(req), inode_of(req, parent), a.fd, name);
+    }
+    unpin(&a);
+    unpin(&b);
     if (res == 0) /* the index follows; children of moved disks are relinked (heal.c) */
         vhfs_heal_renamed(vhfs_of(req), req, inode_of(req, parent), name, inode_of(req, newparent),
                           newname, flags);
@@ -529,7 +869,10 @@ static void lo_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     struct vhfs_dir *d;
     int fd, saverr;
 
-    fd = openat(inode_of(req, ino)->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    autopin p = pin(vhfs_of(req), inode_of(req, ino));
+    if (p.fd < 0)
+        return reply_err(req, "opendir", -p.fd);
+    RETRY_ON_EMFILE(vhfs_of(req), fd, openat(p.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (fd < 0)
         goto out_err;
     d = g_new0(struct vhfs_dir, 1);
@@ -703,19 +1046,42 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct vhfs_inode *inode = inode_of(req, ino);
     char path[VHFS_PROCFD_LEN];
-    /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
-    bool rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
-    int fd;
+    bool rewritten;
+    int fd, res;
 
-    vhfs_procfd(path, inode->fd);
-    fd = open(path, backing_flags(fi));
+    /* A disk other disks use as parent is not written (heal.c). */
+    if (writable(fi->flags) && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
+        return reply_err(req, "open", -res);
+    /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
+    rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
+    autopin p = pin(vhfs_of(req), inode);
+    if (p.fd < 0)
+        return reply_err(req, "open", -p.fd);
+    vhfs_procfd(path, p.fd);
+    RETRY_ON_EMFILE(vhfs_of(req), fd, open(path, backing_flags(fi)));
     if (fd < 0)
         return reply_err(req, "open", errno);
+    unpin(&p);
     opened(vhfs_of(req), inode, fi, fd);
     if (rewritten)
         fi->keep_cache = 0; /* the kernel drops the pages it cached of the old bytes */
     if (fuse_reply_open(req, fi) != 0)
         closed(inode, fi);
+}
+
+/* An existing file that create opens for writing: the check of lo_open (before any O_TRUNC). */
+static int may_write_existing(struct vhfs *fs, struct vhfs_inode *dir, const char *name, int flags)
+{
+    struct fuse_entry_param e;
+    int res;
+
+    if (!writable(flags) && !(flags & O_TRUNC))
+        return 0;
+    if (do_lookup(fs, dir, name, &e) < 0)
+        return 0; /* gone meanwhile: the open says what it finds */
+    res = vhfs_heal_may_write(fs, inode_by_ino(fs, e.ino));
+    inode_unref(fs, inode_by_ino(fs, e.ino), 1);
+    return res;
 }
 
 static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -730,11 +1096,18 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     int flags = backing_flags(fi);
     bool made;
 
+    autopin d = pin(fs, dir);
+    if (d.fd < 0)
+        return reply_err(req, "create", -d.fd);
     /* Only what this call made is given to the caller, never a file that appeared meanwhile. */
-    fd = openat(dir->fd, name, flags | O_CREAT | O_EXCL, mode);
+    RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, flags | O_CREAT | O_EXCL, mode));
     made = fd >= 0;
-    if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL))
-        fd = openat(dir->fd, name, flags, mode);
+    if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
+        res = may_write_existing(fs, dir, name, flags);
+        if (res < 0)
+            return reply_err(req, "create", -res);
+        RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, flags, mode));
+    }
     if (fd < 0)
         return reply_err(req, "create", errno);
     if (made)
@@ -858,20 +1231,24 @@ static void lo_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
  * A symlink cannot be reached that way without following it, and user.* attributes cannot be set
  * on symlinks anyway: a symlink shows none.
  */
-static ssize_t store_getxattr(struct vhfs_inode *inode, const char *name, char *buf, size_t size)
+static ssize_t store_getxattr(struct vhfs *fs, struct vhfs_inode *inode, const char *name,
+                              char *buf, size_t size)
 {
     char path[VHFS_PROCFD_LEN];
     ssize_t res;
 
     if (S_ISLNK(inode->type))
         return -ENODATA;
-    vhfs_procfd(path, inode->fd);
+    autopin p = pin(fs, inode);
+    if (p.fd < 0)
+        return p.fd;
+    vhfs_procfd(path, p.fd);
     res = getxattr(path, name, buf, size);
     return res < 0 ? -errno : res;
 }
 
 /* The store file's names without the hidden ones; the length kept, or -errno. */
-static ssize_t store_listxattr(struct vhfs_inode *inode, char *buf, size_t size)
+static ssize_t store_listxattr(struct vhfs *fs, struct vhfs_inode *inode, char *buf, size_t size)
 {
     char path[VHFS_PROCFD_LEN];
     ssize_t res;
@@ -879,7 +1256,10 @@ static ssize_t store_listxattr(struct vhfs_inode *inode, char *buf, size_t size)
 
     if (S_ISLNK(inode->type))
         return 0;
-    vhfs_procfd(path, inode->fd);
+    autopin p = pin(fs, inode);
+    if (p.fd < 0)
+        return p.fd;
+    vhfs_procfd(path, p.fd);
     res = listxattr(path, buf, size);
     if (res < 0)
         return -errno;
@@ -908,7 +1288,8 @@ static void lo_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
         return reply_err(req, "getxattr", ENOMEM);
     res = vhfs_xattr_get(vhfs_of(req), req, inode, name, buf, size, &ours);
     if (!ours)
-        res = vhfs_xattr_hidden(name) ? -ENODATA : store_getxattr(inode, name, buf, size);
+        res = vhfs_xattr_hidden(name) ? -ENODATA
+                                      : store_getxattr(vhfs_of(req), inode, name, buf, size);
     if (res < 0)
         return reply_err(req, "getxattr", (int)-res);
     if (size == 0)
@@ -925,7 +1306,7 @@ static void lo_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
     if (size > 0 && (buf = g_try_malloc(size)) == NULL)
         return reply_err(req, "listxattr", ENOMEM);
-    own = store_listxattr(inode, buf, size);
+    own = store_listxattr(vhfs_of(req), inode, buf, size);
     if (own < 0)
         return reply_err(req, "listxattr", (int)-own);
     extra = vhfs_xattr_list(vhfs_of(req), inode, size > 0 ? buf + own : NULL,
@@ -952,8 +1333,10 @@ static void lo_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
         if (vhfs_xattr_hidden(name) || S_ISLNK(inode->type)) {
             res = -EPERM; /* ours to synthesise, never stored; symlinks: as the kernel says */
         } else {
-            vhfs_procfd(path, inode->fd);
-            res = setxattr(path, name, value, size, flags) < 0 ? -errno : 0;
+            autopin p = pin(vhfs_of(req), inode);
+
+            vhfs_procfd(path, p.fd);
+            res = p.fd < 0 ? p.fd : setxattr(path, name, value, size, flags) < 0 ? -errno : 0;
         }
     }
     reply_err(req, "setxattr", -res);
@@ -970,8 +1353,10 @@ static void lo_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
         if (vhfs_xattr_hidden(name) || S_ISLNK(inode->type)) {
             res = -ENODATA;
         } else {
-            vhfs_procfd(path, inode->fd);
-            res = removexattr(path, name) < 0 ? -errno : 0;
+            autopin p = pin(vhfs_of(req), inode);
+
+            vhfs_procfd(path, p.fd);
+            res = p.fd < 0 ? p.fd : removexattr(path, name) < 0 ? -errno : 0;
         }
     }
     reply_err(req, "removexattr", -res);

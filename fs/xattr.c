@@ -292,12 +292,18 @@ static const struct vhfs_xattr_key *key_of(const char *name)
 }
 
 /* Does the store file carry its own attribute `name`? */
-static bool store_has(struct vhfs_inode *inode, const char *name)
+static bool store_has(struct vhfs *fs, struct vhfs_inode *inode, const char *name)
 {
     char path[VHFS_PROCFD_LEN];
+    int fd = vhfs_inode_pin(fs, inode);
+    bool has;
 
-    vhfs_procfd(path, inode->fd);
-    return getxattr(path, name, NULL, 0) >= 0;
+    if (fd < 0)
+        return false;
+    vhfs_procfd(path, fd);
+    has = getxattr(path, name, NULL, 0) >= 0;
+    vhfs_inode_unpin(fs, inode);
+    return has;
 }
 
 /* Names we may serve: ours (user.vhd.*) and the comment; nothing else is looked at. */
@@ -321,7 +327,7 @@ ssize_t vhfs_xattr_get(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode
     if (!candidate(name)) /* fast: every write asks for security.capability */
         return 0;
     k = key_of(name);
-    *ours = k != NULL ? strcmp(name, COMMENT) != 0 || !store_has(inode, COMMENT)
+    *ours = k != NULL ? strcmp(name, COMMENT) != 0 || !store_has(fs, inode, COMMENT)
                       : g_str_has_prefix(name, VHD_PREFIX);
     if (!*ours)
         return 0;
@@ -394,7 +400,7 @@ ssize_t vhfs_xattr_list(struct vhfs *fs, struct vhfs_inode *inode, char *buf, si
 
         if (!key->listed || key->read == NULL || !applies(key, q.info))
             continue;
-        if (strcmp(key->name, COMMENT) == 0 && store_has(inode, COMMENT))
+        if (strcmp(key->name, COMMENT) == 0 && store_has(fs, inode, COMMENT))
             continue; /* the store file lists its own */
         if (size > 0) {
             if (need + len > size) {

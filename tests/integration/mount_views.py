@@ -193,10 +193,12 @@ def build_store(store, work, rng):
     chains["vhd/fixed.vhd"] = ["vhd/fixed.vhd"]
     t.vhdheal("create", "--format", "vhd", "--type", "dynamic", "--block-size", "512K",
               "--size", "20M", p("vhd/base.vhd"))
+    # each disk is written before its child exists (vhdheal write refuses a parent in use)
+    write_random(p("vhd/base.vhd"), rng, 10, 20 * MIB, store=store)
     t.vhdheal("create", "--parent", p("vhd/base.vhd"), p("vhd/vm/child.vhd"))
+    write_random(p("vhd/vm/child.vhd"), rng, 10, 20 * MIB, store=store)
     t.vhdheal("create", "--parent", p("vhd/vm/child.vhd"), p("vhd/vm/grand.vhd"))
-    for disk in ("vhd/base.vhd", "vhd/vm/child.vhd", "vhd/vm/grand.vhd"):
-        write_random(p(disk), rng, 10, 20 * MIB, store=store)
+    write_random(p("vhd/vm/grand.vhd"), rng, 10, 20 * MIB, store=store)
     chains["vhd/vm/grand.vhd"] = ["vhd/vm/grand.vhd", "vhd/vm/child.vhd", "vhd/base.vhd"]
     chains["vhd/vm/child.vhd"] = ["vhd/vm/child.vhd", "vhd/base.vhd"]
     chains["vhd/base.vhd"] = ["vhd/base.vhd"]

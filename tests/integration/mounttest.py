@@ -39,11 +39,12 @@ def require_fuse():
 
 
 class Mount:
-    """vhdhealfs -f STORE MNT [-o OPTS]; log in LOG (appended)."""
+    """vhdhealfs -f STORE MNT [-o OPTS]; log in LOG (appended); `wrap`: a command line put in
+    front (e.g. prlimit)."""
 
-    def __init__(self, store, mnt, log, opts=""):
+    def __init__(self, store, mnt, log, opts="", wrap=()):
         self.store, self.mnt, self.log = store, mnt, log
-        args = [VHDHEALFS, "-f"] + (["-o", opts] if opts else []) + [store, mnt]
+        args = list(wrap) + [VHDHEALFS, "-f"] + (["-o", opts] if opts else []) + [store, mnt]
         self.logf = open(log, "ab")
         self.proc = subprocess.Popen(args, stdout=self.logf, stderr=self.logf)
         deadline = time.monotonic() + 20

@@ -513,6 +513,95 @@ static void test_recover_and_corrupt(void **state)
     fx_free(f);
 }
 
+static void test_children(void **state)
+{
+    fx_t *f = fx_new(VH_FORMAT_VHD);
+    make_base(f, "lib/base.vhd");
+    make_child(f, "vm/c1.avhd", "lib/base.vhd");
+    make_child(f, "other/c2.avhd", "lib/base.vhd");
+    make_child(f, "vm/gc.avhd", "vm/c1.avhd");
+    start(f);
+    g_autoptr(GPtrArray) kids = vh_service_children(f->s, "lib/base.vhd", NULL);
+    assert_int_equal(kids->len, 2);
+    assert_string_equal(kids->pdata[0], "other/c2.avhd");
+    assert_string_equal(kids->pdata[1], "vm/c1.avhd");
+    g_autoptr(GPtrArray) grand = vh_service_children(f->s, "vm/c1.avhd", NULL);
+    assert_int_equal(grand->len, 1);
+    assert_string_equal(grand->pdata[0], "vm/gc.avhd");
+    g_autoptr(GPtrArray) none = vh_service_children(f->s, "vm/gc.avhd", NULL);
+    assert_int_equal(none->len, 0);
+    g_autoptr(GError) e = NULL;
+    assert_null(vh_service_children(f->s, "nosuch.vhd", &e));
+    assert_int_equal(e->code, ENOENT);
+    g_autofree char *text = vh_children_text(kids);
+    assert_string_equal(text, "other/c2.avhd, vm/c1.avhd");
+    g_autoptr(GPtrArray) seven = g_ptr_array_new();
+    for (int k = 0; k < 7; k++)
+        g_ptr_array_add(seven, "x");
+    g_autofree char *cut = vh_children_text(seven);
+    assert_string_equal(cut, "x, x, x, x, x and 2 more");
+
+    /* vhdheal write's check: the store is given or found (STORE/.vhdheal marks it) */
+    g_autofree char *base = path_of(f, "lib/base.vhd");
+    g_autofree char *leaf = path_of(f, "vm/gc.avhd");
+    g_autoptr(GError) e2 = NULL;
+    assert_int_equal(vh_parent_write_check(base, f->store, false, &e2), -EBUSY);
+    assert_non_null(strstr(e2->message, "other/c2.avhd, vm/c1.avhd"));
+    assert_non_null(strstr(e2->message, "--force"));
+    assert_int_equal(vh_parent_write_check(base, f->store, true, NULL), 0);
+    assert_int_equal(vh_parent_write_check(leaf, f->store, false, NULL), 0);
+    mkdir_in(f, ".vhdheal");
+    g_autoptr(GError) e3 = NULL;
+    assert_int_equal(vh_parent_write_check(base, NULL, false, &e3), -EBUSY);
+    fx_free(f);
+}
+
+/* Refuses one child (ctx: its path); counts the calls from every thread. */
+typedef struct {
+    const char *refused;
+    gint calls;
+} gate_one_t;
+
+static int gate_one(void *ctx, const vh_disk_info *child, const char *parent_abs,
+                    vh_reconnect_pin *pin, char **why)
+{
+    gate_one_t *g = ctx;
+    g_atomic_int_inc(&g->calls);
+    if (strcmp(child->path, g->refused) != 0)
+        return 0;
+    *why = g_strdup("refused by the test");
+    return -EBUSY;
+}
+
+/* A folder of many children moved: all relinked from several threads, the refused one left. */
+static void test_relink_many(void **state)
+{
+    enum { N = 24 };
+    fx_t *f = fx_new(VH_FORMAT_VHDX);
+    make_base(f, "lib/base.vhdx");
+    for (int k = 0; k < N; k++) {
+        g_autofree char *rel = g_strdup_printf("vms/c%02d.avhdx", k);
+        make_child(f, rel, "lib/base.vhdx");
+    }
+    start(f);
+    move(f, "vms", "deep/vms");
+    gate_one_t g = {.refused = "deep/vms/c07.avhdx"};
+    g_autoptr(GPtrArray) changed =
+        g_ptr_array_new_with_free_func((GDestroyNotify)vh_disk_info_unref);
+    assert_int_equal(
+        vh_service_renamed(f->s, "vms", "deep/vms", false, true, gate_one, &g, changed), N - 1);
+    assert_int_equal(changed->len, N - 1);
+    assert_int_equal(g_atomic_int_get(&g.calls), N);
+    for (int k = 0; k < N; k++) {
+        g_autofree char *rel = g_strdup_printf("deep/vms/c%02d.avhdx", k);
+        g_autoptr(vh_chain) ch = vh_service_chain(f->s, rel, NULL);
+        assert_int_equal(ch->broken, k == 7 ? 1 : 0);
+    }
+    assert_int_equal(log_count(f, "I healed deep/vms/c"), N - 1);
+    assert_int_equal(log_count(f, "W not healed deep/vms/c07.avhdx"), 1);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -525,6 +614,8 @@ int main(void)
         cmocka_unit_test(test_relink_after_rename),
         cmocka_unit_test(test_relink_after_exchange),
         cmocka_unit_test(test_recover_and_corrupt),
+        cmocka_unit_test(test_children),
+        cmocka_unit_test(test_relink_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
