@@ -41,7 +41,7 @@ def run_format(root, fmt):
     fill(S(f"lib/base.{e}"), 1)
     child(S(f"vm1/c1.{a}"), S(f"lib/base.{e}"))
     child(S(f"vm2/c2.{a}"), S(f"lib/base.{e}"))
-    fill(S(f"vm1/c1.{a}"), 2, (1 << 20,))
+    fill(S(f"vm1/c1.{a}"), 2, (1 << 20,), store=S(""))
     os.makedirs(S(".vhdheal"), exist_ok=True)  # the store: children in sibling folders count
     base_sha = sha(S(f"lib/base.{e}"))
     ref = content(S(f"vm1/c1.{a}"))

@@ -33,7 +33,7 @@ def run_format(root, fmt):
     for k in range(N):
         vhdheal("create", "--parent", S(f"lib/base.{e}"), S(f"vms/c{k}.{e}"))
     for k in (0, N // 2, N - 1):
-        fill(S(f"vms/c{k}.{e}"), 10 + k, (1 << 20,))
+        fill(S(f"vms/c{k}.{e}"), 10 + k, (1 << 20,), store=S(""))
     refs = {k: content(S(f"vms/c{k}.{e}"), store) for k in (0, N // 2, N - 1)}
 
     mt = Mount(store, mnt, os.path.join(root, f"daemon-{fmt}.log"))

@@ -515,8 +515,10 @@ def check_held_open_raw(store, mnt):
         t.check(after[4 * MIB + 512:4 * MIB + 512 + 65536] == b"\x22" * 65536,
                 "the held-open @raw shows a write that allocated a new block in the top")
         t.check(after == want, "the held-open @raw reads what vhdheal reads after the writes")
-        # a change to the base through the mount reaches the top's @raw too
-        t.vhdheal("write", os.path.join(mnt, "coh/base.vhd"), 6 * MIB, input=b"\x33" * 4096)
+        # a change to the base through the mount reaches the top's @raw too (a parent in use:
+        # --force, and a mount with allow_parent_writes)
+        t.vhdheal("write", "--force", os.path.join(mnt, "coh/base.vhd"), 6 * MIB,
+                  input=b"\x33" * 4096)
         again = pread_all(fd, 6 * MIB, 4096)
         t.check(again == b"\x33" * 4096, "the held-open @raw shows a write into the base")
     finally:
@@ -673,7 +675,7 @@ def main():
         t.vhdheal("write", os.path.join(coh, "base.vhd"), 0, input=rng.randbytes(8 * MIB))
         t.vhdheal("create", "--parent", os.path.join(coh, "base.vhd"), os.path.join(coh, "top.vhd"))
         t.vhdheal("write", os.path.join(coh, "top.vhd"), 0, input=rng.randbytes(MIB))
-        m = Mount(store, mnt, log, "-o", "heal=off")
+        m = Mount(store, mnt, log, "-o", "heal=off,allow_parent_writes")
         check_held_open_raw(store, mnt)
         check_direct_changes(store, mnt)
         check_huge_raw_memory(store, mnt, m.proc.pid)
