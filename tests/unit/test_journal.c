@@ -157,7 +157,7 @@ static void crash_at_every_op_recovers(void **state)
             bool fired = vh_fault_fired();
             vh_fault_disarm();
             assert_true(r < 0 || !fired);
-            assert_true(vh_journal_recover(j, NULL, NULL) >= 0);
+            assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
             g_autoptr(GBytes) now = file_bytes(fx->child);
             assert_true(g_bytes_equal(now, fx->original) || g_bytes_equal(now, committed));
             if (fired)
@@ -182,7 +182,7 @@ static void unfinished_last_record_is_ignored(void **state)
     g_autoptr(GPtrArray) list = NULL;
     assert_int_equal(vh_journal_list(j, &list, NULL), 0);
     assert_int_equal(list->len, 1);
-    assert_int_equal(vh_journal_recover(j, NULL, NULL), 0);
+    assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 0);
 }
 
 int main(void)

@@ -336,7 +336,7 @@ static int crash_everywhere(vh_format f, const char *moved_dir)
              * open's journal recovery puts back the original bytes (DESIGN.md "Journal"). */
             g_autoptr(vh_journal) j = NULL;
             assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
-            assert_true(vh_journal_recover(j, NULL, NULL) >= 0);
+            assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
             g_autoptr(GBytes) now = file_bytes(fx->child);
             assert_true(g_bytes_equal(now, original));
             covered++;
