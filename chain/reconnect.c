@@ -124,7 +124,7 @@ static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
         return vh_fail(err, ENOTSUP, "%s: not a VHD or VHDX file", child);
     }
     g_autoptr(GError) e = NULL;
-    if (vh_disk_open(child, VH_OPEN_READ, out, &e) < 0)
+    if (vh_disk_open_settled_path(child, VH_OPEN_READ, out, &e) < 0)
         return vh_fail(err, e->code == EACCES ? EACCES : EIO, "%s", e->message);
     if ((*out)->type != VH_TYPE_DIFFERENCING)
         return vh_fail(err, ENOTSUP, "%s: a %s %s disk has no parent to reconnect", child,
@@ -136,7 +136,7 @@ static int open_child_for_checks(const char *child, vh_disk **out, GError **err)
 static int check_parent(const vh_disk *c, const char *parent_path, vh_disk **out, GError **err)
 {
     g_autoptr(GError) e = NULL;
-    if (vh_disk_open(parent_path, VH_OPEN_READ, out, &e) < 0)
+    if (vh_disk_open_settled_path(parent_path, VH_OPEN_READ, out, &e) < 0)
         return vh_fail(err, e->code == EACCES ? EACCES : EINVAL, "the parent is not usable: %s",
                        e->message);
     const vh_disk *p = *out;

@@ -698,7 +698,8 @@ static int open_resolved(vh_store *store, const vh_chain *c, bool writable, vh_d
         const vh_disk_info *i = c->disks->pdata[k];
         g_autofree char *abs = g_build_filename(vh_store_root(store), i->path, NULL);
         vh_disk *d = NULL;
-        int r = vh_disk_open(abs, k == 0 && writable ? VH_OPEN_WRITE : VH_OPEN_READ, &d, err);
+        int r = vh_disk_open_settled_path(abs, k == 0 && writable ? VH_OPEN_WRITE : VH_OPEN_READ,
+                                          &d, err);
         if (r == 0 && (d->format != i->format || !vh_id_equal(&d->id, &i->id))) {
             vh_disk_close(d);
             r = vh_fail(err, EAGAIN, "%s changed while its chain was being opened", abs);
