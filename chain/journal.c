@@ -4,6 +4,7 @@
 #include "journal.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -314,6 +315,22 @@ static GBytes *chunk_sums(const uint8_t *buf, size_t len)
     return g_bytes_new_take(out, n * SUM_LEN);
 }
 
+/*
+ * Tests only: VHDHEAL_TEST_JOURNAL_DELAY_US stretches each journaled write of a repair (a pause
+ * between its record and the write), so that a test can kill a daemon in the middle of its
+ * repairs rather than between them. Unset, nothing waits.
+ */
+static void test_delay(void)
+{
+    static gint us = -1;
+    if (g_atomic_int_get(&us) < 0) {
+        const char *e = g_getenv("VHDHEAL_TEST_JOURNAL_DELAY_US");
+        g_atomic_int_set(&us, e ? CLAMP(atoi(e), 0, 1000000) : 0);
+    }
+    if (g_atomic_int_get(&us) > 0)
+        g_usleep((gulong)g_atomic_int_get(&us));
+}
+
 /* The journal hook: save what is about to be overwritten (or cut off by a truncate) and a hash
  * of what is about to be written, durably, before the write. */
 static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
@@ -345,6 +362,7 @@ static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const v
         return r;
     }
     g_array_append_val(rp->ranges, jr);
+    test_delay();
     return 0;
 }
 

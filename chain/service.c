@@ -496,7 +496,7 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
         r = rewrite(s, child, parent_abs, force, false, gate, ctx, res, &e);
     g_autofree char *pname = store_name(s, parent_abs);
     if (r == 0 && res->already_healed) {
-        g_autoptr(vh_disk_info) now = after_rewrite(s, child);
+        vh_store_note_changed(s->store, child->path);
         logf_(s, false, "reconnect of %s to %s: already linked to it, nothing written", child_rel,
               pname);
         return 0;
