@@ -50,8 +50,15 @@ typedef struct {
     uint64_t final_size;
     char *final_hash;
     bool undoing;
-    bool legacy; /* a record of the old text format: no hashes of the new bytes */
+    bool legacy;   /* a record of the old text format: no hashes of the new bytes */
+    GArray *spans; /* text_span: its RANGE records, decoded into ranges only when needed */
+    GBytes *text;  /* the journal text the spans point into */
 } parsed_repair;
+
+typedef struct {
+    size_t off, len;
+    bool legacy;
+} text_span;
 
 static void range_clear(gpointer p)
 {
@@ -92,6 +99,9 @@ static void parsed_free(gpointer p)
     g_free(r->info.old_link);
     g_free(r->info.new_link);
     g_array_unref(r->ranges);
+    g_array_unref(r->spans);
+    if (r->text)
+        g_bytes_unref(r->text);
     g_free(r->final_hash);
     g_free(r);
 }
@@ -540,6 +550,7 @@ static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
         p->info.new_link = g_strcompress(f[6]);
         p->info.state = VH_REPAIR_OPEN;
         p->ranges = ranges_new();
+        p->spans = g_array_new(FALSE, FALSE, sizeof(text_span));
         p->legacy = legacy;
         g_ptr_array_add(all, p);
         return;
@@ -547,11 +558,7 @@ static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
     parsed_repair *p = n >= 2 ? find_parsed(all, f[1]) : NULL;
     if (!p)
         return;
-    if (strcmp(f[0], "RANGE") == 0 && (legacy ? n == 5 : n == 7)) {
-        journal_range jr;
-        if (parse_range(f, n, &jr))
-            g_array_append_val(p->ranges, jr);
-    } else if (n >= 4 && strcmp(f[0], "COMMIT") == 0) {
+    if (n >= 4 && strcmp(f[0], "COMMIT") == 0) { /* RANGE records: note_range */
         parse_u64(f[2], &p->final_size);
         g_free(p->final_hash);
         p->final_hash = g_strdup(f[3]);
@@ -565,8 +572,50 @@ static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
     }
 }
 
-static void parse_payload(GPtrArray *all, const char *s, size_t len, bool legacy)
+/* A RANGE record is only noted (where it is in the text): decoding every range of a long
+ * journal for each recovery would cost more than the repair. */
+static bool note_range(GPtrArray *all, GBytes *text, const char *s, size_t len, bool legacy)
 {
+    if (len < 6 || memcmp(s, "RANGE\t", 6) != 0)
+        return false;
+    const char *id = s + 6, *tab = memchr(id, '\t', len - 6);
+    if (!tab)
+        return true;
+    g_autofree char *ids = g_strndup(id, (gsize)(tab - id));
+    parsed_repair *p = find_parsed(all, ids);
+    if (p) {
+        const char *base = g_bytes_get_data(text, NULL);
+        text_span sp = {(size_t)(s - base), len, legacy};
+        g_array_append_val(p->spans, sp);
+        if (!p->text)
+            p->text = g_bytes_ref(text);
+    }
+    return true;
+}
+
+/* Decodes the RANGE records of p (once). */
+static void load_ranges(parsed_repair *p)
+{
+    if (!p->text)
+        return;
+    const char *base = g_bytes_get_data(p->text, NULL);
+    for (guint k = 0; k < p->spans->len; k++) {
+        text_span *sp = &g_array_index(p->spans, text_span, k);
+        g_autofree char *line = g_strndup(base + sp->off, sp->len);
+        g_auto(GStrv) f = g_strsplit(line, "\t", -1);
+        guint n = g_strv_length(f);
+        journal_range jr;
+        if ((sp->legacy ? n == 5 : n == 7) && parse_range(f, n, &jr))
+            g_array_append_val(p->ranges, jr);
+    }
+    g_array_set_size(p->spans, 0);
+    g_clear_pointer(&p->text, g_bytes_unref);
+}
+
+static void parse_payload(GPtrArray *all, GBytes *text, const char *s, size_t len, bool legacy)
+{
+    if (note_range(all, text, s, len, legacy))
+        return;
     g_autofree char *line = g_strndup(s, len);
     g_auto(GStrv) f = g_strsplit(line, "\t", -1);
     parse_fields(all, f, g_strv_length(f), legacy);
@@ -610,8 +659,10 @@ static bool legacy_line_ok(const char *s, size_t len)
     return true;
 }
 
-static void parse_text(GPtrArray *all, const char *text, size_t len)
+static void parse_text(GPtrArray *all, GBytes *bytes)
 {
+    gsize len;
+    const char *text = g_bytes_get_data(bytes, &len);
     size_t pos = 0;
     while (pos < len) {
         const char *p = text + pos;
@@ -620,7 +671,7 @@ static void parse_text(GPtrArray *all, const char *text, size_t len)
             const char *payload;
             size_t plen, n = record_at(p, avail, &payload, &plen);
             if (n) {
-                parse_payload(all, payload, plen, false);
+                parse_payload(all, bytes, payload, plen, false);
                 pos += n;
                 continue;
             }
@@ -635,7 +686,7 @@ static void parse_text(GPtrArray *all, const char *text, size_t len)
         if (!nl)
             break; /* a line without its newline never finished */
         if (legacy_line_ok(p, (size_t)(nl - p)))
-            parse_payload(all, p, (size_t)(nl - p), true);
+            parse_payload(all, bytes, p, (size_t)(nl - p), true);
         pos = (size_t)(nl - text) + 1;
     }
 }
@@ -663,7 +714,8 @@ static int read_journal(vh_journal *j, GPtrArray **out, GError **err)
     }
     text[got] = '\0';
     GPtrArray *all = g_ptr_array_new_with_free_func(parsed_free);
-    parse_text(all, text, got);
+    g_autoptr(GBytes) bytes = g_bytes_new_take(g_steal_pointer(&text), got);
+    parse_text(all, bytes);
     *out = all;
     return 0;
 }
@@ -804,8 +856,9 @@ static void seg_clear(gpointer p)
  * it wrote (a crash at any write, torn in CHUNKs or not)? Simulates the rollback newest range
  * first: each range must hold its new bytes or its original ones.
  */
-static int compare_child(vh_file *f, const parsed_repair *p, found *out, char **why, GError **err)
+static int compare_child(vh_file *f, parsed_repair *p, found *out, char **why, GError **err)
 {
+    load_ranges(p);
     if (p->legacy) { /* no hashes of the new bytes: only "untouched" can be recognised */
         for (guint i = 0; i < p->ranges->len; i++) {
             journal_range *jr = &g_array_index(p->ranges, journal_range, i);
@@ -987,6 +1040,7 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
                                                          : "rolled back");
     if ((r = refresh_size(f, err)) < 0)
         return r;
+    load_ranges(p);
     if (!p->undoing) {
         g_autofree char *hash = NULL;
         r = hash_ranges(f, p->ranges, &hash, err);

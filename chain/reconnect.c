@@ -227,7 +227,7 @@ static bool link_is_plan(const vh_disk *d, const link_plan *lp)
 {
     if (!vh_id_equal(&d->link.parent_id, &lp->u.parent_id))
         return false;
-    bool relative = false;
+    bool relative = false, absolute = false;
     for (guint i = 0; d->link.locators && i < d->link.locators->len; i++) {
         const vh_locator *l = d->link.locators->pdata[i];
         switch (l->kind) {
@@ -244,12 +244,17 @@ static bool link_is_plan(const vh_disk *d, const link_plan *lp)
             /* without a winroot a VHD's W2ku holds the relative path, a VHDX has none */
             if (strcmp(l->path, lp->absolute ? lp->absolute : lp->relative) != 0)
                 return false;
+            absolute = true;
+            break;
+        case VH_LOC_PARENT_NAME:
+            if (strcmp(l->path, lp->absolute ? lp->absolute : lp->file_name) != 0)
+                return false;
             break;
         default:
             break;
         }
     }
-    return relative;
+    return relative && (absolute || !lp->absolute); /* a winroot adds an absolute locator */
 }
 
 /* A second handle on the child's open file description: it keeps the OFD lock alive while the

@@ -30,8 +30,10 @@ import tempfile
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
 from mounttest import (Mount, check, child, content, create, expected, ext, fill,  # noqa: E402
                        locators, require_fuse, sha)
@@ -60,30 +62,79 @@ def crc32c(data):
     return crc ^ 0xFFFFFFFF
 
 
-def journal(store):
-    """The records of STORE's journal, each a list of fields; fails on anything not well formed
-    (a torn record, a bad checksum, bytes between records)."""
-    path = os.path.join(store, ".vhdheal", "journal")
-    st = os.stat(path)
-    check(st.st_mode & 0o777 == 0o600, f"journal mode {oct(st.st_mode & 0o777)}")
-    check(os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700, "journal folder mode")
-    with open(path, "rb") as f:
-        data = f.read()
-    recs, pos = [], 0
-    while pos < len(data):
+class Journal:
+    """STORE's journal, read independently of the engine, record by record as it grows. A
+    record torn by a killed writer must be closed by the mark the next append puts after it
+    ("\\x15\\n"); it is skipped and counted when torn_ok, else it is a failure, and so is
+    anything else not well formed (a bad checksum, bytes between records)."""
+
+    def __init__(self, store, torn_ok=False):
+        self.path = os.path.join(store, ".vhdheal", "journal")
+        self.recs, self.pos, self.torn, self.torn_ok, self.size = [], 0, 0, torn_ok, 0
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def peek(self):
+        """The records appended since the last update(), as far as they are whole (others may
+        be appending); nothing is consumed."""
+        if not self.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        recs, pos = [], 0
+        while True:
+            n = self._record(data, pos)
+            if not n:
+                return recs
+            recs.append(data[pos + 24:pos + n - 1].decode().split("\t"))
+            pos += n
+
+    def update(self):
+        """Reads what was appended since (the store must be quiet); returns the new records."""
+        check(self.exists(), "no journal")
+        st = os.stat(self.path)
+        check(st.st_mode & 0o777 == 0o600, f"journal mode {oct(st.st_mode & 0o777)}")
+        check(os.stat(os.path.dirname(self.path)).st_mode & 0o777 == 0o700,
+              "journal folder mode")
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        new, pos = [], 0
+        while pos < len(data):
+            n = self._record(data, pos)
+            if n:
+                new.append(data[pos + 24:pos + n - 1].decode().split("\t"))
+                pos += n
+                continue
+            nxt = data.find(b"\n@VHJ2 ", pos)
+            closed = nxt > 0 and data[nxt - 1:nxt] == b"\x15"
+            check(self.torn_ok and closed,
+                  f"journal: damaged record at offset {self.pos + pos}: {data[pos:pos + 40]!r}")
+            if not (self.torn_ok and closed):
+                break
+            self.torn += 1
+            pos = nxt + 1
+        self.pos += pos
+        self.size = self.pos
+        self.recs += new
+        return new
+
+    @staticmethod
+    def _record(data, pos):
+        """The length of the whole record at pos, or 0."""
         if not data.startswith(b"@VHJ2 ", pos) or len(data) < pos + 24:
-            check(False, f"journal: no record at offset {pos}: {data[pos:pos + 40]!r}")
-            break
-        n, crc = int(data[pos + 6:pos + 14], 16), int(data[pos + 15:pos + 23], 16)
+            return 0
+        try:
+            n, crc = int(data[pos + 6:pos + 14], 16), int(data[pos + 15:pos + 23], 16)
+        except ValueError:
+            return 0
         payload = data[pos + 24:pos + 24 + n]
-        ok = len(payload) == n and data[pos + 24 + n:pos + 25 + n] == b"\n" and \
-            crc32c(payload) == crc
-        check(ok, f"journal: record at offset {pos} is torn or damaged")
-        if not ok:
-            break
-        recs.append(payload.decode().split("\t"))
-        pos += 25 + n
-    return recs
+        if len(payload) != n or data[pos + 24 + n:pos + 25 + n] != b"\n" or \
+                crc32c(payload) != crc:
+            return 0
+        return 25 + n
 
 
 def repairs(recs):
@@ -127,10 +178,10 @@ def plant(store, folder, seed):
         s = seed * 2 + i
         base, kid = f"{folder}/{fmt}/base.{e}", f"{folder}/{fmt}/child.{a}"
         create(os.path.join(store, base), fmt, "2M")
-        fill(os.path.join(store, base), s % 200 + 1, (0, 1 << 20))
+        fill(os.path.join(store, base), s % 200 + 1, (1 << 20,))
         child(os.path.join(store, kid), os.path.join(store, base))
         fill(os.path.join(store, kid), s % 200 + 31, (4096 * 3,))
-        ref = expected(SIZE, [(s % 200 + 1, (0, 1 << 20)), (s % 200 + 31, (4096 * 3,))])
+        ref = expected(SIZE, [(s % 200 + 1, (1 << 20,)), (s % 200 + 31, (4096 * 3,))])
         moved = f"{folder}/moved/base.{e}"
         os.makedirs(os.path.join(store, folder, "moved"), exist_ok=True)
         os.rename(os.path.join(store, base), os.path.join(store, moved))
@@ -155,15 +206,53 @@ def expect_clean(what, p, problems):
 
 
 def relative_locator(store, kid):
-    locs = locators(os.path.join(store, kid))
+    """The child's relative parent locator as the engine reads it (None: it does not open)."""
+    try:
+        locs = locators(os.path.join(store, kid))
+    except RuntimeError:
+        return None
     return locs.get("relative_path") or locs.get("W2ru")
+
+
+def healed(store, kid):
+    """Does the child's relative locator on disk lead to the moved base (read by vhcraft, not by
+    the engine)?"""
+    path = os.path.join(store, kid)
+    locs = vhcraft.vhdx_locator(path) if path.endswith("x") else vhcraft.vhd_locators(path)
+    rel = locs.get("relative_path") or locs.get("W2ru") or ""
+    return "moved" in rel
 
 # ---------------------------------------------------------------------------------------------
 # Part 1
 
 
-def one_round(store, mnt_a, mnt_b, root, n, problems):
-    chains = plant(store, f"r{n}", n)
+def plant_all(where, folders):
+    """plant() for every (folder, seed) under WHERE (outside the store), several at a time;
+    each round moves its folder into the store, and out again when it is done, so that the
+    store (scanned by every check, repair and mount) stays small."""
+    with ThreadPoolExecutor(max_workers=3) as ex:
+        return list(ex.map(lambda fs: plant(where, *fs), folders))
+
+
+def move_in(where, store, folder):
+    os.rename(os.path.join(where, folder), os.path.join(store, folder))
+
+
+def move_out(store, done, folder):
+    os.rename(os.path.join(store, folder), os.path.join(done, folder))
+
+
+def undo_round(store, new_recs, chains, what):
+    """Undoes the round's repairs, newest first: every child gets its original bytes back."""
+    ids = [r[1] for r in new_recs if r[0] == "BEGIN"]
+    if ids:
+        vhdtest.vhdheal("undo", "--store", store, *reversed(ids))
+    restored = sum(1 for kid, _, _, orig in chains if sha(os.path.join(store, kid)) == orig)
+    check(restored == len(chains), f"{what}: undo restored {restored} of {len(chains)} children")
+    return restored
+
+
+def one_round(store, mnt_a, mnt_b, root, n, chains, problems):
     folder = os.path.join(store, f"r{n}")
     threads = []
 
@@ -190,22 +279,39 @@ def one_round(store, mnt_a, mnt_b, root, n, problems):
     for t in threads:
         t.join(120)
     for kid, moved, ref, _ in chains:
-        rel = relative_locator(store, kid)
-        check(rel is not None and "moved" in rel,
-              f"round {n}: {kid} not healed (relative locator {rel})")
+        check(healed(store, kid), f"round {n}: {kid} not healed")
         check(content(os.path.join(store, kid)) == ref, f"round {n}: {kid}: content differs")
-    return chains
 
 
 def part1(root):
-    store, mnt_a, mnt_b = (os.path.join(root, x) for x in ("store1", "mnt1a", "mnt1b"))
-    for d in (store, mnt_a, mnt_b):
+    store, mnt_a, mnt_b, where, done = (os.path.join(root, x) for x in
+                                        ("store1", "mnt1a", "mnt1b", "plant1", "done1"))
+    for d in (store, mnt_a, mnt_b, where, done):
         os.makedirs(d)
+    planted = plant_all(where, [(f"r{n}", n) for n in range(ROUNDS)])
+    j = Journal(store)
     ma = Mount(store, mnt_a, os.path.join(root, "a.log"))
-    allchains, problems = [], []
+    problems, links, once, repairs_seen, restored = [], 0, 0, 0, 0
     try:
         for n in range(ROUNDS):
-            allchains += one_round(store, mnt_a, mnt_b, root, n, problems)
+            chains = planted[n]
+            move_in(where, store, f"r{n}")
+            one_round(store, mnt_a, mnt_b, root, n, chains, problems)
+            new = j.update()
+            reps = repairs(new)
+            per = commits_per_child(reps)
+            links += len(chains)
+            repairs_seen += len(reps)
+            ok = sum(1 for kid, _, _, _ in chains if per.get(kid) == 1)
+            once += ok
+            check(ok == len(chains), f"round {n}: links not repaired exactly once: "
+                  f"{[(k, per.get(k)) for k, _, _, _ in chains]}")
+            rolled = [rid for rid, r in reps.items() if r["state"] != "commit"]
+            check(not rolled, f"round {n}: repairs not committed: {rolled}")
+            restored += undo_round(store, new, chains, f"round {n}")
+            undo = repairs(new + j.update())
+            check(all(r["state"] == "undo" for r in undo.values()), f"round {n}: not all undone")
+            move_out(store, done, f"r{n}")
         check(ma.alive(), "the first daemon died")
     finally:
         ma.stop()
@@ -215,20 +321,11 @@ def part1(root):
         with open(os.path.join(root, log), errors="replace") as f:
             bad = [line for line in f if BAD_OUTPUT.search(line)]
         check(not bad, f"{log}: {bad[:3]}")
-    reps = repairs(journal(store))
-    per = commits_per_child(reps)
-    links = len(allchains)
-    once = sum(1 for kid, _, _, _ in allchains if per.get(kid) == 1)
-    check(once == links, f"{links - once} of {links} broken links not repaired exactly once: "
-          f"{[(k, per.get(k)) for k, _, _, _ in allchains if per.get(k) != 1][:5]}")
-    rolled = [rid for rid, r in reps.items() if r["state"] != "commit"]
-    check(not rolled, f"repairs not committed: {rolled[:5]}")
-    ids = [rid for rid in reps]  # oldest first
-    vhdtest.vhdheal("undo", "--store", store, *reversed(ids))
-    restored = sum(1 for kid, _, _, orig in allchains if sha(os.path.join(store, kid)) == orig)
-    check(restored == links, f"undo restored {restored} of {links} children")
-    print(f"part 1: {ROUNDS} rounds, {links} broken links, {len(reps)} repairs journaled, "
-          f"{once} repaired exactly once, {restored} restored by undo")
+    j.update()
+    check(j.pos == os.path.getsize(j.path), "the journal ends in a damaged record")
+    print(f"part 1: {ROUNDS} rounds, {links} broken links, {repairs_seen} repairs journaled, "
+          f"{once} repaired exactly once, {restored} restored by undo, "
+          f"journal {j.pos} bytes, {len(j.recs)} records, all well formed")
 
 # ---------------------------------------------------------------------------------------------
 # Part 2
@@ -245,31 +342,36 @@ def slow_mount(store, mnt, log):
 
 
 def part2(root):
-    store = os.path.join(root, "store2")
+    store, where, done = (os.path.join(root, x) for x in ("store2", "plant2", "done2"))
     mnts = [os.path.join(root, x) for x in ("mnt2a", "mnt2b")]
-    for d in [store] + mnts:
+    for d in [store, where, done] + mnts:
         os.makedirs(d)
     logs = [os.path.join(root, x) for x in ("k.log", "l.log")]
+    planted = plant_all(where, [(f"k{n}", 1000 + n) for n in range(KILL_ROUNDS)] +
+                        [(f"k{n}b", 2000 + n) for n in range(KILL_ROUNDS)])
+    j = Journal(store, torn_ok=True)
     victim = slow_mount(store, mnts[0], logs[0])
     keeper = Mount(store, mnts[1], logs[1])
-    allchains, problems, kills, mid, inside = [], [], 0, 0, 0
+    problems, kills, mid, inside, links, once, nreps, rolled, qemu = [], 0, 0, 0, 0, 0, 0, 0, 0
     try:
-        window = 0.3  # how long the victim takes to open (heal) a round's chains
         for n in range(KILL_ROUNDS):
-            chains = plant(store, f"k{n}a", 1000 + n) + plant(store, f"k{n}b", 2000 + n)
-            allchains += chains
-            took = []
+            chains = planted[n] + planted[KILL_ROUNDS + n]
+            for f in (f"k{n}", f"k{n}b"):
+                move_in(where, store, f)
 
-            def victim_opens():
-                t = time.monotonic()
-                open_all(mnts[0], chains, [])
-                took.append(time.monotonic() - t)
+            def keeper_opens():
+                time.sleep(0.05)  # the victim usually begins; then both heal at once
+                open_all(mnts[1], chains[::-1], [])
 
-            ts = [threading.Thread(target=victim_opens),
-                  threading.Thread(target=open_all, args=(mnts[1], chains[::-1], []))]
+            ts = [threading.Thread(target=open_all, args=(mnts[0], chains, [])),
+                  threading.Thread(target=keeper_opens)]
             for t in ts:
                 t.start()
-            time.sleep(random.uniform(0, window))
+            # kill at a random moment once a repair has begun (or after 3 s in any case)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not any(r[0] == "BEGIN" for r in j.peek()):
+                time.sleep(0.005)
+            time.sleep(random.uniform(0, 0.1))
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait()
             kills += 1
@@ -277,47 +379,51 @@ def part2(root):
             for t in ts:
                 t.join(120)
             victim.logf.close()
-            inside += sum(1 for r in repairs(journal(store)).values() if r["state"] == "open")
-            if took and took[0] > 0.01:  # it finished before the kill: aim earlier next time
-                window = (window + took[0]) / 2
             for kid, _, ref, _ in chains:
-                # old or new link, and the true content either way (a crash at any point)
+                # the engine opens it, with its old link or its new one
                 rel = relative_locator(store, kid)
-                healed = rel is not None and "moved" in rel
-                mid += not healed
                 check(rel is not None, f"kill round {n}: {kid} does not open")
+                mid += rel is not None and "moved" not in rel
             open_all(mnts[1], chains, problems)  # the other daemon heals what is left
             victim = slow_mount(store, mnts[0], logs[0])  # its start recovers the journal
             open_all(mnts[0], chains, problems)
             for kid, _, ref, _ in chains:
-                rel = relative_locator(store, kid)
-                check(rel is not None and "moved" in rel, f"kill round {n}: {kid} not healed")
+                check(healed(store, kid), f"kill round {n}: {kid} not healed")
                 check(content(os.path.join(store, kid)) == ref,
                       f"kill round {n}: {kid}: content differs")
+            reps = repairs(j.update() if j.exists() else [])
+            unresolved = [rid for rid, r in reps.items() if r["state"] == "open"]
+            check(not unresolved, f"kill round {n}: unresolved repairs: {unresolved}")
+            per = commits_per_child(reps)
+            ok = sum(1 for kid, _, _, _ in chains if per.get(kid) == 1)
+            check(ok == len(chains), f"kill round {n}: links not committed exactly once: "
+                  f"{[(k, per.get(k)) for k, _, _, _ in chains]}")
+            inside += any(r["state"] == "rollback" for r in reps.values())
+            rolled += sum(1 for r in reps.values() if r["state"] == "rollback")
+            links, once, nreps = links + len(chains), once + ok, nreps + len(reps)
+            for kid, moved, _, _ in chains:
+                if moved.endswith(".vhdx"):
+                    p = vhdtest.run("qemu-img", "check", "-f", "vhdx", os.path.join(store, moved),
+                                    ok=False)
+                    check(p.returncode == 0, f"qemu-img check {moved}: {p.stdout!r} {p.stderr!r}")
+                    qemu += 1
+            for f in (f"k{n}", f"k{n}b"):
+                move_out(store, done, f)
         check(keeper.alive(), "the surviving daemon died")
     finally:
         keeper.stop()
-        victim.stop()
+        if victim.alive():
+            victim.stop()
+        else:
+            victim.kill()
     for p in problems:
         check(False, p)
-    reps = repairs(journal(store))
-    unresolved = [rid for rid, r in reps.items() if r["state"] == "open"]
-    check(not unresolved, f"unresolved repairs after the restarts: {unresolved[:5]}")
-    per = commits_per_child(reps)
-    once = sum(1 for kid, _, _, _ in allchains if per.get(kid) == 1)
-    check(once == len(allchains), f"{len(allchains) - once} links not committed exactly once")
-    qemu = 0
-    for kid, moved, _, _ in allchains:
-        if moved.endswith(".vhdx"):
-            p = vhdtest.run("qemu-img", "check", "-f", "vhdx", os.path.join(store, moved),
-                            ok=False)
-            check(p.returncode == 0, f"qemu-img check {moved}: {p.stdout!r} {p.stderr!r}")
-            qemu += 1
-    rolled = sum(1 for r in reps.values() if r["state"] == "rollback")
-    print(f"part 2: {KILL_ROUNDS} rounds, {kills} SIGKILLs ({inside} inside a repair), "
-          f"{len(allchains)} broken links ({mid} not yet healed just after the kill), "
-          f"{len(reps)} repairs journaled, {rolled} rolled "
-          f"back, {once} committed exactly once, {qemu} qemu-img checks")
+    j.update()
+    check(j.pos == os.path.getsize(j.path), "the journal ends in a damaged record")
+    print(f"part 2: {KILL_ROUNDS} rounds, {kills} SIGKILLs ({inside} inside a repair, rolled "
+          f"back by the other daemon or the restart), {links} broken links ({mid} not yet healed "
+          f"just after the kill), {nreps} repairs journaled, {rolled} rolled back, {once} "
+          f"committed exactly once, {j.torn} torn journal records skipped, {qemu} qemu-img checks")
 
 
 def main():
