@@ -65,7 +65,7 @@ static bool fault_blocks_op(void)
     if (fault.kind == VH_FAULT_NONE)
         return false;
     if (fault.fired)
-        return true;
+        return fault.kind != VH_FAULT_ONCE;
     if (fault.ops == fault.nth) {
         fault.fired = true;
         return true;

@@ -62,6 +62,7 @@ typedef enum {
     VH_FAULT_NONE = 0,
     VH_FAULT_STOP, /* the N-th mutating op does nothing and fails; so does every later one */
     VH_FAULT_TEAR, /* the N-th op, if a write, writes only its first tear_bytes, then as STOP */
+    VH_FAULT_ONCE, /* only the N-th op fails (e.g. ENOSPC that clears); later ones go on */
 } vh_fault_kind;
 
 /* Arms the injector: the op numbered `nth` (1-based, counting writes, flushes and truncates

@@ -442,6 +442,8 @@ static int hash_ranges(vh_file *f, GArray *ranges, char **out, GError **err)
     return 0;
 }
 
+static int restore_ranges(vh_file *f, GArray *ranges, uint64_t original_size, GError **err);
+
 int vh_journal_commit(vh_repair *r, GError **err)
 {
     r->child->hook = NULL;
@@ -451,6 +453,15 @@ int vh_journal_commit(vh_repair *r, GError **err)
         g_autofree char *line =
             g_strdup_printf("COMMIT\t%s\t%" G_GUINT64_FORMAT "\t%s", r->id, r->child->size, hash);
         rc = append_record(r->j, line, err);
+    }
+    if (rc < 0) {
+        /* not committed: a later recovery would roll it back; do it now, so that the caller's
+         * error is the whole truth */
+        if (restore_ranges(r->child, r->ranges, r->original_size, NULL) == 0) {
+            g_autofree char *line = g_strdup_printf("ROLLBACK\t%s", r->id);
+            append_record(r->j, line, NULL); /* if this fails too, recovery finds it untouched */
+            vh_fail_prefix(err, "not repaired, the child is as it was");
+        }
     }
     repair_free(r);
     return rc;

@@ -316,6 +316,7 @@ static int rewrite_locked(vh_journal *j, vh_file *f, vh_file *held, const char *
     vh_repair *rep = NULL;
     int r = vh_journal_begin(j, f, res->old_link, res->new_link, &rep, err);
     if (r < 0) {
+        vh_fail_prefix(err, "not repaired, the child is unchanged");
         vh_file_close(f);
         return r;
     }
@@ -345,8 +346,8 @@ static int rewrite_locked(vh_journal *j, vh_file *f, vh_file *held, const char *
         r = vh_disk_flush(d, err);
     if (r == 0)
         r = vh_journal_commit(rep, err);
-    else
-        vh_journal_abort(rep, NULL);
+    else if (vh_journal_abort(rep, NULL) == 0)
+        vh_fail_prefix(err, "not repaired, the child is as it was");
     if (r < 0)
         g_clear_pointer(&res->repair_id, g_free);
     vh_disk_close(d);
