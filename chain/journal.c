@@ -531,6 +531,8 @@ static bool parse_range(char **f, guint n, journal_range *jr)
     jr->size_before = SIZE_UNKNOWN;
     if (!parse_u64(f[2], &jr->off) || !parse_u64(f[3], &jr->wlen))
         return false;
+    if (jr->wlen > MAX_JOURNAL || jr->off > (UINT64_C(1) << 62))
+        return false; /* no repair writes that much or that far: a damaged record */
     if (n >= 7 && !parse_u64(f[4], &jr->size_before))
         return false;
     gsize len = 0;
@@ -651,7 +653,7 @@ static size_t record_at(const char *p, size_t avail, const char **payload, size_
     if (avail < REC_HEADER_LEN || !hex_field(p + 6, &len) || p[14] != ' ' ||
         !hex_field(p + 15, &crc) || p[23] != '\n')
         return 0;
-    if ((size_t)len > avail - REC_HEADER_LEN - 1 || p[REC_HEADER_LEN + len] != '\n')
+    if ((size_t)len + REC_HEADER_LEN + 1 > avail || p[REC_HEADER_LEN + len] != '\n')
         return 0;
     if (vh_crc32c(p + REC_HEADER_LEN, len) != crc)
         return 0;
