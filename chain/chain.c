@@ -13,7 +13,7 @@ int vh_disk_open_beneath(int store_fd, const char *root, const char *rel, vh_ope
     int r = vh_file_open_beneath(&f, store_fd, rel, abs, (flags & VH_OPEN_WRITE) != 0, err);
     if (r < 0)
         return r;
-    return vh_disk_open_file(&f, flags, out, err);
+    return vh_disk_open_settled(&f, flags, out, err); /* not mid-rewrite by another process */
 }
 
 static int broken_link_error(vh_store *store, const vh_link *l, GError **err)

@@ -346,22 +346,24 @@ static int check_paths(check_run *c, char **paths, int n, GError **err)
     return 0;
 }
 
-/* Recovers repairs a crash interrupted (doc/design.md "Journal"), where the store has a journal. */
+/* Recovers repairs a crash interrupted (doc/design.md "Journal"), where the store has a journal;
+ * a live repair of another process (its child locked) is left to it. */
 static void recover_journal(const char *root)
 {
-    g_autofree char *path = g_build_filename(root, ".vhdheal", "journal", NULL);
-    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR))
-        return;
     g_autoptr(vh_journal) j = NULL;
     g_autoptr(GError) err = NULL;
-    int n = vh_journal_open(root, &j, &err);
-    if (n == 0)
-        n = vh_journal_recover(j, NULL, &err);
+    vh_recover_stats st = {0};
+    int n = vh_journal_open_existing(root, &j, &err);
+    if (n == 0 && j)
+        n = vh_journal_recover(j, NULL, &st, &err);
     if (n < 0)
         fprintf(stderr, "vhdheal: warning: unfinished repairs not recovered: %s\n", err->message);
-    else if (n > 0)
-        fprintf(stderr, "vhdheal: rolled back %d repair%s a crash interrupted\n", n,
-                n == 1 ? "" : "s");
+    else if (st.rolled_back > 0)
+        fprintf(stderr, "vhdheal: rolled back %d repair%s a crash interrupted\n", st.rolled_back,
+                st.rolled_back == 1 ? "" : "s");
+    for (guint k = 0; st.notes && k < st.notes->len; k++)
+        fprintf(stderr, "vhdheal: warning: %s\n", (char *)st.notes->pdata[k]);
+    vh_recover_stats_clear(&st);
 }
 
 typedef struct run_args {
@@ -471,14 +473,40 @@ typedef struct repair_outcome {
     vh_reconnect_result res;
 } repair_outcome;
 
+typedef struct {
+    check_run *c;
+    const char *rel;
+} repair_cas;
+
+/* The verdict re-run under the child's lock: the link another process healed reads as ok. */
+static int repair_still_broken(void *ctx, GError **err)
+{
+    repair_cas *rc = ctx;
+    vh_store_note_changed(rc->c->store, rc->rel);
+    vh_resolver_reset(rc->c->resolver);
+    g_autoptr(GError) e = NULL;
+    vh_link *l = vh_resolve_link(rc->c->resolver, rc->rel, &e);
+    if (!l) {
+        int code = vh_error_errno(e);
+        g_propagate_error(err, g_steal_pointer(&e));
+        return -code;
+    }
+    int broken = l->verdict != VH_VERDICT_OK;
+    vh_link_unref(l);
+    return broken;
+}
+
 static void repair_link(check_run *c, const run_args *a, repair_outcome *o)
 {
     g_autofree char *child = g_build_filename(vh_store_root(c->store), o->link->child, NULL);
     g_autofree char *parent = g_build_filename(vh_store_root(c->store), o->target, NULL);
+    repair_cas cas = {c, o->link->child};
     vh_reconnect_opts ro = {.store = vh_store_root(c->store),
                             .winroot = a->winroot,
                             .dry_run = a->dry_run,
-                            .maxdepth = a->maxdepth};
+                            .maxdepth = a->maxdepth,
+                            .still_broken = repair_still_broken,
+                            .still_broken_ctx = &cas};
     g_autoptr(GError) err = NULL;
     if (vh_reconnect(child, parent, &ro, &o->res, &err) < 0) {
         o->error = vh_error_errno(err);
@@ -495,6 +523,9 @@ static void print_repair_text(const repair_outcome *o, bool dry_run)
             printf("          candidate: %s\n", (char *)l->candidates->pdata[k]);
     } else if (o->error) {
         printf("FAILED  %s -> %s: %s\n", l->child, o->target, o->message);
+    } else if (o->res.already_healed) {
+        printf("healed  %s: already healed (by another process or host): nothing written\n",
+               l->child);
     } else {
         printf("%s %s -> %s (%s)\n", dry_run ? "would   " : "repaired", l->child, o->target,
                vh_verdict_name(l->verdict));
@@ -512,10 +543,11 @@ static void print_repair_json(vh_json *j, const repair_outcome *o, bool dry_run)
     vh_json_kv_string(j, "reason", vh_verdict_name(l->verdict));
     vh_json_kv_string(j, "detail", l->detail);
     vh_json_kv_string(j, "parent", o->target);
-    const char *status = !o->target ? "left"
-                         : o->error ? "failed"
-                         : dry_run  ? "would-repair"
-                                    : "repaired";
+    const char *status = !o->target              ? "left"
+                         : o->error              ? "failed"
+                         : dry_run               ? "would-repair"
+                         : o->res.already_healed ? "already-healed"
+                                                 : "repaired";
     vh_json_kv_string(j, "status", status);
     vh_json_kv_string(j, "error", o->message);
     vh_json_kv_string(j, "old_link", o->res.old_link);

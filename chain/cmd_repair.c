@@ -48,8 +48,11 @@ int vhdheal_cmd_reconnect(int argc, char **argv)
         vh_cli_error(err);
         return VH_EXIT_USAGE;
     }
-    printf("%s%s\n  was: %s\n  now: %s\n", dry_run ? "would reconnect " : "reconnected ", argv[1],
-           res.old_link, res.new_link);
+    if (res.already_healed)
+        printf("%s already links to %s: nothing written\n", argv[1], argv[2]);
+    else
+        printf("%s%s\n  was: %s\n  now: %s\n", dry_run ? "would reconnect " : "reconnected ",
+               argv[1], res.old_link, res.new_link);
     if (res.repair_id)
         printf("  undo: vhdheal undo --store '%s' %s\n", st, res.repair_id);
     vh_reconnect_result_clear(&res);

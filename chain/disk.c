@@ -2,7 +2,10 @@
 /* disk.c - the format-neutral disk handle (see disk.h). */
 #include "disk.h"
 
+#include <fcntl.h>
 #include <stdarg.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "vhd.h"
 #include "vhdx.h"
@@ -114,6 +117,61 @@ int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **
     if (r < 0)
         return r;
     return vh_disk_open_file(&f, flags, out, err);
+}
+
+#define SETTLE_WAIT_MS 2000
+
+/* Takes a shared OFD lock on fd, waiting at most SETTLE_WAIT_MS (F_OFD_SETLKW has no timeout). */
+static bool lock_shared_bounded(int fd)
+{
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    for (int waited = 0; waited <= SETTLE_WAIT_MS; waited += 10) {
+        if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+            return true;
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+            return false;
+        g_usleep(10 * 1000);
+    }
+    return false;
+}
+
+int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
+{
+    *out = NULL;
+    if (flags & VH_OPEN_WRITE)
+        return vh_disk_open_file(f, flags, out, err);
+    /* a second descriptor of its own, of the same inode (never the path again: it may name
+     * another file by now); the first is closed by the failed open */
+    g_autofree char *self = g_strdup_printf("/proc/self/fd/%d", f->fd);
+    vh_file again = {.fd = open(self, O_RDONLY | O_CLOEXEC | O_NONBLOCK),
+                     .path = g_strdup(f->path)};
+    g_autoptr(GError) first = NULL;
+    int r = vh_disk_open_file(f, flags, out, &first);
+    struct stat st;
+    if (r == 0 || r == -ENOMEM || again.fd < 0 || fstat(again.fd, &st) < 0 ||
+        !S_ISREG(st.st_mode) || !lock_shared_bounded(again.fd)) {
+        vh_file_close(&again);
+        if (first)
+            g_propagate_error(err, g_steal_pointer(&first));
+        return r;
+    }
+    again.size = fstat(again.fd, &st) == 0 ? (uint64_t)st.st_size : 0; /* as the writer left it */
+    r = vh_disk_open_file(&again, flags, out, err);
+    if (r == 0) {
+        struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        fcntl((*out)->file.fd, F_OFD_SETLK, &fl);
+    }
+    return r;
+}
+
+int vh_disk_open_settled_path(const char *path, vh_open_flags flags, vh_disk **out, GError **err)
+{
+    *out = NULL;
+    vh_file f;
+    int r = vh_file_open(&f, path, (flags & VH_OPEN_WRITE) != 0, err);
+    if (r < 0)
+        return r;
+    return vh_disk_open_settled(&f, flags, out, err);
 }
 
 void vh_disk_close(vh_disk *d)

@@ -150,6 +150,17 @@ vh_format vh_sniff_path(const char *path);
 int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **err);
 /* The same for a file opened already (its hook, if any, stays installed); takes ownership. */
 int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err);
+/*
+ * For readers (the store's probe, the resolver's chain open): vh_disk_open_file, and when the
+ * disk fails its checks, once more under a shared OFD read lock (waited for at most about two
+ * seconds, then the first answer stands). A repairer holds the child's OFD write lock for its
+ * whole rewrite, so a disk caught half rewritten by another process or host is read again once
+ * the rewrite is over, not reported as corrupt. The lock is dropped before returning. Read-only
+ * opens only (a write open is passed through). Takes ownership of f.
+ */
+int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err);
+/* The same by path. */
+int vh_disk_open_settled_path(const char *path, vh_open_flags flags, vh_disk **out, GError **err);
 void vh_disk_close(vh_disk *d);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_disk, vh_disk_close)
 

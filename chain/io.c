@@ -16,7 +16,8 @@ static struct {
     size_t tear_bytes;
     long ops;
     bool fired;
-} fault;
+    int error; /* what a fired fault reports */
+} fault = {.error = EIO};
 
 void vh_fault_arm(vh_fault_kind kind, long nth, size_t tear_bytes)
 {
@@ -25,6 +26,12 @@ void vh_fault_arm(vh_fault_kind kind, long nth, size_t tear_bytes)
     fault.tear_bytes = tear_bytes;
     fault.ops = 0;
     fault.fired = false;
+    fault.error = EIO;
+}
+
+void vh_fault_set_errno(int e)
+{
+    fault.error = e;
 }
 
 void vh_fault_disarm(void)
@@ -61,7 +68,7 @@ static bool fault_blocks_op(void)
     if (fault.kind == VH_FAULT_NONE)
         return false;
     if (fault.fired)
-        return true;
+        return fault.kind != VH_FAULT_ONCE;
     if (fault.ops == fault.nth) {
         fault.fired = true;
         return true;
@@ -347,15 +354,16 @@ int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const c
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: writing %s: opened read-only", f->path, what);
     if (f->hook) {
-        int r = f->hook(f->hook_ctx, f, off, len, err);
+        int r = f->hook(f->hook_ctx, f, off, len, buf, err);
         if (r < 0)
             return r;
     }
     if (fault_blocks_op()) {
         if (fault.kind == VH_FAULT_TEAR && fault.ops == fault.nth && fault.tear_bytes > 0)
             write_all(f, buf, MIN(len, fault.tear_bytes), off, what, NULL);
-        return vh_fail(err, EIO, "%s: writing %s at offset %" G_GUINT64_FORMAT ": injected fault",
-                       f->path, what, off);
+        return vh_fail(err, fault.error,
+                       "%s: writing %s at offset %" G_GUINT64_FORMAT ": %s (injected fault)",
+                       f->path, what, off, g_strerror(fault.error));
     }
     return write_all(f, buf, len, off, what, err);
 }
@@ -365,7 +373,8 @@ int vh_file_flush(vh_file *f, GError **err)
     if (!f->writable)
         return 0;
     if (fault_blocks_op())
-        return vh_fail(err, EIO, "%s: flush: injected fault", f->path);
+        return vh_fail(err, fault.error, "%s: flush: %s (injected fault)", f->path,
+                       g_strerror(fault.error));
     if (durable && fdatasync(f->fd) < 0)
         return vh_fail(err, errno, "%s: flush: %s", f->path, g_strerror(errno));
     return 0;
@@ -376,13 +385,13 @@ int vh_file_truncate(vh_file *f, uint64_t size, GError **err)
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: resizing: opened read-only", f->path);
     if (f->hook) {
-        int r = f->hook(f->hook_ctx, f, size, 0, err);
+        int r = f->hook(f->hook_ctx, f, size, 0, NULL, err);
         if (r < 0)
             return r;
     }
     if (fault_blocks_op())
-        return vh_fail(err, EIO, "%s: resizing to %" G_GUINT64_FORMAT ": injected fault", f->path,
-                       size);
+        return vh_fail(err, fault.error, "%s: resizing to %" G_GUINT64_FORMAT ": injected fault",
+                       f->path, size);
     if (ftruncate(f->fd, (off_t)size) < 0)
         return vh_fail(err, errno, "%s: resizing to %" G_GUINT64_FORMAT ": %s", f->path, size,
                        g_strerror(errno));

@@ -16,10 +16,12 @@ typedef struct vh_file vh_file;
 
 /*
  * Called before every write or truncate of a file that has one, with the range about to change
- * (for a truncate: off = new size, len = 0). The reconnect journal uses it to save the original
- * bytes, durably, before they are overwritten. A negative return cancels the operation.
+ * and the bytes about to be written there (for a truncate: off = new size, len = 0, buf NULL).
+ * The reconnect journal uses it to save the original bytes and a hash of the new ones, durably,
+ * before they are overwritten. A negative return cancels the operation.
  */
-typedef int (*vh_write_hook)(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err);
+typedef int (*vh_write_hook)(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
+                             GError **err);
 
 struct vh_file {
     int fd;
@@ -84,12 +86,15 @@ typedef enum {
     VH_FAULT_NONE = 0,
     VH_FAULT_STOP, /* the N-th mutating op does nothing and fails; so does every later one */
     VH_FAULT_TEAR, /* the N-th op, if a write, writes only its first tear_bytes, then as STOP */
+    VH_FAULT_ONCE, /* only the N-th op fails (e.g. ENOSPC that clears); later ones go on */
 } vh_fault_kind;
 
 /* Arms the injector: the op numbered `nth` (1-based, counting writes, flushes and truncates
  * since the last arm) triggers `kind`. */
 void vh_fault_arm(vh_fault_kind kind, long nth, size_t tear_bytes);
 void vh_fault_disarm(void);
+/* The errno an injected fault reports (EIO by default; e.g. ENOSPC). Reset by vh_fault_arm. */
+void vh_fault_set_errno(int e);
 /* Mutating operations counted since the last arm (or disarm). */
 long vh_fault_ops(void);
 /* True once an armed fault has fired (the simulated crash happened). */

@@ -1,25 +1,38 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-/* journal.c - the repair journal (see journal.h for the record format and the contract). */
+/* journal.c - the repair journal (see journal.h and doc/journal.md for the format and the
+ * recovery rules). */
 #include "journal.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "winpath.h"
+#include "util.h"
+
+#define REC_MAGIC "@VHJ2 "
+#define REC_HEADER_LEN 24      /* "@VHJ2 " + 8 hex + " " + 8 hex + "\n" */
+#define TORN_MARK "\x15\n"     /* ends a torn tail: the next record starts on a line of its own */
+#define CHUNK 512              /* new bytes are hashed in chunks: a torn write is recognised */
+#define SUM_LEN 16             /* bytes of SHA-256 kept per chunk */
+#define MAX_JOURNAL (1u << 30) /* a journal larger than this is not read */
+#define SIZE_UNKNOWN UINT64_MAX
 
 struct vh_journal {
     char *store;
-    char *path;
-    int fd;
-    GMutex lock;
+    char *path; /* for messages */
+    int dir_fd; /* STORE/.vhdheal */
+    vh_file file;
+    GMutex lock; /* the OFD lock does not exclude threads sharing the descriptor */
 };
 
 typedef struct {
     uint64_t off;
-    uint64_t wlen;    /* bytes the repair wrote there */
-    GBytes *original; /* what was there before (the part inside the file) */
+    uint64_t wlen;        /* bytes the repair wrote there; 0: a truncate to off */
+    uint64_t size_before; /* the file's size before this write (SIZE_UNKNOWN: legacy) */
+    GBytes *original;     /* what was there before (the part inside the file) */
+    GBytes *sums;         /* SUM_LEN bytes per CHUNK of the new bytes; NULL: legacy record */
 } journal_range;
 
 struct vh_repair {
@@ -38,12 +51,28 @@ typedef struct {
     uint64_t final_size;
     char *final_hash;
     bool undoing;
+    bool legacy;   /* a record of the old text format: no hashes of the new bytes */
+    GArray *spans; /* text_span: its RANGE records, decoded into ranges only when needed */
+    GBytes *text;  /* the journal text the spans point into */
 } parsed_repair;
+
+typedef struct {
+    size_t off, len;
+    bool legacy;
+} text_span;
 
 static void range_clear(gpointer p)
 {
     journal_range *r = p;
     g_clear_pointer(&r->original, g_bytes_unref);
+    g_clear_pointer(&r->sums, g_bytes_unref);
+}
+
+static GArray *ranges_new(void)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(journal_range));
+    g_array_set_clear_func(a, range_clear);
+    return a;
 }
 
 void vh_repair_info_free(vh_repair_info *r)
@@ -57,6 +86,12 @@ void vh_repair_info_free(vh_repair_info *r)
     g_free(r);
 }
 
+void vh_recover_stats_clear(vh_recover_stats *st)
+{
+    if (st && st->notes)
+        g_clear_pointer(&st->notes, g_ptr_array_unref);
+}
+
 static void parsed_free(gpointer p)
 {
     parsed_repair *r = p;
@@ -65,11 +100,15 @@ static void parsed_free(gpointer p)
     g_free(r->info.old_link);
     g_free(r->info.new_link);
     g_array_unref(r->ranges);
+    g_array_unref(r->spans);
+    if (r->text)
+        g_bytes_unref(r->text);
     g_free(r->final_hash);
     g_free(r);
 }
 
-static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err);
+static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
+                        GError **err);
 
 const char *vh_journal_store(const vh_journal *j)
 {
@@ -88,54 +127,178 @@ void vh_repair_set_file(vh_repair *r, vh_file *f)
     f->hook_ctx = r;
 }
 
-int vh_journal_open(const char *store, vh_journal **out, GError **err)
+/* ---------- opening beneath the store ---------- */
+
+/* The object at fd is of the wanted kind and ours (or root's), with no access for others. */
+static int check_owned(int fd, bool dir, mode_t mode, const char *path, GError **err)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", path, g_strerror(errno));
+    if (dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
+        return vh_fail(err, EINVAL, "%s: not a %s: refusing to use it for the journal", path,
+                       dir ? "folder" : "regular file");
+    if (st.st_uid != geteuid() && st.st_uid != 0)
+        return vh_fail(err, EPERM, "%s: owned by user %u, not by us: refusing to use it", path,
+                       (unsigned)st.st_uid);
+    /* a folder or journal made by an older version (0755, 0644): take others' access away */
+    if ((st.st_mode & 07777) != mode && st.st_uid == geteuid() && fchmod(fd, mode) < 0)
+        return vh_fail(err, errno, "%s: cannot restrict its mode to %04o: %s", path, mode,
+                       g_strerror(errno));
+    return 0;
+}
+
+static int open_fail(GError **err, int e, const char *path, const char *what)
+{
+    if (e == ELOOP)
+        return vh_fail(err, ELOOP, "%s: is a symbolic link: refusing to use it for the %s", path,
+                       what);
+    return vh_fail(err, e, "%s: cannot open the %s: %s", path, what, g_strerror(e));
+}
+
+/* Opens STORE/.vhdheal (created 0700 when `create`), no link followed; -ENOENT when absent. */
+static int open_dir(const char *store, bool create, char **dir_path, GError **err)
+{
+    *dir_path = g_build_filename(store, ".vhdheal", NULL);
+    int sfd = open(store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sfd < 0)
+        return vh_fail(err, errno, "%s: the store: %s", store, g_strerror(errno));
+    if (create && mkdirat(sfd, ".vhdheal", 0700) < 0 && errno != EEXIST) {
+        int e = errno;
+        close(sfd);
+        return vh_fail(err, e, "%s: cannot create the journal folder: %s", *dir_path,
+                       g_strerror(e));
+    }
+    int dfd = openat(sfd, ".vhdheal", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    close(sfd);
+    if (dfd < 0 && e == ENOTDIR) {
+        /* O_DIRECTORY|O_NOFOLLOW on a symbolic link says ENOTDIR: name it as a link */
+        struct stat st;
+        g_autofree char *p = g_strdup(*dir_path);
+        if (lstat(p, &st) == 0 && S_ISLNK(st.st_mode))
+            e = ELOOP;
+    }
+    if (dfd < 0)
+        return e == ENOENT && !create ? -ENOENT : open_fail(err, e, *dir_path, "journal folder");
+    int r = check_owned(dfd, true, 0700, *dir_path, err);
+    if (r < 0) {
+        close(dfd);
+        return r;
+    }
+    return dfd;
+}
+
+static int journal_open(const char *store, bool create, vh_journal **out, GError **err)
 {
     *out = NULL;
-    g_autofree char *dir = g_build_filename(store, ".vhdheal", NULL);
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-        return vh_fail(err, errno, "%s: cannot create the journal folder: %s", dir,
-                       g_strerror(errno));
+    g_autofree char *dir = NULL;
+    int dfd = open_dir(store, create, &dir, err);
+    if (dfd == -ENOENT && !create)
+        return 0;
+    if (dfd < 0)
+        return dfd;
     g_autofree char *path = g_build_filename(dir, "journal", NULL);
-    int fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return vh_fail(err, errno, "%s: cannot open the journal: %s", path, g_strerror(errno));
+    int flags = O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | (create ? O_CREAT : 0);
+    int fd = openat(dfd, "journal", flags, 0600);
+    if (fd < 0) {
+        int e = errno;
+        close(dfd);
+        return e == ENOENT && !create ? 0 : open_fail(err, e, path, "journal");
+    }
+    int r = check_owned(fd, false, 0600, path, err);
+    if (r < 0) {
+        close(fd);
+        close(dfd);
+        return r;
+    }
     vh_journal *j = g_new0(vh_journal, 1);
     j->store = g_strdup(store);
     j->path = g_steal_pointer(&path);
-    j->fd = fd;
+    j->dir_fd = dfd;
+    j->file.fd = fd;
+    j->file.path = g_strdup(j->path);
+    j->file.writable = true;
     g_mutex_init(&j->lock);
     *out = j;
     return 0;
+}
+
+int vh_journal_open(const char *store, vh_journal **out, GError **err)
+{
+    return journal_open(store, true, out, err);
+}
+
+int vh_journal_open_existing(const char *store, vh_journal **out, GError **err)
+{
+    return journal_open(store, false, out, err);
 }
 
 void vh_journal_close(vh_journal *j)
 {
     if (!j)
         return;
-    close(j->fd);
+    vh_file_close(&j->file);
+    close(j->dir_fd);
     g_mutex_clear(&j->lock);
     g_free(j->store);
     g_free(j->path);
     g_free(j);
 }
 
-/* Appends one record, durably: one write(2) of the whole line under an exclusive flock. */
-static int append_record(vh_journal *j, const char *line, GError **err)
+/* ---------- appending ---------- */
+
+static int lock_fd(int fd, short type, bool wait)
 {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    while (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) < 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+/*
+ * Appends one record durably: under an OFD write lock on the journal (exclusive across
+ * processes and hosts), at the end as found under that lock; a torn tail left by a crash is
+ * first closed with TORN_MARK so that this record starts a line of its own. A record that could
+ * not be written whole is cut off again, and the error returned.
+ */
+static int append_record(vh_journal *j, const char *payload, GError **err)
+{
+    size_t plen = strlen(payload);
+    g_assert(!memchr(payload, '\n', plen)); /* fields are escaped or base64 */
     g_mutex_lock(&j->lock);
-    int r = 0;
-    if (flock(j->fd, LOCK_EX) < 0) {
-        r = vh_fail(err, errno, "%s: cannot lock the journal: %s", j->path, g_strerror(errno));
+    int r = lock_fd(j->file.fd, F_WRLCK, true);
+    if (r < 0) {
+        vh_fail(err, -r, "%s: cannot lock the journal: %s", j->path, g_strerror(-r));
         goto out;
     }
-    size_t len = strlen(line);
-    ssize_t n = write(j->fd, line, len);
-    if (n != (ssize_t)len)
-        r = vh_fail(err, n < 0 ? errno : EIO, "%s: appending a record: %s", j->path,
-                    g_strerror(n < 0 ? errno : EIO));
-    else if (fdatasync(j->fd) < 0)
-        r = vh_fail(err, errno, "%s: flushing: %s", j->path, g_strerror(errno));
-    flock(j->fd, LOCK_UN);
+    struct stat st;
+    if (fstat(j->file.fd, &st) < 0) {
+        r = vh_fail(err, errno, "%s: %s", j->path, g_strerror(errno));
+        goto unlock;
+    }
+    uint64_t end = (uint64_t)st.st_size;
+    char last = '\n';
+    if (end > 0 && pread(j->file.fd, &last, 1, (off_t)(end - 1)) != 1)
+        last = 0;
+    GString *rec = g_string_new(last == '\n' ? "" : TORN_MARK);
+    g_string_append_printf(rec, REC_MAGIC "%08zx %08x\n", plen, vh_crc32c(payload, plen));
+    g_string_append_len(rec, payload, (gssize)plen);
+    g_string_append_c(rec, '\n');
+    j->file.size = end;
+    r = vh_file_write(&j->file, rec->str, rec->len, end, "a journal record", err);
+    if (r == 0)
+        r = vh_file_flush(&j->file, err);
+    if (r < 0) {
+        if (ftruncate(j->file.fd, (off_t)end) == 0) /* best effort: drop what was written */
+            j->file.size = end;
+        vh_fail_prefix(err, "journal: appending a record");
+    }
+    g_string_free(rec, TRUE);
+unlock:
+    lock_fd(j->file.fd, F_UNLCK, false);
 out:
     g_mutex_unlock(&j->lock);
     return r;
@@ -148,12 +311,44 @@ static char *new_repair_id(void)
     return g_strdup_printf("%s-%08x", stamp, g_random_int());
 }
 
-/* The journal hook: save what is about to be overwritten (or cut off by a truncate). */
-static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err)
+static GBytes *chunk_sums(const uint8_t *buf, size_t len)
+{
+    size_t n = (len + CHUNK - 1) / CHUNK;
+    uint8_t *out = g_malloc(n * SUM_LEN + 1);
+    for (size_t k = 0; k < n; k++) {
+        uint8_t full[32];
+        gsize flen = sizeof full;
+        g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+        g_checksum_update(c, buf + k * CHUNK, (gssize)MIN((size_t)CHUNK, len - k * CHUNK));
+        g_checksum_get_digest(c, full, &flen);
+        memcpy(out + k * SUM_LEN, full, SUM_LEN);
+    }
+    return g_bytes_new_take(out, n * SUM_LEN);
+}
+
+/*
+ * Tests only: VHDHEAL_TEST_JOURNAL_DELAY_US stretches each journaled write of a repair (a pause
+ * between its record and the write), so that a test can kill a daemon in the middle of its
+ * repairs rather than between them. Unset, nothing waits.
+ */
+static void test_delay(void)
+{
+    static gint us = -1;
+    if (g_atomic_int_get(&us) < 0) {
+        const char *e = g_getenv("VHDHEAL_TEST_JOURNAL_DELAY_US");
+        g_atomic_int_set(&us, e ? CLAMP(atoi(e), 0, 1000000) : 0);
+    }
+    if (g_atomic_int_get(&us) > 0)
+        g_usleep((gulong)g_atomic_int_get(&us));
+}
+
+/* The journal hook: save what is about to be overwritten (or cut off by a truncate) and a hash
+ * of what is about to be written, durably, before the write. */
+static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
+                        GError **err)
 {
     vh_repair *rp = ctx;
     uint64_t end = len ? off + len : f->size; /* a truncate to `off` loses [off, size) */
-    uint64_t wlen = len;
     end = MIN(end, f->size);
     size_t keep = end > off ? (size_t)(end - off) : 0; /* nothing to save past EOF */
     g_autofree uint8_t *orig = g_malloc(keep ? keep : 1);
@@ -163,14 +358,22 @@ static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, GError 
         if (r < 0)
             return r;
     }
+    journal_range jr = {off, len, f->size, g_bytes_new(orig, keep),
+                        len ? chunk_sums(buf, len) : g_bytes_new(NULL, 0)};
     g_autofree char *b64 = g_base64_encode(orig, keep);
-    g_autofree char *line = g_strdup_printf(
-        "RANGE\t%s\t%" G_GUINT64_FORMAT "\t%" G_GUINT64_FORMAT "\t%s\n", rp->id, off, wlen, b64);
+    gsize slen;
+    const uint8_t *s = g_bytes_get_data(jr.sums, &slen);
+    g_autofree char *sums = g_base64_encode(s, slen);
+    g_autofree char *line = g_strdup_printf("RANGE\t%s\t%" G_GUINT64_FORMAT "\t%" G_GUINT64_FORMAT
+                                            "\t%" G_GUINT64_FORMAT "\t%s\t%s",
+                                            rp->id, off, (uint64_t)len, f->size, b64, sums);
     int r = append_record(rp->j, line, err);
-    if (r < 0)
+    if (r < 0) {
+        range_clear(&jr);
         return r;
-    journal_range jr = {off, wlen, g_bytes_new(orig, keep)};
+    }
     g_array_append_val(rp->ranges, jr);
+    test_delay();
     return 0;
 }
 
@@ -191,13 +394,12 @@ int vh_journal_begin(vh_journal *j, vh_file *child, const char *old_link, const 
     r->child = child;
     r->id = new_repair_id();
     r->original_size = child->size;
-    r->ranges = g_array_new(FALSE, TRUE, sizeof(journal_range));
-    g_array_set_clear_func(r->ranges, range_clear);
+    r->ranges = ranges_new();
     g_autofree char *e_child = g_strescape(rel, NULL);
     g_autofree char *e_old = g_strescape(old_link ? old_link : "", NULL);
     g_autofree char *e_new = g_strescape(new_link ? new_link : "", NULL);
     g_autofree char *line = g_strdup_printf(
-        "BEGIN\t%s\t%" G_GINT64_FORMAT "\t%s\t%" G_GUINT64_FORMAT "\t%s\t%s\n", r->id,
+        "BEGIN\t%s\t%" G_GINT64_FORMAT "\t%s\t%" G_GUINT64_FORMAT "\t%s\t%s", r->id,
         g_get_real_time() / G_USEC_PER_SEC, e_child, r->original_size, e_old, e_new);
     int rc = append_record(j, line, err);
     if (rc < 0) {
@@ -242,6 +444,8 @@ static int hash_ranges(vh_file *f, GArray *ranges, char **out, GError **err)
     return 0;
 }
 
+static int restore_ranges(vh_file *f, GArray *ranges, uint64_t original_size, GError **err);
+
 int vh_journal_commit(vh_repair *r, GError **err)
 {
     r->child->hook = NULL;
@@ -249,8 +453,17 @@ int vh_journal_commit(vh_repair *r, GError **err)
     int rc = hash_ranges(r->child, r->ranges, &hash, err);
     if (rc == 0) {
         g_autofree char *line =
-            g_strdup_printf("COMMIT\t%s\t%" G_GUINT64_FORMAT "\t%s\n", r->id, r->child->size, hash);
+            g_strdup_printf("COMMIT\t%s\t%" G_GUINT64_FORMAT "\t%s", r->id, r->child->size, hash);
         rc = append_record(r->j, line, err);
+    }
+    if (rc < 0) {
+        /* not committed: a later recovery would roll it back; do it now, so that the caller's
+         * error is the whole truth */
+        if (restore_ranges(r->child, r->ranges, r->original_size, NULL) == 0) {
+            g_autofree char *line = g_strdup_printf("ROLLBACK\t%s", r->id);
+            append_record(r->j, line, NULL); /* if this fails too, recovery finds it untouched */
+            vh_fail_prefix(err, "not repaired, the child is as it was");
+        }
     }
     repair_free(r);
     return rc;
@@ -287,7 +500,7 @@ int vh_journal_abort(vh_repair *r, GError **err)
     r->child->hook = NULL;
     int rc = restore_ranges(r->child, r->ranges, r->original_size, err);
     if (rc == 0) {
-        g_autofree char *line = g_strdup_printf("ROLLBACK\t%s\n", r->id);
+        g_autofree char *line = g_strdup_printf("ROLLBACK\t%s", r->id);
         rc = append_record(r->j, line, err);
     }
     repair_free(r);
@@ -314,8 +527,33 @@ static bool parse_u64(const char *s, uint64_t *out)
     return errno == 0 && end != s && *end == '\0';
 }
 
-/* Applies one complete line to the parsed set; malformed lines are ignored. */
-static void parse_line(GPtrArray *all, char **f, guint n)
+static bool parse_range(char **f, guint n, journal_range *jr)
+{
+    memset(jr, 0, sizeof *jr);
+    jr->size_before = SIZE_UNKNOWN;
+    if (!parse_u64(f[2], &jr->off) || !parse_u64(f[3], &jr->wlen))
+        return false;
+    if (jr->wlen > MAX_JOURNAL || jr->off > (UINT64_C(1) << 62))
+        return false; /* no repair writes that much or that far: a damaged record */
+    if (n >= 7 && !parse_u64(f[4], &jr->size_before))
+        return false;
+    gsize len = 0;
+    guchar *data = g_base64_decode(f[n >= 7 ? 5 : 4], &len);
+    jr->original = g_bytes_new_take(data, len);
+    if (n >= 7) {
+        data = g_base64_decode(f[6], &len);
+        jr->sums = g_bytes_new_take(data, len);
+        size_t want = (size_t)((jr->wlen + CHUNK - 1) / CHUNK) * SUM_LEN;
+        if (len != want || g_bytes_get_size(jr->original) > MAX(jr->wlen, jr->size_before)) {
+            range_clear(jr);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Applies one record to the parsed set; malformed ones are ignored. */
+static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
 {
     if (n >= 7 && strcmp(f[0], "BEGIN") == 0) {
         parsed_repair *p = g_new0(parsed_repair, 1);
@@ -326,23 +564,16 @@ static void parse_line(GPtrArray *all, char **f, guint n)
         p->info.old_link = g_strcompress(f[5]);
         p->info.new_link = g_strcompress(f[6]);
         p->info.state = VH_REPAIR_OPEN;
-        p->ranges = g_array_new(FALSE, TRUE, sizeof(journal_range));
-        g_array_set_clear_func(p->ranges, range_clear);
+        p->ranges = ranges_new();
+        p->spans = g_array_new(FALSE, FALSE, sizeof(text_span));
+        p->legacy = legacy;
         g_ptr_array_add(all, p);
         return;
     }
     parsed_repair *p = n >= 2 ? find_parsed(all, f[1]) : NULL;
     if (!p)
         return;
-    if (n >= 5 && strcmp(f[0], "RANGE") == 0) {
-        journal_range jr = {0};
-        gsize len = 0;
-        if (!parse_u64(f[2], &jr.off) || !parse_u64(f[3], &jr.wlen))
-            return;
-        guchar *data = g_base64_decode(f[4], &len);
-        jr.original = g_bytes_new_take(data, len);
-        g_array_append_val(p->ranges, jr);
-    } else if (n >= 4 && strcmp(f[0], "COMMIT") == 0) {
+    if (n >= 4 && strcmp(f[0], "COMMIT") == 0) { /* RANGE records: note_range */
         parse_u64(f[2], &p->final_size);
         g_free(p->final_hash);
         p->final_hash = g_strdup(f[3]);
@@ -356,66 +587,425 @@ static void parse_line(GPtrArray *all, char **f, guint n)
     }
 }
 
+/* A RANGE record is only noted (where it is in the text): decoding every range of a long
+ * journal for each recovery would cost more than the repair. */
+static bool note_range(GPtrArray *all, GBytes *text, const char *s, size_t len, bool legacy)
+{
+    if (len < 6 || memcmp(s, "RANGE\t", 6) != 0)
+        return false;
+    const char *id = s + 6, *tab = memchr(id, '\t', len - 6);
+    if (!tab)
+        return true;
+    g_autofree char *ids = g_strndup(id, (gsize)(tab - id));
+    parsed_repair *p = find_parsed(all, ids);
+    if (p) {
+        const char *base = g_bytes_get_data(text, NULL);
+        text_span sp = {(size_t)(s - base), len, legacy};
+        g_array_append_val(p->spans, sp);
+        if (!p->text)
+            p->text = g_bytes_ref(text);
+    }
+    return true;
+}
+
+/* Decodes the RANGE records of p (once). */
+static void load_ranges(parsed_repair *p)
+{
+    if (!p->text)
+        return;
+    const char *base = g_bytes_get_data(p->text, NULL);
+    for (guint k = 0; k < p->spans->len; k++) {
+        text_span *sp = &g_array_index(p->spans, text_span, k);
+        g_autofree char *line = g_strndup(base + sp->off, sp->len);
+        g_auto(GStrv) f = g_strsplit(line, "\t", -1);
+        guint n = g_strv_length(f);
+        journal_range jr;
+        if ((sp->legacy ? n == 5 : n == 7) && parse_range(f, n, &jr))
+            g_array_append_val(p->ranges, jr);
+    }
+    g_array_set_size(p->spans, 0);
+    g_clear_pointer(&p->text, g_bytes_unref);
+}
+
+static void parse_payload(GPtrArray *all, GBytes *text, const char *s, size_t len, bool legacy)
+{
+    if (note_range(all, text, s, len, legacy))
+        return;
+    g_autofree char *line = g_strndup(s, len);
+    g_auto(GStrv) f = g_strsplit(line, "\t", -1);
+    parse_fields(all, f, g_strv_length(f), legacy);
+}
+
+static bool hex_field(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int k = 0; k < 8; k++) {
+        if (!g_ascii_isxdigit(s[k]))
+            return false;
+        v = v << 4 | (uint32_t)g_ascii_xdigit_value(s[k]);
+    }
+    *out = v;
+    return true;
+}
+
+/* The length of the whole record at p ("@VHJ2 ...\n"), or 0 when it is torn or damaged. */
+static size_t record_at(const char *p, size_t avail, const char **payload, size_t *plen)
+{
+    uint32_t len, crc;
+    if (avail < REC_HEADER_LEN || !hex_field(p + 6, &len) || p[14] != ' ' ||
+        !hex_field(p + 15, &crc) || p[23] != '\n')
+        return 0;
+    if ((size_t)len + REC_HEADER_LEN + 1 > avail || p[REC_HEADER_LEN + len] != '\n')
+        return 0;
+    if (vh_crc32c(p + REC_HEADER_LEN, len) != crc)
+        return 0;
+    *payload = p + REC_HEADER_LEN;
+    *plen = len;
+    return REC_HEADER_LEN + (size_t)len + 1;
+}
+
+/* A line of the old text format: printable ASCII and tabs only (a torn line closed by
+ * TORN_MARK holds a control character and is dropped). */
+static bool legacy_line_ok(const char *s, size_t len)
+{
+    for (size_t k = 0; k < len; k++)
+        if (s[k] != '\t' && (s[k] < 0x20 || s[k] > 0x7e))
+            return false;
+    return true;
+}
+
+static void parse_text(GPtrArray *all, GBytes *bytes)
+{
+    gsize len;
+    const char *text = g_bytes_get_data(bytes, &len);
+    size_t pos = 0;
+    while (pos < len) {
+        const char *p = text + pos;
+        size_t avail = len - pos;
+        if (avail >= 6 && memcmp(p, REC_MAGIC, 6) == 0) {
+            const char *payload;
+            size_t plen, n = record_at(p, avail, &payload, &plen);
+            if (n) {
+                parse_payload(all, bytes, payload, plen, false);
+                pos += n;
+                continue;
+            }
+            /* torn or damaged: skip to the next record start */
+            const char *next = g_strstr_len(p + 1, (gssize)(avail - 1), "\n" REC_MAGIC);
+            if (!next)
+                break;
+            pos = (size_t)(next - text) + 1;
+            continue;
+        }
+        const char *nl = memchr(p, '\n', avail);
+        if (!nl)
+            break; /* a line without its newline never finished */
+        if (legacy_line_ok(p, (size_t)(nl - p)))
+            parse_payload(all, bytes, p, (size_t)(nl - p), true);
+        pos = (size_t)(nl - text) + 1;
+    }
+}
+
 static int read_journal(vh_journal *j, GPtrArray **out, GError **err)
 {
-    g_autofree char *text = NULL;
-    gsize len = 0;
-    g_autoptr(GError) e = NULL;
-    if (!g_file_get_contents(j->path, &text, &len, &e))
-        return vh_fail(err, EIO, "%s: %s", j->path, e->message);
-    GPtrArray *all = g_ptr_array_new_with_free_func(parsed_free);
-    char *line = text;
-    for (;;) {
-        char *nl = memchr(line, '\n', len - (size_t)(line - text));
-        if (!nl)
-            break; /* no newline: a record that never finished */
-        *nl = '\0';
-        g_auto(GStrv) f = g_strsplit(line, "\t", -1);
-        parse_line(all, f, g_strv_length(f));
-        line = nl + 1;
+    *out = NULL;
+    struct stat st;
+    if (fstat(j->file.fd, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", j->path, g_strerror(errno));
+    if ((uint64_t)st.st_size > MAX_JOURNAL)
+        return vh_fail(err, EFBIG, "%s: larger than %u bytes: not read", j->path, MAX_JOURNAL);
+    size_t len = (size_t)st.st_size;
+    g_autofree char *text = g_malloc(len + 1);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(j->file.fd, text + got, len - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return vh_fail(err, errno, "%s: reading: %s", j->path, g_strerror(errno));
+        if (n == 0)
+            break; /* cut by another process meanwhile: what was read is parsed */
+        got += (size_t)n;
     }
+    text[got] = '\0';
+    GPtrArray *all = g_ptr_array_new_with_free_func(parsed_free);
+    g_autoptr(GBytes) bytes = g_bytes_new_take(g_steal_pointer(&text), got);
+    parse_text(all, bytes);
     *out = all;
     return 0;
 }
 
-static int open_child(vh_journal *j, const parsed_repair *p, vh_file *f, GError **err)
+/* ---------- recovery ---------- */
+
+/* Opens the child beneath the store for writing: no "..", no symlink on the way, a regular
+ * file, never blocking (a record names a path; the path may have been made a trap since). */
+static int open_child(vh_journal *j, const char *rel, vh_file *f, GError **err)
 {
-    g_autofree char *path = g_build_filename(j->store, p->info.child, NULL);
-    return vh_file_open(f, path, true, err);
+    memset(f, 0, sizeof *f);
+    f->fd = -1;
+    g_autofree char *path = g_build_filename(j->store, rel, NULL);
+    vh_autofd int root = open(j->store, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return vh_fail(err, errno, "%s: %s", j->store, g_strerror(errno));
+    return vh_file_open_beneath(f, root, rel, path, true, err);
 }
 
-static int roll_back(vh_journal *j, parsed_repair *p, GError **err)
+/* The child as the caller's rollback will see it: what a simulated rollback has put back
+ * (segments, later ones win) over the file's bytes. */
+typedef struct {
+    uint64_t off;
+    GBytes *b;
+} seg;
+
+typedef struct {
+    vh_file *f;
+    GArray *segs;
+    uint64_t size; /* the simulated size */
+} vview;
+
+static int view_read(vview *v, uint8_t *buf, uint64_t off, size_t len, GError **err)
 {
-    vh_file f;
-    int r = open_child(j, p, &f, err);
-    if (r < 0)
-        return r;
-    r = restore_ranges(&f, p->ranges, p->original_size, err);
-    vh_file_close(&f);
-    if (r < 0)
-        return r;
-    g_autofree char *line = g_strdup_printf("ROLLBACK\t%s\n", p->info.id);
-    return append_record(j, line, err);
+    memset(buf, 0, len);
+    if (off < v->f->size) {
+        size_t n = (size_t)MIN((uint64_t)len, v->f->size - off);
+        int r = vh_file_read(v->f, buf, n, off, "journaled range", err);
+        if (r < 0)
+            return r;
+    }
+    for (guint k = 0; k < v->segs->len; k++) {
+        seg *s = &g_array_index(v->segs, seg, k);
+        gsize sn;
+        const uint8_t *sp = g_bytes_get_data(s->b, &sn);
+        uint64_t a = MAX(off, s->off), e = MIN(off + len, s->off + sn);
+        if (a < e)
+            memcpy(buf + (a - off), sp + (a - s->off), (size_t)(e - a));
+    }
+    return 0;
 }
 
-int vh_journal_recover(vh_journal *j, const char *child_rel, GError **err)
+typedef enum { FOUND_CHANGED, FOUND_UNTOUCHED, FOUND_REPAIRS } found;
+
+/* Does the simulated file hold `b` at off? */
+static bool view_holds(vview *v, uint64_t off, GBytes *b, GError **err)
 {
+    gsize n;
+    const uint8_t *p = g_bytes_get_data(b, &n);
+    if (off + n > v->size)
+        return false;
+    g_autofree uint8_t *buf = g_malloc(n + 1);
+    return view_read(v, buf, off, n, err) == 0 && memcmp(buf, p, n) == 0;
+}
+
+/* One chunk of a write: the repair's new bytes (1), what it found (0), or neither (-1). */
+static int chunk_state(vview *v, const journal_range *jr, uint64_t k, GError **err)
+{
+    uint64_t c0 = jr->off + k * CHUNK, c1 = MIN(c0 + CHUNK, jr->off + jr->wlen);
+    size_t clen = (size_t)(c1 - c0);
+    uint64_t now_end = MIN(c1, MAX(c0, v->size)); /* the chunk's part inside the file now */
+    uint8_t buf[CHUNK];
+    if (now_end > c0 && view_read(v, buf, c0, (size_t)(now_end - c0), err) < 0)
+        return -2;
+    /* what it found: the original bytes inside the old size, nothing past it */
+    uint64_t old_end = MIN(c1, MAX(c0, jr->size_before));
+    gsize on;
+    const uint8_t *orig = g_bytes_get_data(jr->original, &on);
+    uint64_t o = c0 - jr->off;
+    if (now_end == old_end && o + (now_end - c0) <= on &&
+        memcmp(buf, orig + o, (size_t)(now_end - c0)) == 0)
+        return 0;
+    if (now_end != c1)
+        return -1;
+    uint8_t full[32];
+    gsize flen = sizeof full;
+    g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+    g_checksum_update(c, buf, (gssize)clen);
+    g_checksum_get_digest(c, full, &flen);
+    const uint8_t *sums = g_bytes_get_data(jr->sums, NULL);
+    return memcmp(full, sums + k * SUM_LEN, SUM_LEN) == 0 ? 1 : -1;
+}
+
+/* Checks one range against the simulated file and simulates its rollback. */
+static int check_range(vview *v, const journal_range *jr, bool *applied, GError **err)
+{
+    if (jr->wlen == 0) { /* a truncate to off */
+        if (v->size == jr->off && jr->off != jr->size_before)
+            *applied = true;
+        else if (v->size != jr->size_before || !view_holds(v, jr->off, jr->original, err))
+            return err && *err ? -1 : 0;
+    } else {
+        uint64_t after = MAX(jr->size_before, jr->off + jr->wlen);
+        if (v->size < jr->size_before || v->size > after)
+            return 0;
+        for (uint64_t k = 0; k * CHUNK < jr->wlen; k++) {
+            int c = chunk_state(v, jr, k, err);
+            if (c == -2)
+                return -1;
+            if (c < 0)
+                return 0;
+            *applied |= c == 1;
+        }
+    }
+    if (g_bytes_get_size(jr->original) > 0) {
+        seg s = {jr->off, g_bytes_ref(jr->original)};
+        g_array_append_val(v->segs, s);
+    }
+    v->size = jr->size_before;
+    return 1;
+}
+
+static void seg_clear(gpointer p)
+{
+    g_bytes_unref(((seg *)p)->b);
+}
+
+/*
+ * Does the child hold, in every journaled range and in its size, what the repair found or what
+ * it wrote (a crash at any write, torn in CHUNKs or not)? Simulates the rollback newest range
+ * first: each range must hold its new bytes or its original ones.
+ */
+static int compare_child(vh_file *f, parsed_repair *p, found *out, char **why, GError **err)
+{
+    load_ranges(p);
+    if (p->legacy) { /* no hashes of the new bytes: only "untouched" can be recognised */
+        for (guint i = 0; i < p->ranges->len; i++) {
+            journal_range *jr = &g_array_index(p->ranges, journal_range, i);
+            gsize n;
+            const uint8_t *o = g_bytes_get_data(jr->original, &n);
+            g_autofree uint8_t *buf = g_malloc(n + 1);
+            if (jr->off + n > f->size ||
+                vh_file_read(f, buf, n, jr->off, "journaled range", NULL) < 0 ||
+                memcmp(buf, o, n) != 0) {
+                *out = FOUND_CHANGED;
+                *why = g_strdup("a legacy record whose ranges no longer hold what it found");
+                return 0;
+            }
+        }
+        *out = f->size == p->original_size ? FOUND_UNTOUCHED : FOUND_CHANGED;
+        if (*out == FOUND_CHANGED)
+            *why = g_strdup("a legacy record, and the size differs");
+        return 0;
+    }
+    vview v = {f, g_array_new(FALSE, TRUE, sizeof(seg)), f->size};
+    g_array_set_clear_func(v.segs, seg_clear);
+    bool applied = false;
+    int r = 1;
+    for (guint i = p->ranges->len; r == 1 && i-- > 0;)
+        r = check_range(&v, &g_array_index(p->ranges, journal_range, i), &applied, err);
+    if (r == 1 && v.size != p->original_size)
+        r = 0;
+    g_array_unref(v.segs);
+    if (r < 0)
+        return r;
+    *out = r == 0 ? FOUND_CHANGED : applied ? FOUND_REPAIRS : FOUND_UNTOUCHED;
+    if (r == 0)
+        *why = g_strdup_printf("its bytes or its size (%" G_GUINT64_FORMAT
+                               ") are neither what the repair found nor what it wrote",
+                               f->size);
+    return 0;
+}
+
+static void note(vh_recover_stats *st, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void note(vh_recover_stats *st, const char *fmt, ...)
+{
+    if (!st)
+        return;
+    if (!st->notes)
+        st->notes = g_ptr_array_new_with_free_func(g_free);
+    va_list ap;
+    va_start(ap, fmt);
+    g_ptr_array_add(st->notes, g_strdup_vprintf(fmt, ap));
+    va_end(ap);
+}
+
+/* Resolves one unfinished record; the caller holds the child's lock. */
+static int resolve_one(vh_journal *j, vh_file *f, parsed_repair *p, vh_recover_stats *st,
+                       GError **err)
+{
+    found how;
+    g_autofree char *why = NULL;
+    int r = compare_child(f, p, &how, &why, err);
+    if (r < 0)
+        return r;
+    if (how == FOUND_CHANGED) {
+        st->left++;
+        note(st, "unfinished repair %s of %s left alone: the child changed since: %s", p->info.id,
+             p->info.child, why);
+        return 0;
+    }
+    if (how == FOUND_REPAIRS && (r = restore_ranges(f, p->ranges, p->original_size, err)) < 0)
+        return r;
+    g_autofree char *line = g_strdup_printf("ROLLBACK\t%s", p->info.id);
+    if ((r = append_record(j, line, err)) < 0)
+        return r;
+    if (how == FOUND_REPAIRS)
+        st->rolled_back++;
+    else
+        st->resolved++;
+    return 0;
+}
+
+static int refresh_size(vh_file *f, GError **err)
+{
+    struct stat st;
+    if (fstat(f->fd, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", f->path, g_strerror(errno));
+    f->size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int vh_journal_recover_locked(vh_journal *j, vh_file *child, const char *child_rel,
+                              vh_recover_stats *st, GError **err)
+{
+    vh_recover_stats local = {0};
+    if (!st)
+        st = &local;
+    int before = st->rolled_back;
+    g_autoptr(GPtrArray) all = NULL;
+    int r = read_journal(j, &all, err); /* re-read under the lock: resolved records stay so */
+    for (guint i = all ? all->len : 0; r == 0 && i-- > 0;) {
+        parsed_repair *p = all->pdata[i];
+        if (p->info.state != VH_REPAIR_OPEN || strcmp(p->info.child, child_rel) != 0)
+            continue;
+        if ((r = refresh_size(child, err)) == 0)
+            r = resolve_one(j, child, p, st, err);
+    }
+    vh_recover_stats_clear(&local);
+    return r < 0 ? r : st->rolled_back - before;
+}
+
+int vh_journal_recover(vh_journal *j, const char *child_rel, vh_recover_stats *st, GError **err)
+{
+    vh_recover_stats local = {0};
+    if (!st)
+        st = &local;
+    int before = st->rolled_back;
     g_autoptr(GPtrArray) all = NULL;
     int r = read_journal(j, &all, err);
-    if (r < 0)
-        return r;
-    int count = 0;
-    for (guint i = 0; i < all->len; i++) {
+    g_autoptr(GHashTable) done = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = all ? all->len : 0; r == 0 && i-- > 0;) {
         parsed_repair *p = all->pdata[i];
-        if (p->info.state != VH_REPAIR_OPEN)
+        if (p->info.state != VH_REPAIR_OPEN || (child_rel && strcmp(child_rel, p->info.child)) ||
+            !g_hash_table_add(done, p->info.child))
             continue;
-        if (child_rel && strcmp(child_rel, p->info.child) != 0)
+        vh_file f;
+        g_autoptr(GError) e = NULL;
+        if (open_child(j, p->info.child, &f, &e) < 0) {
+            st->left++;
+            note(st, "unfinished repair %s of %s left alone: %s", p->info.id, p->info.child,
+                 e->message);
             continue;
-        if ((r = roll_back(j, p, err)) < 0)
-            return r;
-        count++;
+        }
+        int l = lock_fd(f.fd, F_WRLCK, false);
+        if (l == -EAGAIN || l == -EACCES)
+            st->busy++; /* a live repair: its owner finishes it */
+        else if (l < 0)
+            r = vh_fail(err, -l, "%s: cannot lock: %s", f.path, g_strerror(-l));
+        else
+            r = vh_journal_recover_locked(j, &f, p->info.child, st, err);
+        vh_file_close(&f); /* drops the lock */
     }
-    return count;
+    vh_recover_stats_clear(&local);
+    return r < 0 ? r : st->rolled_back - before;
 }
 
 int vh_journal_list(vh_journal *j, GPtrArray **out, GError **err)
@@ -440,7 +1030,8 @@ int vh_journal_list(vh_journal *j, GPtrArray **out, GError **err)
     return 0;
 }
 
-int vh_journal_undo(vh_journal *j, const char *id, GError **err)
+/* Undoes p, whose child f the caller holds locked. */
+static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
 {
     g_autoptr(GPtrArray) all = NULL;
     int r = read_journal(j, &all, err);
@@ -451,24 +1042,49 @@ int vh_journal_undo(vh_journal *j, const char *id, GError **err)
         return vh_fail(err, ENOENT, "%s: no repair with id %s", j->path, id);
     if (p->info.state != VH_REPAIR_COMMITTED)
         return vh_fail(err, EINVAL, "repair %s of %s was %s: nothing to undo", id, p->info.child,
-                       p->info.state == VH_REPAIR_UNDONE ? "undone already" : "rolled back");
-    vh_file f;
-    if ((r = open_child(j, p, &f, err)) < 0)
+                       p->info.state == VH_REPAIR_UNDONE ? "undone already"
+                       : p->info.state == VH_REPAIR_OPEN ? "never finished"
+                                                         : "rolled back");
+    if ((r = refresh_size(f, err)) < 0)
         return r;
+    load_ranges(p);
     if (!p->undoing) {
         g_autofree char *hash = NULL;
-        r = hash_ranges(&f, p->ranges, &hash, err);
-        if (r == 0 && (f.size != p->final_size || strcmp(hash, p->final_hash) != 0))
-            r = vh_fail(err, EBUSY, "%s: changed since repair %s: refusing to undo it", f.path, id);
-        g_autofree char *line = g_strdup_printf("UNDOING\t%s\n", id);
+        r = hash_ranges(f, p->ranges, &hash, err);
+        if (r == 0 && (f->size != p->final_size || strcmp(hash, p->final_hash) != 0))
+            r = vh_fail(err, EBUSY, "%s: changed since repair %s: refusing to undo it", f->path,
+                        id);
+        g_autofree char *line = g_strdup_printf("UNDOING\t%s", id);
         if (r == 0)
             r = append_record(j, line, err);
     }
     if (r == 0)
-        r = restore_ranges(&f, p->ranges, p->original_size, err);
-    vh_file_close(&f);
+        r = restore_ranges(f, p->ranges, p->original_size, err);
     if (r < 0)
         return r;
-    g_autofree char *line = g_strdup_printf("UNDO\t%s\n", id);
+    g_autofree char *line = g_strdup_printf("UNDO\t%s", id);
     return append_record(j, line, err);
+}
+
+int vh_journal_undo(vh_journal *j, const char *id, GError **err)
+{
+    g_autoptr(GPtrArray) all = NULL;
+    int r = read_journal(j, &all, err);
+    if (r < 0)
+        return r;
+    parsed_repair *p = find_parsed(all, id);
+    if (!p)
+        return vh_fail(err, ENOENT, "%s: no repair with id %s", j->path, id);
+    vh_file f;
+    if ((r = open_child(j, p->info.child, &f, err)) < 0)
+        return r;
+    r = lock_fd(f.fd, F_WRLCK, false);
+    if (r == -EAGAIN || r == -EACCES)
+        r = vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it", f.path);
+    else if (r < 0)
+        r = vh_fail(err, -r, "%s: cannot lock: %s", f.path, g_strerror(-r));
+    else
+        r = undo_locked(j, &f, id, err);
+    vh_file_close(&f);
+    return r;
 }

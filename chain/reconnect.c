@@ -118,7 +118,7 @@ static int open_named(const char *open, const char *name, vh_open_flags flags, v
         return r;
     g_free(f.path);
     f.path = g_strdup(name);
-    return vh_disk_open_file(&f, flags, out, err);
+    return vh_disk_open_settled(&f, flags, out, err); /* not mid-rewrite by another process */
 }
 
 static int resolve_paths(const char *child, const char *parent, const vh_reconnect_opts *o,
@@ -273,49 +273,123 @@ static char *describe_plan(const link_plan *lp)
                            lp->absolute ? "; absolute " : "", lp->absolute ? lp->absolute : "");
 }
 
-/* The rewrite itself: lock, recover an unfinished earlier repair, journal, rewrite, commit. */
-static int rewrite_link(const real_paths *rp, const link_plan *lp, vh_reconnect_result *res,
+/* Does the child's link already say exactly what the plan would write? */
+static bool link_is_plan(const vh_disk *d, const link_plan *lp)
+{
+    if (!vh_id_equal(&d->link.parent_id, &lp->u.parent_id))
+        return false;
+    bool relative = false, absolute = false;
+    for (guint i = 0; d->link.locators && i < d->link.locators->len; i++) {
+        const vh_locator *l = d->link.locators->pdata[i];
+        switch (l->kind) {
+        case VH_LOC_RELATIVE_PATH:
+        case VH_LOC_W2RU:
+        case VH_LOC_WI2R:
+            if (strcmp(l->path, lp->relative) != 0)
+                return false;
+            relative = true;
+            break;
+        case VH_LOC_ABSOLUTE_WIN32_PATH:
+        case VH_LOC_W2KU:
+        case VH_LOC_WI2K:
+            /* without a winroot a VHD's W2ku holds the relative path, a VHDX has none */
+            if (strcmp(l->path, lp->absolute ? lp->absolute : lp->relative) != 0)
+                return false;
+            absolute = true;
+            break;
+        case VH_LOC_PARENT_NAME:
+            if (strcmp(l->path, lp->absolute ? lp->absolute : lp->file_name) != 0)
+                return false;
+            break;
+        default:
+            break;
+        }
+    }
+    return relative && (absolute || !lp->absolute); /* a winroot adds an absolute locator */
+}
+
+/* A second handle on the child's open file description: it keeps the OFD lock alive while the
+ * disk engine owns (and may close) the first. */
+static int hold_file(const vh_file *f, vh_file *out, bool writable, GError **err)
+{
+    memset(out, 0, sizeof *out);
+    out->fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0);
+    if (out->fd < 0)
+        return vh_fail(err, errno, "%s: %s", f->path, g_strerror(errno));
+    out->path = g_strdup(f->path);
+    out->writable = writable;
+    struct stat st;
+    out->size = fstat(out->fd, &st) == 0 ? (uint64_t)st.st_size : f->size;
+    return 0;
+}
+
+/*
+ * The compare of the compare-and-swap, under the child's lock: 1 when the link still needs the
+ * rewrite, 0 when it is healed already (to exactly this parent, or, for a heal, no longer
+ * broken by the caller's verdict).
+ */
+static int still_needed(const vh_file *held, const link_plan *lp, const vh_reconnect_opts *o,
                         GError **err)
 {
-    g_autoptr(vh_journal) j = NULL;
-    int r = vh_journal_open(rp->store_real, &j, err);
+    vh_file rf;
+    int r = hold_file(held, &rf, false, err);
     if (r < 0)
         return r;
-    vh_file f;
-    if ((r = vh_file_open(&f, rp->child_open, true, err)) < 0)
-        return r;
-    g_free(f.path); /* a pin's /proc/self/fd/N: the journal and messages want the name */
-    f.path = g_strdup(rp->child_real);
-    if ((r = lock_child(&f, err)) < 0) {
-        vh_file_close(&f);
-        return r;
-    }
-    g_autofree char *rel = path_below(rp->store_real, rp->child_real);
-    if ((r = vh_journal_recover(j, rel, err)) < 0) {
-        vh_file_close(&f);
-        return r;
-    }
+    g_autoptr(vh_disk) cur = NULL;
+    g_autoptr(GError) e = NULL;
+    if (vh_disk_open_file(&rf, VH_OPEN_READ, &cur, &e) < 0)
+        return vh_fail(err, EIO, "the child is corrupt: %s", e->message);
+    if (cur->type != VH_TYPE_DIFFERENCING)
+        return vh_fail(err, ENOTSUP, "%s: no longer a differencing disk", held->path);
+    /* a child with damage a read forgives (warnings) goes on to the write path, which
+     * refuses it (EIO) */
+    bool clean = !cur->warnings || cur->warnings->len == 0;
+    if (clean && link_is_plan(cur, lp))
+        return 0;
+    if (o->still_broken)
+        return o->still_broken(o->still_broken_ctx, err) != 0 ? 1 : 0;
+    return 1;
+}
+
+/* Reports what recovering the child's earlier unfinished repairs did (they are left alone
+ * when the child changed since; the rewrite goes on). */
+static void report_recovery(vh_recover_stats *st)
+{
+    for (guint k = 0; st->notes && k < st->notes->len; k++)
+        g_warning("%s", (char *)st->notes->pdata[k]);
+    vh_recover_stats_clear(st);
+}
+
+/* Rewrites the link of the child held (locked) in f, journaled; takes f. */
+static int rewrite_locked(vh_journal *j, vh_file *f, vh_file *held, const char *rel,
+                          const link_plan *lp, vh_reconnect_result *res, GError **err)
+{
     vh_repair *rep = NULL;
-    if ((r = vh_journal_begin(j, &f, res->old_link, res->new_link, &rep, err)) < 0) {
-        vh_file_close(&f);
+    int r = vh_journal_begin(j, f, res->old_link, res->new_link, &rep, err);
+    if (r < 0) {
+        vh_fail_prefix(err, "not repaired, the child is unchanged");
+        vh_file_close(f);
         return r;
     }
     res->repair_id = g_strdup(vh_repair_id(rep));
     vh_disk *d = NULL;
-    r = vh_disk_open_file(&f, VH_OPEN_WRITE, &d, err); /* takes f; its hook goes with it */
+    r = vh_disk_open_file(f, VH_OPEN_WRITE, &d, err); /* takes f; its hook goes with it */
     if (r < 0) {
         vh_fail_prefix(err, "the child is corrupt");
         if (err && *err)
             (*err)->code = EIO;
-        /* the open may have written (log replay) before failing: restore from the journal */
+        /* the open may have written (log replay) before failing: restore from the journal,
+         * still under the lock that `held` keeps */
         vh_journal_release(rep);
-        vh_journal_recover(j, rel, NULL);
+        vh_recover_stats st = {0};
+        vh_journal_recover_locked(j, held, rel, &st, NULL);
+        report_recovery(&st);
         g_clear_pointer(&res->repair_id, g_free);
         return -EIO;
     }
     vh_repair_set_file(rep, &d->file);
     if (!d->ops->set_parent_link)
-        r = vh_fail(err, ENOTSUP, "%s: the %s engine cannot rewrite parent links", rp->child_real,
+        r = vh_fail(err, ENOTSUP, "%s: the %s engine cannot rewrite parent links", d->file.path,
                     vh_format_name(d->format));
     else
         r = d->ops->set_parent_link(d, &lp->u, err);
@@ -323,11 +397,49 @@ static int rewrite_link(const real_paths *rp, const link_plan *lp, vh_reconnect_
         r = vh_disk_flush(d, err);
     if (r == 0)
         r = vh_journal_commit(rep, err);
-    else
-        vh_journal_abort(rep, NULL);
+    else if (vh_journal_abort(rep, NULL) == 0)
+        vh_fail_prefix(err, "not repaired, the child is as it was");
     if (r < 0)
         g_clear_pointer(&res->repair_id, g_free);
-    vh_disk_close(d); /* closing the fd drops the OFD lock */
+    vh_disk_close(d);
+    return r;
+}
+
+/* The rewrite itself: lock, recover an unfinished earlier repair, compare (is the rewrite
+ * still needed?), then journal, rewrite, commit; the lock is held from the compare to the
+ * commit, so a healed link is never healed twice. */
+static int rewrite_link(const real_paths *rp, const link_plan *lp, const vh_reconnect_opts *o,
+                        vh_reconnect_result *res, GError **err)
+{
+    g_autoptr(vh_journal) j = NULL;
+    int r = vh_journal_open(rp->store_real, &j, err);
+    if (r < 0)
+        return r;
+    vh_file f, held;
+    if ((r = vh_file_open(&f, rp->child_open, true, err)) < 0)
+        return r;
+    g_free(f.path); /* a pin's /proc/self/fd/N: the journal and messages want the name */
+    f.path = g_strdup(rp->child_real);
+    if ((r = lock_child(&f, err)) < 0 || (r = hold_file(&f, &held, true, err)) < 0) {
+        vh_file_close(&f);
+        return r;
+    }
+    g_autofree char *rel = path_below(rp->store_real, rp->child_real);
+    vh_recover_stats st = {0};
+    r = vh_journal_recover_locked(j, &held, rel, &st, err);
+    report_recovery(&st);
+    if (r >= 0)
+        r = still_needed(&held, lp, o, err);
+    if (r == 0) {
+        res->already_healed = true;
+        vh_file_close(&f);
+    } else if (r > 0) {
+        f.size = held.size;
+        r = rewrite_locked(j, &f, &held, rel, lp, res, err);
+    } else {
+        vh_file_close(&f);
+    }
+    vh_file_close(&held); /* the last handle: drops the OFD lock */
     return r;
 }
 
@@ -358,7 +470,7 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
         res->new_link = describe_plan(&lp);
         if (!opts->dry_run) {
             g_clear_pointer(&c, vh_disk_close); /* no handle of ours stays open on the child */
-            r = rewrite_link(&rp, &lp, res, err);
+            r = rewrite_link(&rp, &lp, opts, res, err);
         }
     }
     link_plan_clear(&lp);

@@ -3,6 +3,8 @@
  * reconnect.h - the reconnect engine: re-parent a differencing disk, as Hyper-V's
  * SetParentVirtualHardDisk / Set-VHD -ParentPath [-IgnoreIdMismatch] does, checking first and
  * then rewriting only the child's parent-link fields, journaled and under an OFD write lock.
+ * The rewrite is a compare-and-swap: under the lock the child's link is read again and the
+ * verdict re-run; a link healed meanwhile is left as it is ("already healed").
  *
  * Errors follow doc/design.md "Extended attributes": ENOENT (parent missing), EINVAL (parent not a
  * disk, identity mismatch without force, size or sector-size mismatch, format mismatch, cycle,
@@ -13,6 +15,13 @@
 #define VH_RECONNECT_H
 
 #include "disk.h"
+
+/*
+ * Re-runs the verdict on the child's link while the reconnect holds the child's OFD write lock:
+ * 1 when the link is still broken (go on), 0 when it is not (another process or host healed
+ * it: nothing is written), negative errno on failure.
+ */
+typedef int (*vh_still_broken_fn)(void *ctx, GError **err);
 
 /*
  * Descriptors of the very files a repair is about (any open mode, O_PATH too), -1 for none. The
@@ -33,12 +42,19 @@ typedef struct vh_reconnect_opts {
     bool dry_run;                /* check and describe only */
     int maxdepth;                /* 0 = VH_DEFAULT_MAXDEPTH */
     const vh_reconnect_pin *pin; /* NULL: the child and the parent are opened by their paths */
+    /* A heal (repair, heal on open): the compare-and-swap also asks this; NULL for an explicit
+     * reconnect, which only checks whether the child already links to exactly that parent. */
+    vh_still_broken_fn still_broken;
+    void *still_broken_ctx;
 } vh_reconnect_opts;
 
 typedef struct vh_reconnect_result {
     char *repair_id; /* journal id (NULL on a dry run) */
     char *old_link;  /* one-line descriptions */
     char *new_link;
+    /* Under the lock the child was found healed already (by another process or host, or to
+     * exactly this parent): nothing written, no journal record, repair_id NULL. */
+    bool already_healed;
 } vh_reconnect_result;
 
 void vh_reconnect_result_clear(vh_reconnect_result *r);

@@ -143,16 +143,19 @@ int vh_service_scan(vh_service *s, GError **err)
 
 int vh_service_recover(vh_service *s, GError **err)
 {
-    g_autofree char *path = g_build_filename(vh_service_root(s), ".vhdheal", "journal", NULL);
-    if (access(path, F_OK) != 0)
-        return 0; /* no journal: nothing was ever repaired here, and nothing is created */
     g_autoptr(vh_journal) j = NULL;
-    int r = vh_journal_open(vh_service_root(s), &j, err);
-    if (r < 0)
+    /* no journal: nothing was ever repaired here, and nothing is created */
+    int r = vh_journal_open_existing(vh_service_root(s), &j, err);
+    if (r < 0 || !j)
         return r;
-    r = vh_journal_recover(j, NULL, err);
-    if (r > 0)
-        logf_(s, true, "journal: rolled back %d unfinished repair%s", r, r == 1 ? "" : "s");
+    vh_recover_stats st = {0};
+    r = vh_journal_recover(j, NULL, &st, err);
+    if (st.rolled_back > 0)
+        logf_(s, true, "journal: rolled back %d repair%s a crash interrupted", st.rolled_back,
+              st.rolled_back == 1 ? "" : "s");
+    for (guint k = 0; st.notes && k < st.notes->len; k++)
+        logf_(s, true, "journal: %s", (char *)st.notes->pdata[k]);
+    vh_recover_stats_clear(&st);
     return r;
 }
 
@@ -438,15 +441,39 @@ static void release_child(vh_service *s, const vh_disk_info *child)
     g_mutex_unlock(&s->lock);
 }
 
-/* The gate, then vh_reconnect, under the repair lock. */
+typedef struct {
+    vh_service *s;
+    const char *rel;
+} heal_cas;
+
+/* The verdict re-run under the child's lock (the compare of a heal's compare-and-swap): the
+ * child is probed again, so a link another process or host healed reads as ok. */
+static int heal_still_broken(void *ctx, GError **err)
+{
+    heal_cas *c = ctx;
+    vh_store_note_changed(c->s->store, c->rel);
+    g_autoptr(GError) e = NULL;
+    g_autoptr(vh_link) l = link_fresh(c->s, c->rel, &e);
+    if (!l) {
+        int code = vh_error_errno(e);
+        g_propagate_error(err, g_steal_pointer(&e));
+        return -code;
+    }
+    return l->verdict != VH_VERDICT_OK;
+}
+
+/* The gate, then vh_reconnect, under the repair lock; `heal`: a heal's compare-and-swap. */
 static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_abs, bool force,
-                   vh_gate_fn gate, void *ctx, vh_reconnect_result *res, GError **err)
+                   bool heal, vh_gate_fn gate, void *ctx, vh_reconnect_result *res, GError **err)
 {
     g_autofree char *child_abs = g_build_filename(vh_service_root(s), child->path, NULL);
+    heal_cas cas = {s, child->path};
     vh_reconnect_opts o = {.store = vh_service_root(s),
                            .winroot = s->winroot,
                            .ignore_id_mismatch = force,
-                           .maxdepth = (int)s->maxdepth};
+                           .maxdepth = (int)s->maxdepth,
+                           .still_broken = heal ? heal_still_broken : NULL,
+                           .still_broken_ctx = &cas};
     vh_reconnect_pin pin = {-1, -1};
     int r = 0;
     memset(res, 0, sizeof *res);
@@ -508,8 +535,14 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
                                       ? g_strdup(parent)
                                       : g_build_filename(vh_service_root(s), parent, NULL);
     if (r == 0)
-        r = rewrite(s, child, parent_abs, force, gate, ctx, res, &e);
+        r = rewrite(s, child, parent_abs, force, false, gate, ctx, res, &e);
     g_autofree char *pname = store_name(s, parent_abs);
+    if (r == 0 && res->already_healed) {
+        vh_store_note_changed(s->store, child->path);
+        logf_(s, false, "reconnect of %s to %s: already linked to it, nothing written", child_rel,
+              pname);
+        return 0;
+    }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
         g_autofree char *what = g_strdup_printf("reconnected to %s on request%s", pname,
@@ -538,8 +571,14 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
     g_autofree char *target = g_build_filename(vh_service_root(s), l->heal_target, NULL);
     g_autoptr(GError) e = NULL;
     vh_reconnect_result res;
-    int r = rewrite(s, child, target, false, gate, ctx, &res, &e);
+    int r = rewrite(s, child, target, false, true, gate, ctx, &res, &e);
     const char *reason = vh_verdict_name(l->verdict);
+    if (r == 0 && res.already_healed) {
+        /* another process or host healed it meanwhile: the index learns of its new link */
+        vh_store_note_changed(s->store, child->path);
+        vh_reconnect_result_clear(&res);
+        return 0;
+    }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
         g_autofree char *what =

@@ -133,8 +133,7 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
         return 0;
     }
     vh_disk *d = NULL;
-    r = fmt == VH_FORMAT_VHDX ? vh_vhdx_open(&f, VH_OPEN_PROBE, &d, &err)
-                              : vh_vhd_open(&f, VH_OPEN_PROBE, &d, &err);
+    r = vh_disk_open_settled(&f, VH_OPEN_PROBE, &d, &err); /* not mid-rewrite (disk.h) */
     if (r < 0) {
         out->error = g_strdup(err ? err->message : g_strerror(-r));
         return 0;

@@ -7,6 +7,8 @@
 
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "journal.h"
@@ -157,7 +159,7 @@ static void crash_at_every_op_recovers(void **state)
             bool fired = vh_fault_fired();
             vh_fault_disarm();
             assert_true(r < 0 || !fired);
-            assert_true(vh_journal_recover(j, NULL, NULL) >= 0);
+            assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
             g_autoptr(GBytes) now = file_bytes(fx->child);
             assert_true(g_bytes_equal(now, fx->original) || g_bytes_equal(now, committed));
             if (fired)
@@ -182,7 +184,346 @@ static void unfinished_last_record_is_ignored(void **state)
     g_autoptr(GPtrArray) list = NULL;
     assert_int_equal(vh_journal_list(j, &list, NULL), 0);
     assert_int_equal(list->len, 1);
-    assert_int_equal(vh_journal_recover(j, NULL, NULL), 0);
+    assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 0);
+}
+
+static char *journal_path(const fixture *fx)
+{
+    return g_build_filename(fx->store, ".vhdheal", "journal", NULL);
+}
+
+/* A repair that "crashed" after it wrote into the child: its record stays open and the child
+ * holds part of what it wrote. */
+static void crashed_repair(fixture *fx)
+{
+    for (long n = 1;; n++) {
+        assert_true(n < 50);
+        assert_true(g_file_set_contents(fx->child, g_bytes_get_data(fx->original, NULL),
+                                        (gssize)g_bytes_get_size(fx->original), NULL));
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        vh_fault_arm(VH_FAULT_STOP, n, 0);
+        int r = do_repair(j, fx->child, NULL);
+        vh_fault_disarm();
+        assert_true(r < 0);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        if (!g_bytes_equal(now, fx->original))
+            return;
+        /* the stop came before any write to the child: resolve that record, try later */
+        assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
+    }
+}
+
+static guint count_in_journal(const fixture *fx, const char *what)
+{
+    g_autofree char *jp = journal_path(fx);
+    g_autofree char *text = NULL;
+    assert_true(g_file_get_contents(jp, &text, NULL, NULL));
+    guint n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p++)
+        n++;
+    return n;
+}
+
+/* A record cut at any byte is ignored, never merges with the next one, and the next append
+ * (a whole repair) parses. */
+static void torn_record_is_skipped(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *jp = journal_path(fx);
+    {
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        assert_int_equal(do_repair(j, fx->child, NULL), 0);
+    }
+    g_autofree char *before = NULL;
+    gsize before_len;
+    assert_true(g_file_get_contents(jp, &before, &before_len, NULL));
+    /* one more record: a repair begun and let go (its BEGIN is the last record) */
+    {
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        vh_file f;
+        assert_int_equal(vh_file_open(&f, fx->child, true, NULL), 0);
+        vh_repair *rp = NULL;
+        assert_int_equal(vh_journal_begin(j, &f, "a", "b", &rp, NULL), 0);
+        vh_journal_release(rp);
+        vh_file_close(&f);
+    }
+    g_autofree char *full = NULL;
+    gsize full_len;
+    assert_true(g_file_get_contents(jp, &full, &full_len, NULL));
+    assert_true(full_len > before_len + 20);
+    g_autoptr(GBytes) child_now = file_bytes(fx->child);
+    int cuts = 0;
+    for (gsize cut = before_len; cut < full_len; cut++) {
+        assert_true(g_file_set_contents(jp, full, (gssize)cut, NULL));
+        assert_int_equal(chmod(jp, 0600), 0);
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        g_autoptr(GPtrArray) list = NULL;
+        assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+        assert_int_equal(list->len, 1);
+        assert_int_equal(((vh_repair_info *)list->pdata[0])->state, VH_REPAIR_COMMITTED);
+        assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 0);
+        /* the next repair appends after the torn tail and parses whole */
+        assert_int_equal(do_repair(j, fx->child, NULL), 0);
+        g_ptr_array_unref(g_steal_pointer(&list));
+        assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+        assert_int_equal(list->len, 2);
+        vh_repair_info *second = list->pdata[1];
+        assert_int_equal(second->state, VH_REPAIR_COMMITTED);
+        assert_string_equal(second->child, "child.vhd");
+        assert_string_equal(second->old_link, "old link");
+        assert_string_equal(second->new_link, "new\tlink\n");
+        assert_int_equal(vh_journal_undo(j, second->id, NULL), 0);
+        g_autoptr(GBytes) back = file_bytes(fx->child);
+        assert_true(g_bytes_equal(back, child_now));
+        cuts++;
+    }
+    print_message("# journal cut at %d byte offsets of its last record\n", cuts);
+}
+
+/* ENOSPC on an append (whole or short): the repair is aborted before the child is touched. */
+static void enospc_aborts_the_repair(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *jp = journal_path(fx);
+    for (long n = 1; n <= 3; n += 2) { /* 1: the BEGIN record; 3: the first RANGE record */
+        for (size_t tear = 0; tear <= 10; tear += 10) {
+            g_autoptr(vh_journal) j = NULL;
+            assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+            struct stat st0;
+            assert_int_equal(stat(jp, &st0), 0);
+            vh_fault_arm(tear ? VH_FAULT_TEAR : VH_FAULT_STOP, n, tear);
+            vh_fault_set_errno(ENOSPC);
+            g_autoptr(GError) err = NULL;
+            int r = do_repair(j, fx->child, &err);
+            vh_fault_disarm();
+            assert_int_equal(r, -ENOSPC);
+            assert_non_null(strstr(err->message, "journal"));
+            g_autoptr(GBytes) now = file_bytes(fx->child);
+            assert_true(g_bytes_equal(now, fx->original));
+            /* a short record was cut off again: the journal ends on a record boundary */
+            g_autofree char *text = NULL;
+            gsize len;
+            assert_true(g_file_get_contents(jp, &text, &len, NULL));
+            assert_true(len == 0 || text[len - 1] == '\n');
+            vh_recover_stats st = {0};
+            assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 0);
+            assert_int_equal(st.left, 0);
+            vh_recover_stats_clear(&st);
+            now = (g_bytes_unref(now), file_bytes(fx->child));
+            assert_true(g_bytes_equal(now, fx->original));
+        }
+    }
+}
+
+/* A repair whose child is locked by someone else is live: recovery leaves it alone. */
+static void recovery_skips_a_locked_child(void **state)
+{
+    fixture *fx = *state;
+    crashed_repair(fx);
+    guint rollbacks = count_in_journal(fx, "ROLLBACK");
+    g_autoptr(GBytes) crashed = file_bytes(fx->child);
+    int fd = open(fx->child, O_RDWR);
+    assert_true(fd >= 0);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    assert_int_equal(fcntl(fd, F_OFD_SETLK, &fl), 0);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    vh_recover_stats st = {0};
+    assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 0);
+    assert_int_equal(st.busy, 1);
+    g_autoptr(GBytes) now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(now, crashed));
+    assert_int_equal(count_in_journal(fx, "ROLLBACK"), rollbacks);
+    close(fd); /* the "live repair" is gone: now it is recovered */
+    assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 1);
+    g_autoptr(GBytes) back = file_bytes(fx->child);
+    assert_true(g_bytes_equal(back, fx->original));
+    vh_recover_stats_clear(&st);
+}
+
+/* The child changed after the crash (grown by a write): left alone and reported. */
+static void recovery_leaves_a_changed_child(void **state)
+{
+    fixture *fx = *state;
+    crashed_repair(fx);
+    int fd = open(fx->child, O_RDWR);
+    assert_true(fd >= 0);
+    g_autofree uint8_t *more = g_malloc(16 * 1024 * 1024);
+    memset(more, 0x5A, 16 * 1024 * 1024);
+    assert_int_equal(pwrite(fd, more, 16 * 1024 * 1024, 16384), 16 * 1024 * 1024);
+    close(fd);
+    g_autoptr(GBytes) changed = file_bytes(fx->child);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    vh_recover_stats st = {0};
+    assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 0);
+    assert_int_equal(st.left, 1);
+    assert_non_null(st.notes);
+    assert_non_null(strstr(st.notes->pdata[0], "changed since"));
+    g_autoptr(GBytes) now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(now, changed));
+    vh_recover_stats_clear(&st);
+    /* and a byte changed inside a journaled range, size unchanged: left alone too */
+    crashed_repair(fx);
+    fd = open(fx->child, O_RDWR);
+    assert_int_equal(pwrite(fd, "z", 1, 520), 1);
+    close(fd);
+    g_autoptr(GBytes) poked = file_bytes(fx->child);
+    assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 0);
+    assert_true(st.left >= 1);
+    g_autoptr(GBytes) after = file_bytes(fx->child);
+    assert_true(g_bytes_equal(after, poked));
+    vh_recover_stats_clear(&st);
+}
+
+/* Recoveries started at once by several processes resolve an unfinished record once (without
+ * the child's lock and a re-read under it, several read it unfinished and all roll it back). */
+static void recovery_happens_once(void **state)
+{
+    fixture *fx = *state;
+    enum { PROCS = 16, ROUNDS = 5 };
+    int restorers = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        crashed_repair(fx);
+        guint rollbacks = count_in_journal(fx, "ROLLBACK");
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        pid_t pids[PROCS];
+        for (int k = 0; k < PROCS; k++) {
+            pids[k] = fork();
+            assert_true(pids[k] >= 0);
+            if (pids[k] == 0) {
+                vh_journal *j = NULL;
+                if (vh_journal_open(fx->store, &j, NULL) < 0)
+                    _exit(2);
+                char c;
+                close(go[1]);
+                if (read(go[0], &c, 1) < 0) /* all start together */
+                    _exit(2);
+                int r = vh_journal_recover(j, NULL, NULL, NULL);
+                vh_journal_close(j);
+                _exit(r < 0 ? 2 : r);
+            }
+        }
+        close(go[0]);
+        close(go[1]); /* EOF: go */
+        int total = 0;
+        for (int k = 0; k < PROCS; k++) {
+            int status;
+            assert_int_equal(waitpid(pids[k], &status, 0), pids[k]);
+            assert_true(WIFEXITED(status) && WEXITSTATUS(status) <= 1);
+            total += WEXITSTATUS(status);
+        }
+        assert_int_equal(count_in_journal(fx, "ROLLBACK"), rollbacks + 1);
+        assert_int_equal(total, 1);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, fx->original));
+        /* a later recovery of the resolved record is a no-op */
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 0);
+        assert_int_equal(count_in_journal(fx, "ROLLBACK"), rollbacks + 1);
+        restorers += total;
+    }
+    print_message("# %d rounds of %d concurrent recoveries: %d restored the child\n", ROUNDS, PROCS,
+                  restorers);
+}
+
+/* A symbolic link where the journal or its folder should be is refused, never written through. */
+static void symlinks_are_refused(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *target = g_build_filename(fx->store, "target", NULL);
+    assert_true(g_file_set_contents(target, "precious", -1, NULL));
+    g_autofree char *dir = g_build_filename(fx->store, ".vhdheal", NULL);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    g_autofree char *jp = journal_path(fx);
+    assert_int_equal(symlink(target, jp), 0);
+    g_autoptr(GError) err = NULL;
+    vh_journal *j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, &err), -ELOOP);
+    assert_null(j);
+    assert_non_null(strstr(err->message, "symbolic link"));
+    g_autofree char *text = NULL;
+    assert_true(g_file_get_contents(target, &text, NULL, NULL));
+    assert_string_equal(text, "precious");
+    /* the folder itself a link to another folder */
+    assert_int_equal(unlink(jp), 0);
+    assert_int_equal(rmdir(dir), 0);
+    g_autofree char *elsewhere = g_build_filename(fx->store, "elsewhere", NULL);
+    assert_int_equal(mkdir(elsewhere, 0700), 0);
+    assert_int_equal(symlink(elsewhere, dir), 0);
+    g_clear_error(&err);
+    assert_int_equal(vh_journal_open(fx->store, &j, &err), -ELOOP);
+    assert_non_null(strstr(err->message, "symbolic link"));
+    g_autofree char *made = g_build_filename(elsewhere, "journal", NULL);
+    assert_false(g_file_test(made, G_FILE_TEST_EXISTS));
+    /* a FIFO as the journal: refused, without blocking */
+    assert_int_equal(unlink(dir), 0);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(mkfifo(jp, 0600), 0);
+    g_clear_error(&err);
+    assert_int_equal(vh_journal_open(fx->store, &j, &err), -EINVAL);
+}
+
+static void modes_are_private(void **state)
+{
+    fixture *fx = *state;
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    g_autofree char *dir = g_build_filename(fx->store, ".vhdheal", NULL);
+    g_autofree char *jp = journal_path(fx);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(stat(jp, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    /* made by an older version: tightened */
+    g_clear_pointer(&j, vh_journal_close);
+    assert_int_equal(chmod(dir, 0755), 0);
+    assert_int_equal(chmod(jp, 0644), 0);
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(stat(jp, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+}
+
+/* A journal of the old text format: its records are listed and undone; a torn last line is
+ * ignored and does not swallow the next (new-format) record. */
+static void legacy_journal_is_read(void **state)
+{
+    fixture *fx = *state;
+    g_autofree char *dir = g_build_filename(fx->store, ".vhdheal", NULL);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    g_autofree char *jp = journal_path(fx);
+    /* as the old code wrote it: one repair of 4 bytes at 100, committed */
+    const uint8_t *orig = g_bytes_get_data(fx->original, NULL);
+    g_autofree char *b64 = g_base64_encode(orig + 100, 4);
+    g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+    g_checksum_update(c, (const guchar *)"WXYZ", 4);
+    g_autofree char *text = g_strdup_printf("BEGIN\told1\t0\tchild.vhd\t8192\ta\tb\n"
+                                            "RANGE\told1\t100\t4\t%s\n"
+                                            "COMMIT\told1\t8192\t%s\n"
+                                            "BEGIN\ttorn\t0\tchild.vhd\t8192\tx",
+                                            b64, g_checksum_get_string(c));
+    assert_true(g_file_set_contents(jp, text, -1, NULL));
+    int fd = open(fx->child, O_RDWR);
+    assert_int_equal(pwrite(fd, "WXYZ", 4, 100), 4);
+    close(fd);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    assert_int_equal(vh_journal_undo(j, "old1", NULL), 0);
+    g_autoptr(GBytes) now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(now, fx->original));
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    assert_int_equal(list->len, 1);
+    assert_int_equal(((vh_repair_info *)list->pdata[0])->state, VH_REPAIR_UNDONE);
 }
 
 int main(void)
@@ -192,6 +533,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(undo_refuses_a_changed_child, setup, teardown),
         cmocka_unit_test_setup_teardown(crash_at_every_op_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(unfinished_last_record_is_ignored, setup, teardown),
+        cmocka_unit_test_setup_teardown(torn_record_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(enospc_aborts_the_repair, setup, teardown),
+        cmocka_unit_test_setup_teardown(recovery_skips_a_locked_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(recovery_leaves_a_changed_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(recovery_happens_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(symlinks_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(modes_are_private, setup, teardown),
+        cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <glib/gstdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -339,7 +340,7 @@ static int crash_everywhere(vh_format f, const char *moved_dir)
              * open's journal recovery puts back the original bytes (doc/design.md "Journal"). */
             g_autoptr(vh_journal) j = NULL;
             assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
-            assert_true(vh_journal_recover(j, NULL, NULL) >= 0);
+            assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
             g_autoptr(GBytes) now = file_bytes(fx->child);
             assert_true(g_bytes_equal(now, original));
             covered++;
@@ -379,12 +380,165 @@ static void vhdx_crash_safety(void **state)
     assert_true(a > 3 && b > 3);
 }
 
+static guint journal_count(const fx_t *fx, const char *what)
+{
+    g_autofree char *jp = g_build_filename(fx->store, ".vhdheal", "journal", NULL);
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(jp, &text, NULL, NULL))
+        return 0;
+    guint n = 0;
+    for (const char *p = text; (p = strstr(p, what)); p++)
+        n++;
+    return n;
+}
+
+static int say_healed(void *ctx, GError **err)
+{
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* Reconnects of one broken child, one after the other or at once from several processes, make
+ * one repair: under the lock the second finds it healed and writes nothing. */
+static void compare_and_swap(vh_format f)
+{
+    fx_t *fx = make_store(f, "moved");
+    g_autoptr(GBytes) broken = file_bytes(fx->child);
+    vh_reconnect_opts o = {.store = fx->store};
+    vh_reconnect_result res;
+    assert_int_equal(vh_reconnect(fx->child, fx->base, &o, &res, NULL), 0);
+    assert_false(res.already_healed);
+    assert_non_null(res.repair_id);
+    vh_reconnect_result_clear(&res);
+    g_autoptr(GBytes) healed = file_bytes(fx->child);
+    g_autofree char *healed_link = link_of(fx->child);
+    assert_int_equal(vh_reconnect(fx->child, fx->base, &o, &res, NULL), 0);
+    assert_true(res.already_healed);
+    assert_null(res.repair_id);
+    vh_reconnect_result_clear(&res);
+    g_autoptr(GBytes) again = file_bytes(fx->child);
+    assert_true(g_bytes_equal(again, healed));
+    assert_int_equal(journal_count(fx, "BEGIN"), 1);
+
+    /* a heal whose verdict, re-run under the lock, says the link is no longer broken */
+    put_bytes(fx->child, broken);
+    int asked = 0;
+    vh_reconnect_opts ho = {
+        .store = fx->store, .still_broken = say_healed, .still_broken_ctx = &asked};
+    assert_int_equal(vh_reconnect(fx->child, fx->base, &ho, &res, NULL), 0);
+    assert_true(res.already_healed);
+    vh_reconnect_result_clear(&res);
+    assert_int_equal(asked, 1);
+    g_autoptr(GBytes) untouched = file_bytes(fx->child);
+    assert_true(g_bytes_equal(untouched, broken));
+    assert_int_equal(journal_count(fx, "BEGIN"), 1);
+
+    /* eight processes at once: one repair */
+    for (int round = 0; round < 3; round++) {
+        put_bytes(fx->child, broken);
+        guint commits = journal_count(fx, "COMMIT");
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        pid_t pids[8];
+        for (int k = 0; k < 8; k++) {
+            pids[k] = fork();
+            assert_true(pids[k] >= 0);
+            if (pids[k] == 0) {
+                char c;
+                close(go[1]);
+                if (read(go[0], &c, 1) < 0)
+                    _exit(3);
+                vh_reconnect_result cr;
+                int r;
+                GError *e = NULL;
+                do { /* a loser of the lock race retries, as a later open would */
+                    g_clear_error(&e);
+                    r = vh_reconnect(fx->child, fx->base, &o, &cr, &e);
+                } while (r == -EBUSY);
+                if (r < 0)
+                    fprintf(stderr, "reconnect: %s\n", e->message);
+                _exit(r < 0 ? 3 : cr.already_healed ? 0 : 1);
+            }
+        }
+        close(go[0]);
+        close(go[1]);
+        int wrote = 0;
+        for (int k = 0; k < 8; k++) {
+            int status;
+            assert_int_equal(waitpid(pids[k], &status, 0), pids[k]);
+            assert_true(WIFEXITED(status) && WEXITSTATUS(status) <= 1);
+            wrote += WEXITSTATUS(status);
+        }
+        assert_int_equal(wrote, 1);
+        assert_int_equal(journal_count(fx, "COMMIT"), commits + 1);
+        g_autofree char *now = link_of(fx->child);
+        assert_non_null(now);
+        assert_string_equal(now, healed_link);
+    }
+    free_store(fx);
+}
+
+static void vhd_compare_and_swap(void **state)
+{
+    compare_and_swap(VH_FORMAT_VHD);
+}
+
+static void vhdx_compare_and_swap(void **state)
+{
+    compare_and_swap(VH_FORMAT_VHDX);
+}
+
+/* A journal append that fails (a full disk) aborts the reconnect before the child is touched,
+ * at the BEGIN record and at every RANGE record. */
+static void enospc(vh_format f)
+{
+    fx_t *fx = make_store(f, "moved");
+    g_autoptr(GBytes) original = file_bytes(fx->child);
+    vh_fault_arm(VH_FAULT_NONE, 0, 0);
+    assert_int_equal(reconnect(fx, fx->base, false, NULL), 0);
+    long total = vh_fault_ops();
+    int aborted = 0;
+    for (long n = 1; n <= total; n++) {
+        put_bytes(fx->child, original);
+        vh_fault_arm(VH_FAULT_ONCE, n, 0);
+        vh_fault_set_errno(ENOSPC);
+        g_autoptr(GError) err = NULL;
+        int r = reconnect(fx, fx->base, false, &err);
+        vh_fault_disarm();
+        assert_true(r < 0);
+        if (!strstr(err->message, "journal"))
+            continue; /* the fault hit a write of the child: crash_everywhere's case */
+        assert_int_equal(r, -ENOSPC);
+        if (!strstr(err->message, "not repaired"))
+            fail_msg("op %ld: %s", n, err->message);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, original));
+        aborted++;
+    }
+    print_message("# %s: %d journal appends failed with ENOSPC, child unchanged each time\n",
+                  fmt_ext(f), aborted);
+    assert_true(aborted >= 2);
+    free_store(fx);
+}
+
+static void vhd_enospc(void **state)
+{
+    enospc(VH_FORMAT_VHD);
+}
+
+static void vhdx_enospc(void **state)
+{
+    enospc(VH_FORMAT_VHDX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(vhd_reconnect_heals), cmocka_unit_test(vhdx_reconnect_heals),
-        cmocka_unit_test(vhd_errors),          cmocka_unit_test(vhdx_errors),
-        cmocka_unit_test(vhd_crash_safety),    cmocka_unit_test(vhdx_crash_safety),
+        cmocka_unit_test(vhd_reconnect_heals),  cmocka_unit_test(vhdx_reconnect_heals),
+        cmocka_unit_test(vhd_errors),           cmocka_unit_test(vhdx_errors),
+        cmocka_unit_test(vhd_crash_safety),     cmocka_unit_test(vhdx_crash_safety),
+        cmocka_unit_test(vhd_compare_and_swap), cmocka_unit_test(vhdx_compare_and_swap),
+        cmocka_unit_test(vhd_enospc),           cmocka_unit_test(vhdx_enospc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -480,7 +480,8 @@ typedef struct {
     GArray *write_len; /* per mutating op (1-based index): bytes written, 0 for flush/truncate */
 } op_log;
 
-static int record_hook(void *ctx, vh_file *f, uint64_t off, size_t len, GError **err)
+static int record_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
+                       GError **err)
 {
     op_log *l = ctx;
     long n = vh_fault_ops() + 1; /* the op about to be counted */
