@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
 """journal_concurrency - repairs are compare-and-swap and recovery never undoes a live repair
-(DESIGN.md "Shared stores").
+(doc/design.md "Shared stores").
 
 Part 1, on one store: every round plants fresh broken chains (a VHD and a VHDX whose base moved
 to another folder), then at once opens them through a vhdhealfs mount (heal on open), runs

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""mount_eio - a failing store disk (issue 14; DESIGN.md "Tests"): STORE is an ext4 file system
+"""mount_eio - a failing store disk (issue 14; doc/design.md "Tests"): STORE is an ext4 file system
 on a loop device over nbdfuse over nbdkit's memory plugin behind its error filter, so that every
 read and write of the device fails with EIO while a trigger file exists. With errors on, through
 the mount a folder of children is moved (relink) and a child with a lost parent is opened (heal
