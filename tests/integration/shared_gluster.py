@@ -11,11 +11,12 @@ and @raw on both mounts), `vhdheal check` is healthy, the journal holds each bro
 exactly once, `vhdheal undo` of one repair brings back exactly that broken link, and nothing
 printed says "rolled back" or "unreadable".
 
-Part 2: rounds of fresh broken VMs opened through both daemons while daemon A is killed (-9) at
-a random moment of its heals; it is restarted each round. Every link is the old one or the new
-one, and, after a final `vhdheal repair`, every chain reads its true content, each link has
-exactly one committed repair in the journal, none is left unfinished, and qemu-img finds the
-VHDX base disks clean."""
+Part 2: rounds of fresh broken VMs opened through daemon A, which is killed (-9) at a random
+moment after the journal grew (a repair began), while daemon B opens them too (from a random
+moment before or after the kill); A is restarted each round. After each round every link is the
+old one or the new one and the journal agrees (one committed repair for a new link, none for an
+old one, none unfinished); after a final `vhdheal repair` every chain reads its true content,
+each link has exactly one committed repair, and qemu-img finds the VHDX base disks clean."""
 import collections
 import concurrent.futures
 import hashlib
@@ -43,9 +44,11 @@ OPENS = 3           # part 1: opens of each top through each daemon
 KILL_ROUNDS = int(os.environ.get("VH_ROUNDS", "20"))    # part 2
 ROUND_VMS = 2       # part 2: fresh broken VMs per round (one VHD, one VHDX)
 ROUND_OPENS = 3     # part 2: opens of each top through each daemon per round
+KILL_SPAN = 0.25    # part 2: s after a repair began in which the kill (and B's opens) fall
 SIZE = 4 << 20
 LINE = re.compile(r"^(\S+) (\S+) (\S+) (.*): (.*) -> (.*)$")
-seen_output = []    # (where, text) of everything the programs printed, checked at the end
+seen_output = []    # (part, where, text) of everything the programs printed, checked at the end
+part = ["part 1"]
 
 
 class VM:
@@ -106,7 +109,7 @@ def vh(*args, ok=None):
     stdout, stderr)."""
     p = vhdheal(*args, ok=False)
     out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-    seen_output.append((f"vhdheal {' '.join(map(str, args))}",
+    seen_output.append((part[0], f"vhdheal {' '.join(map(str, args))}",
                         err + ("" if "--json" in args else out)))
     if ok is not None:
         check(p.returncode in ok, f"vhdheal {' '.join(map(str, args))}: exit {p.returncode}: "
@@ -202,11 +205,13 @@ def part1(g, root, stage):
         t = time.monotonic()
         errors, lat = hammer(jobs)
         rout = repair.communicate(timeout=300)[0].decode(errors="replace")
-        seen_output.append(("vhdheal repair (during the opens)", rout))
+        seen_output.append((part[0], "vhdheal repair (during the opens)", rout))
         print(f"part 1: {len(jobs)} opens through 2 daemons and vhdheal repair in "
               f"{time.monotonic() - t:.1f} s (slowest open {max(lat):.2f} s); repair said: "
               f"{rout.strip().splitlines()[-1] if rout.strip() else ''}", flush=True)
         check(repair.returncode in (0, 1), f"vhdheal repair exit {repair.returncode}: {rout}")
+        if repair.returncode:  # links the daemons were healing at that moment may be left
+            print("part 1: vhdheal repair left links; its output:\n" + rout[-1500:], flush=True)
         for m, errs in errors.items():
             check(False, f"{len(errs)} opens through {m} failed: {errs[:3]}")
         check(da.alive() and db.alive(), "a daemon died")
@@ -214,8 +219,7 @@ def part1(g, root, stage):
     finally:
         for d in (da, db):
             d.stop()
-            seen_output.append((f"daemon log {d.log}", d.text()))
-    return sorted(lat)[len(lat) // 2]
+            seen_output.append((part[0], f"daemon log {d.log}", d.text()))
 
 
 def check_part1_state(c, vms, mnts):
@@ -253,21 +257,48 @@ def introduce(vms, mnts):
             os.getxattr(os.path.join(m, v.base), "user.vhd.id")
 
 
-def kill_round(k, a_args, da, db, vms, delay):
-    """Opens through both daemons; daemon A gets SIGKILL after DELAY s and is started again
-    (its recovery done: the FUSE loop serves nothing before it). Returns B's failed opens and
-    the new daemon A."""
-    jobs = [(m, v) for v in vms for m in (da.mnt, db.mnt) for _ in range(ROUND_OPENS)]
-    timer = threading.Timer(delay, lambda: da.proc.send_signal(signal.SIGKILL))
-    timer.start()
-    errors, _ = hammer(jobs, workers=8)
-    timer.join()
+def wait_growth(path, size0, timeout):
+    """Waits until the file at PATH grows past SIZE0: True, or False after TIMEOUT s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.stat(path).st_size > size0:
+                return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    return False
+
+
+def kill_round(a_args, da, db, vms, journal_path):
+    """Daemon A opens the round's tops; once the journal grows (A began a repair), A gets
+    SIGKILL after a random part of KILL_SPAN, and B's opens of the same tops begin at another
+    random moment of it (before or after the kill). A is started again (its recovery done: the
+    FUSE loop serves nothing before it). Returns B's failed opens, the new daemon A, the kill's
+    delay and whether it followed a journal append."""
+    try:
+        size0 = os.stat(journal_path).st_size
+    except FileNotFoundError:
+        size0 = 0
+    kill_at, b_at = random.uniform(0, KILL_SPAN), random.uniform(0, KILL_SPAN)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
+        fa = ex.submit(hammer, [(da.mnt, v) for v in vms for _ in range(ROUND_OPENS)], 6)
+        grew = wait_growth(journal_path, size0, 5)
+        t0, fb = time.monotonic(), None
+        for at, what in sorted([(kill_at, "kill"), (b_at, "b")]):
+            time.sleep(max(0.0, t0 + at - time.monotonic()))
+            if what == "kill":
+                da.proc.send_signal(signal.SIGKILL)
+            else:
+                fb = ex.submit(hammer, [(db.mnt, v) for v in vms for _ in range(ROUND_OPENS)], 6)
+        fa.result()
+        b_errors = fb.result()[0].get(db.mnt, [])
     da.proc.wait()
     da.logf.close()
     subprocess.run(["fusermount3", "-u", "-z", da.mnt], check=False)
     da = start_daemon(*a_args)
-    os.listdir(da.mnt)
-    return errors.get(db.mnt, []), da
+    os.stat(os.path.join(da.mnt, ".vhdheal"))  # answered once the start's recovery is done
+    return b_errors, da, kill_at, grew
 
 
 def check_round(c, vms, k):
@@ -292,13 +323,12 @@ def check_round(c, vms, k):
     return new_links
 
 
-def part2(g, root, stage, heal_time):
+def part2(g, root, stage):
     a, b, c = g.mounts
     a_args = (a, os.path.join(root, "mntA"), os.path.join(root, "daemonA2.log"))
     da = start_daemon(*a_args)
     db = start_daemon(b, os.path.join(root, "mntB"), os.path.join(root, "daemonB2.log"))
-    window = min(max(heal_time * 2, 0.05), 1.5)
-    all_vms, b_errors, new_links, t = [], [], 0, time.monotonic()
+    all_vms, b_errors, new_links, in_repair, t = [], [], 0, 0, time.monotonic()
     try:
         for k in range(KILL_ROUNDS):
             t0 = time.monotonic()
@@ -306,19 +336,21 @@ def part2(g, root, stage, heal_time):
             vms = make_vms(stage, names, 1000 + 10 * k)
             publish(stage, vms, c)
             all_vms += vms
-            t1 = time.monotonic()
-            delay = random.uniform(0, window)
             introduce(vms, [da.mnt, db.mnt])
-            errs, da = kill_round(k, a_args, da, db, vms, delay)
+            t1 = time.monotonic()
+            errs, da, delay, grew = kill_round(a_args, da, db, vms,
+                                               os.path.join(c, ".vhdheal", "journal"))
             b_errors += errs
+            in_repair += grew
             check(db.alive(), f"round {k}: daemon B died")
             t2 = time.monotonic()
             n = check_round(c, vms, k)
             new_links += n
-            print(f"round {k}: kill -9 after {delay:.2f} s; {n} of {len(vms)} links new; "
-                  f"{t1 - t0:.1f} s to make, {t2 - t1:.1f} s to open/kill/restart, "
+            print(f"round {k}: kill -9 {delay * 1000:.0f} ms after "
+                  f"{'a journal append' if grew else '5 s without a repair'}; {n} of {len(vms)}"
+                  f" links new; {t1 - t0:.1f} s to make, {t2 - t1:.1f} s to open/kill/restart, "
                   f"{time.monotonic() - t2:.1f} s to check", flush=True)
-        print(f"part 2: {KILL_ROUNDS} rounds of kill -9 (random moment in {window:.2f} s), "
+        print(f"part 2: {KILL_ROUNDS} rounds of kill -9 ({in_repair} during a repair), "
               f"{len(all_vms)} VMs, {len(all_vms) * 2 * ROUND_OPENS} opens, {new_links} links "
               f"healed by the daemons, in {time.monotonic() - t:.1f} s", flush=True)
         check(not b_errors, f"part 2: {len(b_errors)} opens through daemon B failed: "
@@ -326,8 +358,8 @@ def part2(g, root, stage, heal_time):
     finally:
         for d in (da, db):
             d.stop()
-    seen_output.append(("daemon A log, part 2 (killed and restarted)", da.text()))
-    seen_output.append(("daemon B log, part 2", db.text()))
+    seen_output.append((part[0], "daemon A log (killed and restarted)", da.text()))
+    seen_output.append((part[0], "daemon B log", db.text()))
     check_part2_state(c, all_vms)
 
 
@@ -357,14 +389,16 @@ def check_part2_state(c, vms):
 
 
 def check_outputs():
-    """No program said "rolled back" (but the daemon that was killed, at its restarts) or
-    reported an unreadable disk."""
-    for where, text in seen_output:
+    """Nothing reported an unreadable disk, and nothing in part 1 (where no process dies) said
+    "rolled back". In part 2 the repairs of the killed daemon are rolled back legitimately (by
+    its restart, by daemon B, by vhdheal): what matters there is checked on the store and the
+    journal."""
+    for when, where, text in seen_output:
         for line in text.splitlines():
-            if "rolled back" in line and "killed and restarted" not in where:
-                check(False, f"{where}: {line}")
+            if "rolled back" in line and when == "part 1":
+                check(False, f"{when}: {where}: {line}")
             if "unreadable" in re.sub(r"\b0 unreadable", "", line).lower():
-                check(False, f"{where}: {line}")
+                check(False, f"{when}: {where}: {line}")
 
 
 def main():
@@ -381,8 +415,9 @@ def main():
                     check(not problems, f"GlusterFS {what}: {problems}")
                 print("GlusterFS: OFD locks exclusive across clients, writes seen at once",
                       flush=True)
-                heal_time = part1(g, root, stage)
-                part2(g, root, stage, heal_time)
+                part1(g, root, stage)
+                part[0] = "part 2"
+                part2(g, root, stage)
                 check_outputs()
         except Exception as ex:
             traceback.print_exc()
