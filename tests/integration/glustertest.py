@@ -103,9 +103,7 @@ class Gluster:
             os.makedirs(self.root, exist_ok=True)
             self._start_glusterd()
             os.makedirs(self.brick)
-            # "force": the brick may be on the root file system or a tmpfs (xattrs suffice)
-            _gluster("volume", "create", self.name, f"{self.host}:{self.brick}/b", "force")
-            self.created = True
+            self._create()
             for k, v in VOLUME_OPTIONS.items():
                 _gluster("volume", "set", self.name, k, v)
             _gluster("volume", "start", self.name)
@@ -132,6 +130,21 @@ class Gluster:
         if p.returncode == 0:  # else another test started one at the same moment: leave it be
             with open(pidfile) as f:
                 self.glusterd_pid = int(f.read().strip())
+
+    def _create(self):
+        """gluster refuses localhost and 127.0.0.1 as a brick's host: the host name (which
+        glusterd must resolve to this machine), else this machine's first address. "force":
+        the brick may be on the root file system or a tmpfs (they keep trusted.* xattrs)."""
+        addrs = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+        tried = []
+        for host in [self.host] + addrs[:1]:
+            p = _gluster("volume", "create", self.name, f"{host}:{self.brick}/b", "force",
+                         ok=False)
+            if p.returncode == 0:
+                self.host, self.created = host, True
+                return
+            tried.append(f"{host}: {p.stdout.strip()} {p.stderr.strip()}")
+        raise RuntimeError(f"gluster volume create {self.name} failed: {'; '.join(tried)}")
 
     def _mount(self, mnt):
         os.makedirs(mnt)
