@@ -178,11 +178,23 @@ def check_content(store, vms, mnts, what):
             check(got == v.ref, f"{what}: vhdheal read {v.top}: {got[:200]} (want {v.ref[:16]})")
         for m in mnts:
             raw = os.path.join(m, "@raw", v.top + ".raw")
-            try:
-                got = sha_file(raw)
-            except OSError as e:
-                got = str(e)
+            got = raw_sha(raw)
             check(got == v.ref, f"{what}: {raw}: {got[:200]} (want {v.ref[:16]})")
+
+
+def raw_sha(raw, wait=5):
+    """The sha256 of a @raw file, or the error. A disk another client just made may take a
+    moment to appear in a view (README: within about a second), so ENOENT is retried."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return sha_file(raw)
+        except FileNotFoundError as e:
+            if time.monotonic() > deadline:
+                return str(e)
+            time.sleep(0.2)
+        except OSError as e:
+            return str(e)
 
 
 def start_daemon(store, mnt, log):
