@@ -217,16 +217,27 @@ def part1(g, root, stage):
     db = start_daemon(b, os.path.join(root, "mntB"), os.path.join(root, "daemonB.log"))
     try:
         jobs = [(m.mnt, v) for v in vms for m in (da, db) for _ in range(OPENS)]
-        repair = subprocess.Popen([vhdtest.VHDHEAL, "repair", "--store", c, c],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         t = time.monotonic()
-        errors, lat = hammer(jobs)
-        rout = repair.communicate(timeout=300)[0].decode(errors="replace")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ex:
+            opens = ex.submit(hammer, jobs)
+            # once the daemons are repairing (the journal grew), check and repair from client
+            # C: their recovery meets the daemons' unfinished records, their reads the disks
+            # being rewritten
+            grew = wait_growth(os.path.join(c, ".vhdheal", "journal"), 0, 30)
+            progs = [subprocess.Popen([vhdtest.VHDHEAL, cmd, "--store", c, c],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                     for cmd in ("repair", "check")]
+            errors, lat = opens.result()
+        rout, cout = (p.communicate(timeout=300)[0].decode(errors="replace") for p in progs)
         seen_output.append((part[0], "vhdheal repair (during the opens)", rout))
-        print(f"part 1: {len(jobs)} opens through 2 daemons and vhdheal repair in "
+        seen_output.append((part[0], "vhdheal check (during the opens)", cout))
+        print(f"part 1: {len(jobs)} opens through 2 daemons, vhdheal repair and check (started "
+              f"{'once the journal grew' if grew else 'after 30 s without a repair'}) in "
               f"{time.monotonic() - t:.1f} s (slowest open {max(lat):.2f} s); repair said: "
               f"{rout.strip().splitlines()[-1] if rout.strip() else ''}", flush=True)
+        repair = progs[0]
         check(repair.returncode in (0, 1), f"vhdheal repair exit {repair.returncode}: {rout}")
+        check(progs[1].returncode in (0, 1), f"vhdheal check exit {progs[1].returncode}: {cout}")
         if repair.returncode:  # links the daemons were healing at that moment may be left
             print("part 1: vhdheal repair left links; its output:\n" + rout[-1500:], flush=True)
         for m, errs in errors.items():
