@@ -5,7 +5,8 @@ brick, mounted several times (each mount is its own glusterfs client process, i.
     with Gluster(root, mounts=3) as g:       # g.mounts[0], g.mounts[1], ...
         g.check_locks(); g.check_coherence()
 
-glusterd is started if it is not answering (and stopped again at the end); the volume gets the
+glusterd is started if it is not answering, and stopped again at the end unless another test's
+volume (vhtest*) is still there; a glusterd found answering is left alone. The volume gets the
 options doc/shared-stores.md lists (client-side caches off) and the mounts the FUSE options that
 make one client see another's writes, renames and sizes at once. On exit the mounts are
 unmounted, the volume stopped and deleted, the brick removed. Without the tools or without root
