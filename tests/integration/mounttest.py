@@ -116,9 +116,10 @@ def sha(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def create(path, fmt, size="8M", kind="dynamic"):
+def create(path, fmt, size="8M", kind="dynamic", block_size=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    vhdheal("create", "--format", fmt, "--type", kind, "--size", size, path)
+    bs = ["--block-size", block_size] if block_size else []
+    vhdheal("create", "--format", fmt, "--type", kind, *bs, "--size", size, path)
 
 
 def child(path, parent):
