@@ -388,16 +388,15 @@ static int check_bat(vh_disk *d, GError **err)
     vhd_priv *p = vhd_p(d);
     uint32_t blocks = (uint32_t)((d->virtual_size + d->block_size - 1) / d->block_size);
     g_autofree extent *ext = g_new(extent, blocks ? blocks : 1);
-    uint32_t n = 0;
+    uint32_t n = 0, past = 0, first_past = 0;
     for (uint32_t i = 0; i < p->bat_entries; i++) {
         if (p->bat[i] == VHD_BAT_UNUSED)
             continue;
         uint64_t entry_off = p->hdr.table_offset + 4 * (uint64_t)i;
         if (i >= blocks) {
-            vh_disk_warn(d,
-                         "BAT entry %u at offset %" G_GUINT64_FORMAT
-                         " is allocated past the virtual size; ignored",
-                         i, entry_off);
+            /* one warning for all of them: a hostile BAT holds millions */
+            if (past++ == 0)
+                first_past = i;
             p->bat[i] = VHD_BAT_UNUSED;
             continue;
         }
@@ -420,6 +419,11 @@ static int check_bat(vh_disk *d, GError **err)
                                d->file.path, i, entry_off, off, k);
         ext[n++] = (extent){off, off + len, i};
     }
+    if (past > 0)
+        vh_disk_warn(d,
+                     "%u BAT entries from entry %u at offset %" G_GUINT64_FORMAT
+                     " are allocated past the virtual size; ignored",
+                     past, first_past, p->hdr.table_offset + 4 * (uint64_t)first_past);
     qsort(ext, n, sizeof *ext, cmp_extent);
     for (uint32_t k = 1; k < n; k++)
         if (ext[k].off < ext[k - 1].end)
