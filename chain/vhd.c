@@ -426,15 +426,14 @@ static int check_bat(vh_disk *d, GError **err)
     vhd_priv *p = vhd_p(d);
     uint32_t blocks = virtual_blocks(d);
     g_autofree extent *ext = g_new(extent, blocks ? blocks : 1);
-    uint32_t n = 0;
+    uint32_t n = 0, past = 0, first_past = 0;
     for (uint32_t i = 0; i < p->bat_entries; i++) {
         if (p->bat[i] == VHD_BAT_UNUSED)
             continue;
         if (i >= blocks) {
-            vh_disk_warn(d,
-                         "BAT entry %u at offset %" G_GUINT64_FORMAT
-                         " is allocated past the virtual size; ignored",
-                         i, p->hdr.table_offset + 4 * (uint64_t)i);
+            /* one warning for all of them: a hostile BAT holds millions */
+            if (past++ == 0)
+                first_past = i;
             p->bat[i] = VHD_BAT_UNUSED;
             continue;
         }
@@ -444,6 +443,11 @@ static int check_bat(vh_disk *d, GError **err)
         uint64_t off = (uint64_t)p->bat[i] * VHD_SECTOR;
         ext[n++] = (extent){off, off + p->bitmap_bytes + block_used(d, i), i};
     }
+    if (past > 0)
+        vh_disk_warn(d,
+                     "%u BAT entries from entry %u at offset %" G_GUINT64_FORMAT
+                     " are allocated past the virtual size; ignored",
+                     past, first_past, p->hdr.table_offset + 4 * (uint64_t)first_past);
     qsort(ext, n, sizeof *ext, cmp_extent);
     for (uint32_t k = 1; k < n; k++)
         if (ext[k].off < ext[k - 1].end)

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "parent_value.h"
 #include "service.h"
 
 /* --- start and stop --- */
@@ -469,54 +470,6 @@ void vhfs_heal_unlinked(struct vhfs *fs, struct vhfs_inode *dir, const char *nam
 
 /* --- repairs asked for through the attributes --- */
 
-/* The absolute STORE path a parent value names, or -EXDEV/-EINVAL with a message. */
-static int map_parent(struct vhfs *fs, const char *rel, const char *value, char **out, GError **err)
-{
-    g_autofree char *dir = g_path_get_dirname(rel);
-    g_autofree char *base =
-        strcmp(dir, ".") == 0 ? g_strdup(fs->cfg.mountpoint) : vhfs_mount_path(fs, dir);
-    g_autofree char *p = g_canonicalize_filename(value, base);
-    const char *in_mount = below(p, fs->cfg.mountpoint);
-    const char *in_store = below(p, fs->cfg.store);
-
-    /* When one lies inside the other, the longer (more specific) root is the one meant. */
-    if (in_mount != NULL && in_store != NULL) {
-        if (strlen(fs->cfg.store) > strlen(fs->cfg.mountpoint))
-            in_mount = NULL;
-        else
-            in_store = NULL;
-    }
-    if (in_mount != NULL) {
-        *out = g_build_filename(fs->cfg.store, in_mount, NULL);
-        return 0;
-    }
-    if (in_store != NULL) {
-        *out = g_steal_pointer(&p);
-        return 0;
-    }
-    return vh_fail(err, EXDEV, "%s: the parent is outside the store (give a path under %s)", p,
-                   fs->cfg.mountpoint);
-}
-
-/* Length- and content-checks a parent value; the path without one trailing newline. */
-static int check_value(const char *value, size_t size, char **out, GError **err)
-{
-    size_t len = size;
-
-    if (len > 0 && value[len - 1] == '\n')
-        len--;
-    if (len == 0)
-        return vh_fail(err, EINVAL, "the parent path is empty");
-    if (len >= PATH_MAX)
-        return vh_fail(err, EINVAL, "the parent path is longer than %d bytes", PATH_MAX - 1);
-    if (memchr(value, '\0', len) != NULL || memchr(value, '\n', len) != NULL)
-        return vh_fail(err, EINVAL, "the parent path holds a NUL or newline character");
-    if (!g_utf8_validate(value, (gssize)len, NULL))
-        return vh_fail(err, EINVAL, "the parent path is not valid UTF-8");
-    *out = g_strndup(value, len);
-    return 0;
-}
-
 int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *rel,
                          const char *value, size_t size, bool force)
 {
@@ -545,9 +498,9 @@ int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *ino
                     fs->cfg.ro ? "read-only mount: repairs are not written"
                                : "healmode=overlay: repairs are not written into the store");
     if (r == 0)
-        r = check_value(value, size, &path, &err);
+        r = vhfs_parent_value_check(value, size, &path, &err);
     if (r == 0)
-        r = map_parent(fs, rel, path, &parent, &err);
+        r = vhfs_parent_value_map(fs->cfg.mountpoint, fs->cfg.store, rel, path, &parent, &err);
     gate_from_req(&g, fs, req);
     /* the parent is read for the caller: opened with the caller's rights, and pinned */
     if (r == 0)

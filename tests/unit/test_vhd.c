@@ -748,6 +748,25 @@ static void rejects_bad_bat_entries(void **state)
     assert_int_equal(vhd_p(d)->allocated, 2);
 }
 
+/* Entries allocated past the virtual size are dropped with one warning, not one each: a
+ * hostile BAT of millions of them made an open take seconds and hundreds of MiB (fuzz_vhd). */
+static void bat_entries_past_the_size_warn_once(void **state)
+{
+    g_autofree char *p = tpath("past.vhd");
+    create_disk(p, VH_TYPE_DYNAMIC, 4 * MIB, 0); /* 2 blocks; BAT room 0x600..0x1E00 */
+    uint8_t bat[0x1800];
+    memset(bat, 0, sizeof bat);
+    raw_read(p, 0x600, bat, 8);
+    raw_write(p, 0x600, bat, sizeof bat); /* entries 2..1535 name sector 0 */
+    raw_put_be32(p, 0x200 + 28, sizeof bat / 4);
+    fix_header(p);
+    g_autoptr(vh_disk) d = open_ok(p, VH_OPEN_READ);
+    assert_non_null(d->warnings);
+    assert_int_equal(d->warnings->len, 1);
+    assert_true(has_warning(d, "1534 BAT entries from entry 2 at offset 1544"));
+    assert_int_equal(vhd_p(d)->allocated, 0);
+}
+
 /* ------------------------------------------------------------------ locator rejections */
 
 static void locator_problems_warn_or_refuse(void **state)
@@ -1162,6 +1181,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(rejects_unusable_footers, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(rejects_bad_headers, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(rejects_bad_bat_entries, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(bat_entries_past_the_size_warn_once, tmp_setup,
+                                        tmp_teardown),
         cmocka_unit_test_setup_teardown(locator_problems_warn_or_refuse, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(differencing_runs_and_bitmaps, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(read_only_never_writes, tmp_setup, tmp_teardown),
