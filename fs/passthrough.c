@@ -85,6 +85,13 @@ static bool writable(int flags)
     return (flags & O_ACCMODE) != O_RDONLY;
 }
 
+/* An open that may change the file's bytes: writable, or truncating (O_RDONLY|O_TRUNC truncates
+ * too: the kernel passes O_TRUNC to the open with FUSE_CAP_ATOMIC_O_TRUNC). */
+static bool changes_content(int flags)
+{
+    return writable(flags) || (flags & O_TRUNC) != 0;
+}
+
 /* --- the inode table --- */
 
 static guint inode_hash(gconstpointer p)
@@ -836,6 +843,8 @@ static void lo_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     reply_err(req, "rmdir", res < 0 ? errno : 0);
 }
 
+static int may_write_existing(struct vhfs *fs, struct vhfs_inode *dir, const char *name, int flags);
+
 static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
@@ -844,6 +853,14 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     /* RENAME_WHITEOUT is for overlay file systems, not for a store. */
     if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
         return reply_err(req, "rename", EINVAL);
+    /* A rename over a disk other disks use as parent replaces its bytes under their link, as a
+     * write would (heal.c): refused the same way; an exchange replaces both names' bytes. */
+    if (!(flags & RENAME_NOREPLACE) &&
+        ((res = may_write_existing(vhfs_of(req), inode_of(req, newparent), newname, O_WRONLY)) <
+             0 ||
+         ((flags & RENAME_EXCHANGE) &&
+          (res = may_write_existing(vhfs_of(req), inode_of(req, parent), name, O_WRONLY)) < 0)))
+        return reply_err(req, "rename", -res);
     autopin a = pin(vhfs_of(req), inode_of(req, parent));
     autopin b = pin(vhfs_of(req), inode_of(req, newparent));
     if (a.fd < 0 || b.fd < 0)
@@ -1050,7 +1067,7 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     int fd, res;
 
     /* A disk other disks use as parent is not written (heal.c). */
-    if (writable(fi->flags) && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
+    if (changes_content(fi->flags) && (res = vhfs_heal_may_write(vhfs_of(req), inode)) < 0)
         return reply_err(req, "open", -res);
     /* A disk with a broken chain is healed first (heal.c); the open never fails for it. */
     rewritten = vhfs_heal_open(vhfs_of(req), req, inode);
@@ -1075,7 +1092,7 @@ static int may_write_existing(struct vhfs *fs, struct vhfs_inode *dir, const cha
     struct fuse_entry_param e;
     int res;
 
-    if (!writable(flags) && !(flags & O_TRUNC))
+    if (!changes_content(flags))
         return 0;
     if (do_lookup(fs, dir, name, &e) < 0)
         return 0; /* gone meanwhile: the open says what it finds */
