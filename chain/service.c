@@ -2,6 +2,7 @@
 /* service.c - the engine as a long-lived, thread-safe service for the mount (see service.h). */
 #include "service.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -809,12 +810,21 @@ GPtrArray *vh_service_children(vh_service *s, const char *rel, GError **err)
     if (!vh_store_scanned(s->store))
         vh_service_scan(s, NULL);
     g_autofree char *base = g_path_get_basename(disk->path);
-    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth};
+    vh_resolve_opts o = {.winroot = s->winroot, .maxdepth = s->maxdepth, .trust = s->trust};
+    struct stat ds;
+    if (fstatat(vh_store_root_fd(s->store), disk->path, &ds, AT_SYMLINK_NOFOLLOW) < 0)
+        return out; /* gone meanwhile: nobody's parent */
     g_autoptr(vh_resolver) r = vh_resolver_new(s->store, &o);
     g_autoptr(GPtrArray) all = vh_store_list(s->store, NULL);
     for (guint k = 0; k < all->len; k++) {
         const vh_disk_info *c = all->pdata[k];
         if (!vh_disk_info_is_child(c) || strcmp(c->path, disk->path) == 0)
+            continue;
+        /* only a child that trusts the disk counts (doc/design.md "Many users on one mount"):
+         * another user's child must not stop the owner from writing their own disk */
+        struct stat cs;
+        if (fstatat(vh_store_root_fd(s->store), c->path, &cs, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !vh_trusted(s->trust, cs.st_uid, cs.st_gid, ds.st_uid, ds.st_gid))
             continue;
         bool uses = expects(c, &disk->id);
         if (!uses && may_point_at(c, base)) {

@@ -277,6 +277,21 @@ def case_read_through_repair(store, mnt):
           f"read through a repair: root's @raw of bob's child: {rc} {got}")
 
 
+def case_parent_rule_trust(store, mnt):
+    """Another user's child does not make a disk a parent its owner may not write: only children
+    that trust the disk count (bob's child of alice's readable disk, under trust=owner)."""
+    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    rc, _, err = as_user(BOB, vhdtest.VHDHEAL, "create", "--parent", M("shared/alice.vhd"),
+                         M("bob/ontheirs.avhd"))
+    check(rc == 0, f"parent rule: bob's child of alice's disk: {rc} {err}")
+    rc, _, err = as_user(ALICE, "/usr/bin/python3", "-c",
+                         f"open({M('shared/alice.vhd')!r}, 'r+b').close()")
+    check(rc == 0, f"parent rule: alice may not write her disk because of bob's child: {err}")
+    rc, _, err = as_user(ALICE, vhdtest.VHDHEAL, "write", "--store", mnt, M("shared/alice.vhd"),
+                         "0", "/dev/null")
+    check(rc == 0, f"parent rule: vhdheal write of alice's disk refused for bob's child: {err}")
+
+
 def case_race(store, mnt, mt):
     S = lambda r: os.path.join(store, r)  # noqa: E731
     M = lambda r: os.path.join(mnt, r)  # noqa: E731
@@ -365,7 +380,8 @@ def main():
                 check(False, f"cli: {ex!r}")
             mt = Mount(store, mnt, os.path.join(root, "daemon.log"), "allow_other")
             try:
-                for case in (case_substitution, case_read_through_repair):
+                for case in (case_substitution, case_read_through_repair,
+                             case_parent_rule_trust):
                     try:
                         case(store, mnt)
                     except Exception as ex:
