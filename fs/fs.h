@@ -104,7 +104,14 @@ struct vhfs {
     int mount_id;       /* STORE's mount: handles of other mounts are not kept */
     int mount_fd;       /* STORE opened for open_by_handle_at (which takes no O_PATH one) */
     double timeout;     /* entry and attribute timeout, seconds */
-    bool as_root;       /* the daemon runs as root: new objects are given to their creator */
+    /* Open file and folder handles counted per user (root's are not): no user may hold more than
+       max_user_handles, so that one user cannot take the descriptors every other one needs. */
+    GMutex handles_lock;
+    GHashTable *handles;       /* uid -> handles it holds (GUINT_TO_POINTER) */
+    uid_t *fd_owner;           /* backing fd -> 1 + uid of the user it counts against; 0: none */
+    unsigned nfd_owner;        /* fd_owner's length: the descriptor limit */
+    unsigned max_user_handles; /* a quarter of what the limit leaves besides the inode cache */
+    bool as_root;              /* the daemon runs as root: new objects are given to their creator */
 
     /* views.c's state; NULL with views=off */
     struct vhfs_views *views;

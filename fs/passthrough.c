@@ -436,6 +436,87 @@ static unsigned fd_budget(void)
     return VHFS_MAX_PATH_FDS;
 }
 
+/* --- handles per user --- */
+
+/* The descriptor limit (main.c raised it to the hard one), bounded for the owner table. */
+static unsigned fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur > (1u << 20))
+        return 1u << 20;
+    return (unsigned)rl.rlim_cur;
+}
+
+static void handles_init(struct vhfs *fs)
+{
+    unsigned limit = fd_limit();
+    unsigned rest = limit > fs->max_fds ? limit - fs->max_fds : 0;
+
+    g_mutex_init(&fs->handles_lock);
+    fs->handles = g_hash_table_new(g_direct_hash, g_direct_equal);
+    fs->nfd_owner = limit;
+    fs->fd_owner = g_new0(uid_t, limit);
+    fs->max_user_handles = MAX(rest / 4, 64u);
+}
+
+/*
+ * Counts a new handle against the caller (root: not counted): EMFILE once the caller holds its
+ * share. *uid receives whom to count it against (handle_own, or handle_unclaim on failure).
+ */
+static int handle_claim(struct vhfs *fs, fuse_req_t req, uid_t *uid)
+{
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    int res = 0;
+
+    *uid = ctx != NULL ? ctx->uid : 0;
+    if (*uid == 0)
+        return 0;
+    g_mutex_lock(&fs->handles_lock);
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(fs->handles, GUINT_TO_POINTER(*uid)));
+    if (n >= fs->max_user_handles)
+        res = -EMFILE;
+    else
+        g_hash_table_insert(fs->handles, GUINT_TO_POINTER(*uid), GUINT_TO_POINTER(n + 1));
+    g_mutex_unlock(&fs->handles_lock);
+    if (res < 0)
+        vhfs_log(LOG_WARNING, "user %u holds %u open handles, its share: open refused",
+                 (unsigned)*uid, n);
+    return res;
+}
+
+static void handle_unclaim(struct vhfs *fs, uid_t uid)
+{
+    if (uid == 0)
+        return;
+    g_mutex_lock(&fs->handles_lock);
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(fs->handles, GUINT_TO_POINTER(uid)));
+    if (n <= 1)
+        g_hash_table_remove(fs->handles, GUINT_TO_POINTER(uid));
+    else
+        g_hash_table_insert(fs->handles, GUINT_TO_POINTER(uid), GUINT_TO_POINTER(n - 1));
+    g_mutex_unlock(&fs->handles_lock);
+}
+
+/* The claimed handle is the backing descriptor fd; handle_disown gives it back at release. */
+static void handle_own(struct vhfs *fs, int fd, uid_t uid)
+{
+    if (uid != 0 && fd >= 0 && (unsigned)fd < fs->nfd_owner)
+        fs->fd_owner[fd] = uid + 1;
+    else
+        handle_unclaim(fs, uid);
+}
+
+static void handle_disown(struct vhfs *fs, int fd)
+{
+    if (fd < 0 || (unsigned)fd >= fs->nfd_owner || fs->fd_owner[fd] == 0)
+        return;
+    uid_t uid = fs->fd_owner[fd] - 1;
+    fs->fd_owner[fd] = 0;
+    handle_unclaim(fs, uid);
+}
+
 int vhfs_init(struct vhfs *fs)
 {
     struct stat st;
@@ -456,6 +537,7 @@ int vhfs_init(struct vhfs *fs)
     fs->inodes = g_hash_table_new(inode_hash, inode_equal);
     g_queue_init(&fs->lru);
     fs->max_fds = fd_budget();
+    handles_init(fs);
     /* Without handles (a store that cannot export them), descriptors are never evicted. */
     h = g_malloc(sizeof(*h) + VHFS_HANDLE_MAX);
     h->handle_bytes = VHFS_HANDLE_MAX;
@@ -488,6 +570,12 @@ void vhfs_fini(struct vhfs *fs)
         g_hash_table_destroy(fs->inodes);
         fs->inodes = NULL;
         g_mutex_clear(&fs->lock);
+    }
+    if (fs->handles != NULL) {
+        g_hash_table_destroy(fs->handles);
+        fs->handles = NULL;
+        g_clear_pointer(&fs->fd_owner, g_free);
+        g_mutex_clear(&fs->handles_lock);
     }
     if (fs->root.fd >= 0)
         close(fs->root.fd);
@@ -883,13 +971,19 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
 static void lo_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    struct vhfs *fs = vhfs_of(req);
     struct vhfs_dir *d;
     int fd, saverr;
+    uid_t uid;
 
-    autopin p = pin(vhfs_of(req), inode_of(req, ino));
-    if (p.fd < 0)
+    if ((saverr = handle_claim(fs, req, &uid)) < 0)
+        return reply_err(req, "opendir", -saverr);
+    autopin p = pin(fs, inode_of(req, ino));
+    if (p.fd < 0) {
+        handle_unclaim(fs, uid);
         return reply_err(req, "opendir", -p.fd);
-    RETRY_ON_EMFILE(vhfs_of(req), fd, openat(p.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    }
+    RETRY_ON_EMFILE(fs, fd, openat(p.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (fd < 0)
         goto out_err;
     d = g_new0(struct vhfs_dir, 1);
@@ -898,10 +992,13 @@ static void lo_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         saverr = errno;
         close(fd);
         g_free(d);
+        handle_unclaim(fs, uid);
         return reply_err(req, "opendir", saverr);
     }
+    handle_own(fs, fd, uid);
     fi->fh = (uintptr_t)d;
     if (fuse_reply_open(req, fi) != 0) { /* the kernel gave up: no releasedir will come */
+        handle_disown(fs, fd);
         closedir(d->dp);
         g_free(d);
     }
@@ -909,6 +1006,7 @@ static void lo_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 out_err:
     saverr = errno;
+    handle_unclaim(fs, uid);
     reply_err(req, "opendir", saverr);
 }
 
@@ -1012,6 +1110,7 @@ static void lo_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
     struct vhfs_dir *d = dir_of(fi);
 
+    handle_disown(vhfs_of(req), dirfd(d->dp));
     closedir(d->dp);
     g_free(d);
     reply_err(req, "releasedir", 0);
@@ -1052,8 +1151,9 @@ static void opened(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_i
         vhfs_heal_writer_opened(fs, inode); /* never while a repair rewrites the file */
 }
 
-static void closed(struct vhfs_inode *inode, struct fuse_file_info *fi)
+static void closed(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi)
 {
+    handle_disown(fs, (int)fi->fh);
     close((int)fi->fh);
     if (writable(fi->flags))
         g_atomic_int_dec_and_test(&inode->nwriters);
@@ -1074,16 +1174,23 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     autopin p = pin(vhfs_of(req), inode);
     if (p.fd < 0)
         return reply_err(req, "open", -p.fd);
+    uid_t uid;
+    if ((res = handle_claim(vhfs_of(req), req, &uid)) < 0)
+        return reply_err(req, "open", -res);
     vhfs_procfd(path, p.fd);
     RETRY_ON_EMFILE(vhfs_of(req), fd, open(path, backing_flags(fi)));
-    if (fd < 0)
-        return reply_err(req, "open", errno);
+    if (fd < 0) {
+        res = errno;
+        handle_unclaim(vhfs_of(req), uid);
+        return reply_err(req, "open", res);
+    }
     unpin(&p);
+    handle_own(vhfs_of(req), fd, uid);
     opened(vhfs_of(req), inode, fi, fd);
     if (rewritten)
         fi->keep_cache = 0; /* the kernel drops the pages it cached of the old bytes */
     if (fuse_reply_open(req, fi) != 0)
-        closed(inode, fi);
+        closed(vhfs_of(req), inode, fi);
 }
 
 /* An existing file that create opens for writing: the check of lo_open (before any O_TRUNC). */
@@ -1116,28 +1223,38 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     autopin d = pin(fs, dir);
     if (d.fd < 0)
         return reply_err(req, "create", -d.fd);
+    uid_t uid;
+    if ((res = handle_claim(fs, req, &uid)) < 0)
+        return reply_err(req, "create", -res);
     /* Only what this call made is given to the caller, never a file that appeared meanwhile. */
     RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, flags | O_CREAT | O_EXCL, mode));
     made = fd >= 0;
     if (fd < 0 && errno == EEXIST && !(fi->flags & O_EXCL)) {
         res = may_write_existing(fs, dir, name, flags);
-        if (res < 0)
+        if (res < 0) {
+            handle_unclaim(fs, uid);
             return reply_err(req, "create", -res);
+        }
         RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, flags, mode));
     }
-    if (fd < 0)
-        return reply_err(req, "create", errno);
+    if (fd < 0) {
+        res = errno;
+        handle_unclaim(fs, uid);
+        return reply_err(req, "create", res);
+    }
+    handle_own(fs, fd, uid);
     if (made)
         give_to_caller(req, dir, name, fd, S_IFREG | mode);
     res = do_lookup(fs, dir, name, &e);
     if (res < 0) {
+        handle_disown(fs, fd);
         close(fd);
         return reply_err(req, "create", -res);
     }
     inode = inode_by_ino(fs, e.ino);
     opened(fs, inode, fi, fd);
     if (fuse_reply_create(req, &e, fi) != 0) {
-        closed(inode, fi);
+        closed(vhfs_of(req), inode, fi);
         inode_unref(fs, inode, 1);
     }
 }
@@ -1195,7 +1312,7 @@ static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void lo_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    closed(inode_of(req, ino), fi);
+    closed(vhfs_of(req), inode_of(req, ino), fi);
     vhfs_heal_released(vhfs_of(req), inode_of(req, ino), writable(fi->flags));
     reply_err(req, "release", 0);
 }

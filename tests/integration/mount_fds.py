@@ -5,8 +5,11 @@
 afterwards the daemon holds fewer descriptors than its cache's bound (4096, fs.h
 VHFS_MAX_PATH_FDS) plus a few, other opens work (a file, a disk's @raw view, a new file), and
 the daemon unmounts with status 0 (it used to run out of descriptors, fail every other open with
-EMFILE, and abort at unmount)."""
+EMFILE, and abort at unmount). Then one user holding every open handle it can get is stopped at
+its share (EMFILE), and another user and root still open, list and create."""
+import errno
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,15 +99,78 @@ def run(root):
         mt.stop()
 
 
+# A user holding open handles: raises its own descriptor limit, opens one file until EMFILE,
+# says how many it got, then holds them until its standard input closes.
+HOLDER = """
+import os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+fds = []
+try:
+    while len(fds) < 60000:
+        fds.append(os.open(sys.argv[1], os.O_RDONLY))
+except OSError as e:
+    print(len(fds), e.errno, flush=True)
+sys.stdin.read()
+"""
+USER_SHARE = (LIMIT - CAP) // 4  # fs/passthrough.c handles_init
+
+
+def run_handles(root):
+    """One user holding every handle it can get leaves the others theirs: its opens stop at its
+    share (EMFILE), while another user and root still open, list and create."""
+    store = os.path.join(root, "store2")
+    mnt = os.path.join(root, "mnt")
+    os.chmod(root, 0o755)  # the users reach the mount point
+    os.makedirs(store)
+    os.chmod(store, 0o777)
+    for name in ("f.txt", "g.txt"):
+        with open(os.path.join(store, name), "w") as f:
+            f.write(name)
+        os.chmod(os.path.join(store, name), 0o644)
+    mt = Mount(store, mnt, os.path.join(root, "daemon2.log"), "allow_other",
+               wrap=("prlimit", f"--nofile={LIMIT}:{LIMIT}", "--"))
+    holder = None
+    try:
+        holder = subprocess.Popen(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+             "/usr/bin/python3", "-c", HOLDER, os.path.join(mnt, "f.txt")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        got, err = holder.stdout.readline().split()
+        got, err = int(got), int(err)
+        print(f"a user holding handles got {got} (share {USER_SHARE}), then errno {err}",
+              flush=True)
+        check(err == errno.EMFILE and USER_SHARE - 8 <= got <= USER_SHARE,
+              f"a user's handles stopped at {got} with errno {err}, want EMFILE at its share")
+        p = subprocess.run(["setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups",
+                            "cat", os.path.join(mnt, "g.txt")], capture_output=True, text=True)
+        check(p.returncode == 0 and p.stdout == "g.txt",
+              f"another user could not open a file meanwhile: {p.stderr.strip()}")
+        with open(os.path.join(mnt, "g.txt")) as f:
+            check(f.read() == "g.txt", "root could not read a file meanwhile")
+        check(len(os.listdir(mnt)) >= 2, "root could not list meanwhile")
+        with open(os.path.join(mnt, "h.txt"), "w") as f:
+            f.write("h")
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait()
+        time.sleep(0.5)  # the kernel sends the releases
+        n = daemon_fds(mt.proc.pid)
+        check(n <= CAP + SLACK, f"the daemon holds {n} descriptors after the holder left")
+        mt.stop()
+
+
 def main():
     require_fuse()
     with tempfile.TemporaryDirectory(prefix="vh-mount-fds-") as root:
         os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
+        for part in (run, run_handles):
+            try:
+                part(root)
+            except Exception as ex:
+                traceback.print_exc()
+                check(False, f"{part.__name__}: {ex!r}")
     vhdtest.finish("mount_fds")
 
 
