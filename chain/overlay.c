@@ -195,3 +195,118 @@ int vh_file_open_patched(vh_file *f, const char *path, vh_patch *p, GError **err
     vh_file_attach_patch(f, own);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* The table of a store's overlays */
+
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+} ov_key;
+
+typedef struct {
+    vh_patch *patch;
+    uint64_t size; /* the file's, when the patch set was built */
+    int64_t mtime_ns;
+} ov_entry;
+
+struct vh_overlay {
+    GMutex lock;
+    GHashTable *files; /* ov_key* -> ov_entry* */
+    vh_overlay_log_fn log;
+    void *log_ctx;
+};
+
+static guint ov_hash(gconstpointer p)
+{
+    const ov_key *k = p;
+    guint64 v = (guint64)k->ino ^ ((guint64)k->dev * 0x9e3779b97f4a7c15ull);
+    return (guint)(v ^ (v >> 32));
+}
+
+static gboolean ov_eq(gconstpointer a, gconstpointer b)
+{
+    const ov_key *x = a, *y = b;
+    return x->dev == y->dev && x->ino == y->ino;
+}
+
+static void ov_entry_free(gpointer p)
+{
+    ov_entry *e = p;
+    vh_patch_unref(e->patch);
+    g_free(e);
+}
+
+vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx)
+{
+    vh_overlay *o = g_new0(vh_overlay, 1);
+    g_mutex_init(&o->lock);
+    o->files = g_hash_table_new_full(ov_hash, ov_eq, g_free, ov_entry_free);
+    o->log = log;
+    o->log_ctx = ctx;
+    return o;
+}
+
+void vh_overlay_free(vh_overlay *o)
+{
+    if (!o)
+        return;
+    g_hash_table_unref(o->files);
+    g_mutex_clear(&o->lock);
+    g_free(o);
+}
+
+void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p)
+{
+    ov_key *k = g_new(ov_key, 1);
+    *k = (ov_key){st->st_dev, st->st_ino};
+    ov_entry *e = g_new(ov_entry, 1);
+    *e = (ov_entry){vh_patch_ref(p), (uint64_t)st->st_size, vh_mtime_ns(st)};
+    g_mutex_lock(&o->lock);
+    g_hash_table_replace(o->files, k, e);
+    g_mutex_unlock(&o->lock);
+}
+
+vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name)
+{
+    if (!S_ISREG(st->st_mode))
+        return NULL;
+    ov_key k = {st->st_dev, st->st_ino};
+    vh_patch *p = NULL;
+    bool stale = false;
+    g_mutex_lock(&o->lock);
+    ov_entry *e = g_hash_table_lookup(o->files, &k);
+    if (e && e->size == (uint64_t)st->st_size && e->mtime_ns == vh_mtime_ns(st) &&
+        vh_patch_base_size(e->patch) == e->size)
+        p = vh_patch_ref(e->patch);
+    else if (e)
+        stale = g_hash_table_remove(o->files, &k);
+    g_mutex_unlock(&o->lock);
+    if (stale && o->log) {
+        g_autofree char *who = name ? g_strdup(name)
+                                    : g_strdup_printf("the disk at device %ju inode %ju",
+                                                      (uintmax_t)st->st_dev, (uintmax_t)st->st_ino);
+        g_autofree char *line =
+            g_strdup_printf("%s: changed on the store since its overlay was built: the overlay is "
+                            "dropped (the file is presented as the store has it)",
+                            who);
+        o->log(o->log_ctx, line);
+    }
+    return p;
+}
+
+vh_patch *vh_overlay_get_fd(vh_overlay *o, int fd, const char *name)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return NULL;
+    return vh_overlay_get(o, &st, name);
+}
+
+guint vh_overlay_count(vh_overlay *o)
+{
+    g_mutex_lock(&o->lock);
+    guint n = g_hash_table_size(o->files);
+    g_mutex_unlock(&o->lock);
+    return n;
+}

@@ -13,6 +13,8 @@
 #ifndef VH_OVERLAY_H
 #define VH_OVERLAY_H
 
+#include <sys/stat.h>
+
 #include "common.h"
 
 typedef struct vh_file vh_file;
@@ -59,5 +61,25 @@ void vh_file_attach_patch(vh_file *f, vh_patch *p);
 
 /* Opens path read-only with p attached (a new empty patch set over the file when p is NULL). */
 int vh_file_open_patched(vh_file *f, const char *path, vh_patch *p, GError **err);
+
+/*
+ * The overlays of a store (the mount's, in healmode=overlay): a thread-safe table of patch sets
+ * keyed by the file's device and inode, each valid only while the file keeps the size and
+ * modification time it had when its patch set was built. A patch set whose file changed on the
+ * store is dropped (and logged) the first time it is looked up.
+ */
+typedef struct vh_overlay vh_overlay;
+typedef void (*vh_overlay_log_fn)(void *ctx, const char *line);
+
+vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx);
+void vh_overlay_free(vh_overlay *o);
+/* Records p for the file st describes, as it is now (replaces an earlier one). */
+void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p);
+/* The patch set of the file st describes (a new reference), or NULL; `name` names the file in
+ * the log line of a dropped one. */
+vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name);
+/* The patch set of the file open as fd (fstat), or NULL. */
+vh_patch *vh_overlay_get_fd(vh_overlay *o, int fd, const char *name);
+guint vh_overlay_count(vh_overlay *o);
 
 #endif
