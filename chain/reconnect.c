@@ -446,15 +446,23 @@ static int rewrite_link(const real_paths *rp, const link_plan *lp, const vh_reco
 
 /*
  * Overlay healing: the child's link rewritten by the format's own set_parent_link, into a patch
- * set over the child opened read-only. A VHDX with a pending log is replayed into the patch set by
- * the write open, and the rewrite's own log entry is flushed into the metadata before
- * set_parent_link returns: the patched image has a clean log.
+ * set over the child opened read-only (the caller keeps one repair of a child at a time). A VHDX
+ * with a pending log is replayed into the patch set by the write open, and the rewrite's own log
+ * entry is flushed into the metadata before set_parent_link returns: the patched image has a clean
+ * log.
  */
-static int rewrite_overlay(const real_paths *rp, const link_plan *lp, vh_reconnect_result *res,
-                           GError **err)
+static int rewrite_overlay(const real_paths *rp, const link_plan *lp, const vh_reconnect_opts *o,
+                           vh_reconnect_result *res, GError **err)
 {
+    /* a heal asks its caller first: the link as presented (through an earlier patch set) may be
+     * healed already, and is then left as it is */
+    int r = o->still_broken ? o->still_broken(o->still_broken_ctx, err) : 1;
+    if (r <= 0) {
+        res->already_healed = r == 0;
+        return r;
+    }
     vh_file f;
-    int r = vh_file_open(&f, rp->child_open, false, err);
+    r = vh_file_open(&f, rp->child_open, false, err);
     if (r < 0)
         return r;
     g_free(f.path);
@@ -510,7 +518,7 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
         res->new_link = describe_plan(&lp);
         if (!opts->dry_run) {
             g_clear_pointer(&c, vh_disk_close); /* no handle of ours stays open on the child */
-            r = opts->overlay ? rewrite_overlay(&rp, &lp, res, err)
+            r = opts->overlay ? rewrite_overlay(&rp, &lp, opts, res, err)
                               : rewrite_link(&rp, &lp, opts, res, err);
         }
     }

@@ -49,7 +49,8 @@ typedef struct vh_reconnect_opts {
     void *still_broken_ctx;
     /* Overlay healing (overlay.h): the same checks and the same link-writing code, but the child
      * is opened read-only and the rewrite (and a VHDX log replay before it) lands in a new patch
-     * set, returned in the result; no lock, no journal: nothing in the store changes. */
+     * set, returned in the result; no lock, no journal: nothing in the store changes. A heal's
+     * still_broken is asked before the patch set is built. */
     bool overlay;
 } vh_reconnect_opts;
 

@@ -9,8 +9,9 @@ content (the test's own reference of what it wrote), qemu-img accepts the VHD ch
 footer and header and reads its sectors (its vpc driver follows no parent), pyvhdi opens the child with its parent and reads the true content, @raw equals the
 true content, stat shows the patched size, user.vhd.status says "healed (overlay)", writing a
 disk gives EROFS (a plain file stays writable with healmode=overlay). user.vhd.parent repairs in
-the overlay too (the kernel refuses every attribute write on an -o ro mount: EROFS). Every store
-file's sha256 is the same before and after each whole session."""
+the overlay too (the kernel refuses every attribute write on an -o ro mount: EROFS). A child
+changed on STORE loses its overlay (logged) and heals again on the next open. Every store file's
+sha256 is the same before and after each whole session."""
 import errno
 import json
 import os
@@ -139,6 +140,18 @@ def session(root, mode):
             check(st is not None and st.startswith("broken "), f"{mode} {tag}: before: {st}")
             open(os.path.join(mnt, crel), "rb").read(1)  # heal on open
             through_mount(mode, mnt, store, tag, crel, prel, ref)
+        if mode == "healmode=overlay":
+            # a child changed on STORE (here only its mtime) loses its patch set, logged; the
+            # next open heals it again
+            crel, prel, ref = chains["vhdx"]
+            st0 = os.stat(os.path.join(store, crel))
+            os.utime(os.path.join(store, crel), ns=(st0.st_atime_ns, st0.st_mtime_ns + 10**9))
+            st, _ = getx(os.path.join(mnt, crel), "user.vhd.status")
+            check(st is not None and st.startswith("broken "), f"{mode}: changed child: {st}")
+            check("changed on the store since its overlay was built" in mt.text(),
+                  f"{mode}: the dropped overlay is not logged")
+            open(os.path.join(mnt, crel), "rb").read(1)
+            through_mount(mode, mnt, store, "vhdx again", crel, prel, ref)
         crel, prel, ref = chains["vhdset"]
         r = setx(os.path.join(mnt, crel), "user.vhd.parent", os.path.join(mnt, prel))
         if mode == "ro":

@@ -388,12 +388,51 @@ static void patch_bound(void **state)
     assert_int_equal(vh_patch_write(p, big, VH_PATCH_MAX_BYTES / 2 + 1, 0, NULL), 0);
 }
 
+static void count_line(void *ctx, const char *line)
+{
+    (*(int *)ctx)++;
+    assert_non_null(strstr(line, "changed on the store"));
+}
+
+/* The table: a patch set holds while its file keeps its size and mtime; then it is dropped and
+ * logged once. */
+static void overlay_table(void **state)
+{
+    int logged = 0;
+    vh_overlay *o = vh_overlay_new(count_line, &logged);
+    g_autoptr(vh_patch) p = vh_patch_new(1000);
+    struct stat st = {.st_mode = S_IFREG, .st_dev = 7, .st_ino = 42, .st_size = 1000};
+    st.st_mtim.tv_sec = 100;
+    vh_overlay_put(o, &st, p);
+    assert_int_equal(vh_overlay_count(o), 1);
+    vh_patch *got = vh_overlay_get(o, &st, "x");
+    assert_ptr_equal(got, p);
+    vh_patch_unref(got);
+    struct stat other = st;
+    other.st_ino = 43;
+    assert_null(vh_overlay_get(o, &other, "y"));
+    struct stat later = st;
+    later.st_mtim.tv_nsec = 1;
+    assert_null(vh_overlay_get(o, &later, "x"));
+    assert_int_equal(logged, 1);
+    assert_int_equal(vh_overlay_count(o), 0);
+    assert_null(vh_overlay_get(o, &st, "x")); /* gone for good */
+    assert_int_equal(logged, 1);
+    vh_overlay_put(o, &st, p);
+    struct stat bigger = st;
+    bigger.st_size = 1001;
+    assert_null(vh_overlay_get(o, &bigger, NULL));
+    assert_int_equal(logged, 2);
+    vh_overlay_free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(patch_ranges),      cmocka_unit_test(patch_bound),
         cmocka_unit_test(vhd_overlay_heals), cmocka_unit_test(vhdx_overlay_heals),
         cmocka_unit_test(vhd_locators_grow), cmocka_unit_test(vhdx_pending_log),
+        cmocka_unit_test(overlay_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
