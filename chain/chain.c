@@ -4,6 +4,8 @@
 
 #include <sys/stat.h>
 
+#include "overlay.h"
+
 int vh_disk_open_beneath(int store_fd, const char *root, const char *rel, vh_open_flags flags,
                          vh_disk **out, GError **err)
 {
@@ -48,13 +50,37 @@ int vh_chain_usable(vh_store *store, const vh_chain *c, bool use_heal_target, GE
     return 0;
 }
 
+/* A member as the store presents it: through its overlay's patch set when it has one (overlay
+ * healing, read-only: a patched file is never opened for writing). */
+static int open_presented(vh_store *store, const char *rel, bool writable, vh_disk **out,
+                          GError **err)
+{
+    vh_overlay *ov = vh_store_overlay(store);
+    if (!ov)
+        return vh_disk_open_beneath(vh_store_root_fd(store), vh_store_root(store), rel,
+                                    writable ? VH_OPEN_WRITE : VH_OPEN_READ, out, err);
+    *out = NULL;
+    g_autofree char *abs = g_build_filename(vh_store_root(store), rel, NULL);
+    vh_file f;
+    int r = vh_file_open_beneath(&f, vh_store_root_fd(store), rel, abs, writable, err);
+    if (r < 0)
+        return r;
+    g_autoptr(vh_patch) patch = vh_overlay_get_fd(ov, f.fd, abs);
+    if (patch && writable) {
+        vh_file_close(&f);
+        return vh_fail(err, EROFS, "%s: healed in the overlay only: not opened for writing", abs);
+    }
+    if (patch)
+        vh_file_attach_patch(&f, patch);
+    return vh_disk_open_settled(&f, writable ? VH_OPEN_WRITE : VH_OPEN_READ, out, err);
+}
+
 /* Opens one member and checks that it is still the disk the index described. */
 static int open_member(vh_store *store, const vh_disk_info *i, bool writable, vh_disk **out,
                        GError **err)
 {
     g_autoptr(vh_disk) d = NULL;
-    int r = vh_disk_open_beneath(vh_store_root_fd(store), vh_store_root(store), i->path,
-                                 writable ? VH_OPEN_WRITE : VH_OPEN_READ, &d, err);
+    int r = open_presented(store, i->path, writable, &d, err);
     if (r < 0)
         return r;
     struct stat st;

@@ -138,7 +138,7 @@ static bool lock_shared_bounded(int fd)
 int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 {
     *out = NULL;
-    if (flags & VH_OPEN_WRITE)
+    if ((flags & VH_OPEN_WRITE) || f->patch) /* an overlay is settled: it is ours */
         return vh_disk_open_file(f, flags, out, err);
     /* a second descriptor of its own, of the same inode (never the path again: it may name
      * another file by now); the first is closed by the failed open */

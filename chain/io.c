@@ -3,6 +3,8 @@
  * durability switch for synthetic data (io.h). */
 #include "io.h"
 
+#include "overlay.h"
+
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <stdio.h>
@@ -291,6 +293,7 @@ void vh_file_close(vh_file *f)
         close(f->fd);
     f->fd = -1;
     g_clear_pointer(&f->path, g_free);
+    g_clear_pointer(&f->patch, vh_patch_unref);
 }
 
 ssize_t vh_read_full(int fd, void *buf, size_t len, int64_t off)
@@ -318,7 +321,8 @@ int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *wh
                        "%s: %s at offset %" G_GUINT64_FORMAT
                        " (%zu bytes) lies past the end of the file (%" G_GUINT64_FORMAT " bytes)",
                        f->path, what, off, len, f->size);
-    ssize_t n = vh_read_full(f->fd, buf, len, (int64_t)off);
+    ssize_t n = f->patch ? vh_patch_read(f->patch, f->fd, buf, len, off)
+                         : vh_read_full(f->fd, buf, len, (int64_t)off);
     if (n < 0)
         return vh_fail(err, (int)-n, "%s: reading %s at offset %" G_GUINT64_FORMAT ": %s", f->path,
                        what, off, g_strerror((int)-n));
@@ -353,6 +357,15 @@ int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const c
 {
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: writing %s: opened read-only", f->path, what);
+    if (f->patch) { /* into the overlay: the file is never written */
+        int r = vh_patch_write(f->patch, buf, len, off, err);
+        if (r < 0) {
+            vh_fail_prefix(err, "%s: writing %s", f->path, what);
+            return r;
+        }
+        f->size = vh_patch_size(f->patch);
+        return 0;
+    }
     if (f->hook) {
         int r = f->hook(f->hook_ctx, f, off, len, buf, err);
         if (r < 0)
@@ -370,7 +383,7 @@ int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const c
 
 int vh_file_flush(vh_file *f, GError **err)
 {
-    if (!f->writable)
+    if (!f->writable || f->patch)
         return 0;
     if (fault_blocks_op())
         return vh_fail(err, fault.error, "%s: flush: %s (injected fault)", f->path,
@@ -384,6 +397,11 @@ int vh_file_truncate(vh_file *f, uint64_t size, GError **err)
 {
     if (!f->writable)
         return vh_fail(err, EROFS, "%s: resizing: opened read-only", f->path);
+    if (f->patch) {
+        vh_patch_truncate(f->patch, size);
+        f->size = size;
+        return 0;
+    }
     if (f->hook) {
         int r = f->hook(f->hook_ctx, f, size, 0, NULL, err);
         if (r < 0)

@@ -13,6 +13,7 @@
 #include "common.h"
 
 typedef struct vh_file vh_file;
+typedef struct vh_patch vh_patch;
 
 /*
  * Called before every write or truncate of a file that has one, with the range about to change
@@ -30,6 +31,9 @@ struct vh_file {
     uint64_t size; /* kept current by vh_file_write / vh_file_truncate */
     vh_write_hook hook;
     void *hook_ctx;
+    /* An overlay (overlay.h): reads see it over the file, writes, truncates land in it, the
+     * file itself is open read-only and never changes. NULL for a plain file. */
+    vh_patch *patch;
 };
 
 /*

@@ -18,6 +18,7 @@ void vh_reconnect_result_clear(vh_reconnect_result *r)
     g_clear_pointer(&r->repair_id, g_free);
     g_clear_pointer(&r->old_link, g_free);
     g_clear_pointer(&r->new_link, g_free);
+    g_clear_pointer(&r->patch, vh_patch_unref);
 }
 
 char *vh_link_describe(const vh_disk *d)
@@ -443,6 +444,53 @@ static int rewrite_link(const real_paths *rp, const link_plan *lp, const vh_reco
     return r;
 }
 
+/*
+ * Overlay healing: the child's link rewritten by the format's own set_parent_link, into a patch
+ * set over the child opened read-only (the caller keeps one repair of a child at a time). A VHDX
+ * with a pending log is replayed into the patch set by the write open, and the rewrite's own log
+ * entry is flushed into the metadata before set_parent_link returns: the patched image has a clean
+ * log.
+ */
+static int rewrite_overlay(const real_paths *rp, const link_plan *lp, const vh_reconnect_opts *o,
+                           vh_reconnect_result *res, GError **err)
+{
+    /* a heal asks its caller first: the link as presented (through an earlier patch set) may be
+     * healed already, and is then left as it is */
+    int r = o->still_broken ? o->still_broken(o->still_broken_ctx, err) : 1;
+    if (r <= 0) {
+        res->already_healed = r == 0;
+        return r;
+    }
+    vh_file f;
+    r = vh_file_open(&f, rp->child_open, false, err);
+    if (r < 0)
+        return r;
+    g_free(f.path);
+    f.path = g_strdup(rp->child_real);
+    g_autoptr(vh_patch) patch = vh_patch_new(f.size);
+    vh_file_attach_patch(&f, patch);
+    g_autoptr(vh_disk) d = NULL;
+    r = vh_disk_open_file(&f, VH_OPEN_WRITE, &d, err); /* takes f */
+    if (r < 0) {
+        vh_fail_prefix(err, "the child is corrupt");
+        if (err && *err)
+            (*err)->code = EIO;
+        return -EIO;
+    }
+    if (!d->ops->set_parent_link)
+        return vh_fail(err, ENOTSUP, "%s: the %s engine cannot rewrite parent links", d->file.path,
+                       vh_format_name(d->format));
+    bool clean = !d->warnings || d->warnings->len == 0;
+    if (clean && link_is_plan(d, lp)) {
+        res->already_healed = true;
+        return 0;
+    }
+    if ((r = d->ops->set_parent_link(d, &lp->u, err)) < 0 || (r = vh_disk_flush(d, err)) < 0)
+        return r;
+    res->patch = g_steal_pointer(&patch);
+    return 0;
+}
+
 int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts *opts,
                  vh_reconnect_result *res, GError **err)
 {
@@ -470,7 +518,8 @@ int vh_reconnect(const char *child, const char *parent, const vh_reconnect_opts 
         res->new_link = describe_plan(&lp);
         if (!opts->dry_run) {
             g_clear_pointer(&c, vh_disk_close); /* no handle of ours stays open on the child */
-            r = rewrite_link(&rp, &lp, opts, res, err);
+            r = opts->overlay ? rewrite_overlay(&rp, &lp, opts, res, err)
+                              : rewrite_link(&rp, &lp, opts, res, err);
         }
     }
     link_plan_clear(&lp);

@@ -15,6 +15,7 @@
 #define VH_RECONNECT_H
 
 #include "disk.h"
+#include "overlay.h"
 
 /*
  * Re-runs the verdict on the child's link while the reconnect holds the child's OFD write lock:
@@ -46,6 +47,11 @@ typedef struct vh_reconnect_opts {
      * reconnect, which only checks whether the child already links to exactly that parent. */
     vh_still_broken_fn still_broken;
     void *still_broken_ctx;
+    /* Overlay healing (overlay.h): the same checks and the same link-writing code, but the child
+     * is opened read-only and the rewrite (and a VHDX log replay before it) lands in a new patch
+     * set, returned in the result; no lock, no journal: nothing in the store changes. A heal's
+     * still_broken is asked before the patch set is built. */
+    bool overlay;
 } vh_reconnect_opts;
 
 typedef struct vh_reconnect_result {
@@ -55,6 +61,8 @@ typedef struct vh_reconnect_result {
     /* Under the lock the child was found healed already (by another process or host, or to
      * exactly this parent): nothing written, no journal record, repair_id NULL. */
     bool already_healed;
+    /* opts->overlay: the child's repaired bytes over the store's (NULL when already healed) */
+    vh_patch *patch;
 } vh_reconnect_result;
 
 void vh_reconnect_result_clear(vh_reconnect_result *r);

@@ -46,7 +46,8 @@ struct vh_service {
     GCond busy_done;     /* a child left busy */
     vh_service_log_fn log;
     void *log_ctx;
-    gint exchanges; /* names for the index's middle step of RENAME_EXCHANGE */
+    gint exchanges;      /* names for the index's middle step of RENAME_EXCHANGE */
+    vh_overlay *overlay; /* opts.overlay: the patch sets of the children healed */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -72,6 +73,13 @@ static void rec_free(gpointer p)
     g_free(r);
 }
 
+static void overlay_log(void *ctx, const char *line)
+{
+    vh_service *s = ctx;
+    if (s->log)
+        s->log(s->log_ctx, true, line);
+}
+
 vh_service *vh_service_new(const vh_service_opts *opts, GError **err)
 {
     vh_store *store = vh_store_new(opts->store, err);
@@ -89,7 +97,16 @@ vh_service *vh_service_new(const vh_service_opts *opts, GError **err)
     g_cond_init(&s->busy_done);
     s->busy = g_hash_table_new_full(rec_key_hash, rec_key_eq, g_free, NULL);
     s->records = g_hash_table_new_full(rec_key_hash, rec_key_eq, g_free, rec_free);
+    if (opts->overlay) {
+        s->overlay = vh_overlay_new(overlay_log, s);
+        vh_store_set_overlay(store, s->overlay);
+    }
     return s;
+}
+
+vh_overlay *vh_service_overlay(vh_service *s)
+{
+    return s->overlay;
 }
 
 void vh_service_free(vh_service *s)
@@ -102,6 +119,7 @@ void vh_service_free(vh_service *s)
     g_cond_clear(&s->busy_done);
     g_hash_table_unref(s->busy);
     vh_store_free(s->store);
+    vh_overlay_free(s->overlay);
     g_free(s->winroot);
     g_free(s);
 }
@@ -400,7 +418,7 @@ char *vh_service_status(vh_service *s, const vh_disk_info *disk, const vh_chain 
             return broken_status(s, chain, k, note);
     if (ev.kind == VH_EVENT_HEALED) {
         g_autofree char *when = iso_time(ev.time);
-        return g_strdup_printf("healed %s: %s", when, evtext);
+        return g_strdup_printf("healed %s%s: %s", s->overlay ? "(overlay) " : "", when, evtext);
     }
     return g_strdup("ok");
 }
@@ -463,6 +481,24 @@ static int heal_still_broken(void *ctx, GError **err)
     return l->verdict != VH_VERDICT_OK;
 }
 
+/* Overlay healing: the child's patch set goes into the table, for the file as it is now (the
+ * pinned descriptor's, else the path's); a file that changed since the patch set was built
+ * fails the repair (EAGAIN), its patch set is not kept. */
+static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh_patch *patch,
+                      GError **err)
+{
+    struct stat st;
+    g_autofree char *abs = g_build_filename(vh_service_root(s), child->path, NULL);
+    int r = child_fd >= 0 ? fstat(child_fd, &st) : stat(abs, &st);
+    if (r < 0)
+        return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
+    if ((uint64_t)st.st_size != vh_patch_base_size(patch) || st.st_dev != child->dev ||
+        st.st_ino != child->ino)
+        return vh_fail(err, EAGAIN, "%s: changed while its overlay was being built", abs);
+    vh_overlay_put(s->overlay, &st, patch);
+    return 0;
+}
+
 /* The gate, then vh_reconnect, under the repair lock; `heal`: a heal's compare-and-swap. */
 static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_abs, bool force,
                    bool heal, vh_gate_fn gate, void *ctx, vh_reconnect_result *res, GError **err)
@@ -474,7 +510,8 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
                            .ignore_id_mismatch = force,
                            .maxdepth = (int)s->maxdepth,
                            .still_broken = heal ? heal_still_broken : NULL,
-                           .still_broken_ctx = &cas};
+                           .still_broken_ctx = &cas,
+                           .overlay = s->overlay != NULL};
     vh_reconnect_pin pin = {-1, -1};
     int r = 0;
     memset(res, 0, sizeof *res);
@@ -489,6 +526,8 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     o.pin = &pin;
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
+    if (r == 0 && res->patch)
+        r = keep_patch(s, child, pin.child_fd, res->patch, err);
     g_rw_lock_reader_unlock(&s->repair_lock);
     release_child(s, child);
     if (pin.child_fd >= 0)
@@ -496,6 +535,12 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     if (pin.parent_fd >= 0)
         close(pin.parent_fd);
     return r;
+}
+
+/* The repair's journal id, or what stands for it in overlay healing. */
+static const char *repair_name(const vh_reconnect_result *res)
+{
+    return res->repair_id ? res->repair_id : res->patch ? "overlay: the store is unchanged" : "-";
 }
 
 /* The index learns of a rewritten child; returns its new entry (or the old one). */
@@ -550,7 +595,7 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
                                                 force ? ", ignoring the identity" : "");
         record_event(s, now, VH_EVENT_HEALED, 0, what);
         logf_(s, false, "reconnected %s to %s on request%s (was: %s) [repair %s]", child_rel, pname,
-              force ? " ignoring the identity" : "", res->old_link, res->repair_id);
+              force ? " ignoring the identity" : "", res->old_link, repair_name(res));
         return 0;
     }
     if (child->format != VH_FORMAT_NONE) {
@@ -586,7 +631,7 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
             g_strdup_printf("%s: reconnected to %s%s", reason, l->heal_target, why);
         record_event(s, now, VH_EVENT_HEALED, 0, what);
         logf_(s, false, "healed %s: %s: reconnected to %s%s (was: %s) [repair %s]", child->path,
-              reason, l->heal_target, why, res.old_link, res.repair_id);
+              reason, l->heal_target, why, res.old_link, repair_name(&res));
         if (changed)
             g_ptr_array_add(changed, g_steal_pointer(&now));
         vh_reconnect_result_clear(&res);

@@ -29,6 +29,10 @@ typedef struct vh_service_opts {
     guint maxdepth;            /* the longest chain followed (0: VH_DEFAULT_MAXDEPTH) */
     gint64 rescan_interval_us; /* least time between rescans for a lost parent (0: 1 s) */
     vh_trust trust;            /* whose disks may be parents (resolve.h; default owner) */
+    /* Overlay healing (healmode=overlay, ro): repairs build patch sets (overlay.h) kept in the
+     * service's table instead of writing the store; the index and the chain opener read the
+     * patched files through them. Nothing in the store is written, no journal is used. */
+    bool overlay;
 } vh_service_opts;
 
 /* One line for the log: a detection, a repair, or a repair that failed (warning). */
@@ -41,6 +45,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_service, vh_service_free)
 void vh_service_set_log(vh_service *s, vh_service_log_fn fn, void *ctx);
 const char *vh_service_root(vh_service *s); /* realpath of the store */
 vh_store *vh_service_store(vh_service *s);
+/* The overlays of the store (opts.overlay), or NULL when repairs are written. */
+vh_overlay *vh_service_overlay(vh_service *s);
 
 /* Scans the store (incrementally after the first scan). */
 int vh_service_scan(vh_service *s, GError **err);

@@ -2,6 +2,8 @@
 /* store.c - the store index: identity -> paths, refreshed incrementally (see store.h). */
 #include "store.h"
 
+#include "overlay.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -30,6 +32,7 @@ struct vh_store {
     vh_progress_fn progress;
     void *progress_ctx;
     gint probes;
+    vh_overlay *overlay; /* not owned; NULL without overlay healing */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -126,6 +129,10 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
         vh_file_close(&f);
         return -EAGAIN;
     }
+    /* overlay healing: the entry describes the file as the mount presents it */
+    g_autoptr(vh_patch) patch = s && s->overlay ? vh_overlay_get(s->overlay, &st, abs) : NULL;
+    if (patch)
+        vh_file_attach_patch(&f, patch);
     vh_format fmt = vh_sniff_file(&f);
     out->format = fmt;
     if (fmt == VH_FORMAT_NONE) {
@@ -295,6 +302,16 @@ void vh_store_set_probe(vh_store *s, vh_probe_fn fn, void *ctx)
 {
     s->probe = fn ? fn : vh_store_default_probe;
     s->probe_ctx = fn ? ctx : s;
+}
+
+void vh_store_set_overlay(vh_store *s, vh_overlay *o)
+{
+    s->overlay = o;
+}
+
+vh_overlay *vh_store_overlay(vh_store *s)
+{
+    return s->overlay;
 }
 
 void vh_store_set_threads(vh_store *s, int n)

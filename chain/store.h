@@ -73,6 +73,14 @@ const char *vh_store_root(vh_store *s); /* the realpath of the store */
 int vh_store_root_fd(vh_store *s);
 
 void vh_store_set_probe(vh_store *s, vh_probe_fn fn, void *ctx);
+/*
+ * Overlay healing (overlay.h): the default probe and the chain opener read a file that has a
+ * patch set in `o` through it (the store file is never written). NULL (the default): none. The
+ * table stays the caller's; set it before the first scan.
+ */
+typedef struct vh_overlay vh_overlay;
+void vh_store_set_overlay(vh_store *s, vh_overlay *o);
+vh_overlay *vh_store_overlay(vh_store *s);
 /* Probing threads for a scan (default 4; 1 probes inline). */
 void vh_store_set_threads(vh_store *s, int n);
 /* Called during a scan, from the scanning thread, with files probed so far and to probe. */

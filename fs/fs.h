@@ -179,14 +179,16 @@ char *vhfs_mount_path(const struct vhfs *fs, const char *rel);
 
 /*
  * Hooks of the pass-through. heal_open runs before a file is opened: for a disk whose chain is
- * broken it logs the detection and, with heal=auto in persist mode, repairs every broken link
- * with a heal target in the chain above it; it never fails the open. It returns true when the
- * opened file itself was rewritten (the open must then drop the kernel's cached pages).
+ * broken it logs the detection and, with heal=auto, repairs every broken link with a heal target
+ * in the chain above it (in overlay mode into patch sets, the store unchanged); it never fails
+ * the open. It returns true when the opened file itself was rewritten or patched (the open must
+ * then drop the kernel's cached pages).
  */
 bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
 /*
  * May inode be opened for writing (or truncated)? -EBUSY, logged with the children's names, for
- * a disk that other disks of the store use as their parent (unless allow_parent_writes); else 0.
+ * a disk that other disks of the store use as their parent (unless allow_parent_writes); in
+ * overlay mode -EROFS for every disk (other files keep the store's rules); else 0.
  */
 int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode);
 /* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
@@ -210,6 +212,14 @@ int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *ino
                          const char *value, size_t size, bool force);
 /* What user.vhd.status adds to a broken link that has a heal target, by the mount's mode. */
 const char *vhfs_heal_note(const struct vhfs *fs);
+/*
+ * Overlay healing (healmode=overlay, ro): the patch set the mount presents over the store file
+ * st describes (a reference, drop it with vh_patch_unref), or NULL (none, or not overlay mode).
+ * The pass-through reads such a file with vh_patch_read and shows its patched size.
+ */
+struct vh_patch *vhfs_heal_patch(struct vhfs *fs, const struct stat *st);
+/* The attributes the mount shows for a store file: st_size the patched size where it has one. */
+void vhfs_heal_present(struct vhfs *fs, struct stat *st);
 /* A status or message with STORE's paths shown under the mount point. */
 char *vhfs_heal_show_paths(const struct vhfs *fs, const char *text);
 

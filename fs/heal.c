@@ -5,6 +5,10 @@
  * current with what is done through the mount, and drops the kernel's cache of what a repair
  * rewrote. It parses no disk bytes: every question about disks goes to the service.
  *
+ * Overlay mode (healmode=overlay, ro, a read-only STORE): no file is ever written; heal on open
+ * and user.vhd.parent build patch sets in the service (chain/overlay.h) that the pass-through
+ * lays over the store's bytes (vhfs_heal_patch), and disks are not opened for writing (EROFS).
+ *
  * Contract: a file is rewritten only when repairs are written (healmode=persist, not ro) and the
  * gate allows it, asked by the service with its repair lock held: not while a handle of the file
  * is open for writing through the mount (new writers take the same lock, so a writer never
@@ -37,9 +41,15 @@ bool vhfs_heal_writes(const struct vhfs *fs)
     return fs->cfg.healmode == VHFS_HEALMODE_PERSIST && !fs->cfg.ro;
 }
 
+/* In overlay mode, heal on open and user.vhd.parent build patch sets instead of writing. */
+static bool overlay(const struct vhfs *fs)
+{
+    return !vhfs_heal_writes(fs);
+}
+
 static bool heal_on_open(const struct vhfs *fs)
 {
-    return vhfs_heal_writes(fs) && fs->cfg.heal == VHFS_HEAL_AUTO;
+    return fs->cfg.heal == VHFS_HEAL_AUTO;
 }
 
 /* Relinking after a rename is part of the rename, not a heal: heal=manual keeps it. */
@@ -50,12 +60,9 @@ static bool relink_on_rename(const struct vhfs *fs)
 
 const char *vhfs_heal_note(const struct vhfs *fs)
 {
-    if (!vhfs_heal_writes(fs))
-        return fs->cfg.ro ? "not healed: read-only mount (detection only)"
-                          : "not healed: healmode=overlay (detection only)";
     switch (fs->cfg.heal) {
     case VHFS_HEAL_AUTO:
-        return "heals on open";
+        return overlay(fs) ? "heals on open (overlay: the store is not written)" : "heals on open";
     case VHFS_HEAL_MANUAL:
         return "not healed: heal=manual (write the parent's path to user.vhd.parent)";
     case VHFS_HEAL_OFF:
@@ -90,7 +97,8 @@ int vhfs_heal_start(struct vhfs *fs)
     vh_service_opts o = {.store = fs->cfg.store,
                          .winroot = fs->cfg.winroot,
                          .maxdepth = fs->cfg.maxdepth,
-                         .trust = fs->cfg.trust};
+                         .trust = fs->cfg.trust,
+                         .overlay = overlay(fs)};
     g_autoptr(GError) err = NULL;
 
     fs->svc = vh_service_new(&o, &err);
@@ -104,8 +112,8 @@ int vhfs_heal_start(struct vhfs *fs)
         vhfs_log(LOG_ERR, "journal: recovery failed: %s", err->message);
         g_clear_error(&err);
     }
-    if (!vhfs_heal_writes(fs))
-        vhfs_log(LOG_NOTICE, "%s: broken chains are detected and reported, never written",
+    if (overlay(fs))
+        vhfs_log(LOG_NOTICE, "%s: repairs are presented by the mount, STORE is never written",
                  fs->cfg.ro ? "ro" : "healmode=overlay");
     fs->scan_thread = g_thread_new("vhfs-scan", scan_main, fs);
     return 0;
@@ -235,17 +243,20 @@ static void gate_from_req(struct gate_ctx *g, struct vhfs *fs, fuse_req_t req)
 }
 
 /*
- * Opens the child for writing as the caller, without following any symlink, and checks that it
- * is still the file the verdict was about. A symlink or another file put in its place (a
- * rename racing the repair) is refused with EBUSY, never followed.
+ * Opens the child for writing as the caller (in overlay mode for reading: nothing is written),
+ * without following any symlink, and checks that it is still the file the verdict was about. A
+ * symlink or another file put in its place (a rename racing the repair) is refused with EBUSY,
+ * never followed.
  */
 static int pin_child(struct gate_ctx *g, const vh_disk_info *child, int *out, char **why)
 {
     struct stat st;
-    int fd = vhfs_caller_openat(g->fs, &g->caller, child->path, O_RDWR, true);
+    int fd = vhfs_caller_openat(g->fs, &g->caller, child->path, overlay(g->fs) ? O_RDONLY : O_RDWR,
+                                true);
 
     if (fd == -EACCES || fd == -EPERM) {
-        *why = g_strdup_printf("user %u may not write it", (unsigned)g->caller.uid);
+        *why = g_strdup_printf("user %u may not %s it", (unsigned)g->caller.uid,
+                               overlay(g->fs) ? "read" : "write");
         return -EACCES;
     }
     if (fd == -ELOOP || fd == -EXDEV) {
@@ -394,12 +405,32 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode)
     return self;
 }
 
+/* In overlay mode the disk files are presented, not written: -EROFS for a disk (the service
+ * says what the file is), 0 for any other file. */
+static int overlay_may_write(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    g_autofree char *rel = vhfs_inode_path(fs, inode);
+    g_autoptr(vh_disk_info) info = rel != NULL ? vh_service_describe(fs->svc, rel, NULL) : NULL;
+
+    if (info == NULL || info->format == VH_FORMAT_NONE)
+        return 0;
+    vhfs_log(LOG_NOTICE,
+             "%s: not opened for writing: healmode=overlay presents the disks of "
+             "STORE and never writes them",
+             rel);
+    return -EROFS;
+}
+
 int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode)
 {
     g_autofree char *rel = NULL, *names = NULL;
     g_autoptr(GPtrArray) kids = NULL;
 
-    if (fs->svc == NULL || fs->cfg.allow_parent_writes || !S_ISREG(inode->type))
+    if (fs->svc == NULL || !S_ISREG(inode->type))
+        return 0;
+    if (overlay(fs))
+        return overlay_may_write(fs, inode);
+    if (fs->cfg.allow_parent_writes)
         return 0;
     rel = vhfs_inode_path(fs, inode);
     if (rel == NULL)
@@ -468,6 +499,23 @@ void vhfs_heal_unlinked(struct vhfs *fs, struct vhfs_inode *dir, const char *nam
         vh_service_unlinked(fs->svc, rel);
 }
 
+/* --- overlay healing: what the pass-through presents --- */
+
+struct vh_patch *vhfs_heal_patch(struct vhfs *fs, const struct stat *st)
+{
+    vh_overlay *ov = fs->svc != NULL ? vh_service_overlay(fs->svc) : NULL;
+
+    return ov != NULL ? vh_overlay_get(ov, st, NULL) : NULL;
+}
+
+void vhfs_heal_present(struct vhfs *fs, struct stat *st)
+{
+    g_autoptr(vh_patch) p = vhfs_heal_patch(fs, st);
+
+    if (p != NULL)
+        st->st_size = (off_t)vh_patch_size(p);
+}
+
 /* --- repairs asked for through the attributes --- */
 
 int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode, const char *rel,
@@ -493,10 +541,9 @@ int vhfs_heal_set_parent(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *ino
     else if (info->type != VH_TYPE_DIFFERENCING)
         r = vh_fail(&err, ENOTSUP, "%s: a %s %s disk has no parent to reconnect", rel,
                     vh_type_name(info->type), vh_format_name(info->format));
-    else if (!vhfs_heal_writes(fs))
-        r = vh_fail(&err, EROFS, "%s: %s", rel,
-                    fs->cfg.ro ? "read-only mount: repairs are not written"
-                               : "healmode=overlay: repairs are not written into the store");
+    else if (overlay(fs) && vh_service_overlay(fs->svc) == NULL) /* never write when told not to */
+        r = vh_fail(&err, EROFS, "%s: %s: repairs are not written and no overlay was started", rel,
+                    fs->cfg.ro ? "read-only mount" : "healmode=overlay");
     if (r == 0)
         r = vhfs_parent_value_check(value, size, &path, &err);
     if (r == 0)

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "winpath.h"
@@ -272,6 +273,7 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
     g_autofree char *mnt = NULL;
     guint64 depth = VH_DEFAULT_MAXDEPTH;
     struct stat st;
+    struct statvfs vfs;
     int v;
 
     memset(cfg, 0, sizeof(*cfg));
@@ -343,6 +345,14 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
     if (stat(cfg->store, &st) < 0 || !S_ISDIR(st.st_mode)) {
         usage_error("STORE '%s': not a folder", c->store);
         return false;
+    }
+    /* A store on a read-only file system (read-only media, a read-only bind mount) cannot be
+       written: its repairs are presented (doc/design.md "Overlay healing"). */
+    if (statvfs(cfg->store, &vfs) == 0 && (vfs.f_flag & ST_RDONLY) &&
+        cfg->healmode == VHFS_HEALMODE_PERSIST) {
+        vhfs_log(LOG_NOTICE, "STORE is on a read-only file system: repairs are presented, not "
+                             "written (healmode=overlay)");
+        cfg->healmode = VHFS_HEALMODE_OVERLAY;
     }
     /* Absolute: unmounting happens after libfuse may have changed to "/". */
     cfg->mountpoint = g_canonicalize_filename(c->mountpoint, NULL);

@@ -17,6 +17,7 @@
  */
 #include "fs.h"
 #include "io.h"
+#include "overlay.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -634,6 +635,7 @@ static int do_lookup(struct vhfs *fs, struct vhfs_inode *dir, const char *name,
         return -errno;
     inode = inode_get(fs, &fd, &e->attr, dir, name);
     e->ino = ino_of(fs, inode);
+    vhfs_heal_present(fs, &e->attr);
     return 0;
 }
 
@@ -680,6 +682,7 @@ static void lo_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return reply_err(req, "getattr", -p.fd);
     if (fstatat(p.fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         return reply_err(req, "getattr", errno);
+    vhfs_heal_present(vhfs_of(req), &st);
     fuse_reply_attr(req, &st, vhfs_of(req)->timeout);
 }
 
@@ -901,6 +904,7 @@ static void lo_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
         goto out_err;
     if (fstatat(p.fd, "", &e.attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
         goto out_err;
+    vhfs_heal_present(fs, &e.attr);
     g_mutex_lock(&fs->lock);
     inode->nlookup++;
     g_mutex_unlock(&fs->lock);
@@ -1277,15 +1281,28 @@ static ssize_t pwrite_full(int fd, const char *buf, size_t size, off_t off)
     return (ssize_t)done;
 }
 
+/* Overlay healing: the patch set the mount presents over the open store file, or NULL. */
+static struct vh_patch *patch_of(struct vhfs *fs, int fd)
+{
+    struct stat st;
+
+    if (vhfs_heal_writes(fs) || fstat(fd, &st) < 0)
+        return NULL;
+    return vhfs_heal_patch(fs, &st);
+}
+
 static void lo_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
     g_autofree char *buf = g_try_malloc(size > 0 ? size : 1);
+    g_autoptr(vh_patch) patch = patch_of(vhfs_of(req), (int)fi->fh);
     ssize_t n;
 
     if (buf == NULL)
         return reply_err(req, "read", ENOMEM);
-    n = vh_read_full((int)fi->fh, buf, size, off);
+    /* a healed disk in overlay mode: the store's bytes with the repaired ranges over them */
+    n = patch != NULL ? vh_patch_read(patch, (int)fi->fh, buf, size, (uint64_t)off)
+                      : vh_read_full((int)fi->fh, buf, size, off);
     if (n < 0)
         return reply_err(req, "read", (int)-n);
     fuse_reply_buf(req, buf, (size_t)n);
@@ -1339,8 +1356,13 @@ static void lo_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
                                struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
                                struct fuse_file_info *fi_out, size_t len, int flags)
 {
-    ssize_t res =
-        copy_file_range((int)fi_in->fh, &off_in, (int)fi_out->fh, &off_out, len, (unsigned)flags);
+    g_autoptr(vh_patch) patch = patch_of(vhfs_of(req), (int)fi_in->fh);
+    ssize_t res;
+
+    /* the kernel copies a patched disk by reads instead (the store's bytes are not it) */
+    if (patch != NULL)
+        return reply_err(req, "copy_file_range", EOPNOTSUPP);
+    res = copy_file_range((int)fi_in->fh, &off_in, (int)fi_out->fh, &off_out, len, (unsigned)flags);
 
     if (res < 0)
         return reply_err(req, "copy_file_range", errno);
@@ -1351,8 +1373,16 @@ static void lo_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 static void lo_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
                      struct fuse_file_info *fi)
 {
-    off_t res = lseek((int)fi->fh, off, whence);
+    g_autoptr(vh_patch) patch = patch_of(vhfs_of(req), (int)fi->fh);
+    off_t res;
 
+    /* a patched disk (overlay) is all data up to its patched size: no hole hides a patch */
+    if (patch != NULL && (whence == SEEK_DATA || whence == SEEK_HOLE)) {
+        if (off < 0 || (uint64_t)off >= vh_patch_size(patch))
+            return reply_err(req, "lseek", ENXIO);
+        return (void)fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)vh_patch_size(patch));
+    }
+    res = lseek((int)fi->fh, off, whence);
     if (res < 0)
         return reply_err(req, "lseek", errno);
     fuse_reply_lseek(req, res);

@@ -58,7 +58,7 @@ static void create(fx_t *f, const char *rel, vh_format fmt, vh_type type, const 
         fail_msg("%s", err->message);
 }
 
-static int setup(void **state)
+static int setup_mode(void **state, enum vhfs_healmode mode)
 {
     fx_t *f = g_new0(fx_t, 1);
     f->tmp = g_dir_make_tmp("vh-xattr-XXXXXX", NULL);
@@ -66,7 +66,7 @@ static int setup(void **state)
     f->fs.cfg.store = realpath(f->tmp, NULL);
     f->fs.cfg.mountpoint = g_strdup(MNT);
     f->fs.cfg.heal = VHFS_HEAL_MANUAL;
-    f->fs.cfg.healmode = VHFS_HEALMODE_PERSIST;
+    f->fs.cfg.healmode = mode;
     f->fs.cfg.maxdepth = 256;
     g_autofree char *vm = abs_of(f, "vm");
     assert_int_equal(g_mkdir_with_parents(vm, 0755), 0);
@@ -102,6 +102,16 @@ static int setup(void **state)
     }
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_mode(state, VHFS_HEALMODE_PERSIST);
+}
+
+static int setup_overlay(void **state)
+{
+    return setup_mode(state, VHFS_HEALMODE_OVERLAY);
 }
 
 static int teardown(void **state)
@@ -355,12 +365,60 @@ static void test_writes(void **state)
     f->fs.cfg.ro = false;
 }
 
+static char *store_sums(fx_t *f)
+{
+    GString *s = g_string_new(NULL);
+    for (int k = 0; k < F_COUNT; k++) {
+        g_autofree char *abs = abs_of(f, files[k]);
+        g_autofree char *data = NULL;
+        gsize len = 0;
+        assert_true(g_file_get_contents(abs, &data, &len, NULL));
+        g_autofree char *sum = g_compute_checksum_for_data(G_CHECKSUM_SHA256, (guchar *)data, len);
+        g_string_append_printf(s, "%s %s\n", sum, files[k]);
+    }
+    return g_string_free(s, FALSE);
+}
+
+/* healmode=overlay: user.vhd.parent builds a patch set the mount presents; the store's files
+ * stay byte for byte as they were, and the attributes (the resolver) follow the overlay. */
+static void test_overlay_writes(void **state)
+{
+    fx_t *f = *state;
+    g_autofree char *before = store_sums(f);
+    g_autofree char *orphan = abs_of(f, files[F_ORPHAN]);
+    struct stat st;
+    assert_int_equal(stat(orphan, &st), 0);
+    assert_null(vhfs_heal_patch(&f->fs, &st));
+    expect_status(f, F_ORPHAN, "broken ");
+    assert_int_equal(set(f, F_ORPHAN, "user.vhd.parent.force", MNT "/vm/base.vhdx"), 0);
+    expect_status(f, F_ORPHAN, "healed (overlay) ");
+    ssize_t res;
+    bool ours;
+    g_autofree char *chain = get(f, F_ORPHAN, "user.vhd.chain", &res, &ours);
+    assert_string_equal(chain, MNT "/vm/orphan.avhdx\n" MNT "/vm/base.vhdx");
+    vh_patch *p = vhfs_heal_patch(&f->fs, &st);
+    assert_non_null(p);
+    struct stat shown = st;
+    vhfs_heal_present(&f->fs, &shown);
+    assert_int_equal((uint64_t)shown.st_size, vh_patch_size(p));
+    vh_patch_unref(p);
+    /* disks are not written through an overlay mount; other files are */
+    assert_int_equal(vhfs_heal_may_write(&f->fs, f->in[F_ORPHAN]), -EROFS);
+    assert_int_equal(vhfs_heal_may_write(&f->fs, f->in[F_BASE]), -EROFS);
+    assert_int_equal(vhfs_heal_may_write(&f->fs, f->in[F_PLAIN]), 0);
+    g_autofree char *after = store_sums(f);
+    assert_string_equal(before, after);
+    g_autofree char *journal = abs_of(f, ".vhdheal");
+    assert_false(g_file_test(journal, G_FILE_TEST_EXISTS));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_values_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlay_writes, setup_overlay, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * overlay.h - patch sets: a disk file's repaired bytes kept beside the file, never in it
+ * (healmode=overlay, ro; doc/design.md "Overlay healing").
+ *
+ * A patch set is a list of byte ranges (offset -> bytes) over a base file, and the size the
+ * patched file has. A vh_file with a patch set attached (vh_file_attach_patch) reads the base
+ * file with the patches over it and writes into the patch set, never into the file: the engine's
+ * own write paths (the reconnect's set_parent_link, VHDX log replay on open) run unchanged and
+ * their output lands here. Once built, a patch set is read-only and may be shared between threads
+ * (reference counted); the mount overlays it on the store's bytes with vh_patch_read.
+ */
+#ifndef VH_OVERLAY_H
+#define VH_OVERLAY_H
+
+#include <sys/stat.h>
+
+#include "common.h"
+
+typedef struct vh_file vh_file;
+typedef struct vh_patch vh_patch;
+
+/* The most bytes one patch set holds: a repair patches a few headers, the locator space and a
+ * log entry; a write beyond this fails with EFBIG (memory is bounded). */
+#define VH_PATCH_MAX_BYTES (64u * 1024 * 1024)
+
+/* A patch set over a base file of base_size bytes, with no patches yet (reference count 1). */
+vh_patch *vh_patch_new(uint64_t base_size);
+vh_patch *vh_patch_ref(vh_patch *p);
+void vh_patch_unref(vh_patch *p);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_patch, vh_patch_unref)
+
+/* The size of the base file the patch set was built over, and of the patched file. */
+uint64_t vh_patch_base_size(const vh_patch *p);
+uint64_t vh_patch_size(const vh_patch *p);
+/* The number of ranges and the bytes they hold. */
+guint vh_patch_count(const vh_patch *p);
+uint64_t vh_patch_bytes(const vh_patch *p);
+/* The i-th range (in offset order, non-overlapping). */
+void vh_patch_range(const vh_patch *p, guint i, uint64_t *off, size_t *len, const uint8_t **data);
+
+/* Records a write of len bytes at off (may extend the patched file). -EFBIG past the bound. */
+int vh_patch_write(vh_patch *p, const void *buf, size_t len, uint64_t off, GError **err);
+/* Records a truncate: bytes at and past size are gone (the base's too), the file has size. */
+void vh_patch_truncate(vh_patch *p, uint64_t size);
+
+/*
+ * Reads up to len bytes at off of the patched file whose base is open as fd: the base's bytes
+ * (zeros where the base was truncated away or the file grew) with the patches over them. Returns
+ * the count (less than len only at the patched file's end), or -errno; a base file shorter than
+ * the patch set was built over is -EIO (the store file changed).
+ */
+ssize_t vh_patch_read(const vh_patch *p, int fd, void *buf, size_t len, uint64_t off);
+
+/*
+ * Makes f (opened read-only) read through p and write into it: f->size becomes the patched size,
+ * f->writable true (the file descriptor stays read-only: nothing reaches the file). Takes a
+ * reference; vh_file_close drops it.
+ */
+void vh_file_attach_patch(vh_file *f, vh_patch *p);
+
+/* Opens path read-only with p attached (a new empty patch set over the file when p is NULL). */
+int vh_file_open_patched(vh_file *f, const char *path, vh_patch *p, GError **err);
+
+/*
+ * The overlays of a store (the mount's, in healmode=overlay): a thread-safe table of patch sets
+ * keyed by the file's device and inode, each valid only while the file keeps the size and
+ * modification time it had when its patch set was built. A patch set whose file changed on the
+ * store is dropped (and logged) the first time it is looked up.
+ */
+typedef struct vh_overlay vh_overlay;
+typedef void (*vh_overlay_log_fn)(void *ctx, const char *line);
+
+vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx);
+void vh_overlay_free(vh_overlay *o);
+/* Records p for the file st describes, as it is now (replaces an earlier one). */
+void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p);
+/* The patch set of the file st describes (a new reference), or NULL; `name` names the file in
+ * the log line of a dropped one. */
+vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name);
+/* The patch set of the file open as fd (fstat), or NULL. */
+vh_patch *vh_overlay_get_fd(vh_overlay *o, int fd, const char *name);
+guint vh_overlay_count(vh_overlay *o);
+
+#endif

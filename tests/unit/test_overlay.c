@@ -1,0 +1,441 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * test_overlay.c - overlay healing in the engine (chain/overlay.h): patch sets over a read-only
+ * file, and the reconnect's link rewrite built into one. The patched image, opened by the engine
+ * through the same patch set, shows the new link and the same virtual content; the store file's
+ * sha256 never changes. VHD with a path needing more locator space, VHDX with a pending log.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <glib/gstdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chain.h"
+#include "overlay.h"
+#include "reconnect.h"
+#include "vhdx_format.h"
+#include "vhdx_log.h"
+#include "winpath.h"
+
+#define VSIZE (8 * 1024 * 1024)
+#define S 4096
+
+typedef struct {
+    vh_format format;
+    char *store, *base, *child;
+} fx_t;
+
+static const char *ext(vh_format f)
+{
+    return f == VH_FORMAT_VHD ? "vhd" : "vhdx";
+}
+
+static void write_pattern(const char *path, uint64_t off, size_t len, uint8_t seed)
+{
+    g_autoptr(vh_disk) d = NULL;
+    g_autoptr(GError) err = NULL;
+    vh_chain_open_opts o = {.maxdepth = 16, .writable = true};
+    if (vh_chain_open(path, &o, &d, &err) < 0)
+        fail_msg("%s", err->message);
+    g_autofree uint8_t *buf = g_malloc(len);
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (uint8_t)(seed + i * 13);
+    assert_int_equal(vh_disk_write(d, buf, off, len, NULL), 0);
+    assert_int_equal(vh_disk_flush(d, NULL), 0);
+}
+
+/* A store with vms/child.EXT whose parent base.EXT was moved to `moved_dir` (broken link). */
+static fx_t *make_store(vh_format f, const char *moved_dir)
+{
+    fx_t *fx = g_new0(fx_t, 1);
+    fx->format = f;
+    fx->store = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *vms = g_build_filename(fx->store, "vms", NULL);
+    assert_int_equal(g_mkdir_with_parents(vms, 0755), 0);
+    g_autofree char *base0 = g_strdup_printf("%s/base.%s", vms, ext(f));
+    fx->child = g_strdup_printf("%s/child.%s", vms, ext(f));
+    vh_create_opts o = {.format = f, .type = VH_TYPE_DYNAMIC, .size = VSIZE};
+    g_autoptr(GError) err = NULL;
+    if (vh_disk_create(base0, &o, &err) < 0)
+        fail_msg("%s", err->message);
+    write_pattern(base0, 0, 3 * 1024 * 1024 + 777, 1);
+    {
+        g_autoptr(vh_disk) parent = NULL;
+        assert_int_equal(vh_disk_open(base0, VH_OPEN_READ, &parent, NULL), 0);
+        g_autofree char *rel = vh_winpath_relative(fx->child, base0);
+        vh_create_opts c = {.type = VH_TYPE_DIFFERENCING, .parent = parent, .parent_relative = rel};
+        if (vh_disk_create(fx->child, &c, &err) < 0)
+            fail_msg("%s", err->message);
+    }
+    write_pattern(fx->child, 1024 * 1024 + 5, 70000, 9);
+    g_autofree char *dir = g_build_filename(fx->store, moved_dir, NULL);
+    assert_int_equal(g_mkdir_with_parents(dir, 0755), 0);
+    fx->base = g_strdup_printf("%s/base.%s", dir, ext(f));
+    assert_int_equal(rename(base0, fx->base), 0);
+    return fx;
+}
+
+static void free_store(fx_t *fx)
+{
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", fx->store);
+    assert_int_equal(system(cmd), 0);
+    g_free(fx->store);
+    g_free(fx->base);
+    g_free(fx->child);
+    g_free(fx);
+}
+
+static char *file_sha256(const char *path)
+{
+    g_autofree char *data = NULL;
+    gsize len = 0;
+    assert_true(g_file_get_contents(path, &data, &len, NULL));
+    return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)data, len);
+}
+
+/* sha256 of the child's virtual content (child opened from f) with the parent attached by hand. */
+static char *content_hash_file(vh_file *f, const char *parent)
+{
+    g_autoptr(vh_disk) c = NULL;
+    g_autoptr(GError) err = NULL;
+    if (vh_disk_open_file(f, VH_OPEN_READ, &c, &err) < 0)
+        fail_msg("%s", err->message);
+    vh_disk *p = NULL;
+    assert_int_equal(vh_disk_open(parent, VH_OPEN_READ, &p, NULL), 0);
+    vh_disk_set_parent(c, p);
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+    g_autofree uint8_t *buf = g_malloc(VH_MIB);
+    for (uint64_t off = 0; off < c->virtual_size; off += VH_MIB) {
+        assert_int_equal(vh_disk_read(c, buf, off, VH_MIB, NULL), 0);
+        g_checksum_update(sum, buf, VH_MIB);
+    }
+    return g_strdup(g_checksum_get_string(sum));
+}
+
+static char *content_hash(const char *child, vh_patch *patch, const char *parent)
+{
+    vh_file f;
+    if (patch)
+        assert_int_equal(vh_file_open_patched(&f, child, patch, NULL), 0);
+    else
+        assert_int_equal(vh_file_open(&f, child, false, NULL), 0);
+    return content_hash_file(&f, parent);
+}
+
+/* The disk opened through the patch set (read-only, as the mount's readers do). */
+static vh_disk *open_patched(const char *child, vh_patch *patch)
+{
+    vh_file f;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_file_open_patched(&f, child, patch, &err), 0);
+    vh_disk *d = NULL;
+    if (vh_disk_open_file(&f, VH_OPEN_READ, &d, &err) < 0)
+        fail_msg("%s", err->message);
+    return d;
+}
+
+static const char *relative_locator(const vh_disk *d)
+{
+    for (guint i = 0; d->link.locators && i < d->link.locators->len; i++) {
+        const vh_locator *l = d->link.locators->pdata[i];
+        if (l->kind == VH_LOC_RELATIVE_PATH || l->kind == VH_LOC_W2RU)
+            return l->path;
+    }
+    return NULL;
+}
+
+static vh_patch *overlay_reconnect(const fx_t *fx, const char *parent)
+{
+    vh_reconnect_opts o = {.store = fx->store, .overlay = true};
+    vh_reconnect_result res;
+    g_autoptr(GError) err = NULL;
+    if (vh_reconnect(fx->child, parent, &o, &res, &err) < 0)
+        fail_msg("%s", err->message);
+    assert_false(res.already_healed);
+    assert_null(res.repair_id);
+    assert_non_null(res.patch);
+    vh_patch *p = g_steal_pointer(&res.patch);
+    vh_reconnect_result_clear(&res);
+    return p;
+}
+
+/* The whole check: broken before, healed through the patches, store unchanged. */
+static vh_patch *heal_in_overlay(fx_t *fx, const char *want_rel)
+{
+    g_autofree char *child_sum = file_sha256(fx->child);
+    g_autofree char *base_sum = file_sha256(fx->base);
+    g_autofree char *want = content_hash(fx->child, NULL, fx->base);
+    struct stat before;
+    assert_int_equal(stat(fx->child, &before), 0);
+
+    vh_patch *patch = overlay_reconnect(fx, fx->base);
+
+    g_autofree char *child_after = file_sha256(fx->child);
+    g_autofree char *base_after = file_sha256(fx->base);
+    assert_string_equal(child_sum, child_after);
+    assert_string_equal(base_sum, base_after);
+    struct stat after;
+    assert_int_equal(stat(fx->child, &after), 0);
+    assert_int_equal(before.st_size, after.st_size);
+    assert_int_equal(vh_patch_base_size(patch), (uint64_t)before.st_size);
+    assert_true(vh_patch_count(patch) > 0);
+    g_autofree char *private_dir = g_build_filename(fx->store, ".vhdheal", NULL);
+    assert_false(g_file_test(private_dir, G_FILE_TEST_EXISTS)); /* no journal, nothing created */
+
+    /* the store's child still links to nowhere; the patched one to the moved parent */
+    {
+        g_autoptr(vh_disk) store_child = NULL;
+        assert_int_equal(vh_disk_open(fx->child, VH_OPEN_READ, &store_child, NULL), 0);
+        assert_string_not_equal(relative_locator(store_child), want_rel);
+        g_autoptr(vh_disk) d = open_patched(fx->child, patch);
+        assert_non_null(relative_locator(d));
+        assert_string_equal(relative_locator(d), want_rel);
+        g_autoptr(vh_disk) parent = NULL;
+        assert_int_equal(vh_disk_open(fx->base, VH_OPEN_READ, &parent, NULL), 0);
+        assert_true(vh_id_equal(&d->link.parent_id, &parent->id));
+        assert_true(vh_id_equal(&d->id, &store_child->id));
+        assert_true(!d->warnings || d->warnings->len == 0);
+    }
+    g_autofree char *got = content_hash(fx->child, patch, fx->base);
+    assert_string_equal(want, got);
+    return patch;
+}
+
+static void overlay_heals(vh_format f)
+{
+    fx_t *fx = make_store(f, "moved/elsewhere");
+    g_autofree char *want = g_strdup_printf("..\\moved\\elsewhere\\base.%s", ext(f));
+    g_autoptr(vh_patch) patch = heal_in_overlay(fx, want);
+    /* a short path fits the locator space the child has: the patched file keeps its size */
+    assert_int_equal(vh_patch_size(patch), vh_patch_base_size(patch));
+    free_store(fx);
+}
+
+static void vhd_overlay_heals(void **state)
+{
+    overlay_heals(VH_FORMAT_VHD);
+}
+
+static void vhdx_overlay_heals(void **state)
+{
+    overlay_heals(VH_FORMAT_VHDX);
+}
+
+/* A new path longer than the child's locator space: the VHD write path moves the locators to
+ * the end of the file; in the overlay the patched file grows, the store file does not. */
+static void vhd_locators_grow(void **state)
+{
+    GString *dir = g_string_new("deep");
+    for (int i = 0; i < 9; i++) { /* over 2048 characters: more than the 4 KiB W2ku space */
+        g_string_append_c(dir, '/');
+        for (int k = 0; k < 240; k++)
+            g_string_append_c(dir, (char)('a' + (i + k) % 26));
+    }
+    fx_t *fx = make_store(VH_FORMAT_VHD, dir->str);
+    g_autofree char *rel_unix = g_strdup_printf("../%s/base.vhd", dir->str);
+    g_autofree char *want = g_strdelimit(g_strdup(rel_unix), "/", '\\');
+    g_string_free(dir, TRUE);
+    g_autoptr(vh_patch) patch = heal_in_overlay(fx, want);
+    assert_true(vh_patch_size(patch) > vh_patch_base_size(patch));
+    free_store(fx);
+}
+
+/* Writes a log entry into a closed VHDX and makes the headers name it (as a crash leaves it). */
+static void inject_log(const char *path, const vhdx_log_op *ops, size_t n)
+{
+    vh_file f;
+    assert_int_equal(vh_file_open(&f, path, true, NULL), 0);
+    uint8_t hb[2][VHDX_HDR_SIZE];
+    vhdx_header h[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(
+            vh_file_read(&f, hb[i], VHDX_HDR_SIZE, i ? VHDX_HDR2_OFF : VHDX_HDR1_OFF, "h", NULL),
+            0);
+        assert_int_equal(vhdx_header_parse(hb[i], 0, f.size, &h[i], NULL), 0);
+    }
+    vhdx_header cur = h[1].seq > h[0].seq ? h[1] : h[0];
+    vh_id guid = vh_id_random();
+    vhdx_log_entry_params p = {
+        .seq = 1000, .tail = 0, .guid = guid, .flushed = f.size, .last = f.size};
+    uint8_t *e = NULL;
+    uint32_t len = 0;
+    assert_int_equal(vhdx_log_entry_build(ops, n, &p, &e, &len, NULL), 0);
+    assert_int_equal(vh_file_write(&f, e, len, cur.log_offset, "log", NULL), 0);
+    g_free(e);
+    cur.log_guid = guid;
+    for (int i = 0; i < 2; i++) {
+        cur.seq++;
+        uint8_t buf[VHDX_HDR_SIZE];
+        vhdx_header_write(&cur, buf);
+        assert_int_equal(
+            vh_file_write(&f, buf, VHDX_HDR_SIZE, i ? VHDX_HDR2_OFF : VHDX_HDR1_OFF, "h", NULL), 0);
+    }
+    vh_file_close(&f);
+}
+
+static const char *info_value(vh_disk *d, GHashTable *h, const char *key)
+{
+    return g_hash_table_lookup(h, key);
+}
+
+static void info_put(void *ctx, const char *key, const char *value)
+{
+    g_hash_table_insert(ctx, g_strdup(key), g_strdup(value));
+}
+
+static GHashTable *info_of(vh_disk *d)
+{
+    GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    d->ops->info(d, info_put, h);
+    return h;
+}
+
+/* A child left with a pending log (a logged payload sector): the overlay replays it into the
+ * patch set before the link rewrite; the patched image has an empty log and the logged data. */
+static void vhdx_pending_log(void **state)
+{
+    fx_t *fx = make_store(VH_FORMAT_VHDX, "moved");
+    uint64_t data_off;
+    {
+        g_autoptr(vh_disk) c = NULL;
+        assert_int_equal(vh_disk_open(fx->child, VH_OPEN_READ, &c, NULL), 0);
+        vh_run run;
+        assert_int_equal(c->ops->map(c, 1024 * 1024 + S, S, &run, NULL), 0);
+        assert_int_equal(run.kind, VH_RUN_DATA);
+        data_off = run.file_offset;
+    }
+    g_autofree uint8_t *sector = g_malloc(S);
+    for (int i = 0; i < S; i++)
+        sector[i] = (uint8_t)(0x5a ^ i);
+    vhdx_log_op op = {data_off, S, sector};
+    inject_log(fx->child, &op, 1);
+    {
+        g_autoptr(vh_disk) c = NULL;
+        assert_int_equal(vh_disk_open(fx->child, VH_OPEN_READ, &c, NULL), 0);
+        g_autoptr(GHashTable) info = info_of(c);
+        assert_string_equal(info_value(c, info, "log"), "replayed in memory");
+    }
+    g_autoptr(vh_patch) patch = heal_in_overlay(fx, "..\\moved\\base.vhdx");
+    g_autoptr(vh_disk) d = open_patched(fx->child, patch);
+    g_autoptr(GHashTable) info = info_of(d);
+    assert_string_equal(info_value(d, info, "log"), "empty");
+    assert_string_equal(info_value(d, info, "log_guid"), "00000000-0000-0000-0000-000000000000");
+    g_autofree uint8_t *buf = g_malloc(S);
+    assert_int_equal(vh_disk_read(d, buf, 1024 * 1024 + S, S, NULL), 0);
+    assert_memory_equal(buf, sector, S);
+    free_store(fx);
+}
+
+/* Patch sets alone: overlapping writes, growth, truncate below the base, reads over the base. */
+static void patch_ranges(void **state)
+{
+    g_autofree char *dir = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "f", NULL);
+    uint8_t base[100];
+    for (int i = 0; i < 100; i++)
+        base[i] = (uint8_t)i;
+    assert_true(g_file_set_contents(path, (char *)base, 100, NULL));
+    g_autofree char *before = file_sha256(path);
+    vh_file f;
+    assert_int_equal(vh_file_open_patched(&f, path, NULL, NULL), 0);
+    uint8_t a[10], b[4];
+    memset(a, 0xaa, sizeof a);
+    memset(b, 0xbb, sizeof b);
+    assert_int_equal(vh_file_write(&f, a, 10, 20, "a", NULL), 0);
+    assert_int_equal(vh_file_write(&f, b, 4, 25, "b", NULL), 0);
+    assert_int_equal(vh_file_write(&f, b, 4, 118, "grow", NULL), 0);
+    assert_int_equal(f.size, 122);
+    assert_int_equal(vh_patch_count(f.patch), 4); /* a's left, b, a's right, the growth */
+    uint8_t got[122];
+    assert_int_equal(vh_file_read(&f, got, 122, 0, "all", NULL), 0);
+    for (int i = 0; i < 122; i++) {
+        uint8_t want = i < 20    ? (uint8_t)i
+                       : i < 25  ? 0xaa
+                       : i < 29  ? 0xbb
+                       : i < 30  ? 0xaa
+                       : i < 100 ? (uint8_t)i
+                       : i < 118 ? 0
+                                 : 0xbb;
+        assert_int_equal(got[i], want);
+    }
+    assert_int_equal(vh_file_truncate(&f, 22, NULL), 0);
+    assert_int_equal(vh_file_truncate(&f, 40, NULL), 0);
+    assert_int_equal(vh_file_read(&f, got, 40, 0, "all", NULL), 0);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(got[i], i < 20 ? i : i < 22 ? 0xaa : 0);
+    assert_int_equal(vh_file_flush(&f, NULL), 0);
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_file_read(&f, got, 41, 0, "past", &err), -EIO);
+    vh_file_close(&f);
+    g_autofree char *after = file_sha256(path);
+    assert_string_equal(before, after);
+    unlink(path);
+    g_rmdir(dir);
+}
+
+/* A patch set never holds more than its bound. */
+static void patch_bound(void **state)
+{
+    g_autoptr(vh_patch) p = vh_patch_new(0);
+    g_autofree uint8_t *big = g_malloc0(VH_PATCH_MAX_BYTES / 2 + 1);
+    assert_int_equal(vh_patch_write(p, big, VH_PATCH_MAX_BYTES / 2 + 1, 0, NULL), 0);
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(vh_patch_write(p, big, VH_PATCH_MAX_BYTES / 2 + 1, VH_MIB * 100, &err),
+                     -EFBIG);
+    /* rewriting the same range does not count twice */
+    assert_int_equal(vh_patch_write(p, big, VH_PATCH_MAX_BYTES / 2 + 1, 0, NULL), 0);
+}
+
+static void count_line(void *ctx, const char *line)
+{
+    (*(int *)ctx)++;
+    assert_non_null(strstr(line, "changed on the store"));
+}
+
+/* The table: a patch set holds while its file keeps its size and mtime; then it is dropped and
+ * logged once. */
+static void overlay_table(void **state)
+{
+    int logged = 0;
+    vh_overlay *o = vh_overlay_new(count_line, &logged);
+    g_autoptr(vh_patch) p = vh_patch_new(1000);
+    struct stat st = {.st_mode = S_IFREG, .st_dev = 7, .st_ino = 42, .st_size = 1000};
+    st.st_mtim.tv_sec = 100;
+    vh_overlay_put(o, &st, p);
+    assert_int_equal(vh_overlay_count(o), 1);
+    vh_patch *got = vh_overlay_get(o, &st, "x");
+    assert_ptr_equal(got, p);
+    vh_patch_unref(got);
+    struct stat other = st;
+    other.st_ino = 43;
+    assert_null(vh_overlay_get(o, &other, "y"));
+    struct stat later = st;
+    later.st_mtim.tv_nsec = 1;
+    assert_null(vh_overlay_get(o, &later, "x"));
+    assert_int_equal(logged, 1);
+    assert_int_equal(vh_overlay_count(o), 0);
+    assert_null(vh_overlay_get(o, &st, "x")); /* gone for good */
+    assert_int_equal(logged, 1);
+    vh_overlay_put(o, &st, p);
+    struct stat bigger = st;
+    bigger.st_size = 1001;
+    assert_null(vh_overlay_get(o, &bigger, NULL));
+    assert_int_equal(logged, 2);
+    vh_overlay_free(o);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(patch_ranges),      cmocka_unit_test(patch_bound),
+        cmocka_unit_test(vhd_overlay_heals), cmocka_unit_test(vhdx_overlay_heals),
+        cmocka_unit_test(vhd_locators_grow), cmocka_unit_test(vhdx_pending_log),
+        cmocka_unit_test(overlay_table),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
