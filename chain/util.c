@@ -28,7 +28,7 @@ static gpointer crc32c_init(gpointer unused)
     return NULL;
 }
 
-uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len)
+uint32_t vh_crc32c_update_sw(uint32_t crc, const void *buf, size_t len)
 {
     g_once(&crc32c_once, crc32c_init, NULL);
     const uint32_t(*t)[256] = crc32c_table;
@@ -42,6 +42,37 @@ uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len)
     while (len--)
         crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
+}
+
+#if defined(__x86_64__)
+/*
+ * The SSE 4.2 crc32 instruction computes CRC-32C itself, 8 bytes per instruction: a store scan
+ * spent a quarter of its time in the tables above (scripts/bench index, perf).
+ */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const void *buf,
+                                                            size_t len)
+{
+    const uint8_t *p = buf;
+    uint64_t c = ~crc;
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8); /* x86 is little-endian, as the instruction expects */
+        c = __builtin_ia32_crc32di(c, v);
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len)
+{
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2"))
+        return crc32c_hw(crc, buf, len);
+#endif
+    return vh_crc32c_update_sw(crc, buf, len);
 }
 
 uint32_t vh_crc32c(const void *buf, size_t len)

@@ -13,6 +13,8 @@
 uint32_t vh_crc32c(const void *buf, size_t len);
 /* Continues a CRC over more bytes: pass the previous return value (start with 0). */
 uint32_t vh_crc32c_update(uint32_t crc, const void *buf, size_t len);
+/* The same by tables; vh_crc32c_update uses the processor's crc32 instruction where it has one. */
+uint32_t vh_crc32c_update_sw(uint32_t crc, const void *buf, size_t len);
 
 /* VHD checksum: one's complement of the byte sum, with the 4 bytes at skip_off taken as 0. */
 uint32_t vh_vhd_checksum(const uint8_t *buf, size_t len, size_t skip_off);

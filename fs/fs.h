@@ -131,6 +131,8 @@ struct vhfs {
 #define VHFS_TIMEOUT 60.0
 /* Largest read and write request (max_read, max_write). */
 #define VHFS_MAX_IO (1u << 20)
+/* The mount's readahead, KiB (main.c raises the kernel's 128 KiB to it when root). */
+#define VHFS_READAHEAD_KB 4096u
 
 /* The low-level operations (passthrough.c). */
 extern const struct fuse_lowlevel_ops vhfs_ops;

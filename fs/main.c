@@ -15,6 +15,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -430,6 +431,58 @@ static void preload_unwinder(void)
         vhfs_log(LOG_WARNING, "cannot load libgcc_s.so.1 (%s): unmounting may abort", dlerror());
 }
 
+/*
+ * The kernel reads a FUSE file ahead by at most its bdi's default of 128 KiB (the init reply's
+ * max_readahead can only lower it): a cold sequential read makes one round trip through the
+ * daemon per 128 KiB, which on a loaded machine waits for a core each time. Raise the mount's
+ * readahead (/sys/class/bdi/MAJ:MIN/read_ahead_kb) to VHFS_READAHEAD_KB, sent as requests of
+ * VHFS_MAX_IO; before FUSE_INIT, whose max_readahead (lo_init) caps it. Best effort: only root
+ * may. The device number comes from /proc/self/mountinfo,
+ * since a stat of the mount point would ask this daemon, which serves nothing yet.
+ */
+static void raise_readahead(const char *mountpoint)
+{
+    g_autoptr(GString) want = g_string_new(NULL);
+    g_autofree char *line = NULL;
+    unsigned major = 0, minor = 0;
+    bool found = false;
+    size_t cap = 0;
+    FILE *f;
+
+    /* mountinfo escapes space, tab, newline and backslash as \ooo */
+    for (const char *c = mountpoint; *c; c++) {
+        if (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\\')
+            g_string_append_printf(want, "\\%03o", (unsigned char)*c);
+        else
+            g_string_append_c(want, *c);
+    }
+    f = fopen("/proc/self/mountinfo", "re");
+    if (f == NULL)
+        return;
+    while (getline(&line, &cap, f) > 0) {
+        char mp[PATH_MAX * 4];
+        unsigned a, b;
+
+        /* ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - fuse.vhdhealfs ...; the last match is on top */
+        if (sscanf(line, "%*u %*u %u:%u %*s %16383s", &a, &b, mp) == 3 &&
+            strcmp(mp, want->str) == 0 && strstr(line, " - fuse") != NULL) {
+            major = a;
+            minor = b;
+            found = true;
+        }
+    }
+    fclose(f);
+    if (!found)
+        return;
+    g_autofree char *path = g_strdup_printf("/sys/class/bdi/%u:%u/read_ahead_kb", major, minor);
+    g_autofree char *kb = g_strdup_printf("%u\n", VHFS_READAHEAD_KB);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, kb, strlen(kb)) < 0)
+        vhfs_debug("%s: %s: readahead stays at the kernel's default", path, g_strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
 static int run_session(struct vhfs *fs)
 {
     struct fuse_loop_config *lc;
@@ -512,6 +565,7 @@ int main(int argc, char *argv[])
         goto out_session;
     if (fuse_session_mount(fs.se, fs.cfg.mountpoint) != 0)
         goto out_signals;
+    raise_readahead(fs.cfg.mountpoint);
     vhfs_log(LOG_INFO, "serving %s at %s (heal=%s, healmode=%s, views=%s, maxdepth=%u%s)",
              fs.cfg.store, fs.cfg.mountpoint,
              (const char *[]){"auto", "manual", "off"}[fs.cfg.heal],

@@ -1554,8 +1554,9 @@ static void lo_init(void *userdata, struct fuse_conn_info *conn)
                               FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_SPLICE_READ |
                               FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
     conn->max_write = VHFS_MAX_IO;
-    conn->max_read = VHFS_MAX_IO;      /* as the max_read= mount option main.c gives */
-    conn->max_readahead = VHFS_MAX_IO; /* the kernel keeps the smaller of this and its own */
+    conn->max_read = VHFS_MAX_IO; /* as the max_read= mount option main.c gives */
+    /* The kernel keeps the smaller of this and the bdi's readahead, which main.c raised. */
+    conn->max_readahead = VHFS_READAHEAD_KB << 10;
     conn->time_gran = 1;
     vhfs_debug("init: capable 0x%x, want 0x%x", conn->capable, conn->want);
 }

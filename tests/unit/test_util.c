@@ -45,11 +45,17 @@ static void crc32c_matches_the_definition(void **state)
         buf[i] = (uint8_t)(x >> 16);
     }
     for (size_t off = 0; off < 8; off++)
-        for (size_t len = 0; len <= 300; len++)
+        for (size_t len = 0; len <= 300; len++) {
             assert_int_equal(vh_crc32c(buf + off, len), crc32c_bitwise(buf + off, len));
+            assert_int_equal(vh_crc32c_update_sw(0, buf + off, len),
+                             crc32c_bitwise(buf + off, len));
+        }
     uint32_t whole = crc32c_bitwise(buf, sizeof buf);
-    for (size_t cut = 0; cut <= sizeof buf; cut += 7)
+    for (size_t cut = 0; cut <= sizeof buf; cut += 7) {
         assert_int_equal(vh_crc32c_update(vh_crc32c(buf, cut), buf + cut, sizeof buf - cut), whole);
+        assert_int_equal(vh_crc32c_update_sw(vh_crc32c(buf, cut), buf + cut, sizeof buf - cut),
+                         whole);
+    }
 }
 
 static void vhd_checksum_skips_its_field(void **state)
