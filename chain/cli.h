@@ -39,5 +39,6 @@ int vhdheal_cmd_undo(int argc, char **argv);
 int vhdheal_cmd_create(int argc, char **argv);
 int vhdheal_cmd_read(int argc, char **argv);
 int vhdheal_cmd_write(int argc, char **argv);
+int vhdheal_cmd_convert(int argc, char **argv);
 
 #endif
