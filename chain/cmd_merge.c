@@ -10,6 +10,7 @@
 #include "chain.h"
 #include "cli.h"
 #include "convert.h"
+#include "merge.h"
 
 /* ---------- progress and interruption ---------- */
 
@@ -147,6 +148,90 @@ int vhdheal_cmd_convert(int argc, char **argv)
     o.progress_ctx = &p;
     o.cancel = &interrupted;
     int r = vh_convert(src, argv[2], &o, &err);
+    progress_end(&p);
+    if (r < 0) {
+        vh_cli_error(err);
+        return VH_EXIT_USAGE;
+    }
+    return VH_EXIT_OK;
+}
+
+/* ---------- merge ---------- */
+
+static void merge_log(void *ctx, const char *line)
+{
+    progress *p = ctx;
+    progress_end(p);
+    g_autofree char *shown = vh_cli_printable(line);
+    printf("%s\n", shown);
+    fflush(stdout);
+}
+
+int vh_cli_resume_merges(const char *store)
+{
+    progress p;
+    progress_init(&p, "merge", false);
+    vh_merge_opts o = {
+        .progress = progress_cb, .progress_ctx = &p, .log = merge_log, .log_ctx = &p};
+    g_autoptr(GError) err = NULL;
+    int n = vh_merge_resume(store, &o, &err);
+    progress_end(&p);
+    if (n < 0)
+        fprintf(stderr, "vhdheal: warning: an interrupted merge was not finished: %s\n",
+                err->message);
+    return n;
+}
+
+int vhdheal_cmd_merge(int argc, char **argv)
+{
+    g_autofree char *into = NULL, *store = NULL;
+    gboolean force = FALSE, dry_run = FALSE, resume = FALSE, show = FALSE;
+    GOptionEntry entries[] = {
+        {"into", 0, 0, G_OPTION_ARG_FILENAME, &into,
+         "The ancestor to merge into (default: CHILD's parent)", "ANCESTOR"},
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force,
+         "Merge although the ancestor has other children (what they read changes)", NULL},
+        {"dry-run", 'n', 0, G_OPTION_ARG_NONE, &dry_run, "Show what would be done, do nothing",
+         NULL},
+        {"resume", 0, 0, G_OPTION_ARG_NONE, &resume, "Finish the merges an interruption left",
+         NULL},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (nothing outside is opened)",
+         "DIR"},
+        {"progress", 0, 0, G_OPTION_ARG_NONE, &show, "Show progress also when not on a terminal",
+         NULL},
+        G_OPTION_ENTRY_NULL};
+    g_autoptr(GOptionContext) oc = g_option_context_new(
+        "CHILD | --resume - merge a differencing disk into its parent (or an ancestor)");
+    g_option_context_add_main_entries(oc, entries, NULL);
+    g_autoptr(GError) perr = NULL;
+    if (!g_option_context_parse(oc, &argc, &argv, &perr))
+        return vh_cli_usage("%s", perr->message);
+    if (resume ? argc != 1 || into || force || dry_run : argc != 2)
+        return vh_cli_usage("merge: CHILD [--into ANCESTOR] [--force] [--dry-run], or --resume");
+    progress p;
+    progress_init(&p, "merge", show);
+    catch_signals();
+    vh_merge_opts o = {.store = store,
+                       .into = into,
+                       .force = force,
+                       .dry_run = dry_run,
+                       .progress = progress_cb,
+                       .progress_ctx = &p,
+                       .log = merge_log,
+                       .log_ctx = &p,
+                       .cancel = &interrupted};
+    g_autoptr(GError) err = NULL;
+    int r;
+    if (resume) {
+        g_autofree char *cwd = g_get_current_dir();
+        char *paths[] = {cwd};
+        g_autofree char *root = vh_store_determine(store, paths, 1, true, &err);
+        r = root ? vh_merge_resume(root, &o, &err) : -vh_error_errno(err);
+        if (r == 0)
+            printf("no interrupted merge in %s\n", root);
+    } else {
+        r = vh_merge(argv[1], &o, &err);
+    }
     progress_end(&p);
     if (r < 0) {
         vh_cli_error(err);
