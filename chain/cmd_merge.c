@@ -225,7 +225,8 @@ int vhdheal_cmd_merge(int argc, char **argv)
     if (resume) {
         g_autofree char *cwd = g_get_current_dir();
         char *paths[] = {cwd};
-        g_autofree char *root = vh_store_determine(store, paths, 1, true, &err);
+        g_autofree char *root =
+            store ? g_strdup(store) : vh_store_determine(NULL, paths, 1, true, &err);
         r = root ? vh_merge_resume(root, &o, &err) : -vh_error_errno(err);
         if (r == 0)
             printf("no interrupted merge in %s\n", root);

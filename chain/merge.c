@@ -487,9 +487,10 @@ static int remove_phase(plan *p, const vh_merge_opts *o, GError **err)
             return dfd;
         struct stat st;
         const char *base = vh_relpath_base(m->rel);
-        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0 && errno != ENOENT)
+        bool gone = fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0;
+        if (gone && errno != ENOENT)
             return vh_fail(err, errno, "%s/%s: %s", p->root, m->rel, g_strerror(errno));
-        if (errno == ENOENT) {
+        if (gone) {
             say(o, "%s: already gone", m->rel);
         } else if (st.st_dev != m->dev || st.st_ino != m->ino) {
             say(o, "%s: no longer the merged disk; left alone", m->rel);
