@@ -2,7 +2,7 @@
 /*
  * merge.h - Merge-VHD: the sectors a differencing disk and every disk between it and an ancestor
  * hold are written into the ancestor, then the disk's own children are relinked to the ancestor
- * and the merged disks removed (doc/design.md "Merge").
+ * and the merged disks removed (doc/design.md "Merge and convert").
  *
  * Contract. Planning resolves CHILD's chain with the chain opener's resolver (every link ok) and
  * refuses, naming them, while the ancestor has other children in the store (unless force) or a
