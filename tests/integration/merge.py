@@ -161,16 +161,38 @@ def refusals(d, rng):
         t.check(sha(t.read_all(c2)) == sha(refs[2]), f"{fmt}: c2 reads other content after --force")
 
 
-def kill_rounds(d, rng, rounds):
+def bad_plans(d):
+    """A plan that is not one (garbage, a path out of the store, a symlink) is refused, named."""
+    sub = os.path.join(d, "badplan")
+    meta = os.path.join(sub, ".vhdheal")
+    os.makedirs(meta)
+    good = ("vhdheal-merge/1\nid\t1-a\nsize\t1048576\nphase\tcopy\ncopied\t0\n"
+            "ancestor\tbase.vhdx\t1\t2\tvhdx\t00000000-0000-0000-0000-000000000001\t0\n"
+            "member\tc1.avhdx\t1\t3\tvhdx\t00000000-0000-0000-0000-000000000002\t0\nend\n")
+    bad = [b"\x00\xff garbage", good.replace("c1.avhdx", "../c1.avhdx").encode(),
+           good.replace("end\n", "").encode(), good.replace("size\t1048576", "size\t-1").encode(),
+           good.replace("\t0\nend", "\t7\nend").encode(), good.replace("id\t1-a", "id\t2-b").encode()]
+    for k, text in enumerate(bad):
+        with open(os.path.join(meta, "merge-1-a"), "wb") as f:
+            f.write(text)
+        r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
+        t.check(r.returncode == 2 and b"merge-1-a" in r.stderr, f"bad plan {k}: {r.stderr!r}")
+    os.unlink(os.path.join(meta, "merge-1-a"))
+    os.symlink("/etc/passwd", os.path.join(meta, "merge-1-a"))
+    r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
+    t.check(r.returncode == 2 and b"merge-1-a" in r.stderr, f"symlinked plan: {r.stderr!r}")
+
+
+def kill_rounds(d, rng, rounds, fmt):
     """kill -9 of a merge of a 96 MiB chain at random moments; resume; content right."""
     size = 96 * MIB
-    tmpl = os.path.join(d, "kill-template")
+    tmpl = os.path.join(d, f"kill-template-{fmt}")
     os.mkdir(tmpl)
-    paths, refs = chain(tmpl, "vhdx", 2, rng, size, count=6, most=24 * MIB)
+    paths, refs = chain(tmpl, fmt, 2, rng, size, count=6, most=24 * MIB)
     top_ref = sha(refs[2])
     names = [os.path.basename(p) for p in paths]
     # how long an uninterrupted merge takes, to spread the kills over it
-    timing = os.path.join(d, "kill-timing")
+    timing = os.path.join(d, f"kill-timing-{fmt}")
     shutil.copytree(tmpl, timing)
     start = time.monotonic()
     t.vhdheal("merge", os.path.join(timing, names[1]))
@@ -178,7 +200,7 @@ def kill_rounds(d, rng, rounds):
     t.check(sha(t.read_all(os.path.join(timing, names[2]))) == top_ref, "uninterrupted merge")
     killed = 0
     for k in range(rounds):
-        sub = os.path.join(d, f"kill{k}")
+        sub = os.path.join(d, f"kill-{fmt}-{k}")
         shutil.copytree(tmpl, sub)
         delay = rng.uniform(0.005, max(0.02, took))
         p = subprocess.Popen([t.VHDHEAL, "merge", os.path.join(sub, names[1])],
@@ -189,22 +211,26 @@ def kill_rounds(d, rng, rounds):
             killed += 1
         p.wait()
         plans = glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
-        print(f"round {k}: kill after {delay:.3f}s of {took:.3f}s, plan left: {bool(plans)}")
+        print(f"{fmt} round {k}: kill after {delay:.3f}s of {took:.3f}s, plan left: {bool(plans)}")
+        if fmt == "vhd":  # a VHD keeps its identity: the chain reads right at every moment
+            t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
+                    f"{fmt} round {k}: the top reads other content before the resume")
         if k % 2 == 0:
             r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
         else:
             r = t.vhdheal("repair", sub, ok=False)  # repair finishes a merge first
-        t.check(r.returncode == 0, f"round {k}: resume: {r.stderr.decode()}")
+        t.check(r.returncode == 0, f"{fmt} round {k}: resume: {r.stderr.decode()}")
         t.check(not glob.glob(os.path.join(sub, ".vhdheal", "merge-*")),
-                f"round {k}: a plan is left after the resume")
-        t.check(not os.path.exists(os.path.join(sub, names[1])), f"round {k}: c1 not removed")
+                f"{fmt} round {k}: a plan is left after the resume")
+        t.check(not os.path.exists(os.path.join(sub, names[1])), f"{fmt} round {k}: c1 not removed")
         t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
-                f"round {k}: the top reads other content after the resume")
+                f"{fmt} round {k}: the top reads other content after the resume")
         t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[1]),
-                f"round {k}: the ancestor reads other content after the resume")
-        r = subprocess.run(["qemu-img", "check", "-f", "vhdx", os.path.join(sub, names[0])],
-                           capture_output=True)
-        t.check(r.returncode == 0, f"round {k}: qemu-img check: {r.stdout.decode()}")
+                f"{fmt} round {k}: the ancestor reads other content after the resume")
+        if fmt == "vhdx":
+            r = subprocess.run(["qemu-img", "check", "-f", "vhdx", os.path.join(sub, names[0])],
+                               capture_output=True)
+            t.check(r.returncode == 0, f"{fmt} round {k}: qemu-img check: {r.stdout.decode()}")
         shutil.rmtree(sub)
     t.check(killed > 0, f"no round killed a running merge (a merge takes {took:.3f}s)")
 
@@ -214,7 +240,9 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         merge_cases(d, rng)
         refusals(d, rng)
-        kill_rounds(d, rng, int(os.environ.get("VH_KILL_ROUNDS", "6")))
+        bad_plans(d)
+        for fmt in ("vhdx", "vhd"):
+            kill_rounds(d, rng, int(os.environ.get("VH_KILL_ROUNDS", "5")), fmt)
     t.finish("merge")
 
 
