@@ -8,9 +8,11 @@ small file; an existing DST is refused and no temporary file is left behind."""
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import vhdtest as t
 
@@ -145,8 +147,38 @@ def refusals(d):
     t.check(r.returncode == 2, "raw with --type is a usage error")
     r = t.vhdheal("convert", src, os.path.join(d, "nowhere", "x.vhdx"), ok=False)
     t.check(r.returncode == 2, "a DST in a missing folder fails")
+    # progress: only with --progress when stderr is not a terminal
+    r = t.vhdheal("convert", src, os.path.join(d, "out", "quiet.vhdx"))
+    t.check(r.stderr == b"", f"progress without a terminal: {r.stderr!r}")
+    r = t.vhdheal("convert", "--progress", src, os.path.join(d, "out", "shown.vhdx"))
+    t.check(b"convert: " in r.stderr and b"(100%)" in r.stderr and b"left" in r.stderr,
+            f"--progress: {r.stderr!r}")
     left = [n for n in os.listdir(os.path.join(d, "out")) if ".partial-" in n]
     t.check(not left, f"temporary files left behind: {left}")
+
+
+def interrupted(d, rng):
+    """SIGINT at a few moments: DST is either absent or whole, and no temporary file is left."""
+    src = os.path.join(d, "dense.vhdx")
+    t.vhdheal("create", "--size", 128 * MIB, src)
+    t.vhdheal("write", src, 0, input=rng.randbytes(96 * MIB))
+    want = sha(t.read_all(src))
+    stopped = 0
+    for k, delay in enumerate([0.01, 0.05, 0.1, 0.3]):
+        dst = os.path.join(d, "out", f"dense{k}.raw")
+        p = subprocess.Popen([t.VHDHEAL, "convert", src, dst], stderr=subprocess.PIPE)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate()
+        if p.returncode == 0:
+            t.check(sha(open(dst, "rb").read()) == want, f"SIGINT {k}: finished DST differs")
+        else:
+            stopped += 1
+            t.check(p.returncode == 2 and not os.path.exists(dst),
+                    f"SIGINT {k}: rc {p.returncode}, DST exists: {os.path.exists(dst)}, {err!r}")
+    left = [n for n in os.listdir(os.path.join(d, "out")) if ".partial-" in n]
+    t.check(not left, f"temporary files left after SIGINT: {left}")
+    print(f"SIGINT stopped {stopped} of 4 conversions")
 
 
 def main():
@@ -156,6 +188,7 @@ def main():
         conversions(d, rng)
         holes(d)
         refusals(d)
+        interrupted(d, rng)
     t.finish("convert")
 
 
