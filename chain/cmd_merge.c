@@ -167,12 +167,20 @@ static void merge_log(void *ctx, const char *line)
     fflush(stdout);
 }
 
+/* For repair: its stdout is its report (or its JSON document), so these lines go to stderr. */
+static void merge_log_stderr(void *ctx, const char *line)
+{
+    progress_end(ctx);
+    g_autofree char *shown = vh_cli_printable(line);
+    fprintf(stderr, "vhdheal: %s\n", shown);
+}
+
 int vh_cli_resume_merges(const char *store)
 {
     progress p;
     progress_init(&p, "merge", false);
     vh_merge_opts o = {
-        .progress = progress_cb, .progress_ctx = &p, .log = merge_log, .log_ctx = &p};
+        .progress = progress_cb, .progress_ctx = &p, .log = merge_log_stderr, .log_ctx = &p};
     g_autoptr(GError) err = NULL;
     int n = vh_merge_resume(store, &o, &err);
     progress_end(&p);

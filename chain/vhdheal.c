@@ -28,7 +28,7 @@ static const command commands[] = {
      "create [--format vhd|vhdx] [--type fixed|dynamic] [--block-size N]\n"
      "    [--logical-sector-size N] [--physical-sector-size N] --size SIZE FILE\n"
      "  vhdheal create --parent PARENT FILE"},
-    {"write", vhdheal_cmd_write, "write [--store DIR] [--winroot W] FILE OFFSET [INPUT]"},
+    {"write", vhdheal_cmd_write, "write [--force] [--store DIR] [--winroot W] FILE OFFSET [INPUT]"},
     {"read", vhdheal_cmd_read,
      "read [--store DIR] [--winroot W] [--trust WHO] FILE [OFFSET LENGTH]\n"
      "    [-o OUT]"},

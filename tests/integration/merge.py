@@ -211,8 +211,10 @@ def kill_rounds(d, rng, rounds, fmt):
             killed += 1
         p.wait()
         plans = glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
+        started = bool(plans) or not os.path.exists(os.path.join(sub, names[1]))
         phase = [ln for ln in open(plans[0]).read().splitlines()
-                 if ln.startswith(("phase", "copied"))] if plans else "finished"
+                 if ln.startswith(("phase", "copied"))] if plans else \
+            "finished" if started else "not started"
         interrupted += bool(plans)
         print(f"{fmt} round {k}: kill after {delay:.3f}s of {took:.3f}s: {phase}")
         if fmt == "vhd":  # a VHD keeps its identity: the chain reads right at every moment
@@ -221,10 +223,18 @@ def kill_rounds(d, rng, rounds, fmt):
         if k % 2 == 0:
             r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
         else:
-            r = t.vhdheal("repair", sub, ok=False)  # repair finishes a merge first
+            r = t.vhdheal("repair", "--json", sub, ok=False)  # repair finishes a merge first
+            t.check(r.stdout.startswith(b"{"), f"{fmt} round {k}: repair --json: {r.stdout!r}")
         t.check(r.returncode == 0, f"{fmt} round {k}: resume: {r.stderr.decode()}")
         t.check(not glob.glob(os.path.join(sub, ".vhdheal", "merge-*")),
                 f"{fmt} round {k}: a plan is left after the resume")
+        if not started:  # killed before its plan was written: nothing changed, nothing to do
+            t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[0]),
+                    f"{fmt} round {k}: a merge killed before it began changed the ancestor")
+            t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
+                    f"{fmt} round {k}: a merge killed before it began changed the top")
+            shutil.rmtree(sub)
+            continue
         t.check(not os.path.exists(os.path.join(sub, names[1])), f"{fmt} round {k}: c1 not removed")
         t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
                 f"{fmt} round {k}: the top reads other content after the resume")
