@@ -183,6 +183,41 @@ def bad_plans(d):
     t.check(r.returncode == 2 and b"merge-1-a" in r.stderr, f"symlinked plan: {r.stderr!r}")
 
 
+def crafted_phases(d, tmpl, timing, names, fmt, refs):
+    """Crash points a kill rarely hits, set up exactly: the copy done and nothing relinked; the
+    child relinked but not recorded; relinked and recorded, the removal not begun. The ancestor
+    is the one a finished merge left (timing), the rest the template's."""
+    cases = [("relink", False, False), ("relink", True, False), ("remove", True, True)]
+    for i, (phase, relinked, recorded) in enumerate(cases):
+        sub = os.path.join(d, f"phase-{fmt}-{i}")
+        os.makedirs(os.path.join(sub, ".vhdheal"))
+        shutil.copy(os.path.join(timing, names[0]), sub)
+        shutil.copy(os.path.join(tmpl, names[1]), sub)
+        shutil.copy(os.path.join(timing if relinked else tmpl, names[2]), sub)
+
+        def line(tag, name, done=0):
+            p = os.path.join(sub, name)
+            st = os.stat(p)
+            return f"{tag}\t{name}\t{st.st_dev}\t{st.st_ino}\t{fmt}\t{t.info(p)['id']}\t{done}\n"
+        size = len(refs[0])
+        plan = (f"vhdheal-merge/1\nid\t9-{i}\nsize\t{size}\nphase\t{phase}\ncopied\t{size}\n" +
+                line("ancestor", names[0]) + line("member", names[1]) +
+                line("child", names[2], int(recorded)) + "end\n")
+        with open(os.path.join(sub, ".vhdheal", f"merge-9-{i}"), "w") as f:
+            f.write(plan)
+        r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
+        name = f"{fmt} {phase} (relinked {relinked}, recorded {recorded})"
+        t.check(r.returncode == 0, f"{name}: resume: {r.stderr.decode()}")
+        t.check(not os.path.exists(os.path.join(sub, names[1])), f"{name}: c1 not removed")
+        t.check(sha(t.read_all(os.path.join(sub, names[2]))) == sha(refs[2]),
+                f"{name}: the top reads other content")
+        t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[1]),
+                f"{name}: the ancestor reads other content")
+        r = t.vhdheal("check", sub, ok=False)
+        t.check(r.returncode == 0, f"{name}: check after the resume: {r.stdout.decode()}")
+        shutil.rmtree(sub)
+
+
 def kill_rounds(d, rng, rounds, fmt):
     """kill -9 of a merge of a 96 MiB chain at random moments; resume; content right."""
     size = 96 * MIB
@@ -198,6 +233,7 @@ def kill_rounds(d, rng, rounds, fmt):
     t.vhdheal("merge", os.path.join(timing, names[1]))
     took = time.monotonic() - start
     t.check(sha(t.read_all(os.path.join(timing, names[2]))) == top_ref, "uninterrupted merge")
+    crafted_phases(d, tmpl, timing, names, fmt, refs)
     killed = interrupted = 0
     for k in range(rounds):
         sub = os.path.join(d, f"kill-{fmt}-{k}")
