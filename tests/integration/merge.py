@@ -139,7 +139,8 @@ def refusals(d, rng):
         t.check(b"would copy" in r.stdout and b"would remove" in r.stdout,
                 f"{fmt}: dry run says {r.stdout!r}")
         t.check(file_hashes(sub) == before, f"{fmt}: --dry-run changed a file")
-        t.check(not os.path.exists(os.path.join(sub, ".vhdheal")), f"{fmt}: --dry-run made .vhdheal")
+        t.check(not os.path.exists(os.path.join(sub, ".vhdheal")),
+                f"{fmt}: --dry-run made .vhdheal")
         # the ancestor base has another child (sibling): refused, named
         r = t.vhdheal("merge", c1, ok=False)
         t.check(r.returncode == 2 and b"sibling" in r.stderr, f"{fmt}: refusal {r.stderr!r}")
@@ -171,7 +172,8 @@ def bad_plans(d):
             "member\tc1.avhdx\t1\t3\tvhdx\t00000000-0000-0000-0000-000000000002\t0\nend\n")
     bad = [b"\x00\xff garbage", good.replace("c1.avhdx", "../c1.avhdx").encode(),
            good.replace("end\n", "").encode(), good.replace("size\t1048576", "size\t-1").encode(),
-           good.replace("\t0\nend", "\t7\nend").encode(), good.replace("id\t1-a", "id\t2-b").encode()]
+           good.replace("\t0\nend", "\t7\nend").encode(),
+           good.replace("id\t1-a", "id\t2-b").encode()]
     for k, text in enumerate(bad):
         with open(os.path.join(meta, "merge-1-a"), "wb") as f:
             f.write(text)
