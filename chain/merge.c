@@ -136,8 +136,9 @@ static int plan_save(const plan *p, GError **err)
     g_autofree char *text = plan_text(p);
     g_autofree char *name = g_strdup_printf("merge-%s", p->id);
     g_autofree char *tmp = g_strdup_printf("merge-%s.tmp", p->id);
+    unlinkat(p->meta_fd, tmp, 0); /* a leftover is never written through (a link elsewhere) */
     vh_autofd int fd =
-        openat(p->meta_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        openat(p->meta_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     int r = fd < 0 ? -errno : write_all(fd, text, strlen(text));
     if (r == 0 && fsync(fd) < 0)
         r = -errno;
