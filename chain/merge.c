@@ -555,6 +555,21 @@ static int load_plan(int meta_fd, const char *root, const char *name, plan **out
     return 0;
 }
 
+/*
+ * Rolls back the repairs a crash left unfinished in the store's journal, as check and repair do
+ * first: a relink the crash interrupted may have left its child half rewritten, and only the
+ * journal brings it back (the relink is then made again).
+ */
+static int rollback_repairs(const char *root, GError **err)
+{
+    vh_service_opts so = {.store = root};
+    g_autoptr(vh_service) s = vh_service_new(&so, err);
+    if (!s)
+        return -vh_error_errno(*err);
+    int r = vh_service_recover(s, err);
+    return r < 0 ? r : 0;
+}
+
 /* Finishes every plan in the locked meta folder. */
 static int resume_all(int meta_fd, const char *root, const vh_merge_opts *o, GError **err)
 {
@@ -574,10 +589,13 @@ static int resume_all(int meta_fd, const char *root, const vh_merge_opts *o, GEr
     }
     closedir(dir);
     g_ptr_array_sort(names, (GCompareFunc)g_strcmp0);
+    int r = names->len ? rollback_repairs(root, err) : 0;
+    if (r < 0)
+        return r;
     int done = 0;
     for (guint k = 0; k < names->len; k++) {
         g_autoptr(plan) p = NULL;
-        int r = load_plan(meta_fd, root, names->pdata[k], &p, err);
+        r = load_plan(meta_fd, root, names->pdata[k], &p, err);
         if (r < 0)
             return r;
         p->meta_fd = dup(meta_fd);
