@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * test_merge.c - Merge-VHD (merge.h) stopped at every write, flush and truncate it makes (the
- * fault injector of io.h: a crash at that point), then resumed: base <- c1 <- c2, c1 merged into
- * base, for VHD and VHDX. After the resume the base reads what c1 read, c2 (relinked) reads what
- * it read, c1 is gone and no plan is left; before it, a VHD chain (whose identities never change)
- * already reads right from c2.
+ * fault injector of io.h: a crash at that point, or a write torn there), then resumed: base <- c1
+ * <- c2, c1 merged into base, for VHD and VHDX. After the resume the base reads what c1 read, c2
+ * (relinked) reads what it read, c1 is gone and no plan is left; before it, a VHD chain (whose
+ * identities never change) already reads right from c2.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -122,12 +122,14 @@ static void crash_everywhere(vh_format fmt)
     assert_true(ops > 3);
     assert_finished(&clean);
     chain3_clear(&clean);
-    for (long nth = 1; nth <= ops; nth++) {
-        g_autofree char *name = g_strdup_printf("crash%ld", nth);
+    for (long step = 0; step < 2 * ops; step++) {
+        long nth = step / 2 + 1;
+        vh_fault_kind kind = step % 2 ? VH_FAULT_TEAR : VH_FAULT_STOP;
+        g_autofree char *name = g_strdup_printf("crash%ld", step);
         chain3 c = {0};
         make_chain(&c, name, fmt);
         vh_merge_opts mo = {.store = c.dir};
-        vh_fault_arm(VH_FAULT_STOP, nth, 0);
+        vh_fault_arm(kind, nth, 512); /* a torn write keeps its first 512 bytes */
         g_autoptr(GError) e = NULL;
         int r = vh_merge(c.c1, &mo, &e);
         vh_fault_disarm();
@@ -137,7 +139,8 @@ static void crash_everywhere(vh_format fmt)
         g_autoptr(GError) e2 = NULL;
         r = vh_merge_resume(c.dir, &mo, &e2);
         if (r < 0)
-            fail_msg("crash at op %ld of %ld: resume: %s", nth, ops, e2->message);
+            fail_msg("crash (%s) at op %ld of %ld: resume: %s", step % 2 ? "tear" : "stop", nth,
+                     ops, e2->message);
         assert_int_equal(r, 1);
         assert_finished(&c);
         chain3_clear(&c);
