@@ -39,5 +39,10 @@ int vhdheal_cmd_undo(int argc, char **argv);
 int vhdheal_cmd_create(int argc, char **argv);
 int vhdheal_cmd_read(int argc, char **argv);
 int vhdheal_cmd_write(int argc, char **argv);
+int vhdheal_cmd_convert(int argc, char **argv);
+int vhdheal_cmd_merge(int argc, char **argv);
+/* Finishes the merges an interruption left in the store (repair calls it first); a warning on
+ * stderr when one cannot be finished. Returns how many were finished, or -errno. */
+int vh_cli_resume_merges(const char *store);
 
 #endif

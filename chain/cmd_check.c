@@ -414,6 +414,8 @@ static int collect(check_run *c, run_args *a, bool repair, int argc, char **argv
         return vh_cli_usage("%s: %s", cmd, err->message);
     if (!a->dry_run)
         recover_journal(root);
+    if (repair && !a->dry_run)
+        vh_cli_resume_merges(root); /* a merge an interruption left is finished first */
     c->winroot = a->winroot;
     c->store = vh_store_new(root, &err);
     if (!c->store) {

@@ -34,6 +34,12 @@ static const command commands[] = {
      "    [-o OUT]"},
     {"reconnect", vhdheal_cmd_reconnect,
      "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
+    {"convert", vhdheal_cmd_convert,
+     "convert [--format vhd|vhdx|raw] [--type fixed|dynamic] [--block-size N] [--store DIR]\n"
+     "    [--progress] SRC DST"},
+    {"merge", vhdheal_cmd_merge,
+     "merge [--into ANCESTOR] [--force] [--dry-run] [--progress] [--store DIR] CHILD\n"
+     "  vhdheal merge --resume [--store DIR]"},
     {"undo", vhdheal_cmd_undo, "undo [--store DIR] (--list | ID...)"},
     {"mkstore", vhdheal_cmd_mkstore, NULL}, /* hidden: synthetic stores for tests */
 };
