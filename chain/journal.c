@@ -731,8 +731,12 @@ static void mark_damaged(GPtrArray *all)
  */
 static bool torn_tail(const char *p, size_t avail, const char *next)
 {
+    /* cut right after its header line: it ends in a newline, so no mark was added (no payload
+     * starts with the magic, so a damaged record never looks like this) */
+    if (next == p + REC_HEADER_LEN - 1)
+        return true;
     if (next)
-        return next - p >= 1 && next[-1] == TORN_MARK[0];
+        return next[-1] == TORN_MARK[0];
     uint32_t len;
     if (avail < REC_HEADER_LEN || !hex_field(p + 6, &len))
         return true;
@@ -760,7 +764,7 @@ static void parse_text(GPtrArray *all, GBytes *bytes)
             }
             /* torn or damaged: skip to the next record start */
             const char *next = g_strstr_len(p + 1, (gssize)(avail - 1), "\n" REC_MAGIC);
-            if (!torn_tail(p, avail, next ? next : NULL))
+            if (!torn_tail(p, avail, next))
                 mark_damaged(all);
             if (!next)
                 break;
