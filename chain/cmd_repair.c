@@ -89,8 +89,8 @@ static int list_repairs(vh_journal *j)
         g_autofree char *child = vh_cli_printable(r->child);
         g_autofree char *old_link = vh_cli_printable(r->old_link);
         g_autofree char *new_link = vh_cli_printable(r->new_link);
-        printf("%s %s %s %s: %s -> %s\n", r->id, when, state_name(r->state), child, old_link,
-               new_link);
+        printf("%s %s %s%s %s: %s -> %s\n", r->id, when, state_name(r->state),
+               r->damaged ? ",journal-damaged" : "", child, old_link, new_link);
     }
     return VH_EXIT_OK;
 }

@@ -40,7 +40,7 @@ struct vh_repair {
     vh_file *child;
     char *id;
     uint64_t original_size;
-    GArray *ranges; /* journal_range */
+    GArray *ranges; /* journal_range; the i-th was journaled with sequence number i */
 };
 
 /* One repair as read back from the journal. */
@@ -51,9 +51,13 @@ typedef struct {
     uint64_t final_size;
     char *final_hash;
     bool undoing;
-    bool legacy;   /* a record of the old text format: no hashes of the new bytes */
-    GArray *spans; /* text_span: its RANGE records, decoded into ranges only when needed */
-    GBytes *text;  /* the journal text the spans point into */
+    bool legacy;      /* a record of the old text format: no hashes of the new bytes */
+    bool damaged;     /* a record of it may be missing (see parse_text): never restored */
+    bool numbered;    /* its RANGE records carry a sequence number */
+    bool unnumbered;  /* ... or some do not (journals before the numbers) */
+    uint64_t nranges; /* RANGE records seen */
+    GArray *spans;    /* text_span: its RANGE records, decoded into ranges only when needed */
+    GBytes *text;     /* the journal text the spans point into */
 } parsed_repair;
 
 typedef struct {
@@ -364,9 +368,10 @@ static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const v
     gsize slen;
     const uint8_t *s = g_bytes_get_data(jr.sums, &slen);
     g_autofree char *sums = g_base64_encode(s, slen);
-    g_autofree char *line = g_strdup_printf("RANGE\t%s\t%" G_GUINT64_FORMAT "\t%" G_GUINT64_FORMAT
-                                            "\t%" G_GUINT64_FORMAT "\t%s\t%s",
-                                            rp->id, off, (uint64_t)len, f->size, b64, sums);
+    g_autofree char *line =
+        g_strdup_printf("RANGE\t%s\t%" G_GUINT64_FORMAT "\t%" G_GUINT64_FORMAT
+                        "\t%" G_GUINT64_FORMAT "\t%s\t%s\t%u",
+                        rp->id, off, (uint64_t)len, f->size, b64, sums, rp->ranges->len);
     int r = append_record(rp->j, line, err);
     if (r < 0) {
         range_clear(&jr);
@@ -452,8 +457,8 @@ int vh_journal_commit(vh_repair *r, GError **err)
     g_autofree char *hash = NULL;
     int rc = hash_ranges(r->child, r->ranges, &hash, err);
     if (rc == 0) {
-        g_autofree char *line =
-            g_strdup_printf("COMMIT\t%s\t%" G_GUINT64_FORMAT "\t%s", r->id, r->child->size, hash);
+        g_autofree char *line = g_strdup_printf("COMMIT\t%s\t%" G_GUINT64_FORMAT "\t%s\t%u", r->id,
+                                                r->child->size, hash, r->ranges->len);
         rc = append_record(r->j, line, err);
     }
     if (rc < 0) {
@@ -578,6 +583,11 @@ static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
         g_free(p->final_hash);
         p->final_hash = g_strdup(f[3]);
         p->info.state = VH_REPAIR_COMMITTED;
+        uint64_t count;
+        /* the number of its RANGE records: one missing before the COMMIT is caught here */
+        if (n >= 5 &&
+            (!parse_u64(f[4], &count) || count != p->nranges || (count > 0 && !p->numbered)))
+            p->damaged = true;
     } else if (strcmp(f[0], "ROLLBACK") == 0) {
         p->info.state = VH_REPAIR_ROLLED_BACK;
     } else if (strcmp(f[0], "UNDOING") == 0) {
@@ -585,6 +595,34 @@ static void parse_fields(GPtrArray *all, char **f, guint n, bool legacy)
     } else if (strcmp(f[0], "UNDO") == 0) {
         p->info.state = VH_REPAIR_UNDONE;
     }
+}
+
+/*
+ * RANGE records carry their number in the repair (0, 1, 2, ...; the last field of 8): a gap
+ * means a record of it is missing (damaged, skipped), and such a repair is never restored in
+ * part. Records without the number (journals before it) are read as before.
+ */
+static void check_sequence(parsed_repair *p, const char *s, size_t len)
+{
+    guint tabs = 0;
+    const char *last = s;
+    for (size_t k = 0; k < len; k++)
+        if (s[k] == '\t') {
+            tabs++;
+            last = s + k + 1;
+        }
+    uint64_t seq = UINT64_MAX;
+    if (tabs == 7) {
+        g_autofree char *field = g_strndup(last, (gsize)(len - (size_t)(last - s)));
+        if (!parse_u64(field, &seq) || seq != p->nranges)
+            p->damaged = true;
+        p->numbered = true;
+    } else {
+        p->unnumbered = true;
+    }
+    if (p->numbered && p->unnumbered)
+        p->damaged = true;
+    p->nranges++;
 }
 
 /* A RANGE record is only noted (where it is in the text): decoding every range of a long
@@ -598,6 +636,8 @@ static bool note_range(GPtrArray *all, GBytes *text, const char *s, size_t len, 
         return true;
     g_autofree char *ids = g_strndup(id, (gsize)(tab - id));
     parsed_repair *p = find_parsed(all, ids);
+    if (p && !legacy)
+        check_sequence(p, s, len);
     if (p) {
         const char *base = g_bytes_get_data(text, NULL);
         text_span sp = {(size_t)(s - base), len, legacy};
@@ -620,8 +660,10 @@ static void load_ranges(parsed_repair *p)
         g_auto(GStrv) f = g_strsplit(line, "\t", -1);
         guint n = g_strv_length(f);
         journal_range jr;
-        if ((sp->legacy ? n == 5 : n == 7) && parse_range(f, n, &jr))
+        if ((sp->legacy ? n == 5 : n == 7 || n == 8) && parse_range(f, n, &jr))
             g_array_append_val(p->ranges, jr);
+        else if (!sp->legacy)
+            p->damaged = true; /* its CRC held, yet it does not parse: never restored in part */
     }
     g_array_set_size(p->spans, 0);
     g_clear_pointer(&p->text, g_bytes_unref);
@@ -674,11 +716,40 @@ static bool legacy_line_ok(const char *s, size_t len)
     return true;
 }
 
+/* Marks every repair begun before a damaged region: one of its records may be in there. */
+static void mark_damaged(GPtrArray *all)
+{
+    for (guint i = 0; i < all->len; i++)
+        ((parsed_repair *)all->pdata[i])->damaged = true;
+}
+
+/*
+ * Is the unreadable record at p (avail bytes to the end of the journal, `next` the start of
+ * the next record or NULL) a torn tail, the record a crash cut short, whose guarded write was
+ * never made? Only when it ends the file short of its length, or is closed by TORN_MARK (the
+ * next appender found no newline at the end). Anything else is damage.
+ */
+static bool torn_tail(const char *p, size_t avail, const char *next)
+{
+    /* cut right after its header line: it ends in a newline, so no mark was added (no payload
+     * starts with the magic, so a damaged record never looks like this) */
+    if (next == p + REC_HEADER_LEN - 1)
+        return true;
+    if (next)
+        return next[-1] == TORN_MARK[0];
+    uint32_t len;
+    if (avail < REC_HEADER_LEN || !hex_field(p + 6, &len))
+        return true;
+    /* all of it is there, closed by its newline, yet it fails its checks: damaged */
+    return (size_t)len + REC_HEADER_LEN + 1 > avail || p[REC_HEADER_LEN + len] != '\n';
+}
+
 static void parse_text(GPtrArray *all, GBytes *bytes)
 {
     gsize len;
     const char *text = g_bytes_get_data(bytes, &len);
     size_t pos = 0;
+    bool records = false; /* a record of this format was read: no legacy line follows */
     while (pos < len) {
         const char *p = text + pos;
         size_t avail = len - pos;
@@ -687,21 +758,31 @@ static void parse_text(GPtrArray *all, GBytes *bytes)
             size_t plen, n = record_at(p, avail, &payload, &plen);
             if (n) {
                 parse_payload(all, bytes, payload, plen, false);
+                records = true;
                 pos += n;
                 continue;
             }
             /* torn or damaged: skip to the next record start */
             const char *next = g_strstr_len(p + 1, (gssize)(avail - 1), "\n" REC_MAGIC);
+            if (!torn_tail(p, avail, next))
+                mark_damaged(all);
             if (!next)
                 break;
             pos = (size_t)(next - text) + 1;
             continue;
         }
         const char *nl = memchr(p, '\n', avail);
+        if (records) {
+            /* after the first record only records follow: this is one whose magic is
+             * damaged, or the few bytes of one torn before its magic was whole */
+            bool torn = nl ? nl > p && nl[-1] == TORN_MARK[0] : avail < 6;
+            if (!torn)
+                mark_damaged(all);
+        } else if (nl && legacy_line_ok(p, (size_t)(nl - p))) {
+            parse_payload(all, bytes, p, (size_t)(nl - p), true);
+        }
         if (!nl)
             break; /* a line without its newline never finished */
-        if (legacy_line_ok(p, (size_t)(nl - p)))
-            parse_payload(all, bytes, p, (size_t)(nl - p), true);
         pos = (size_t)(nl - text) + 1;
     }
 }
@@ -921,6 +1002,15 @@ static void note(vh_recover_stats *st, const char *fmt, ...)
 static int resolve_one(vh_journal *j, vh_file *f, parsed_repair *p, vh_recover_stats *st,
                        GError **err)
 {
+    load_ranges(p);
+    if (p->damaged) {
+        /* a record of it may be missing: restoring the ranges that remain would leave the
+         * child neither as it was nor as repaired */
+        st->left++;
+        note(st, "journal record damaged: unfinished repair %s of %s left alone", p->info.id,
+             p->info.child);
+        return 0;
+    }
     found how;
     g_autofree char *why = NULL;
     int r = compare_child(f, p, &how, &why, err);
@@ -1024,6 +1114,7 @@ int vh_journal_list(vh_journal *j, GPtrArray **out, GError **err)
         info->old_link = g_strdup(p->info.old_link);
         info->new_link = g_strdup(p->info.new_link);
         info->state = p->info.state;
+        info->damaged = p->damaged;
         g_ptr_array_add(list, info);
     }
     *out = list;
@@ -1045,9 +1136,14 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
                        p->info.state == VH_REPAIR_UNDONE ? "undone already"
                        : p->info.state == VH_REPAIR_OPEN ? "never finished"
                                                          : "rolled back");
+    load_ranges(p);
+    if (p->damaged)
+        return vh_fail(err, EBADMSG,
+                       "%s: journal record damaged: a record of repair %s of %s may be missing: "
+                       "refusing to undo it",
+                       j->path, id, p->info.child);
     if ((r = refresh_size(f, err)) < 0)
         return r;
-    load_ranges(p);
     if (!p->undoing) {
         g_autofree char *hash = NULL;
         r = hash_ranges(f, p->ranges, &hash, err);

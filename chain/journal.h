@@ -35,6 +35,7 @@ typedef struct vh_repair_info {
     char *old_link;
     char *new_link;
     vh_repair_state state;
+    bool damaged; /* a damaged journal record may be one of its own: never restored in part */
 } vh_repair_info;
 
 void vh_repair_info_free(vh_repair_info *r);
@@ -76,7 +77,8 @@ typedef struct vh_recover_stats {
     int rolled_back;  /* the child held (part of) what the repair wrote: original bytes restored */
     int resolved;     /* the child held what the repair found: only recorded as rolled back */
     int busy;         /* the child is locked: a live repair (or undo) of another process */
-    int left;         /* the child changed since (or is gone): left alone, reported in notes */
+    int left;         /* the child changed since (or is gone), or a record of the repair is
+                       * damaged: left alone, reported in notes */
     GPtrArray *notes; /* char*: one line per record left alone (NULL: not collected) */
 } vh_recover_stats;
 

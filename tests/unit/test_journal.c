@@ -11,7 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "journal.h"
+#include "reconnect.h"
+#include "winpath.h"
 
 typedef struct {
     char *store;
@@ -272,6 +275,9 @@ static void torn_record_is_skipped(void **state)
         assert_int_equal(vh_journal_list(j, &list, NULL), 0);
         assert_int_equal(list->len, 2);
         vh_repair_info *second = list->pdata[1];
+        /* a torn tail (closed by the mark, or cut after its header line: no mark then) is not
+         * damage: the repair before it stays whole */
+        assert_false(((vh_repair_info *)list->pdata[0])->damaged);
         assert_int_equal(second->state, VH_REPAIR_COMMITTED);
         assert_string_equal(second->child, "child.vhd");
         assert_string_equal(second->old_link, "old link");
@@ -526,6 +532,236 @@ static void legacy_journal_is_read(void **state)
     assert_int_equal(((vh_repair_info *)list->pdata[0])->state, VH_REPAIR_UNDONE);
 }
 
+/* ---------- damaged records of real VHD and VHDX repairs ---------- */
+
+typedef struct {
+    char *store, *child, *base, *jpath;
+    GBytes *found;    /* the child before the repair */
+    GBytes *repaired; /* the child after it */
+    GBytes *journal;  /* the journal after it: BEGIN, RANGE..., COMMIT */
+} real_fx;
+
+/* A store with vm/child.EXT whose parent lib/base.EXT was moved there (a broken link), then
+ * reconnected: one committed repair of several RANGE records. */
+static real_fx *real_repair(vh_format f)
+{
+    const char *ext = f == VH_FORMAT_VHD ? "vhd" : "vhdx";
+    real_fx *fx = g_new0(real_fx, 1);
+    fx->store = g_dir_make_tmp("vh-journal-real-XXXXXX", NULL);
+    g_autofree char *vm = g_build_filename(fx->store, "vm", NULL);
+    g_autofree char *lib = g_build_filename(fx->store, "lib", NULL);
+    assert_int_equal(g_mkdir_with_parents(vm, 0755), 0);
+    assert_int_equal(g_mkdir_with_parents(lib, 0755), 0);
+    g_autofree char *base0 = g_strdup_printf("%s/base.%s", vm, ext);
+    fx->child = g_strdup_printf("%s/child.%s", vm, ext);
+    fx->base = g_strdup_printf("%s/base.%s", lib, ext);
+    fx->jpath = g_build_filename(fx->store, ".vhdheal", "journal", NULL);
+    g_autoptr(GError) err = NULL;
+    vh_create_opts o = {.format = f, .type = VH_TYPE_DYNAMIC, .size = 8 * 1024 * 1024};
+    if (vh_disk_create(base0, &o, &err) < 0)
+        fail_msg("%s", err->message);
+    {
+        g_autoptr(vh_disk) parent = NULL;
+        assert_int_equal(vh_disk_open(base0, VH_OPEN_READ, &parent, NULL), 0);
+        g_autofree char *rel = vh_winpath_relative(fx->child, base0);
+        vh_create_opts c = {.type = VH_TYPE_DIFFERENCING, .parent = parent, .parent_relative = rel};
+        if (vh_disk_create(fx->child, &c, &err) < 0)
+            fail_msg("%s", err->message);
+    }
+    assert_int_equal(rename(base0, fx->base), 0);
+    fx->found = file_bytes(fx->child);
+    vh_reconnect_opts ro = {.store = fx->store};
+    vh_reconnect_result res;
+    if (vh_reconnect(fx->child, fx->base, &ro, &res, &err) < 0)
+        fail_msg("%s", err->message);
+    vh_reconnect_result_clear(&res);
+    fx->repaired = file_bytes(fx->child);
+    assert_false(g_bytes_equal(fx->found, fx->repaired));
+    fx->journal = file_bytes(fx->jpath);
+    return fx;
+}
+
+static void real_free(real_fx *fx)
+{
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", fx->store);
+    assert_int_equal(system(cmd), 0);
+    g_free(fx->store);
+    g_free(fx->child);
+    g_free(fx->base);
+    g_free(fx->jpath);
+    g_bytes_unref(fx->found);
+    g_bytes_unref(fx->repaired);
+    g_bytes_unref(fx->journal);
+    g_free(fx);
+}
+
+/* Where the records of a kind start in the journal (offsets of their "@VHJ2 "). */
+static GArray *records_of(GBytes *journal, const char *kind)
+{
+    gsize len;
+    const char *t = g_bytes_get_data(journal, &len);
+    GArray *at = g_array_new(FALSE, FALSE, sizeof(gsize));
+    size_t klen = strlen(kind);
+    for (gsize k = 0; k + 24 + klen <= len; k++)
+        if ((k == 0 || t[k - 1] == '\n') && memcmp(t + k, "@VHJ2 ", 6) == 0 &&
+            memcmp(t + k + 24, kind, klen) == 0)
+            g_array_append_val(at, k);
+    return at;
+}
+
+/* Writes the journal: its first `cut` bytes, with byte `flip` (if not 0) changed. */
+static void put_journal(const real_fx *fx, gsize cut, gsize flip)
+{
+    g_autofree char *t = g_memdup2(g_bytes_get_data(fx->journal, NULL), cut);
+    if (flip)
+        t[flip] ^= 1;
+    assert_true(g_file_set_contents(fx->jpath, t, (gssize)cut, NULL));
+    assert_int_equal(chmod(fx->jpath, 0600), 0);
+}
+
+static vh_repair_info *only_repair(vh_journal *j, GPtrArray **list)
+{
+    assert_int_equal(vh_journal_list(j, list, NULL), 0);
+    assert_int_equal((*list)->len, 1);
+    return (*list)->pdata[0];
+}
+
+/*
+ * A damaged RANGE record (the first, a middle one, the last) of a repair that never reached
+ * its COMMIT: recovery leaves the child exactly as it finds it and says why, instead of
+ * restoring the other ranges (half old, half new); undo of the committed repair refuses with
+ * the journal to blame.
+ */
+static void damaged_range_leaves_the_repair_alone(vh_format f)
+{
+    real_fx *fx = real_repair(f);
+    g_autoptr(GArray) ranges = records_of(fx->journal, "RANGE\t");
+    g_autoptr(GArray) commit = records_of(fx->journal, "COMMIT\t");
+    assert_int_equal(commit->len, 1);
+    assert_true(ranges->len >= 3);
+    gsize commit_at = g_array_index(commit, gsize, 0);
+    /* the first, a middle and the last record, damaged inside its payload (the CRC fails),
+     * and a middle one damaged in its magic (it no longer reads as a record) */
+    guint which[] = {0, ranges->len / 2, ranges->len - 1, ranges->len / 2};
+    gsize where[] = {24 + 40, 24 + 40, 24 + 40, 1};
+    for (guint w = 0; w < G_N_ELEMENTS(which); w++) {
+        gsize rec = g_array_index(ranges, gsize, which[w]);
+        gsize flip = rec + where[w];
+        assert_true(flip < commit_at);
+        /* unfinished: the crash came before COMMIT (the child holds the new bytes) */
+        assert_true(g_file_set_contents(fx->child, g_bytes_get_data(fx->repaired, NULL),
+                                        (gssize)g_bytes_get_size(fx->repaired), NULL));
+        put_journal(fx, commit_at, flip);
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        vh_recover_stats st = {0};
+        assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 0);
+        assert_int_equal(st.rolled_back, 0);
+        assert_int_equal(st.resolved, 0);
+        assert_int_equal(st.left, 1);
+        assert_non_null(st.notes);
+        assert_non_null(strstr(st.notes->pdata[0], "journal record damaged"));
+        assert_non_null(strstr(st.notes->pdata[0], "left alone"));
+        vh_recover_stats_clear(&st);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, fx->repaired));
+        g_autoptr(GPtrArray) list = NULL;
+        vh_repair_info *info = only_repair(j, &list);
+        assert_int_equal(info->state, VH_REPAIR_OPEN);
+        assert_true(info->damaged);
+        /* the same within a repair, under the child's lock: left alone again */
+        assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL), 0);
+        g_autoptr(GBytes) again = file_bytes(fx->child);
+        assert_true(g_bytes_equal(again, fx->repaired));
+
+        /* committed, the same record damaged: undo refuses and blames the journal */
+        put_journal(fx, g_bytes_get_size(fx->journal), flip); /* a new file: open it again */
+        g_clear_pointer(&j, vh_journal_close);
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        g_autoptr(GPtrArray) list2 = NULL;
+        info = only_repair(j, &list2);
+        assert_int_equal(info->state, VH_REPAIR_COMMITTED);
+        g_autoptr(GError) err = NULL;
+        assert_int_equal(vh_journal_undo(j, info->id, &err), -EBADMSG);
+        assert_non_null(strstr(err->message, "journal record damaged"));
+        g_autoptr(GBytes) kept = file_bytes(fx->child);
+        assert_true(g_bytes_equal(kept, fx->repaired));
+    }
+    print_message("# %s: %u RANGE records, damaged first, middle, last, a magic\n",
+                  f == VH_FORMAT_VHD ? "VHD" : "VHDX", ranges->len);
+    real_free(fx);
+}
+
+static void vhd_damaged_range(void **state)
+{
+    (void)state;
+    damaged_range_leaves_the_repair_alone(VH_FORMAT_VHD);
+}
+
+static void vhdx_damaged_range(void **state)
+{
+    (void)state;
+    damaged_range_leaves_the_repair_alone(VH_FORMAT_VHDX);
+}
+
+/*
+ * The crash case: the last RANGE record torn at the end of the journal (its write never
+ * made). The child holds what the writes before it made; recovery rolls it back whole.
+ */
+static void torn_last_range_rolls_back(vh_format f)
+{
+    real_fx *fx = real_repair(f);
+    g_autoptr(GArray) ranges = records_of(fx->journal, "RANGE\t");
+    assert_true(ranges->len >= 2);
+    gsize last = g_array_index(ranges, gsize, ranges->len - 1);
+    /* the child before the last write: its original bytes back, its size as it was */
+    const char *t = g_bytes_get_data(fx->journal, NULL);
+    const char *nl = strchr(t + last + 24, '\n');
+    g_autofree char *payload = g_strndup(t + last + 24, (gsize)(nl - (t + last + 24)));
+    g_auto(GStrv) fld = g_strsplit(payload, "\t", -1);
+    assert_int_equal(g_strv_length(fld), 8);
+    gsize olen;
+    g_autofree guchar *orig = g_base64_decode(fld[5], &olen);
+    int fd = open(fx->child, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, orig, olen, (off_t)g_ascii_strtoull(fld[2], NULL, 10)),
+                     (ssize_t)olen);
+    assert_int_equal(ftruncate(fd, (off_t)g_ascii_strtoull(fld[4], NULL, 10)), 0);
+    close(fd);
+    g_autoptr(GBytes) crashed = file_bytes(fx->child);
+    assert_false(g_bytes_equal(crashed, fx->found));
+    for (gsize tear = 3; tear < (gsize)(nl - (t + last)) + 1; tear += 97) {
+        assert_true(g_file_set_contents(fx->child, g_bytes_get_data(crashed, NULL),
+                                        (gssize)g_bytes_get_size(crashed), NULL));
+        put_journal(fx, last + tear, 0);
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+        vh_recover_stats st = {0};
+        assert_int_equal(vh_journal_recover(j, NULL, &st, NULL), 1);
+        assert_int_equal(st.left, 0);
+        vh_recover_stats_clear(&st);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, fx->found));
+        g_autoptr(GPtrArray) list = NULL;
+        vh_repair_info *info = only_repair(j, &list);
+        assert_int_equal(info->state, VH_REPAIR_ROLLED_BACK);
+        assert_false(info->damaged);
+    }
+    real_free(fx);
+}
+
+static void vhd_torn_last_range(void **state)
+{
+    (void)state;
+    torn_last_range_rolls_back(VH_FORMAT_VHD);
+}
+
+static void vhdx_torn_last_range(void **state)
+{
+    (void)state;
+    torn_last_range_rolls_back(VH_FORMAT_VHDX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -541,6 +777,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(symlinks_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(modes_are_private, setup, teardown),
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
+        cmocka_unit_test(vhd_damaged_range),
+        cmocka_unit_test(vhdx_damaged_range),
+        cmocka_unit_test(vhd_torn_last_range),
+        cmocka_unit_test(vhdx_torn_last_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
