@@ -716,11 +716,18 @@ static bool legacy_line_ok(const char *s, size_t len)
     return true;
 }
 
-/* Marks every repair begun before a damaged region: one of its records may be in there. */
+/*
+ * Marks every repair still unfinished where a damaged region lies: one of its records may be in
+ * there. A repair committed, rolled back or undone before the region had all its records before
+ * it (a COMMIT also counts its ranges: check_sequence), so it stays whole.
+ */
 static void mark_damaged(GPtrArray *all)
 {
-    for (guint i = 0; i < all->len; i++)
-        ((parsed_repair *)all->pdata[i])->damaged = true;
+    for (guint i = 0; i < all->len; i++) {
+        parsed_repair *p = all->pdata[i];
+        if (p->info.state == VH_REPAIR_OPEN)
+            p->damaged = true;
+    }
 }
 
 /*

@@ -704,6 +704,34 @@ static void vhdx_damaged_range(void **state)
     damaged_range_leaves_the_repair_alone(VH_FORMAT_VHDX);
 }
 
+/* A damaged region after a repair was committed does not touch it: its records all lie before
+ * the region, so it is still undone byte for byte. */
+static void damage_after_a_commit_spares_it(void **state)
+{
+    (void)state;
+    real_fx *fx = real_repair(VH_FORMAT_VHDX);
+    /* a whole record, closed by its newline, whose CRC fails: damage, not a torn tail */
+    const char bad[] = "@VHJ2 00000004 00000000\nabcd\n";
+    gsize len = g_bytes_get_size(fx->journal);
+    g_autofree char *t = g_malloc(len + sizeof bad - 1);
+    memcpy(t, g_bytes_get_data(fx->journal, NULL), len);
+    memcpy(t + len, bad, sizeof bad - 1);
+    assert_true(g_file_set_contents(fx->jpath, t, (gssize)(len + sizeof bad - 1), NULL));
+    assert_int_equal(chmod(fx->jpath, 0600), 0);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    vh_repair_info *info = only_repair(j, &list);
+    assert_int_equal(info->state, VH_REPAIR_COMMITTED);
+    assert_false(info->damaged);
+    g_autoptr(GError) err = NULL;
+    if (vh_journal_undo(j, info->id, &err) < 0)
+        fail_msg("%s", err->message);
+    g_autoptr(GBytes) now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(now, fx->found));
+    real_free(fx);
+}
+
 /*
  * The crash case: the last RANGE record torn at the end of the journal (its write never
  * made). The child holds what the writes before it made; recovery rolls it back whole.
@@ -779,6 +807,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
+        cmocka_unit_test(damage_after_a_commit_spares_it),
         cmocka_unit_test(vhd_torn_last_range),
         cmocka_unit_test(vhdx_torn_last_range),
     };
