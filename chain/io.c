@@ -234,26 +234,34 @@ static int openat_walk(int dirfd, const char *rel, int flags)
     return cur >= 0 ? cur : -EINVAL;
 }
 
+int vh_openat2(int dirfd, const char *rel, uint64_t flags, uint64_t mode, uint64_t resolve)
+{
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    for (int tries = 0;; tries++) {
+        long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+        if (fd >= 0)
+            return (int)fd;
+        if (errno != EAGAIN || tries == 64)
+            return -errno;
+    }
+}
+
 /* Opens rel beneath dirfd with no symlink and no ".." on the way; -EXDEV when it would leave. */
 static int openat_beneath(int dirfd, const char *rel, int flags)
 {
     if (!*rel || rel[0] == '/')
         return -EXDEV;
     if (have_openat2) {
-        struct open_how how = {
-            .flags = (uint64_t)flags,
-            .mode = (flags & O_CREAT) ? 0666 : 0,
-            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+        int fd = vh_openat2(dirfd, rel, (uint64_t)flags, (flags & O_CREAT) ? 0666 : 0,
+                            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
         if (fd >= 0)
-            return (int)fd;
+            return fd;
         /* EPERM: O_NOATIME on another's file (the caller retries without it), or a seccomp
            filter refusing openat2 (some sandboxes): then walk instead */
-        if (errno == EPERM && (flags & O_NOATIME))
+        if (fd == -EPERM && (flags & O_NOATIME))
             return -EPERM;
-        if (errno != ENOSYS && errno != EPERM)
-            return errno == ELOOP ? -EXDEV : -errno;
+        if (fd != -ENOSYS && fd != -EPERM)
+            return fd == -ELOOP ? -EXDEV : fd;
         have_openat2 = false;
     }
     return openat_walk(dirfd, rel, flags);

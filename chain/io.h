@@ -56,6 +56,14 @@ int vh_file_open(vh_file *f, const char *path, bool writable, GError **err);
  * missing), with the same regular-file check as vh_file_open. `path` names the file in messages
  * and in f->path. EXDEV when rel would leave the folder or passes a symlink: nothing is opened.
  */
+/*
+ * openat2(2) (flags, mode and resolve as in struct open_how), retried while the kernel answers
+ * EAGAIN: with RESOLVE_BENEATH, a rename or mount anywhere in the system during a ".." lookup
+ * makes it give up, and that must not read as "not found". The fd, or -errno (-ENOSYS where
+ * the kernel has no openat2). The one way the engine and the mount call it.
+ */
+int vh_openat2(int dirfd, const char *rel, uint64_t flags, uint64_t mode, uint64_t resolve);
+
 int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *path, bool writable,
                          GError **err);
 /* Creates a new file (O_EXCL) for writing. */

@@ -2,6 +2,8 @@
 /* winpath.c - Windows locator paths and their mapping into the store (see winpath.h). */
 #include "winpath.h"
 
+#include "io.h" /* vh_openat2 */
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -445,15 +447,12 @@ static int open_beneath(int root_fd, const char *root_real, const char *rel, int
     if (!*rel)
         rel = ".";
     if (have_openat2) {
-        struct open_how how = {
-            .flags = (uint64_t)(flags | O_CLOEXEC),
-            .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-        };
-        long fd = syscall(SYS_openat2, root_fd, rel, &how, sizeof how);
+        int fd = vh_openat2(root_fd, rel, (uint64_t)(flags | O_CLOEXEC), 0,
+                            RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS);
         if (fd >= 0)
-            return (int)fd;
-        if (errno != ENOSYS && errno != EPERM) /* EPERM: seccomp filters in some sandboxes */
-            return -errno;
+            return fd;
+        if (fd != -ENOSYS && fd != -EPERM) /* EPERM: seccomp filters in some sandboxes */
+            return fd;
         have_openat2 = false;
     }
     return open_beneath_fallback(root_fd, root_real, rel, flags);

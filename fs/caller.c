@@ -82,18 +82,13 @@ void vhfs_caller_leave(struct vhfs_as *saved)
 int vhfs_caller_openat(const struct vhfs *fs, const struct vhfs_caller *c, const char *rel,
                        int flags, bool nofollow)
 {
-    struct open_how how = {
-        .flags = (uint64_t)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK),
-        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (nofollow ? RESOLVE_NO_SYMLINKS : 0),
-    };
     struct vhfs_as as;
     int r = vhfs_caller_enter(fs, c, &as);
-    long fd;
 
     if (r < 0)
         return r;
-    fd = syscall(SYS_openat2, fs->root.fd, rel, &how, sizeof(how));
-    r = fd < 0 ? -errno : (int)fd;
+    r = vh_openat2(fs->root.fd, rel, (uint64_t)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), 0,
+                   RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (nofollow ? RESOLVE_NO_SYMLINKS : 0));
     vhfs_caller_leave(&as);
     return r;
 }
