@@ -167,15 +167,11 @@ int vh_cli_collect(vh_cli_run *c, vh_cli_args *a, bool repair, int argc, char **
     GOptionEntry repair_entries[] = {{"dry-run", 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
                                       "Show what would change, change nothing", NULL},
                                      G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc =
-        g_option_context_new(repair ? "PATH... - repair every broken link that has a heal target"
-                                    : "PATH... - check the chains of disks and store folders");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    if (repair)
-        g_option_context_add_main_entries(oc, repair_entries, NULL);
+    const char *params = repair ? "PATH... - repair every broken link that has a heal target"
+                                : "PATH... - check the chains of disks and store folders";
+    if (!vh_cli_options(cmd, params, entries, repair ? repair_entries : NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     g_autoptr(GError) err = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &err))
-        return vh_cli_usage("%s: %s", cmd, err->message);
     if (argc < 2)
         return vh_cli_usage("%s: PATH... (disk files or store folders)", cmd);
     if (a->maxdepth < 1)

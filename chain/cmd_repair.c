@@ -26,12 +26,9 @@ int vhdheal_cmd_reconnect(int argc, char **argv)
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         {"dry-run", 'n', 0, G_OPTION_ARG_NONE, &dry_run, "Check and show, change nothing", NULL},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc =
-        g_option_context_new("CHILD PARENT - make PARENT the parent of CHILD");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("reconnect", "CHILD PARENT - make PARENT the parent of CHILD", entries,
+                        NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     if (argc != 3)
         return vh_cli_usage("reconnect: CHILD PARENT");
     g_autoptr(GError) serr = NULL;
@@ -104,11 +101,8 @@ int vhdheal_cmd_undo(int argc, char **argv)
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store", "DIR"},
         {"list", 0, 0, G_OPTION_ARG_NONE, &list, "List journaled repairs, oldest first", NULL},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc = g_option_context_new("(--list | ID...) - revert repairs");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("undo", "(--list | ID...) - revert repairs", entries, NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     if (list == (argc > 1))
         return vh_cli_usage("undo: either --list or one or more IDs");
     char *here[] = {"."};

@@ -14,14 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
 from mount_faults import NKIDS, build, link_of  # noqa: E402
-from mounttest import Mount, check, content, getx, require_fuse  # noqa: E402
+from mounttest import Mount, check, content, getx, run_in_root  # noqa: E402
 
 TOOLS = ("nbdkit", "nbdfuse", "losetup", "mkfs.ext4", "mount", "umount")
 
@@ -179,16 +176,7 @@ def run(root):
 
 
 def main():
-    require_fuse()
-    need_tools()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-eio-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
-    vhdtest.finish("mount_eio")
+    run_in_root("mount_eio", run, needs=need_tools)
 
 
 if __name__ == "__main__":

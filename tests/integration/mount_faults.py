@@ -12,14 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
 from mounttest import (Mount, check, content, fill, getx, locators, pattern,  # noqa: E402
-                       require_fuse, vhdheal)
+                       run_in_root, vhdheal)
 
 NKIDS = 8
 
@@ -154,22 +151,17 @@ def run(root):
             subprocess.run(["umount", store], check=False)
 
 
-def main():
-    require_fuse()
+def need_root():
+    """Mounting the tmpfs store needs root."""
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             print("FAIL: mounting a tmpfs needs root (CI is set)")
             sys.exit(1)
         print("SKIP: mounting a tmpfs needs root")
         sys.exit(77)
-    with tempfile.TemporaryDirectory(prefix="vh-mount-faults-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
-    vhdtest.finish("mount_faults")
+
+def main():
+    run_in_root("mount_faults", run, needs=need_root)
 
 
 if __name__ == "__main__":

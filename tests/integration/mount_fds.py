@@ -8,13 +8,10 @@ the daemon unmounts with status 0 (it used to run out of descriptors, fail every
 EMFILE, and abort at unmount)."""
 import os
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mounttest import Mount, check, child, content, create, fill, require_fuse  # noqa: E402
+from mounttest import Mount, check, child, content, create, fill, run_in_root  # noqa: E402
 
 NFILES = 100_000
 LIMIT = 20_000
@@ -97,15 +94,7 @@ def run(root):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-fds-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
-    vhdtest.finish("mount_fds")
+    run_in_root("mount_fds", run)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,10 @@ with -o allow_parent_writes the parent opens for writing."""
 import errno
 import os
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, content, create, ext, fill, pattern,  # noqa: E402
-                       require_fuse, sha, vhdheal)
+from mounttest import (Mount, check, child, content, create, ext, fill,  # noqa: E402
+                       pattern, run_formats, sha, vhdheal)
 
 
 def errno_of(fn):
@@ -98,16 +95,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-parents-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_parents")
+    run_formats("mount_parents", run_format)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,10 @@ calls the store healthy and a few children read their true content. No timing is
 import os
 import subprocess
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
 from mounttest import (Mount, check, content, create, ext, fill, locators,  # noqa: E402
-                       require_fuse, vhdheal)
+                       run_formats, vhdheal)
 
 N = 100
 
@@ -65,16 +62,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-relink-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_relink_scale")
+    run_formats("mount_relink_scale", run_format)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ import ctypes
 import os
 import subprocess
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, content, create, ext, fill, locators,  # noqa: E402
-                       parent_id_on_disk, require_fuse, sha)
+from mounttest import (Mount, check, child, content, create, ext, fill,  # noqa: E402
+                       locators, parent_id_on_disk, run_formats, sha)
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -107,16 +105,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-rename-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_rename")
+    run_formats("mount_rename", run_format)
 
 
 if __name__ == "__main__":

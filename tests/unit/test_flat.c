@@ -158,6 +158,31 @@ static uint8_t *reference(fixture *fx, const char *rel)
     return buf;
 }
 
+/* The top of the fixture's chain opened flat, with what it must read. */
+typedef struct {
+    char *top;
+    vh_chain *c;
+    uint8_t *ref; /* reference(): the whole virtual disk */
+    vh_flat *f;
+} flat_top;
+
+static void flat_top_clear(flat_top *t)
+{
+    g_clear_pointer(&t->f, vh_flat_unref);
+    g_clear_pointer(&t->ref, g_free);
+    g_clear_pointer(&t->c, vh_chain_free);
+    g_clear_pointer(&t->top, g_free);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(flat_top, flat_top_clear)
+
+static void open_flat_top(fixture *fx, flat_top *t)
+{
+    t->top = top_rel(fx);
+    t->c = chain_of(fx, t->top);
+    t->ref = reference(fx, t->top);
+    assert_int_equal(vh_flat_open(fx->store, t->c, &t->f, NULL), 0);
+}
+
 static GHashTable *snapshot(fixture *fx)
 {
     GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
@@ -178,13 +203,13 @@ static GHashTable *snapshot(fixture *fx)
 static void reads_equal_the_chain(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
     g_autoptr(GHashTable) before = snapshot(fx);
-    g_autoptr(vh_flat) f = NULL;
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
+    const char *top = t.top;
     g_autoptr(GError) err = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, &err), 0);
     assert_int_equal(vh_flat_size(f), VSIZE);
     assert_int_equal(vh_flat_depth(f), 3);
     assert_string_equal(vh_flat_member(f, 0), top);
@@ -240,11 +265,10 @@ static gpointer reader(gpointer p)
 static void concurrent_readers_agree(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
-    g_autoptr(vh_flat) f = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
     reader_arg args[4];
     GThread *th[4];
     for (int k = 0; k < 4; k++) {
@@ -260,11 +284,10 @@ static void concurrent_readers_agree(void **state)
 static void seek_finds_data_and_holes(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
-    g_autoptr(vh_flat) f = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
     uint64_t off = 0, data, hole;
     int holes = 0;
     /* every byte outside the data ranges reads as zeros, and the ranges cover what was written */

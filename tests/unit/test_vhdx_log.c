@@ -53,6 +53,16 @@ static uint32_t put_entry(uint8_t *log, uint32_t at, const vhdx_log_op *ops, siz
     return len;
 }
 
+/* Two one-sector entries of log session GUID_A at the start of the log, sequences seq and
+ * seq + 1, both writing sector 2 MiB (a, then b); returns where the second starts. */
+static uint32_t put_two_entries(uint8_t *log, uint8_t *a, uint8_t *b, uint64_t seq)
+{
+    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
+    uint32_t l1 = put_entry(log, 0, &oa, 1, seq, 0, &GUID_A, VH_MIB);
+    put_entry(log, l1, &ob, 1, seq + 1, 0, &GUID_A, VH_MIB);
+    return l1;
+}
+
 static void expect_op(const vhdx_replay *r, guint i, uint64_t off, uint64_t len,
                       const uint8_t *data)
 {
@@ -181,9 +191,7 @@ static void torn_head_falls_back(void **state)
 {
     g_autofree uint8_t *log = g_malloc0(LOG_LEN);
     g_autofree uint8_t *a = pattern(1), *b = pattern(2);
-    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
-    uint32_t l1 = put_entry(log, 0, &oa, 1, 30, 0, &GUID_A, VH_MIB);
-    put_entry(log, l1, &ob, 1, 31, 0, &GUID_A, VH_MIB);
+    uint32_t l1 = put_two_entries(log, a, b, 30);
     /* tear the second entry's data sector: its sequence low half is lost */
     memset(log + l1 + S + 4092, 0, 4);
     vhdx_replay r;
@@ -197,9 +205,7 @@ static void bad_checksum_is_not_an_entry(void **state)
 {
     g_autofree uint8_t *log = g_malloc0(LOG_LEN);
     g_autofree uint8_t *a = pattern(1), *b = pattern(2);
-    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
-    uint32_t l1 = put_entry(log, 0, &oa, 1, 40, 0, &GUID_A, VH_MIB);
-    put_entry(log, l1, &ob, 1, 41, 0, &GUID_A, VH_MIB);
+    uint32_t l1 = put_two_entries(log, a, b, 40);
     log[l1 + S + 100] ^= 1; /* payload byte of entry 2: only the CRC can tell */
     vhdx_replay r;
     assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
@@ -491,6 +497,17 @@ static int record_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const vo
     return 0;
 }
 
+/* Opens path writable; with rec, every write of the change is recorded in it. */
+static int open_recorded(const char *path, op_log *rec, vh_disk **d, GError **err)
+{
+    int r = vh_disk_open(path, VH_OPEN_WRITE, d, err);
+    if (r == 0 && rec) {
+        (*d)->file.hook = record_hook;
+        (*d)->file.hook_ctx = rec;
+    }
+    return r;
+}
+
 /* The change under test: opens `path` writable, does it, closes. */
 typedef int (*change_fn)(const char *path, void *ctx, op_log *rec, GError **err);
 
@@ -504,13 +521,9 @@ static int do_write(const char *path, void *ctx, op_log *rec, GError **err)
 {
     write_change *w = ctx;
     g_autoptr(vh_disk) d = NULL;
-    int r = vh_disk_open(path, VH_OPEN_WRITE, &d, err);
+    int r = open_recorded(path, rec, &d, err);
     if (r < 0)
         return r;
-    if (rec) {
-        d->file.hook = record_hook;
-        d->file.hook_ctx = rec;
-    }
     g_autofree uint8_t *buf = g_malloc(w->len);
     for (size_t i = 0; i < w->len; i++)
         buf[i] = (uint8_t)(w->seed + i * 13);
@@ -522,13 +535,9 @@ static int do_relink(const char *path, void *ctx, op_log *rec, GError **err)
 {
     vh_link_update *u = ctx;
     g_autoptr(vh_disk) d = NULL;
-    int r = vh_disk_open(path, VH_OPEN_WRITE, &d, err);
+    int r = open_recorded(path, rec, &d, err);
     if (r < 0)
         return r;
-    if (rec) {
-        d->file.hook = record_hook;
-        d->file.hook_ctx = rec;
-    }
     return d->ops->set_parent_link(d, u, err);
 }
 
