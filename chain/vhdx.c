@@ -255,7 +255,9 @@ static int read_md_table(vh_disk *d, uint8_t **out, GError **err)
     int r = vhdx_read(d, *out, MD_TABLE_HEAD, x->md_off, "metadata table", err);
     if (r < 0)
         return r;
-    size_t need = MIN(32 + 32 * (size_t)vh_le16(*out + 10), (size_t)VHDX_MD_TABLE_SIZE);
+    size_t need =
+        MIN(VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (size_t)vh_le16(*out + VHDX_MD_COUNT_OFF),
+            (size_t)VHDX_MD_TABLE_SIZE);
     if (need <= MD_TABLE_HEAD)
         return 0;
     *out = g_realloc(*out, need);
@@ -490,7 +492,7 @@ static int bat_entry_error(vh_disk *d, uint64_t idx, uint64_t e, const char *wha
     return vh_fail(err, EINVAL,
                    "%s: BAT entry %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
                    " (0x%016" G_GINT64_MODIFIER "x): %s",
-                   d->file.path, idx, x->bat_off + 8 * idx, e, what);
+                   d->file.path, idx, x->bat_off + VHDX_BAT_ENTRY_SIZE * idx, e, what);
 }
 
 /* BAT entry idx (< bat_count). */
@@ -503,8 +505,8 @@ static int bat_get(vh_disk *d, uint64_t idx, uint64_t *e, GError **err)
     }
     if (!x->bat_table)
         return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
-    uint8_t raw[8];
-    int r = vh_table_read(x->bat_table, idx * 8, raw, sizeof raw, err);
+    uint8_t raw[VHDX_BAT_ENTRY_SIZE];
+    int r = vh_table_read(x->bat_table, idx * VHDX_BAT_ENTRY_SIZE, raw, sizeof raw, err);
     if (r < 0)
         return r;
     *e = vh_le64(raw);
@@ -588,7 +590,8 @@ static int load_bat_page(void *ctx, uint64_t page, void *buf, size_t len, GError
     vhdx_priv *x = vhdx_p(d);
     int r = vhdx_read(d, buf, len, x->bat_off + page * BAT_PAGE, "BAT", err);
     for (size_t k = 0; r == 0 && k < len / 8; k++)
-        r = check_entry(d, page * (BAT_PAGE / 8) + k, vh_le64((uint8_t *)buf + 8 * k), err);
+        r = check_entry(d, page * (BAT_PAGE / VHDX_BAT_ENTRY_SIZE) + k,
+                        vh_le64((uint8_t *)buf + VHDX_BAT_ENTRY_SIZE * k), err);
     return r;
 }
 
@@ -601,13 +604,13 @@ static int load_bat(vh_disk *d, GError **err)
         vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing);
     /* Read what the differencing rule needs even for a dynamic disk, when it fits: interleaved
      * SB entries of the last chunk are then addressable in both cases. */
-    if (x->bat_count * 8 > x->bat_len)
+    if (x->bat_count * VHDX_BAT_ENTRY_SIZE > x->bat_len)
         return vh_fail(err, EINVAL,
                        "%s: BAT region at offset %" G_GUINT64_FORMAT
                        ": %u bytes cannot hold the %" G_GUINT64_FORMAT " entries the disk needs",
                        d->file.path, x->bat_off, x->bat_len, x->bat_count);
-    if (!d->writable && x->bat_count * 8 > BAT_WHOLE_MAX) {
-        x->bat_table = vh_table_new(x->bat_count * 8, BAT_PAGE, load_bat_page, d);
+    if (!d->writable && x->bat_count * VHDX_BAT_ENTRY_SIZE > BAT_WHOLE_MAX) {
+        x->bat_table = vh_table_new(x->bat_count * VHDX_BAT_ENTRY_SIZE, BAT_PAGE, load_bat_page, d);
         return 0;
     }
     x->bat = g_try_new(uint64_t, MAX(x->bat_count, 1));
@@ -615,11 +618,11 @@ static int load_bat(vh_disk *d, GError **err)
         return vh_fail(err, ENOMEM, "%s: BAT of %" G_GUINT64_FORMAT " entries: out of memory",
                        d->file.path, x->bat_count);
     uint8_t *raw = (uint8_t *)x->bat;
-    int r = vhdx_read(d, raw, x->bat_count * 8, x->bat_off, "BAT", err);
+    int r = vhdx_read(d, raw, x->bat_count * VHDX_BAT_ENTRY_SIZE, x->bat_off, "BAT", err);
     if (r < 0)
         return r;
     for (uint64_t i = 0; i < x->bat_count; i++)
-        x->bat[i] = vh_le64(raw + 8 * i);
+        x->bat[i] = vh_le64(raw + VHDX_BAT_ENTRY_SIZE * i);
     for (uint64_t i = 0; i < x->bat_count; i++)
         if ((r = check_entry(d, i, x->bat[i], err)) < 0)
             return r;
@@ -826,15 +829,17 @@ static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
     if (!x->bat && !x->bat_table)
         return;
     uint64_t count[8] = {0}, sb_present = 0, group = (uint64_t)x->chunk_ratio + 1;
-    const uint64_t per = BAT_PAGE / 8;
+    const uint64_t per = BAT_PAGE / VHDX_BAT_ENTRY_SIZE;
     g_autofree uint8_t *page = g_malloc(BAT_PAGE);
     /* a page of entries at a time: a paged BAT is read through the cache once per page */
     for (uint64_t i = 0; i < x->bat_count; i += per) {
         uint64_t n = MIN(per, x->bat_count - i);
-        if (!x->bat && vh_table_read(x->bat_table, i * 8, page, n * 8, NULL) < 0)
+        if (!x->bat && vh_table_read(x->bat_table, i * VHDX_BAT_ENTRY_SIZE, page,
+                                     n * VHDX_BAT_ENTRY_SIZE, NULL) < 0)
             break;
         for (uint64_t k = 0; k < n; k++) {
-            uint64_t idx = i + k, e = x->bat ? x->bat[idx] : vh_le64(page + 8 * k);
+            uint64_t idx = i + k,
+                     e = x->bat ? x->bat[idx] : vh_le64(page + VHDX_BAT_ENTRY_SIZE * k);
             if (idx % group == x->chunk_ratio)
                 sb_present += VHDX_BAT_STATE(e) == VHDX_SB_PRESENT;
             else if (idx / group * x->chunk_ratio + idx % group < x->payload_blocks)
