@@ -44,6 +44,24 @@ def link_of(path):
     return locs.get("W2ru") or locs.get("relative_path")
 
 
+def check_healed_at_last(store, mnt, base_ref, lost_ref, when):
+    """Once the store works again ("when"), opening each child and h.vhd through the mount
+    relinks what was left, and every chain reads as built: the children base_ref, h.vhd
+    lost_ref."""
+    S = lambda r: os.path.join(store, r)  # noqa: E731
+    new = "..\\..\\lib\\base.vhd"
+    for k in range(NKIDS):
+        with open(os.path.join(mnt, f"deep/vms/c{k}.vhd"), "rb") as f:
+            f.read(512)
+    with open(os.path.join(mnt, "h.vhd"), "rb") as f:
+        f.read(512)
+    for k in range(NKIDS):
+        link = link_of(S(f"deep/vms/c{k}.vhd"))
+        check(link in (new, ".\\" + new), f"c{k} not relinked once {when}: {link!r}")
+        check(content(S(f"deep/vms/c{k}.vhd"), store) == base_ref, f"c{k}: content")
+    check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
+
+
 def build(src):
     S = lambda r: os.path.join(src, r)  # noqa: E731
     os.makedirs(S("lib"))
@@ -131,16 +149,7 @@ def run(root):
         while os.statvfs(store).f_bavail == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         check(os.statvfs(store).f_bavail > 0, "no space came back after the filler was removed")
-        for k in range(NKIDS):
-            with open(M(f"deep/vms/c{k}.vhd"), "rb") as f:
-                f.read(512)
-        with open(M("h.vhd"), "rb") as f:
-            f.read(512)
-        for k in range(NKIDS):
-            link = link_of(S(f"deep/vms/c{k}.vhd"))
-            check(link in (new, ".\\" + new), f"c{k} not relinked once space was back: {link!r}")
-            check(content(S(f"deep/vms/c{k}.vhd"), store) == base_ref, f"c{k}: content")
-        check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
+        check_healed_at_last(store, mnt, base_ref, lost_ref, "space was back")
         p = vhdheal("check", store, ok=False)
         check(p.returncode == 0, f"check after the faults: {p.stdout.decode(errors='replace')}")
         check(mt.alive(), "the daemon died")

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mounttest import (Mount, check, child, content, create, ext, fill,  # noqa: E402
-                       pattern, run_formats, sha, vhdheal)
+                       format_paths, pattern, run_formats, sha, vhdheal)
 
 
 def errno_of(fn):
@@ -30,10 +30,7 @@ def open_close(path, mode):
 
 def run_format(root, fmt):
     e, a = ext(fmt), ext(fmt, True)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"lib/base.{e}"), fmt)
     fill(S(f"lib/base.{e}"), 1)
     child(S(f"vm1/c1.{a}"), S(f"lib/base.{e}"))

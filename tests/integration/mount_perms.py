@@ -15,7 +15,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, create, errno, ext, getx,  # noqa: E402
+from mounttest import (Mount, check, child, create, errno, ext, format_paths, getx,  # noqa: E402
                        parent_id_on_disk, require_fuse, sha)
 
 USER = "vhtest%d" % os.getpid()
@@ -30,10 +30,7 @@ def as_user(*args):
 
 def run_format(root, fmt, uid, gid):
     e, a = ext(fmt), ext(fmt, True)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"vm/base.{e}"), fmt)
     for name in ("root", "mine", "opened"):
         child(S(f"vm/{name}.{a}"), S(f"vm/base.{e}"))

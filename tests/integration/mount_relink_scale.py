@@ -11,18 +11,15 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mounttest import (Mount, check, content, create, ext, fill, locators,  # noqa: E402
-                       run_formats, vhdheal)
+from mounttest import (Mount, check, content, create, ext, fill, format_paths,  # noqa: E402
+                       locators, run_formats, vhdheal)
 
 N = 100
 
 
 def run_format(root, fmt):
     e = ext(fmt)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"lib/base.{e}"), fmt)
     fill(S(f"lib/base.{e}"), 1)
     os.makedirs(S("vms"))

@@ -59,6 +59,14 @@ def run_in_root(name, body, formats=None, needs=None):
     vhdtest.finish(name)
 
 
+def format_paths(root, fmt):
+    """A per-format run's store (ROOT/store-FMT) and mount point (ROOT/mnt), and S(rel), M(rel):
+    paths in them."""
+    store = os.path.join(root, "store-" + fmt)
+    mnt = os.path.join(root, "mnt")
+    return store, mnt, lambda r: os.path.join(store, r), lambda r: os.path.join(mnt, r)
+
+
 def run_formats(name, run_format, formats=("vhd", "vhdx")):
     """run_in_root with run_format(root, fmt) for each format."""
     run_in_root(name, run_format, formats)

@@ -63,6 +63,12 @@ static uint32_t put_two_entries(uint8_t *log, uint8_t *a, uint8_t *b, uint64_t s
     return l1;
 }
 
+/* The usual log of these tests: LOG_LEN bytes at 1 MiB, session GUID_A, a 1 MiB file. */
+static int find_log(const uint8_t *log, vhdx_replay *r, GError **err)
+{
+    return vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, r, err);
+}
+
 static void expect_op(const vhdx_replay *r, guint i, uint64_t off, uint64_t len,
                       const uint8_t *data)
 {
@@ -136,7 +142,7 @@ static void newest_sequence_wins(void **state)
     uint32_t l1 = put_entry(log, 4 * S, &ob, 1, 20, 4 * S, &GUID_A, VH_MIB);
     put_entry(log, 4 * S + l1, &oc, 1, 21, 4 * S, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 21);
     assert_int_equal(r.entries, 2);
     assert_int_equal(r.tail_off, 4 * S);
@@ -155,7 +161,7 @@ static void tail_inside_sequence_replays_from_tail(void **state)
     uint32_t l2 = put_entry(log, l1, &o[1], 1, 6, 0, &GUID_A, VH_MIB);
     put_entry(log, l1 + l2, &o[2], 1, 7, l1, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 7);
     assert_int_equal(r.entries, 2);
     expect_op(&r, 0, 2 * VH_MIB + S, S, b);
@@ -176,7 +182,7 @@ static void wrap_around(void **state)
     assert_int_equal(l1, 3 * S);
     put_entry(log, S, &o2, 1, 101, tail, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 101);
     assert_int_equal(r.entries, 2);
     assert_int_equal(r.tail_off, tail);
@@ -195,7 +201,7 @@ static void torn_head_falls_back(void **state)
     /* tear the second entry's data sector: its sequence low half is lost */
     memset(log + l1 + S + 4092, 0, 4);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 30);
     expect_op(&r, 0, 2 * VH_MIB, S, a);
     vhdx_replay_clear(&r);
@@ -208,13 +214,13 @@ static void bad_checksum_is_not_an_entry(void **state)
     uint32_t l1 = put_two_entries(log, a, b, 40);
     log[l1 + S + 100] ^= 1; /* payload byte of entry 2: only the CRC can tell */
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 40);
     vhdx_replay_clear(&r);
     /* corrupt the first one too: nothing valid is left, the file is refused */
     log[S + 100] ^= 1;
     g_autoptr(GError) err = NULL;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, &err), -EIO);
+    assert_int_equal(find_log(log, &r, &err), -EIO);
     assert_non_null(strstr(err->message, "log at offset 1048576"));
     assert_non_null(strstr(err->message, "checksum"));
 }
@@ -228,12 +234,12 @@ static void foreign_guid_is_ignored(void **state)
     /* a newer, complete entry of another log session (a stale GUID) */
     put_entry(log, 8 * S, &ob, 1, 99, 8 * S, &GUID_B, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 50);
     vhdx_replay_clear(&r);
     g_autoptr(GError) err = NULL;
     memset(log, 0, S); /* only the foreign entry is left */
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, &err), -EIO);
+    assert_int_equal(find_log(log, &r, &err), -EIO);
 }
 
 static void broken_sequences_are_rejected(void **state)
@@ -244,24 +250,24 @@ static void broken_sequences_are_rejected(void **state)
     vhdx_replay r;
     /* a head whose tail is not inside its sequence */
     put_entry(log, 0, &oa, 1, 60, 16 * S, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* a descriptor aimed at the header area */
     memset(log, 0, LOG_LEN);
     vhdx_log_op bad = {64 * VH_KIB, S, a};
     put_entry(log, 0, &bad, 1, 61, 0, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* an entry length past the log */
     memset(log, 0, LOG_LEN);
     put_entry(log, 0, &oa, 1, 62, 0, &GUID_A, VH_MIB);
     vh_put_le32(log + 8, LOG_LEN * 2);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* a log length that is not a 4 KiB multiple */
     assert_int_equal(vhdx_log_find(log, LOG_LEN - 1, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -E2BIG);
     /* sequences that are not consecutive are two sequences: the newer alone is invalid */
     memset(log, 0, LOG_LEN);
     uint32_t l1 = put_entry(log, 0, &oa, 1, 70, 0, &GUID_A, VH_MIB);
     put_entry(log, l1, &oa, 1, 72, 0, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 70);
     vhdx_replay_clear(&r);
 }
@@ -286,7 +292,7 @@ static void full_log_sequence_terminates(void **state)
     for (uint64_t seq = 1; at < LOG_LEN; seq++)
         at += put_entry(log, at, NULL, 0, seq, 0, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.entries, LOG_LEN / S);
     assert_int_equal(r.ops->len, 0);
     vhdx_replay_clear(&r);
