@@ -17,8 +17,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mount_faults import NKIDS, build, check_healed_at_last, link_of  # noqa: E402
-from mounttest import Mount, check, content, getx, run_in_root  # noqa: E402
+from mount_faults import NKIDS, check_healed_at_last, link_of, setup  # noqa: E402
+from mounttest import Mount, check, getx, run_in_root  # noqa: E402
 
 TOOLS = ("nbdkit", "nbdfuse", "losetup", "mkfs.ext4", "mount", "umount")
 
@@ -106,14 +106,7 @@ class FailingDisk:
 
 
 def run(root):
-    src = os.path.join(root, "src")
-    store = os.path.join(root, "store")
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
-    build(src)
-    base_ref = content(os.path.join(src, "lib/base.vhd"))
-    lost_ref = content(os.path.join(src, "lost/away/p.vhd"))
+    src, store, mnt, S, M, base_ref, lost_ref = setup(root)
     disk = FailingDisk(root, store)
     mt = None
     try:

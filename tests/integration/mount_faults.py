@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mounttest import (Mount, check, content, fill, getx, locators, pattern,  # noqa: E402
-                       run_in_root, vhdheal)
+                       require_root, run_in_root, vhdheal)
 
 NKIDS = 8
 
@@ -62,6 +62,18 @@ def check_healed_at_last(store, mnt, base_ref, lost_ref, when):
     check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
 
 
+def setup(root):
+    """The fault tests' layout: the store built in ROOT/src (to copy to ROOT/store), ROOT/mnt,
+    path makers S and M, and what the children and h.vhd read (base_ref, lost_ref)."""
+    src = os.path.join(root, "src")
+    store = os.path.join(root, "store")
+    mnt = os.path.join(root, "mnt")
+    build(src)
+    return (src, store, mnt, lambda r: os.path.join(store, r), lambda r: os.path.join(mnt, r),
+            content(os.path.join(src, "lib/base.vhd")),
+            content(os.path.join(src, "lost/away/p.vhd")))
+
+
 def build(src):
     S = lambda r: os.path.join(src, r)  # noqa: E731
     os.makedirs(S("lib"))
@@ -84,14 +96,7 @@ def build(src):
 
 
 def run(root):
-    src = os.path.join(root, "src")
-    store = os.path.join(root, "store")
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
-    build(src)
-    base_ref = content(os.path.join(src, "lib/base.vhd"))
-    lost_ref = content(os.path.join(src, "lost/away/p.vhd"))
+    src, store, mnt, S, M, base_ref, lost_ref = setup(root)
     os.makedirs(store)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "vh-faults", store],
                    check=True)
@@ -160,17 +165,8 @@ def run(root):
             subprocess.run(["umount", store], check=False)
 
 
-def need_root():
-    """Mounting the tmpfs store needs root."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            print("FAIL: mounting a tmpfs needs root (CI is set)")
-            sys.exit(1)
-        print("SKIP: mounting a tmpfs needs root")
-        sys.exit(77)
-
 def main():
-    run_in_root("mount_faults", run, needs=need_root)
+    run_in_root("mount_faults", run, needs=lambda: require_root("mounting a tmpfs"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
 from mounttest import (Mount, check, child, create, errno, ext, format_paths, getx,  # noqa: E402
-                       parent_id_on_disk, require_fuse, sha)
+                       parent_id_on_disk, require_fuse, require_root, sha)
 
 USER = "vhtest%d" % os.getpid()
 
@@ -78,12 +78,7 @@ def run_format(root, fmt, uid, gid):
 
 def main():
     require_fuse()
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            print("FAIL: mount_perms needs root (CI is set)")
-            sys.exit(1)
-        print("SKIP: mount_perms needs root")
-        sys.exit(77)
+    require_root("mount_perms")
     subprocess.run(["useradd", "--no-create-home", "--user-group", USER], check=True)
     try:
         uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid

@@ -59,6 +59,16 @@ def run_in_root(name, body, formats=None, needs=None):
     vhdtest.finish(name)
 
 
+def require_root(what):
+    """Exits 77 (skip) unless root, or fails under CI: what needs root says why."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            print(f"FAIL: {what} needs root (CI is set)")
+            sys.exit(1)
+        print(f"SKIP: {what} needs root")
+        sys.exit(77)
+
+
 def format_paths(root, fmt):
     """A per-format run's store (ROOT/store-FMT) and mount point (ROOT/mnt), and S(rel), M(rel):
     paths in them."""
