@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mount_faults import NKIDS, check_healed_at_last, link_of, setup  # noqa: E402
+from mount_faults import NKIDS, check_healed_at_last, link_of, setup, try_read  # noqa: E402
 from mounttest import Mount, check, getx, run_in_root  # noqa: E402
 
 TOOLS = ("nbdkit", "nbdfuse", "losetup", "mkfs.ext4", "mount", "umount")
@@ -129,12 +129,7 @@ def run(root):
         check(mt.alive(), "the daemon died on a failing disk")
         evict(store)
         disk.errors(True)
-        try:
-            with open(M("h.vhd"), "rb") as f:
-                f.read(512)
-            opened = True
-        except OSError as e:
-            opened = e
+        opened = try_read(M("h.vhd"))
         print(f"open and read of h.vhd on a failing disk: {opened!r}", flush=True)
         st, err = getx(M("h.vhd"), "user.vhd.status")
         print(f"h.vhd status on a failing disk: {st!r} (errno {err})", flush=True)

@@ -62,6 +62,16 @@ def check_healed_at_last(store, mnt, base_ref, lost_ref, when):
     check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
 
 
+def try_read(path):
+    """Opens path and reads its first sector: True, or the OSError it failed with."""
+    try:
+        with open(path, "rb") as f:
+            f.read(512)
+        return True
+    except OSError as e:
+        return e
+
+
 def setup(root):
     """The fault tests' layout: the store built in ROOT/src (to copy to ROOT/store), ROOT/mnt,
     path makers S and M, and what the children and h.vhd read (base_ref, lost_ref)."""
@@ -119,12 +129,7 @@ def run(root):
             check(st is not None and (st.startswith("healed") or "not healed" in st),
                   f"relink on a full store: c{k} status {st!r} (errno {err})")
         # heal on open: the open succeeds, the status says what happened
-        try:
-            with open(M("h.vhd"), "rb") as f:
-                f.read(512)
-            opened = True
-        except OSError as e:
-            opened = e
+        opened = try_read(M("h.vhd"))
         check(opened is True, f"open of a child on a full store failed: {opened!r}")
         st, _ = getx(M("h.vhd"), "user.vhd.status")
         check(st is not None and (st.startswith("healed") or "not healed" in st),
