@@ -15,6 +15,13 @@ void vh_cli_error(const GError *err);
 /* Prints a usage error and returns VH_EXIT_USAGE. */
 int vh_cli_usage(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /*
+ * Parses a command's options (entries, then extra unless NULL; params is the synopsis --help
+ * shows), leaving the operands in argc and argv. On an error prints "vhdheal: CMD: message" as a
+ * usage error and returns false: the caller returns VH_EXIT_USAGE.
+ */
+bool vh_cli_options(const char *cmd, const char *params, GOptionEntry *entries, GOptionEntry *extra,
+                    int *argc, char ***argv);
+/*
  * A name as one line of text (new string): control characters are escaped (\n, \t, \r, \xHH),
  * so that a file name holding a newline cannot pass for two lines of a listing. Backslashes stay
  * as they are (Windows paths are full of them). NULL gives "".

@@ -125,11 +125,8 @@ int vhdheal_cmd_info(int argc, char **argv)
     GOptionEntry entries[] = {
         {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc = g_option_context_new("FILE... - describe disks");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("info", "FILE... - describe disks", entries, NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     if (argc < 2)
         return vh_cli_usage("info: name at least one FILE");
     int rc = VH_EXIT_OK;
@@ -210,11 +207,8 @@ int vhdheal_cmd_create(int argc, char **argv)
         {"physical-sector-size", 0, 0, G_OPTION_ARG_INT, &pss, "VHDX: 512 or 4096", "N"},
         {"parent", 0, 0, G_OPTION_ARG_FILENAME, &parent, "Create a differencing disk", "PARENT"},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc = g_option_context_new("FILE - create a disk");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("create", "FILE - create a disk", entries, NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     if (argc != 2)
         return vh_cli_usage("create: name exactly one FILE");
     if (parent) {
@@ -250,20 +244,6 @@ int vhdheal_cmd_create(int argc, char **argv)
 
 /* ---------- read / write ---------- */
 
-static int write_all_fd(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /*
  * Opens a data file the user named (OUT, INPUT): it may be a pipe, but the open never waits for
  * the other end (O_NONBLOCK: a FIFO nobody writes reads as empty, one nobody reads fails with
@@ -294,12 +274,9 @@ int vhdheal_cmd_read(int argc, char **argv)
         {"trust", 0, 0, G_OPTION_ARG_STRING, &trust_s,
          "Whose disks may be a parent: owner (default), group, any", "WHO"},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc =
-        g_option_context_new("FILE [OFFSET LENGTH] - read virtual content through the chain");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("read", "FILE [OFFSET LENGTH] - read virtual content through the chain",
+                        entries, NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     if (argc != 2 && argc != 4)
         return vh_cli_usage("read: FILE [OFFSET LENGTH]");
     vh_trust trust = VH_TRUST_OWNER;
@@ -331,8 +308,9 @@ int vhdheal_cmd_read(int argc, char **argv)
             vh_cli_error(err);
             return VH_EXIT_USAGE;
         }
-        if (write_all_fd(fd, buf, n) < 0) {
-            fprintf(stderr, "vhdheal: writing output: %s\n", g_strerror(errno));
+        int w = vh_write_full(fd, buf, n, -1, NULL);
+        if (w < 0) {
+            fprintf(stderr, "vhdheal: writing output: %s\n", g_strerror(-w));
             return VH_EXIT_USAGE;
         }
         off += n;
@@ -351,12 +329,10 @@ int vhdheal_cmd_write(int argc, char **argv)
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc = g_option_context_new(
-        "FILE OFFSET [INPUT] - write bytes (INPUT, or stdin) at a virtual offset");
-    g_option_context_add_main_entries(oc, entries, NULL);
-    g_autoptr(GError) perr = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &perr))
-        return vh_cli_usage("%s", perr->message);
+    if (!vh_cli_options("write",
+                        "FILE OFFSET [INPUT] - write bytes (INPUT, or stdin) at a virtual offset",
+                        entries, NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     uint64_t off;
     if ((argc != 3 && argc != 4) || !vh_cli_parse_size(argv[2], &off))
         return vh_cli_usage("write: FILE OFFSET [INPUT]");

@@ -156,12 +156,10 @@ int vhdheal_cmd_mkstore(int argc, char **argv)
         {"plan", 0, 0, G_OPTION_ARG_FILENAME, &plan_path, "Write the plan here (else stdout)",
          "FILE"},
         G_OPTION_ENTRY_NULL};
-    g_autoptr(GOptionContext) oc =
-        g_option_context_new("DIR - build a synthetic store (tests, benchmarks)");
-    g_option_context_add_main_entries(oc, entries, NULL);
+    if (!vh_cli_options("mkstore", "DIR - build a synthetic store (tests, benchmarks)", entries,
+                        NULL, &argc, &argv))
+        return VH_EXIT_USAGE;
     g_autoptr(GError) err = NULL;
-    if (!g_option_context_parse(oc, &argc, &argv, &err))
-        return vh_cli_usage("mkstore: %s", err->message);
     mk m = {.dir = argc == 2 ? argv[1] : NULL, .winroot = winroot, .size = 16 * VH_MIB};
     if (!m.dir || disks < 1 || depth < 1 || breaks < 0)
         return vh_cli_usage("mkstore: [--disks N] [--depth D] [--breaks B] DIR");

@@ -340,23 +340,37 @@ int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *wh
     return 0;
 }
 
+int vh_write_full(int fd, const void *buf, size_t len, int64_t off, size_t *done)
+{
+    const uint8_t *p = buf;
+    size_t d = 0;
+    int r = 0;
+    while (d < len) {
+        ssize_t n = off < 0 ? write(fd, p + d, len - d)
+                            : pwrite(fd, p + d, len - d, (off_t)(off + (int64_t)d));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            r = n < 0 ? -errno : -EIO;
+            break;
+        }
+        d += (size_t)n;
+    }
+    if (done)
+        *done = d;
+    return r;
+}
+
 static int write_all(vh_file *f, const uint8_t *p, size_t len, uint64_t off, const char *what,
                      GError **err)
 {
-    while (len > 0) {
-        ssize_t n = pwrite(f->fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return vh_fail(err, n < 0 ? errno : EIO,
-                           "%s: writing %s at offset %" G_GUINT64_FORMAT ": %s", f->path, what, off,
-                           g_strerror(n < 0 ? errno : EIO));
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-        if (off > f->size)
-            f->size = off;
-    }
+    size_t done = 0;
+    int r = vh_write_full(f->fd, p, len, (int64_t)off, &done);
+    if (done > 0 && off + done > f->size)
+        f->size = off + done;
+    if (r < 0)
+        return vh_fail(err, -r, "%s: writing %s at offset %" G_GUINT64_FORMAT ": %s", f->path, what,
+                       off + done, g_strerror(-r));
     return 0;
 }
 

@@ -42,6 +42,12 @@ struct vh_file {
  * only at the end of the file), or -errno on an error, even after a part was read.
  */
 ssize_t vh_read_full(int fd, void *buf, size_t len, int64_t off);
+/*
+ * Writes len bytes to fd at off (off < 0: at the file position, for pipes), retrying short
+ * writes and EINTR. Returns 0, or -errno (EIO for a write that wrote nothing); *done (if not
+ * NULL) gets the count written either way.
+ */
+int vh_write_full(int fd, const void *buf, size_t len, int64_t off, size_t *done);
 
 /*
  * Opens path read-only or read-write. The file must be a regular file: the open never blocks

@@ -1128,16 +1128,27 @@ int vh_journal_list(vh_journal *j, GPtrArray **out, GError **err)
     return 0;
 }
 
+/* Reads the journal into *all and finds the repair id in it (*p points into *all). */
+static int read_repair(vh_journal *j, const char *id, GPtrArray **all, parsed_repair **p,
+                       GError **err)
+{
+    int r = read_journal(j, all, err);
+    if (r < 0)
+        return r;
+    *p = find_parsed(*all, id);
+    if (!*p)
+        return vh_fail(err, ENOENT, "%s: no repair with id %s", j->path, id);
+    return 0;
+}
+
 /* Undoes p, whose child f the caller holds locked. */
 static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
 {
     g_autoptr(GPtrArray) all = NULL;
-    int r = read_journal(j, &all, err);
+    parsed_repair *p = NULL;
+    int r = read_repair(j, id, &all, &p, err);
     if (r < 0)
         return r;
-    parsed_repair *p = find_parsed(all, id);
-    if (!p)
-        return vh_fail(err, ENOENT, "%s: no repair with id %s", j->path, id);
     if (p->info.state != VH_REPAIR_COMMITTED)
         return vh_fail(err, EINVAL, "repair %s of %s was %s: nothing to undo", id, p->info.child,
                        p->info.state == VH_REPAIR_UNDONE ? "undone already"
@@ -1172,12 +1183,10 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
 int vh_journal_undo(vh_journal *j, const char *id, GError **err)
 {
     g_autoptr(GPtrArray) all = NULL;
-    int r = read_journal(j, &all, err);
+    parsed_repair *p = NULL;
+    int r = read_repair(j, id, &all, &p, err);
     if (r < 0)
         return r;
-    parsed_repair *p = find_parsed(all, id);
-    if (!p)
-        return vh_fail(err, ENOENT, "%s: no repair with id %s", j->path, id);
     vh_file f;
     if ((r = open_child(j, p->info.child, &f, err)) < 0)
         return r;

@@ -60,6 +60,20 @@ int vh_cli_usage(const char *fmt, ...)
     return VH_EXIT_USAGE;
 }
 
+bool vh_cli_options(const char *cmd, const char *params, GOptionEntry *entries, GOptionEntry *extra,
+                    int *argc, char ***argv)
+{
+    g_autoptr(GOptionContext) oc = g_option_context_new(params);
+    g_option_context_add_main_entries(oc, entries, NULL);
+    if (extra)
+        g_option_context_add_main_entries(oc, extra, NULL);
+    g_autoptr(GError) err = NULL;
+    if (g_option_context_parse(oc, argc, argv, &err))
+        return true;
+    vh_cli_usage("%s: %s", cmd, err->message);
+    return false;
+}
+
 char *vh_cli_printable(const char *s)
 {
     GString *out = g_string_sized_new(s ? strlen(s) : 0);

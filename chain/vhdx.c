@@ -49,27 +49,73 @@ int vhdx_read(vh_disk *d, void *buf, size_t len, uint64_t off, const char *what,
 
 /* ---------------- headers and log ---------------- */
 
+/* A structure stored twice (headers, region tables: doc/formats.md §2.2, §2.3): parses its copy
+ * in buf at offset off into out[i]. */
+typedef int (*copy_parse)(const uint8_t *buf, uint64_t off, uint64_t file_size, void *out,
+                          GError **err);
+
+static int parse_header_copy(const uint8_t *buf, uint64_t off, uint64_t size, void *out,
+                             GError **err)
+{
+    return vhdx_header_parse(buf, off, size, out, err);
+}
+
+static int parse_rt_copy(const uint8_t *buf, uint64_t off, uint64_t size, void *out, GError **err)
+{
+    return vhdx_region_table_parse(buf, off, size, out, err);
+}
+
+/* Why each copy of a structure stored twice is not valid (NULL: valid, or not read). */
+typedef struct copy_errors {
+    GError *e[2];
+} copy_errors;
+
+static void copy_errors_clear(copy_errors *c)
+{
+    g_clear_error(&c->e[0]);
+    g_clear_error(&c->e[1]);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(copy_errors, copy_errors_clear)
+
+/*
+ * Reads and parses both copies of a structure stored twice; ok[i] says which are valid and
+ * why->e[i] why the others are not. With first_only, copy 2 is not read when copy 1 is valid (ok[1]
+ * false, e[1] NULL). Fails (EIO) when no copy is valid; the caller picks the copy and warns.
+ */
+static int read_copies(vh_disk *d, const char *what, size_t size, const uint64_t offs[2],
+                       copy_parse parse, void *out[2], bool first_only, bool ok[2],
+                       copy_errors *why, GError **err)
+{
+    g_autofree uint8_t *buf = g_malloc(size);
+    for (int i = 0; i < 2; i++) {
+        ok[i] = false;
+        if (i == 1 && first_only && ok[0])
+            break;
+        int r = vhdx_read(d, buf, size, offs[i], what, &why->e[i]);
+        if (r == 0)
+            r = parse(buf, offs[i], file_size(d), out[i], &why->e[i]);
+        ok[i] = r == 0;
+    }
+    if (!ok[0] && !ok[1])
+        return vh_fail(err, EIO, "%s: no valid %s: %s; %s", d->file.path, what, why->e[0]->message,
+                       why->e[1]->message);
+    return 0;
+}
+
 static int load_headers(vh_disk *d, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    g_autofree uint8_t *buf = g_malloc(VHDX_HDR_SIZE);
-    g_autoptr(GError) e1 = NULL;
-    g_autoptr(GError) e2 = NULL;
-    GError **e[2] = {&e1, &e2};
+    g_auto(copy_errors) why = {{NULL, NULL}};
     const uint64_t offs[2] = {VHDX_HDR1_OFF, VHDX_HDR2_OFF};
-    for (int i = 0; i < 2; i++) {
-        int r = vh_file_read(&d->file, buf, VHDX_HDR_SIZE, offs[i], "header", e[i]);
-        if (r == 0)
-            r = vhdx_header_parse(buf, offs[i], d->file.size, &x->slot[i], e[i]);
-        x->slot_ok[i] = r == 0;
-    }
-    if (!x->slot_ok[0] && !x->slot_ok[1])
-        return vh_fail(err, EIO, "%s: no valid header: %s; %s", d->file.path, e1->message,
-                       e2->message);
+    void *out[2] = {&x->slot[0], &x->slot[1]};
+    int r = read_copies(d, "header", VHDX_HDR_SIZE, offs, parse_header_copy, out, false, x->slot_ok,
+                        &why, err);
+    if (r < 0)
+        return r;
     for (int i = 0; i < 2; i++)
         if (!x->slot_ok[i])
-            vh_disk_warn(d, "header %d is not valid (%s); using header %d", i + 1, (*e[i])->message,
-                         2 - i);
+            vh_disk_warn(d, "header %d is not valid (%s); using header %d", i + 1,
+                         why.e[i]->message, 2 - i);
     x->cur = !x->slot_ok[0] ? 1 : !x->slot_ok[1] ? 0 : x->slot[1].seq > x->slot[0].seq;
     x->h = x->slot[x->cur];
     if (!vh_id_is_zero(&x->h.log_guid) && x->h.log_version != 0)
@@ -143,34 +189,26 @@ static int check_regions(vh_disk *d, const vhdx_region *bat, const vhdx_region *
 static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    g_autofree uint8_t *buf = g_malloc(VHDX_RT_SIZE);
-    g_autoptr(GError) e1 = NULL;
-    g_autoptr(GError) e2 = NULL;
-    GError **e[2] = {&e1, &e2};
+    g_auto(copy_errors) why = {{NULL, NULL}};
     const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
-    g_autofree vhdx_region_table *t1 = NULL;
-    g_autofree vhdx_region_table *t2 = NULL;
+    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
     vhdx_region_table **t[2] = {&t1, &t2};
+    void *out[2] = {t1, t2};
     /* Copy 1 is used whenever it is valid, so a probe reads copy 2 only when copy 1 is bad
      * (each copy is checked whole: its CRC covers all 64 KiB). A full open checks both, to warn
      * about a damaged copy 2. */
-    bool skip2 = false;
-    for (int i = 0; i < 2 && !skip2; i++) {
-        int r = vhdx_read(d, buf, VHDX_RT_SIZE, offs[i], "region table", e[i]);
-        *t[i] = g_new0(vhdx_region_table, 1);
-        if (r == 0)
-            r = vhdx_region_table_parse(buf, offs[i], file_size(d), *t[i], e[i]);
-        x->rt_ok[i] = r == 0;
-        skip2 = i == 0 && x->rt_ok[0] && (flags & VH_OPEN_PROBE);
-    }
-    if (!x->rt_ok[0] && !x->rt_ok[1])
-        return vh_fail(err, EIO, "%s: no valid region table: %s; %s", d->file.path, e1->message,
-                       e2->message);
+    bool probe = flags & VH_OPEN_PROBE;
+    int rc = read_copies(d, "region table", VHDX_RT_SIZE, offs, parse_rt_copy, out, probe, x->rt_ok,
+                         &why, err);
+    if (rc < 0)
+        return rc;
     int use = x->rt_ok[0] ? 0 : 1;
     if (!x->rt_ok[0])
-        vh_disk_warn(d, "region table 1 is not valid (%s); using region table 2", e1->message);
-    else if (!x->rt_ok[1] && !skip2)
-        vh_disk_warn(d, "region table 2 is not valid (%s)", e2->message);
+        vh_disk_warn(d, "region table 1 is not valid (%s); using region table 2",
+                     why.e[0]->message);
+    else if (!x->rt_ok[1] && why.e[1])
+        vh_disk_warn(d, "region table 2 is not valid (%s)", why.e[1]->message);
     x->rt = g_steal_pointer(t[use]);
     x->rt_used = use + 1;
     for (uint32_t i = 0; i < x->rt->count; i++) {
@@ -190,9 +228,9 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
         return vh_fail(err, EINVAL,
                        "%s: region table at offset %" G_GUINT64_FORMAT ": no %s region",
                        d->file.path, offs[use], bat ? "metadata" : "BAT");
-    int r = check_regions(d, bat, md, err);
-    if (r < 0)
-        return r;
+    rc = check_regions(d, bat, md, err);
+    if (rc < 0)
+        return rc;
     x->bat_off = bat->offset;
     x->bat_len = bat->length;
     x->md_off = md->offset;
@@ -217,7 +255,9 @@ static int read_md_table(vh_disk *d, uint8_t **out, GError **err)
     int r = vhdx_read(d, *out, MD_TABLE_HEAD, x->md_off, "metadata table", err);
     if (r < 0)
         return r;
-    size_t need = MIN(32 + 32 * (size_t)vh_le16(*out + 10), (size_t)VHDX_MD_TABLE_SIZE);
+    size_t need =
+        MIN(VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (size_t)vh_le16(*out + VHDX_MD_COUNT_OFF),
+            (size_t)VHDX_MD_TABLE_SIZE);
     if (need <= MD_TABLE_HEAD)
         return 0;
     *out = g_realloc(*out, need);
@@ -452,7 +492,7 @@ static int bat_entry_error(vh_disk *d, uint64_t idx, uint64_t e, const char *wha
     return vh_fail(err, EINVAL,
                    "%s: BAT entry %" G_GUINT64_FORMAT " at offset %" G_GUINT64_FORMAT
                    " (0x%016" G_GINT64_MODIFIER "x): %s",
-                   d->file.path, idx, x->bat_off + 8 * idx, e, what);
+                   d->file.path, idx, x->bat_off + VHDX_BAT_ENTRY_SIZE * idx, e, what);
 }
 
 /* BAT entry idx (< bat_count). */
@@ -465,8 +505,8 @@ static int bat_get(vh_disk *d, uint64_t idx, uint64_t *e, GError **err)
     }
     if (!x->bat_table)
         return vh_fail(err, EINVAL, "%s: opened for identity only (no block table)", d->file.path);
-    uint8_t raw[8];
-    int r = vh_table_read(x->bat_table, idx * 8, raw, sizeof raw, err);
+    uint8_t raw[VHDX_BAT_ENTRY_SIZE];
+    int r = vh_table_read(x->bat_table, idx * VHDX_BAT_ENTRY_SIZE, raw, sizeof raw, err);
     if (r < 0)
         return r;
     *e = vh_le64(raw);
@@ -550,7 +590,8 @@ static int load_bat_page(void *ctx, uint64_t page, void *buf, size_t len, GError
     vhdx_priv *x = vhdx_p(d);
     int r = vhdx_read(d, buf, len, x->bat_off + page * BAT_PAGE, "BAT", err);
     for (size_t k = 0; r == 0 && k < len / 8; k++)
-        r = check_entry(d, page * (BAT_PAGE / 8) + k, vh_le64((uint8_t *)buf + 8 * k), err);
+        r = check_entry(d, page * (BAT_PAGE / VHDX_BAT_ENTRY_SIZE) + k,
+                        vh_le64((uint8_t *)buf + VHDX_BAT_ENTRY_SIZE * k), err);
     return r;
 }
 
@@ -563,13 +604,13 @@ static int load_bat(vh_disk *d, GError **err)
         vhdx_bat_entries(x->p.disk_size, x->p.block_size, x->p.logical_ss, x->differencing);
     /* Read what the differencing rule needs even for a dynamic disk, when it fits: interleaved
      * SB entries of the last chunk are then addressable in both cases. */
-    if (x->bat_count * 8 > x->bat_len)
+    if (x->bat_count * VHDX_BAT_ENTRY_SIZE > x->bat_len)
         return vh_fail(err, EINVAL,
                        "%s: BAT region at offset %" G_GUINT64_FORMAT
                        ": %u bytes cannot hold the %" G_GUINT64_FORMAT " entries the disk needs",
                        d->file.path, x->bat_off, x->bat_len, x->bat_count);
-    if (!d->writable && x->bat_count * 8 > BAT_WHOLE_MAX) {
-        x->bat_table = vh_table_new(x->bat_count * 8, BAT_PAGE, load_bat_page, d);
+    if (!d->writable && x->bat_count * VHDX_BAT_ENTRY_SIZE > BAT_WHOLE_MAX) {
+        x->bat_table = vh_table_new(x->bat_count * VHDX_BAT_ENTRY_SIZE, BAT_PAGE, load_bat_page, d);
         return 0;
     }
     x->bat = g_try_new(uint64_t, MAX(x->bat_count, 1));
@@ -577,11 +618,11 @@ static int load_bat(vh_disk *d, GError **err)
         return vh_fail(err, ENOMEM, "%s: BAT of %" G_GUINT64_FORMAT " entries: out of memory",
                        d->file.path, x->bat_count);
     uint8_t *raw = (uint8_t *)x->bat;
-    int r = vhdx_read(d, raw, x->bat_count * 8, x->bat_off, "BAT", err);
+    int r = vhdx_read(d, raw, x->bat_count * VHDX_BAT_ENTRY_SIZE, x->bat_off, "BAT", err);
     if (r < 0)
         return r;
     for (uint64_t i = 0; i < x->bat_count; i++)
-        x->bat[i] = vh_le64(raw + 8 * i);
+        x->bat[i] = vh_le64(raw + VHDX_BAT_ENTRY_SIZE * i);
     for (uint64_t i = 0; i < x->bat_count; i++)
         if ((r = check_entry(d, i, x->bat[i], err)) < 0)
             return r;
@@ -788,15 +829,17 @@ static void info_block_states(vh_disk *d, vh_info_fn fn, void *ctx)
     if (!x->bat && !x->bat_table)
         return;
     uint64_t count[8] = {0}, sb_present = 0, group = (uint64_t)x->chunk_ratio + 1;
-    const uint64_t per = BAT_PAGE / 8;
+    const uint64_t per = BAT_PAGE / VHDX_BAT_ENTRY_SIZE;
     g_autofree uint8_t *page = g_malloc(BAT_PAGE);
     /* a page of entries at a time: a paged BAT is read through the cache once per page */
     for (uint64_t i = 0; i < x->bat_count; i += per) {
         uint64_t n = MIN(per, x->bat_count - i);
-        if (!x->bat && vh_table_read(x->bat_table, i * 8, page, n * 8, NULL) < 0)
+        if (!x->bat && vh_table_read(x->bat_table, i * VHDX_BAT_ENTRY_SIZE, page,
+                                     n * VHDX_BAT_ENTRY_SIZE, NULL) < 0)
             break;
         for (uint64_t k = 0; k < n; k++) {
-            uint64_t idx = i + k, e = x->bat ? x->bat[idx] : vh_le64(page + 8 * k);
+            uint64_t idx = i + k,
+                     e = x->bat ? x->bat[idx] : vh_le64(page + VHDX_BAT_ENTRY_SIZE * k);
             if (idx % group == x->chunk_ratio)
                 sb_present += VHDX_BAT_STATE(e) == VHDX_SB_PRESENT;
             else if (idx / group * x->chunk_ratio + idx % group < x->payload_blocks)

@@ -89,7 +89,7 @@ static int plan(const char *path, const vh_create_opts *o, layout *l, GError **e
                        path, l->p.disk_size, l->p.logical_ss);
     l->bat_entries = vhdx_bat_entries(l->p.disk_size, l->p.block_size, l->p.logical_ss,
                                       o->type == VH_TYPE_DIFFERENCING);
-    l->bat_len = (uint32_t)MAX(vh_round_up(l->bat_entries * 8, VH_MIB), VH_MIB);
+    l->bat_len = (uint32_t)MAX(vh_round_up(l->bat_entries * VHDX_BAT_ENTRY_SIZE, VH_MIB), VH_MIB);
     l->data_off = BAT_OFF + l->bat_len;
     l->file_size = l->data_off;
     if (o->type == VH_TYPE_FIXED)
@@ -101,7 +101,7 @@ static int write_header_section(vh_file *f, const layout *l, GError **err)
 {
     g_autofree uint8_t *buf = g_malloc0(VHDX_RT_SIZE);
     vhdx_ident_write(buf, CREATOR);
-    int r = vh_file_write(f, buf, 64 * VH_KIB, 0, "file type identifier", err);
+    int r = vh_file_write(f, buf, VHDX_IDENT_SIZE, VHDX_IDENT_OFF, "file type identifier", err);
     vhdx_header h = {.file_write = vh_id_random(),
                      .data_write = vh_id_random(),
                      .version = 1,
@@ -133,29 +133,27 @@ static int write_metadata(vh_file *f, const layout *l, GError **err)
         if (r < 0)
             return vh_fail_prefix(err, "%s", f->path);
     }
-    const uint32_t base = VHDX_MD_TABLE_SIZE;
-    g_autofree uint8_t *buf = g_malloc0(base + 0x28 + loc_len);
+    g_autofree uint8_t *buf = g_malloc0(VHDX_HV_LOCATOR_AT + loc_len);
     vhdx_md_table t = {.count = l->type == VH_TYPE_DIFFERENCING ? 6 : 5};
-    t.e[0] = (vhdx_md_entry){vhdx_guid_file_params, base, 8, VHDX_MD_IS_REQUIRED};
-    t.e[1] = (vhdx_md_entry){vhdx_guid_disk_size, base + 0x08, 8,
-                             VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VDISK};
-    t.e[2] = (vhdx_md_entry){vhdx_guid_logical_ss, base + 0x10, 4,
-                             VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VDISK};
-    t.e[3] = (vhdx_md_entry){vhdx_guid_physical_ss, base + 0x14, 4,
-                             VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VDISK};
-    t.e[4] =
-        (vhdx_md_entry){vhdx_guid_disk_id, base + 0x18, 16, VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VDISK};
-    t.e[5] = (vhdx_md_entry){vhdx_guid_parent_locator, base + 0x28, loc_len, VHDX_MD_IS_REQUIRED};
+    const uint32_t vdisk = VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VDISK;
+    t.e[0] = (vhdx_md_entry){vhdx_guid_file_params, VHDX_HV_FILE_PARAMS_AT, VHDX_FP_SIZE,
+                             VHDX_MD_IS_REQUIRED};
+    t.e[1] = (vhdx_md_entry){vhdx_guid_disk_size, VHDX_HV_DISK_SIZE_AT, 8, vdisk};
+    t.e[2] = (vhdx_md_entry){vhdx_guid_logical_ss, VHDX_HV_LOGICAL_SS_AT, 4, vdisk};
+    t.e[3] = (vhdx_md_entry){vhdx_guid_physical_ss, VHDX_HV_PHYSICAL_SS_AT, 4, vdisk};
+    t.e[4] = (vhdx_md_entry){vhdx_guid_disk_id, VHDX_HV_DISK_ID_AT, 16, vdisk};
+    t.e[5] =
+        (vhdx_md_entry){vhdx_guid_parent_locator, VHDX_HV_LOCATOR_AT, loc_len, VHDX_MD_IS_REQUIRED};
     vhdx_md_table_write(&t, buf);
-    vh_put_le32(buf + base, l->p.block_size);
-    vh_put_le32(buf + base + 4, l->p.fp_flags);
-    vh_put_le64(buf + base + 0x08, l->p.disk_size);
-    vh_put_le32(buf + base + 0x10, l->p.logical_ss);
-    vh_put_le32(buf + base + 0x14, l->p.physical_ss);
-    vhdx_put_guid(buf + base + 0x18, &l->p.disk_id);
+    vh_put_le32(buf + VHDX_HV_FILE_PARAMS_AT + VHDX_FP_BLOCK_SIZE_OFF, l->p.block_size);
+    vh_put_le32(buf + VHDX_HV_FILE_PARAMS_AT + VHDX_FP_FLAGS_OFF, l->p.fp_flags);
+    vh_put_le64(buf + VHDX_HV_DISK_SIZE_AT, l->p.disk_size);
+    vh_put_le32(buf + VHDX_HV_LOGICAL_SS_AT, l->p.logical_ss);
+    vh_put_le32(buf + VHDX_HV_PHYSICAL_SS_AT, l->p.physical_ss);
+    vhdx_put_guid(buf + VHDX_HV_DISK_ID_AT, &l->p.disk_id);
     if (loc_len)
-        memcpy(buf + base + 0x28, item, loc_len);
-    return vh_file_write(f, buf, base + 0x28 + loc_len, MD_OFF, "metadata region", err);
+        memcpy(buf + VHDX_HV_LOCATOR_AT, item, loc_len);
+    return vh_file_write(f, buf, VHDX_HV_LOCATOR_AT + loc_len, MD_OFF, "metadata region", err);
 }
 
 /* A fixed disk's BAT: every payload block FULLY_PRESENT, laid out in order after the BAT. */
@@ -163,7 +161,7 @@ static int write_fixed_bat(vh_file *f, const layout *l, GError **err)
 {
     uint32_t cr = vhdx_chunk_ratio(l->p.block_size, l->p.logical_ss);
     uint64_t blocks = vhdx_payload_blocks(l->p.disk_size, l->p.block_size);
-    const uint64_t per = VH_MIB / 8;
+    const uint64_t per = VH_MIB / VHDX_BAT_ENTRY_SIZE;
     g_autofree uint8_t *buf = g_malloc(VH_MIB);
     for (uint64_t first = 0; first < l->bat_entries; first += per) {
         uint64_t n = MIN(per, l->bat_entries - first);
@@ -173,10 +171,11 @@ static int write_fixed_bat(vh_file *f, const layout *l, GError **err)
             bool is_sb = i % ((uint64_t)cr + 1) == cr;
             if (!is_sb && blk < blocks)
                 vh_put_le64(
-                    buf + 8 * (i - first),
+                    buf + VHDX_BAT_ENTRY_SIZE * (i - first),
                     vhdx_bat_entry(VHDX_PB_FULLY_PRESENT, l->data_off + blk * l->p.block_size));
         }
-        int r = vh_file_write(f, buf, n * 8, BAT_OFF + first * 8, "BAT", err);
+        int r = vh_file_write(f, buf, n * VHDX_BAT_ENTRY_SIZE,
+                              BAT_OFF + first * VHDX_BAT_ENTRY_SIZE, "BAT", err);
         if (r < 0)
             return r;
     }

@@ -79,7 +79,7 @@ char *vhdx_ident_creator(const uint8_t *buf, size_t len)
 
 void vhdx_ident_write(uint8_t *buf, const char *creator)
 {
-    memset(buf, 0, 64 * 1024);
+    memset(buf, 0, VHDX_IDENT_SIZE);
     memcpy(buf, "vhdxfile", 8);
     /* The creator is diagnostic only; a too long one is cut (the field is 512 bytes). */
     if (vh_utf8_to_utf16le(creator, buf + VHDX_IDENT_CREATOR_OFF, VHDX_IDENT_CREATOR_LEN - 2) < 0)
@@ -91,23 +91,24 @@ void vhdx_ident_write(uint8_t *buf, const char *creator)
 int vhdx_header_parse(const uint8_t *buf, uint64_t base, uint64_t file_size, vhdx_header *h,
                       GError **err)
 {
-    if (memcmp(buf, "head", 4) != 0)
+    if (memcmp(buf + VHDX_HDR_SIG_OFF, "head", 4) != 0)
         return vh_fail(err, EINVAL, "header at offset %" G_GUINT64_FORMAT ": no \"head\" signature",
                        base);
-    uint32_t stored = vh_le32(buf + 4), crc = crc_skip(buf, VHDX_HDR_SIZE, 4);
+    uint32_t stored = vh_le32(buf + VHDX_HDR_CRC_OFF),
+             crc = crc_skip(buf, VHDX_HDR_SIZE, VHDX_HDR_CRC_OFF);
     if (stored != crc)
         return vh_fail(err, EINVAL,
                        "header at offset %" G_GUINT64_FORMAT
                        ": checksum mismatch (stored 0x%08x, computed 0x%08x)",
                        base, stored, crc);
-    h->seq = vh_le64(buf + 8);
-    h->file_write = vhdx_get_guid(buf + 16);
-    h->data_write = vhdx_get_guid(buf + 32);
-    h->log_guid = vhdx_get_guid(buf + 48);
-    h->log_version = vh_le16(buf + 64);
-    h->version = vh_le16(buf + 66);
-    h->log_length = vh_le32(buf + 68);
-    h->log_offset = vh_le64(buf + 72);
+    h->seq = vh_le64(buf + VHDX_HDR_SEQ_OFF);
+    h->file_write = vhdx_get_guid(buf + VHDX_HDR_FILE_WRITE_OFF);
+    h->data_write = vhdx_get_guid(buf + VHDX_HDR_DATA_WRITE_OFF);
+    h->log_guid = vhdx_get_guid(buf + VHDX_HDR_LOG_GUID_OFF);
+    h->log_version = vh_le16(buf + VHDX_HDR_LOG_VERSION_OFF);
+    h->version = vh_le16(buf + VHDX_HDR_VERSION_OFF);
+    h->log_length = vh_le32(buf + VHDX_HDR_LOG_LENGTH_OFF);
+    h->log_offset = vh_le64(buf + VHDX_HDR_LOG_OFFSET_OFF);
     if (h->version != 1)
         return vh_fail(err, EINVAL,
                        "header at offset %" G_GUINT64_FORMAT ": version %u (only 1 is known)", base,
@@ -127,16 +128,16 @@ int vhdx_header_parse(const uint8_t *buf, uint64_t base, uint64_t file_size, vhd
 void vhdx_header_write(const vhdx_header *h, uint8_t *buf)
 {
     memset(buf, 0, VHDX_HDR_SIZE);
-    memcpy(buf, "head", 4);
-    vh_put_le64(buf + 8, h->seq);
-    vhdx_put_guid(buf + 16, &h->file_write);
-    vhdx_put_guid(buf + 32, &h->data_write);
-    vhdx_put_guid(buf + 48, &h->log_guid);
-    vh_put_le16(buf + 64, h->log_version);
-    vh_put_le16(buf + 66, h->version);
-    vh_put_le32(buf + 68, h->log_length);
-    vh_put_le64(buf + 72, h->log_offset);
-    vh_put_le32(buf + 4, crc_skip(buf, VHDX_HDR_SIZE, 4));
+    memcpy(buf + VHDX_HDR_SIG_OFF, "head", 4);
+    vh_put_le64(buf + VHDX_HDR_SEQ_OFF, h->seq);
+    vhdx_put_guid(buf + VHDX_HDR_FILE_WRITE_OFF, &h->file_write);
+    vhdx_put_guid(buf + VHDX_HDR_DATA_WRITE_OFF, &h->data_write);
+    vhdx_put_guid(buf + VHDX_HDR_LOG_GUID_OFF, &h->log_guid);
+    vh_put_le16(buf + VHDX_HDR_LOG_VERSION_OFF, h->log_version);
+    vh_put_le16(buf + VHDX_HDR_VERSION_OFF, h->version);
+    vh_put_le32(buf + VHDX_HDR_LOG_LENGTH_OFF, h->log_length);
+    vh_put_le64(buf + VHDX_HDR_LOG_OFFSET_OFF, h->log_offset);
+    vh_put_le32(buf + VHDX_HDR_CRC_OFF, crc_skip(buf, VHDX_HDR_SIZE, VHDX_HDR_CRC_OFF));
 }
 
 /* ---------------- region table ---------------- */
@@ -144,29 +145,30 @@ void vhdx_header_write(const vhdx_header *h, uint8_t *buf)
 int vhdx_region_table_parse(const uint8_t *buf, uint64_t base, uint64_t file_size,
                             vhdx_region_table *t, GError **err)
 {
-    if (memcmp(buf, "regi", 4) != 0)
+    if (memcmp(buf + VHDX_RT_SIG_OFF, "regi", 4) != 0)
         return vh_fail(err, EINVAL,
                        "region table at offset %" G_GUINT64_FORMAT ": no \"regi\" signature", base);
-    uint32_t stored = vh_le32(buf + 4), crc = crc_skip(buf, VHDX_RT_SIZE, 4);
+    uint32_t stored = vh_le32(buf + VHDX_RT_CRC_OFF),
+             crc = crc_skip(buf, VHDX_RT_SIZE, VHDX_RT_CRC_OFF);
     if (stored != crc)
         return vh_fail(err, EINVAL,
                        "region table at offset %" G_GUINT64_FORMAT
                        ": checksum mismatch (stored 0x%08x, computed 0x%08x)",
                        base, stored, crc);
-    uint32_t n = vh_le32(buf + 8);
+    uint32_t n = vh_le32(buf + VHDX_RT_COUNT_OFF);
     if (n > VHDX_RT_MAX)
         return vh_fail(err, EINVAL,
                        "region table at offset %" G_GUINT64_FORMAT ": %u entries (at most %d)",
                        base, n, VHDX_RT_MAX);
     t->count = n;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *p = buf + 16 + 32 * (size_t)i;
+        const uint8_t *p = buf + VHDX_RT_HDR_SIZE + VHDX_RT_ENTRY_SIZE * (size_t)i;
         vhdx_region *r = &t->e[i];
-        r->guid = vhdx_get_guid(p);
-        r->offset = vh_le64(p + 16);
-        r->length = vh_le32(p + 24);
-        r->required = vh_le32(p + 28);
-        uint64_t eoff = base + 16 + 32 * (uint64_t)i;
+        r->guid = vhdx_get_guid(p + VHDX_RTE_GUID_OFF);
+        r->offset = vh_le64(p + VHDX_RTE_OFFSET_OFF);
+        r->length = vh_le32(p + VHDX_RTE_LENGTH_OFF);
+        r->required = vh_le32(p + VHDX_RTE_REQUIRED_OFF);
+        uint64_t eoff = base + VHDX_RT_HDR_SIZE + VHDX_RT_ENTRY_SIZE * (uint64_t)i;
         if (r->offset < VHDX_HEADER_SECTION || r->offset % VH_MIB || r->length % VH_MIB ||
             r->length == 0)
             return vh_fail(err, EINVAL,
@@ -194,16 +196,16 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t base, uint64_t file_siz
 void vhdx_region_table_write(const vhdx_region_table *t, uint8_t *buf)
 {
     memset(buf, 0, VHDX_RT_SIZE);
-    memcpy(buf, "regi", 4);
-    vh_put_le32(buf + 8, t->count);
+    memcpy(buf + VHDX_RT_SIG_OFF, "regi", 4);
+    vh_put_le32(buf + VHDX_RT_COUNT_OFF, t->count);
     for (uint32_t i = 0; i < t->count; i++) {
-        uint8_t *p = buf + 16 + 32 * (size_t)i;
-        vhdx_put_guid(p, &t->e[i].guid);
-        vh_put_le64(p + 16, t->e[i].offset);
-        vh_put_le32(p + 24, t->e[i].length);
-        vh_put_le32(p + 28, t->e[i].required);
+        uint8_t *p = buf + VHDX_RT_HDR_SIZE + VHDX_RT_ENTRY_SIZE * (size_t)i;
+        vhdx_put_guid(p + VHDX_RTE_GUID_OFF, &t->e[i].guid);
+        vh_put_le64(p + VHDX_RTE_OFFSET_OFF, t->e[i].offset);
+        vh_put_le32(p + VHDX_RTE_LENGTH_OFF, t->e[i].length);
+        vh_put_le32(p + VHDX_RTE_REQUIRED_OFF, t->e[i].required);
     }
-    vh_put_le32(buf + 4, crc_skip(buf, VHDX_RT_SIZE, 4));
+    vh_put_le32(buf + VHDX_RT_CRC_OFF, crc_skip(buf, VHDX_RT_SIZE, VHDX_RT_CRC_OFF));
 }
 
 const vhdx_region *vhdx_region_find(const vhdx_region_table *t, const vh_id *guid)
@@ -243,11 +245,11 @@ static int md_check_overlaps(const vhdx_md_table *t, uint64_t base, GError **err
 int vhdx_md_table_parse(const uint8_t *buf, uint64_t base, uint32_t region_len, vhdx_md_table *t,
                         GError **err)
 {
-    if (memcmp(buf, "metadata", 8) != 0)
+    if (memcmp(buf + VHDX_MD_SIG_OFF, "metadata", 8) != 0)
         return vh_fail(err, EINVAL,
                        "metadata table at offset %" G_GUINT64_FORMAT ": no \"metadata\" signature",
                        base);
-    uint16_t n = vh_le16(buf + 10);
+    uint16_t n = vh_le16(buf + VHDX_MD_COUNT_OFF);
     if (n > VHDX_MD_MAX)
         return vh_fail(err, EINVAL,
                        "metadata table at offset %" G_GUINT64_FORMAT ": %u entries (at most %d)",
@@ -255,13 +257,13 @@ int vhdx_md_table_parse(const uint8_t *buf, uint64_t base, uint32_t region_len, 
     t->count = n;
     unsigned user_items = 0;
     for (uint16_t i = 0; i < n; i++) {
-        const uint8_t *p = buf + 32 + 32 * (size_t)i;
+        const uint8_t *p = buf + VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (size_t)i;
         vhdx_md_entry *e = &t->e[i];
-        uint64_t eoff = base + 32 + 32 * (uint64_t)i;
-        e->item = vhdx_get_guid(p);
-        e->offset = vh_le32(p + 16);
-        e->length = vh_le32(p + 20);
-        e->flags = vh_le32(p + 24);
+        uint64_t eoff = base + VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (uint64_t)i;
+        e->item = vhdx_get_guid(p + VHDX_MDE_ITEM_OFF);
+        e->offset = vh_le32(p + VHDX_MDE_OFFSET_OFF);
+        e->length = vh_le32(p + VHDX_MDE_LENGTH_OFF);
+        e->flags = vh_le32(p + VHDX_MDE_FLAGS_OFF);
         if (e->length > VHDX_MD_ITEM_MAX)
             return vh_fail(err, EINVAL,
                            "metadata entry %u at offset %" G_GUINT64_FORMAT
@@ -294,16 +296,16 @@ int vhdx_md_table_parse(const uint8_t *buf, uint64_t base, uint32_t region_len, 
 
 void vhdx_md_table_write(const vhdx_md_table *t, uint8_t *buf)
 {
-    memset(buf, 0, 32);
-    memcpy(buf, "metadata", 8);
-    vh_put_le16(buf + 10, t->count);
+    memset(buf, 0, VHDX_MD_HDR_SIZE);
+    memcpy(buf + VHDX_MD_SIG_OFF, "metadata", 8);
+    vh_put_le16(buf + VHDX_MD_COUNT_OFF, t->count);
     for (uint16_t i = 0; i < t->count; i++) {
-        uint8_t *p = buf + 32 + 32 * (size_t)i;
-        memset(p, 0, 32);
-        vhdx_put_guid(p, &t->e[i].item);
-        vh_put_le32(p + 16, t->e[i].offset);
-        vh_put_le32(p + 20, t->e[i].length);
-        vh_put_le32(p + 24, t->e[i].flags);
+        uint8_t *p = buf + VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (size_t)i;
+        memset(p, 0, VHDX_MD_ENTRY_SIZE);
+        vhdx_put_guid(p + VHDX_MDE_ITEM_OFF, &t->e[i].item);
+        vh_put_le32(p + VHDX_MDE_OFFSET_OFF, t->e[i].offset);
+        vh_put_le32(p + VHDX_MDE_LENGTH_OFF, t->e[i].length);
+        vh_put_le32(p + VHDX_MDE_FLAGS_OFF, t->e[i].flags);
     }
 }
 
@@ -328,17 +330,17 @@ static int item_len_ok(uint32_t len, uint32_t need, uint64_t base, const char *w
 int vhdx_file_params_parse(const uint8_t *p, uint32_t len, uint64_t base, vhdx_params *out,
                            GError **err)
 {
-    int r = item_len_ok(len, 8, base, "file parameters", err);
+    int r = item_len_ok(len, VHDX_FP_SIZE, base, "file parameters", err);
     if (r < 0)
         return r;
-    uint32_t bs = vh_le32(p);
+    uint32_t bs = vh_le32(p + VHDX_FP_BLOCK_SIZE_OFF);
     if (bs < VH_MIB || bs > 256 * VH_MIB || !vh_is_pow2(bs))
         return vh_fail(err, EINVAL,
                        "file parameters item at offset %" G_GUINT64_FORMAT
                        ": block size %u is not a power of two from 1 MiB to 256 MiB",
                        base, bs);
     out->block_size = bs;
-    out->fp_flags = vh_le32(p + 4);
+    out->fp_flags = vh_le32(p + VHDX_FP_FLAGS_OFF);
     return 0;
 }
 
@@ -438,11 +440,11 @@ int vhdx_locator_parse(const uint8_t *item, uint32_t len, uint64_t base, vhdx_lo
                        GError **err)
 {
     vhdx_locator_init(l);
-    if (len < 20)
+    if (len < VHDX_PL_HDR_SIZE)
         return vh_fail(err, EINVAL,
-                       "parent locator at offset %" G_GUINT64_FORMAT ": %u bytes (header needs 20)",
-                       base, len);
-    l->type = vhdx_get_guid(item);
+                       "parent locator at offset %" G_GUINT64_FORMAT ": %u bytes (header needs %u)",
+                       base, len, VHDX_PL_HDR_SIZE);
+    l->type = vhdx_get_guid(item + VHDX_PL_TYPE_OFF);
     if (!vh_id_equal(&l->type, &vhdx_guid_locator_type_vhdx)) {
         char id[VH_ID_STRLEN + 1];
         vh_id_format(&l->type, id);
@@ -451,35 +453,35 @@ int vhdx_locator_parse(const uint8_t *item, uint32_t len, uint64_t base, vhdx_lo
                        ": unknown locator type %s (only the VHDX type is understood)",
                        base, id);
     }
-    uint16_t n = vh_le16(item + 18);
-    if (20 + 12 * (uint64_t)n > len)
+    uint16_t n = vh_le16(item + VHDX_PL_COUNT_OFF);
+    if (VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * (uint64_t)n > len)
         return vh_fail(err, EINVAL,
                        "parent locator at offset %" G_GUINT64_FORMAT
                        ": %u key/value entries do not fit in %u bytes",
                        base, n, len);
     for (uint16_t i = 0; i < n; i++) {
-        const uint8_t *p = item + 20 + 12 * (size_t)i;
+        const uint8_t *p = item + VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * (size_t)i;
         vhdx_kv *kv = g_new0(vhdx_kv, 1);
         g_ptr_array_add(l->kv, kv);
-        kv->key_off = vh_le32(p);
-        kv->value_off = vh_le32(p + 4);
-        kv->key_len = vh_le16(p + 8);
-        kv->value_len = vh_le16(p + 10);
+        kv->key_off = vh_le32(p + VHDX_PLE_KEY_OFF);
+        kv->value_off = vh_le32(p + VHDX_PLE_VALUE_OFF);
+        kv->key_len = vh_le16(p + VHDX_PLE_KEY_LEN_OFF);
+        kv->value_len = vh_le16(p + VHDX_PLE_VALUE_LEN_OFF);
         if (!kv_range_ok(kv->key_off, kv->key_len, len) ||
             !kv_range_ok(kv->value_off, kv->value_len, len))
             return vh_fail(err, EINVAL,
                            "parent locator entry %u at offset %" G_GUINT64_FORMAT
                            ": key (%u+%u) or value (%u+%u) lies outside the %u-byte item",
-                           i, base + 20 + 12 * (uint64_t)i, kv->key_off, kv->key_len, kv->value_off,
-                           kv->value_len, len);
+                           i, base + VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * (uint64_t)i,
+                           kv->key_off, kv->key_len, kv->value_off, kv->value_len, len);
         kv->key = vh_utf16le_to_utf8(item + kv->key_off, kv->key_len);
         kv->value = vh_utf16le_to_utf8(item + kv->value_off, kv->value_len);
         for (uint16_t k = 0; k < i; k++)
             if (strcmp(((vhdx_kv *)l->kv->pdata[k])->key, kv->key) == 0)
-                return vh_fail(err, EINVAL,
-                               "parent locator entry %u at offset %" G_GUINT64_FORMAT
-                               ": duplicate key \"%s\"",
-                               i, base + 20 + 12 * (uint64_t)i, kv->key);
+                return vh_fail(
+                    err, EINVAL,
+                    "parent locator entry %u at offset %" G_GUINT64_FORMAT ": duplicate key \"%s\"",
+                    i, base + VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * (uint64_t)i, kv->key);
     }
     return 0;
 }
@@ -491,13 +493,13 @@ int vhdx_locator_build(const vhdx_locator *l, uint8_t **out, uint32_t *out_len, 
         return vh_fail(err, EINVAL, "parent locator: %u keys are too many", n);
     GByteArray *strings = g_byte_array_new();
     g_autofree uint8_t *tmp = g_malloc(2 * G_MAXUINT16);
-    uint32_t head = 20 + 12 * n;
+    uint32_t head = VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * n;
     g_autofree uint8_t *table = g_malloc0(head);
-    vhdx_put_guid(table, &l->type);
-    vh_put_le16(table + 18, (uint16_t)n);
+    vhdx_put_guid(table + VHDX_PL_TYPE_OFF, &l->type);
+    vh_put_le16(table + VHDX_PL_COUNT_OFF, (uint16_t)n);
     for (guint i = 0; i < n; i++) {
         const vhdx_kv *kv = l->kv->pdata[i];
-        uint8_t *e = table + 20 + 12 * (size_t)i;
+        uint8_t *e = table + VHDX_PL_HDR_SIZE + VHDX_PL_ENTRY_SIZE * (size_t)i;
         const char *s[2] = {kv->key, kv->value};
         for (int k = 0; k < 2; k++) {
             ssize_t len = vh_utf8_to_utf16le(s[k], tmp, G_MAXUINT16 - 1);
@@ -508,8 +510,8 @@ int vhdx_locator_build(const vhdx_locator *l, uint8_t **out, uint32_t *out_len, 
                                "65534 bytes of UTF-16",
                                k ? "value" : "key", kv->key);
             }
-            vh_put_le32(e + 4 * k, head + strings->len);
-            vh_put_le16(e + 8 + 2 * k, (uint16_t)len);
+            vh_put_le32(e + (k ? VHDX_PLE_VALUE_OFF : VHDX_PLE_KEY_OFF), head + strings->len);
+            vh_put_le16(e + (k ? VHDX_PLE_VALUE_LEN_OFF : VHDX_PLE_KEY_LEN_OFF), (uint16_t)len);
             g_byte_array_append(strings, tmp, (guint)len);
         }
     }

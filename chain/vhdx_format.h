@@ -16,6 +16,7 @@
 
 /* --- the header section (doc/formats.md §2.1) --- */
 #define VHDX_IDENT_OFF 0
+#define VHDX_IDENT_SIZE (64 * VH_KIB)
 #define VHDX_IDENT_CREATOR_OFF 8
 #define VHDX_IDENT_CREATOR_LEN 512
 #define VHDX_HDR1_OFF (64 * VH_KIB)
@@ -57,7 +58,18 @@ bool vhdx_ident_ok(const uint8_t *buf, size_t len);
 char *vhdx_ident_creator(const uint8_t *buf, size_t len); /* UTF-8, new string */
 void vhdx_ident_write(uint8_t *buf /* 64 KiB */, const char *creator);
 
-/* --- headers (doc/formats.md §2.2) --- */
+/* --- headers (doc/formats.md §2.2): field offsets from the header's start --- */
+#define VHDX_HDR_SIG_OFF 0 /* "head" */
+#define VHDX_HDR_CRC_OFF 4 /* CRC-32C over the 4 KiB, this field as zero */
+#define VHDX_HDR_SEQ_OFF 8
+#define VHDX_HDR_FILE_WRITE_OFF 16
+#define VHDX_HDR_DATA_WRITE_OFF 32
+#define VHDX_HDR_LOG_GUID_OFF 48
+#define VHDX_HDR_LOG_VERSION_OFF 64
+#define VHDX_HDR_VERSION_OFF 66
+#define VHDX_HDR_LOG_LENGTH_OFF 68
+#define VHDX_HDR_LOG_OFFSET_OFF 72
+
 typedef struct vhdx_header {
     uint64_t seq;
     vh_id file_write;
@@ -75,7 +87,17 @@ int vhdx_header_parse(const uint8_t *buf, uint64_t base, uint64_t file_size, vhd
                       GError **err);
 void vhdx_header_write(const vhdx_header *h, uint8_t *buf /* 4 KiB */);
 
-/* --- region table (doc/formats.md §2.3) --- */
+/* --- region table (doc/formats.md §2.3): a 16-byte header, then 32-byte entries --- */
+#define VHDX_RT_SIG_OFF 0 /* "regi" */
+#define VHDX_RT_CRC_OFF 4 /* CRC-32C over the 64 KiB, this field as zero */
+#define VHDX_RT_COUNT_OFF 8
+#define VHDX_RT_HDR_SIZE 16
+#define VHDX_RT_ENTRY_SIZE 32
+#define VHDX_RTE_GUID_OFF 0 /* entry fields, from the entry's start */
+#define VHDX_RTE_OFFSET_OFF 16
+#define VHDX_RTE_LENGTH_OFF 24
+#define VHDX_RTE_REQUIRED_OFF 28
+
 typedef struct vhdx_region {
     vh_id guid;
     uint64_t offset;
@@ -93,7 +115,15 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t base, uint64_t file_siz
 void vhdx_region_table_write(const vhdx_region_table *t, uint8_t *buf /* 64 KiB */);
 const vhdx_region *vhdx_region_find(const vhdx_region_table *t, const vh_id *guid);
 
-/* --- metadata table (doc/formats.md §2.4) --- */
+/* --- metadata table (doc/formats.md §2.4): a 32-byte header, then 32-byte entries --- */
+#define VHDX_MD_SIG_OFF 0 /* "metadata" */
+#define VHDX_MD_COUNT_OFF 10
+#define VHDX_MD_HDR_SIZE 32
+#define VHDX_MD_ENTRY_SIZE 32
+#define VHDX_MDE_ITEM_OFF 0 /* entry fields, from the entry's start */
+#define VHDX_MDE_OFFSET_OFF 16
+#define VHDX_MDE_LENGTH_OFF 20
+#define VHDX_MDE_FLAGS_OFF 24
 #define VHDX_MD_IS_USER 0x1u
 #define VHDX_MD_IS_VDISK 0x2u
 #define VHDX_MD_IS_REQUIRED 0x4u
@@ -121,7 +151,18 @@ int vhdx_md_table_parse(const uint8_t *buf, uint64_t base, uint32_t region_len, 
 void vhdx_md_table_write(const vhdx_md_table *t, uint8_t *buf);
 int vhdx_md_find(const vhdx_md_table *t, const vh_id *item); /* index or -1 (system items) */
 
-/* --- known items --- */
+/* --- known items (doc/formats.md §2.4) --- */
+#define VHDX_FP_BLOCK_SIZE_OFF 0 /* file parameters: fields from the item's start */
+#define VHDX_FP_FLAGS_OFF 4
+#define VHDX_FP_SIZE 8
+/* Where Hyper-V (and vhdheal create) put the system items, from the metadata region's start
+ * (doc/formats.md §2.4): just past the table, in this order. */
+#define VHDX_HV_FILE_PARAMS_AT (VHDX_MD_TABLE_SIZE + 0x00) /* 8 bytes */
+#define VHDX_HV_DISK_SIZE_AT (VHDX_MD_TABLE_SIZE + 0x08)   /* 8 bytes */
+#define VHDX_HV_LOGICAL_SS_AT (VHDX_MD_TABLE_SIZE + 0x10)  /* 4 bytes */
+#define VHDX_HV_PHYSICAL_SS_AT (VHDX_MD_TABLE_SIZE + 0x14) /* 4 bytes */
+#define VHDX_HV_DISK_ID_AT (VHDX_MD_TABLE_SIZE + 0x18)     /* 16 bytes */
+#define VHDX_HV_LOCATOR_AT (VHDX_MD_TABLE_SIZE + 0x28)
 #define VHDX_FP_LEAVE_ALLOCATED 0x1u
 #define VHDX_FP_HAS_PARENT 0x2u
 
@@ -144,7 +185,15 @@ int vhdx_disk_id_parse(const uint8_t *p, uint32_t len, uint64_t base, vh_id *out
 /* Cross-checks: size a multiple of the logical sector size, at most 64 TiB. */
 int vhdx_params_check(const vhdx_params *p, uint64_t base, GError **err);
 
-/* --- parent locator (doc/formats.md §2.5) --- */
+/* --- parent locator (doc/formats.md §2.5): a 20-byte header, then 12-byte entries --- */
+#define VHDX_PL_TYPE_OFF 0
+#define VHDX_PL_COUNT_OFF 18
+#define VHDX_PL_HDR_SIZE 20u
+#define VHDX_PL_ENTRY_SIZE 12
+#define VHDX_PLE_KEY_OFF 0 /* entry fields, from the entry's start */
+#define VHDX_PLE_VALUE_OFF 4
+#define VHDX_PLE_KEY_LEN_OFF 8
+#define VHDX_PLE_VALUE_LEN_OFF 10
 typedef struct vhdx_kv {
     char *key;                   /* UTF-8 */
     char *value;                 /* UTF-8 */
@@ -168,6 +217,7 @@ int vhdx_locator_parse(const uint8_t *item, uint32_t len, uint64_t base, vhdx_lo
 int vhdx_locator_build(const vhdx_locator *l, uint8_t **out, uint32_t *out_len, GError **err);
 
 /* --- BAT and blocks (doc/formats.md §2.6) --- */
+#define VHDX_BAT_ENTRY_SIZE 8
 enum {
     VHDX_PB_NOT_PRESENT = 0,
     VHDX_PB_UNDEFINED = 1,
@@ -204,6 +254,35 @@ static inline uint64_t vhdx_bat_sb_index(uint64_t chunk, uint32_t chunk_ratio)
     return chunk * ((uint64_t)chunk_ratio + 1) + chunk_ratio;
 }
 const char *vhdx_payload_state_name(unsigned state);
+
+/* --- the log (doc/formats.md §2.7), in 4 KiB sectors --- */
+/* Entry header (64 bytes) fields, from the entry's start. */
+#define VHDX_LOGE_SIG_OFF 0 /* "loge" */
+#define VHDX_LOGE_CRC_OFF 4 /* CRC-32C over the whole entry, this field as zero */
+#define VHDX_LOGE_LENGTH_OFF 8
+#define VHDX_LOGE_TAIL_OFF 12
+#define VHDX_LOGE_SEQ_OFF 16
+#define VHDX_LOGE_DESC_COUNT_OFF 24
+#define VHDX_LOGE_GUID_OFF 32
+#define VHDX_LOGE_FLUSHED_OFF 48
+#define VHDX_LOGE_LAST_OFF 56
+#define VHDX_LOGE_HDR_SIZE 64
+/* Descriptors (32 bytes; the header takes the room of two): "zero" and "desc". */
+#define VHDX_LOGD_SIZE 32
+#define VHDX_LOGD_SIG_OFF 0
+#define VHDX_LOGD_TRAILING_OFF 4 /* desc: the sector's last 4 bytes */
+#define VHDX_LOGD_TRAILING_LEN 4
+#define VHDX_LOGD_LEADING_OFF 8 /* desc: the sector's first 8 bytes */
+#define VHDX_LOGD_LEADING_LEN 8
+#define VHDX_LOGD_ZERO_LEN_OFF 8 /* zero: the length zeroed */
+#define VHDX_LOGD_TARGET_OFF 16  /* the file offset written */
+#define VHDX_LOGD_SEQ_OFF 24
+/* Data sectors: "data", sequence high, the sector's bytes 8 to 4091, sequence low. */
+#define VHDX_LOGS_SIG_OFF 0
+#define VHDX_LOGS_SEQ_HIGH_OFF 4
+#define VHDX_LOGS_DATA_OFF 8
+#define VHDX_LOGS_DATA_LEN 4084
+#define VHDX_LOGS_SEQ_LOW_OFF 4092
 
 /* LSB-first sector bitmaps (doc/formats.md §2.6, §4.3). */
 static inline bool vhdx_bit_get(const uint8_t *bm, uint64_t bit)

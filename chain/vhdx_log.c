@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /* vhdx_log.c - VHDX log replay and log entry building (see vhdx_log.h). */
+#include "vhdx_format.h"
 #include "vhdx_log.h"
 
-#define HDR_LEN 64
-#define DESC_LEN 32
 #define LOG_TARGET_MIN (192 * VH_KIB)   /* logged updates never touch the identifier/headers */
 #define LOG_TARGET_MAX (128 * VH_TIB)   /* far beyond any valid VHDX (64 TiB of payload) */
 #define SCAN_BUDGET (UINT64_C(1) << 24) /* chain steps */
@@ -62,12 +61,14 @@ static bool problem(scan_ctx *c, uint32_t off, const char *what)
 static uint32_t desc_sectors(uint64_t descs)
 {
     /* The first sector holds the 64-byte header and 126 descriptors, later ones 128. */
-    return (uint32_t)((descs + 2 + 127) / 128);
+    const uint64_t per = VHDX_LOG_SECTOR / VHDX_LOGD_SIZE,
+                   in_hdr = VHDX_LOGE_HDR_SIZE / VHDX_LOGD_SIZE;
+    return (uint32_t)((descs + in_hdr + per - 1) / per);
 }
 
 static const uint8_t *descriptor_at(const scan_ctx *c, uint32_t off, uint64_t i)
 {
-    uint64_t pos = (i + 2) * DESC_LEN;
+    uint64_t pos = VHDX_LOGE_HDR_SIZE + i * VHDX_LOGD_SIZE;
     return sector_at(c, off, pos / VHDX_LOG_SECTOR) + pos % VHDX_LOG_SECTOR;
 }
 
@@ -75,21 +76,21 @@ static const uint8_t *descriptor_at(const scan_ctx *c, uint32_t off, uint64_t i)
 static bool check_header(scan_ctx *c, uint32_t off, slot_info *s)
 {
     const uint8_t *h = c->log + off;
-    if (memcmp(h, "loge", 4) != 0)
+    if (memcmp(h + VHDX_LOGE_SIG_OFF, "loge", 4) != 0)
         return false; /* not an entry start: not worth reporting */
-    s->length = vh_le32(h + 8);
-    s->tail = vh_le32(h + 12);
-    s->seq = vh_le64(h + 16);
-    s->descs = vh_le32(h + 24);
-    s->flushed = vh_le64(h + 48);
-    s->last = vh_le64(h + 56);
+    s->length = vh_le32(h + VHDX_LOGE_LENGTH_OFF);
+    s->tail = vh_le32(h + VHDX_LOGE_TAIL_OFF);
+    s->seq = vh_le64(h + VHDX_LOGE_SEQ_OFF);
+    s->descs = vh_le32(h + VHDX_LOGE_DESC_COUNT_OFF);
+    s->flushed = vh_le64(h + VHDX_LOGE_FLUSHED_OFF);
+    s->last = vh_le64(h + VHDX_LOGE_LAST_OFF);
     if (s->length < VHDX_LOG_SECTOR || s->length % VHDX_LOG_SECTOR || s->length > c->len)
         return problem(c, off, "entry length is not a 4 KiB multiple inside the log");
     if (s->tail % VHDX_LOG_SECTOR || s->tail >= c->len)
         return problem(c, off, "tail is not a 4 KiB aligned log offset");
     if (s->seq == 0)
         return problem(c, off, "sequence number is zero");
-    vh_id g = vh_id_from_guid_le(h + 32);
+    vh_id g = vh_id_from_guid_le(h + VHDX_LOGE_GUID_OFF);
     if (!vh_id_equal(&g, &c->guid))
         return problem(c, off, "LogGuid differs from the header's");
     if ((uint64_t)desc_sectors(s->descs) * VHDX_LOG_SECTOR > s->length)
@@ -102,21 +103,22 @@ static bool check_descriptors(scan_ctx *c, uint32_t off, const slot_info *s)
     uint64_t data_sector = desc_sectors(s->descs);
     for (uint64_t i = 0; i < s->descs; i++) {
         const uint8_t *d = descriptor_at(c, off, i);
-        if (vh_le64(d + 24) != s->seq)
+        if (vh_le64(d + VHDX_LOGD_SEQ_OFF) != s->seq)
             return problem(c, off, "descriptor sequence number differs from the entry's");
-        uint64_t target = vh_le64(d + 16);
+        uint64_t target = vh_le64(d + VHDX_LOGD_TARGET_OFF);
         uint64_t len = VHDX_LOG_SECTOR;
-        if (memcmp(d, "zero", 4) == 0) {
-            len = vh_le64(d + 8);
+        if (memcmp(d + VHDX_LOGD_SIG_OFF, "zero", 4) == 0) {
+            len = vh_le64(d + VHDX_LOGD_ZERO_LEN_OFF);
             if (len == 0 || len % VHDX_LOG_SECTOR)
                 return problem(c, off, "zero descriptor length is not a 4 KiB multiple");
-        } else if (memcmp(d, "desc", 4) == 0) {
+        } else if (memcmp(d + VHDX_LOGD_SIG_OFF, "desc", 4) == 0) {
             if ((data_sector + 1) * VHDX_LOG_SECTOR > s->length)
                 return problem(c, off, "more data descriptors than data sectors");
             const uint8_t *ds = sector_at(c, off, data_sector++);
-            if (memcmp(ds, "data", 4) != 0)
+            if (memcmp(ds + VHDX_LOGS_SIG_OFF, "data", 4) != 0)
                 return problem(c, off, "data sector without \"data\" signature");
-            if (((uint64_t)vh_le32(ds + 4) << 32 | vh_le32(ds + 4092)) != s->seq)
+            if (((uint64_t)vh_le32(ds + VHDX_LOGS_SEQ_HIGH_OFF) << 32 |
+                 vh_le32(ds + VHDX_LOGS_SEQ_LOW_OFF)) != s->seq)
                 return problem(c, off, "data sector sequence number differs (torn write?)");
         } else {
             return problem(c, off, "descriptor with unknown signature");
@@ -136,14 +138,15 @@ static bool check_crc(scan_ctx *c, uint32_t off, const slot_info *s)
     for (uint64_t i = 0; i < s->length / VHDX_LOG_SECTOR; i++) {
         const uint8_t *p = sector_at(c, off, i);
         if (i == 0) {
-            crc = vh_crc32c_update(crc, p, 4);
+            crc = vh_crc32c_update(crc, p, VHDX_LOGE_CRC_OFF);
             crc = vh_crc32c_update(crc, zero, 4);
-            crc = vh_crc32c_update(crc, p + 8, VHDX_LOG_SECTOR - 8);
+            crc = vh_crc32c_update(crc, p + VHDX_LOGE_CRC_OFF + 4,
+                                   VHDX_LOG_SECTOR - VHDX_LOGE_CRC_OFF - 4);
         } else {
             crc = vh_crc32c_update(crc, p, VHDX_LOG_SECTOR);
         }
     }
-    if (crc != vh_le32(c->log + off + 4))
+    if (crc != vh_le32(c->log + off + VHDX_LOGE_CRC_OFF))
         return problem(c, off, "checksum mismatch (torn or corrupt entry)");
     return true;
 }
@@ -233,9 +236,10 @@ static uint8_t *restore_sector(const scan_ctx *c, uint32_t off, uint64_t data_in
 {
     uint8_t *out = g_malloc(VHDX_LOG_SECTOR);
     const uint8_t *ds = sector_at(c, off, data_index);
-    memcpy(out, desc + 8, 8);        /* LeadingBytes */
-    memcpy(out + 8, ds + 8, 4084);   /* Data */
-    memcpy(out + 4092, desc + 4, 4); /* TrailingBytes */
+    memcpy(out, desc + VHDX_LOGD_LEADING_OFF, VHDX_LOGD_LEADING_LEN);
+    memcpy(out + VHDX_LOGS_DATA_OFF, ds + VHDX_LOGS_DATA_OFF, VHDX_LOGS_DATA_LEN);
+    memcpy(out + VHDX_LOG_SECTOR - VHDX_LOGD_TRAILING_LEN, desc + VHDX_LOGD_TRAILING_OFF,
+           VHDX_LOGD_TRAILING_LEN);
     return out;
 }
 
@@ -248,9 +252,9 @@ static void collect_ops(const scan_ctx *c, const sequence *q, vhdx_replay *out)
         uint64_t data_sector = desc_sectors(s->descs);
         for (uint64_t i = 0; i < s->descs; i++) {
             const uint8_t *d = descriptor_at(c, off, i);
-            vhdx_log_op op = {.off = vh_le64(d + 16), .len = VHDX_LOG_SECTOR};
-            if (memcmp(d, "zero", 4) == 0)
-                op.len = vh_le64(d + 8);
+            vhdx_log_op op = {.off = vh_le64(d + VHDX_LOGD_TARGET_OFF), .len = VHDX_LOG_SECTOR};
+            if (memcmp(d + VHDX_LOGD_SIG_OFF, "zero", 4) == 0)
+                op.len = vh_le64(d + VHDX_LOGD_ZERO_LEN_OFF);
             else
                 op.data = restore_sector(c, off, data_sector++, d);
             g_array_append_val(out->ops, op);
@@ -377,34 +381,35 @@ int vhdx_log_entry_build(const vhdx_log_op *ops, size_t n, const vhdx_log_entry_
     if (n > G_MAXUINT32 || total > VHDX_LOG_MAX)
         return vh_fail(err, E2BIG, "log entry: %zu updates are too many for one entry", n);
     uint8_t *e = g_malloc0(total);
-    memcpy(e, "loge", 4);
-    vh_put_le32(e + 8, (uint32_t)total);
-    vh_put_le32(e + 12, p->tail);
-    vh_put_le64(e + 16, p->seq);
-    vh_put_le32(e + 24, (uint32_t)n);
-    vh_id_to_guid_le(&p->guid, e + 32);
-    vh_put_le64(e + 48, p->flushed);
-    vh_put_le64(e + 56, p->last);
+    memcpy(e + VHDX_LOGE_SIG_OFF, "loge", 4);
+    vh_put_le32(e + VHDX_LOGE_LENGTH_OFF, (uint32_t)total);
+    vh_put_le32(e + VHDX_LOGE_TAIL_OFF, p->tail);
+    vh_put_le64(e + VHDX_LOGE_SEQ_OFF, p->seq);
+    vh_put_le32(e + VHDX_LOGE_DESC_COUNT_OFF, (uint32_t)n);
+    vh_id_to_guid_le(&p->guid, e + VHDX_LOGE_GUID_OFF);
+    vh_put_le64(e + VHDX_LOGE_FLUSHED_OFF, p->flushed);
+    vh_put_le64(e + VHDX_LOGE_LAST_OFF, p->last);
     uint64_t di = ds;
     for (size_t i = 0; i < n; i++) {
-        uint8_t *d = e + (i + 2) * DESC_LEN;
-        vh_put_le64(d + 16, ops[i].off);
-        vh_put_le64(d + 24, p->seq);
+        uint8_t *d = e + VHDX_LOGE_HDR_SIZE + i * VHDX_LOGD_SIZE;
+        vh_put_le64(d + VHDX_LOGD_TARGET_OFF, ops[i].off);
+        vh_put_le64(d + VHDX_LOGD_SEQ_OFF, p->seq);
         if (!ops[i].data) {
-            memcpy(d, "zero", 4);
-            vh_put_le64(d + 8, ops[i].len);
+            memcpy(d + VHDX_LOGD_SIG_OFF, "zero", 4);
+            vh_put_le64(d + VHDX_LOGD_ZERO_LEN_OFF, ops[i].len);
             continue;
         }
-        memcpy(d, "desc", 4);
-        memcpy(d + 4, ops[i].data + 4092, 4); /* TrailingBytes */
-        memcpy(d + 8, ops[i].data, 8);        /* LeadingBytes */
+        memcpy(d + VHDX_LOGD_SIG_OFF, "desc", 4);
+        memcpy(d + VHDX_LOGD_TRAILING_OFF, ops[i].data + VHDX_LOG_SECTOR - VHDX_LOGD_TRAILING_LEN,
+               VHDX_LOGD_TRAILING_LEN);
+        memcpy(d + VHDX_LOGD_LEADING_OFF, ops[i].data, VHDX_LOGD_LEADING_LEN);
         uint8_t *s = e + di++ * VHDX_LOG_SECTOR;
-        memcpy(s, "data", 4);
-        vh_put_le32(s + 4, (uint32_t)(p->seq >> 32));
-        memcpy(s + 8, ops[i].data + 8, 4084);
-        vh_put_le32(s + 4092, (uint32_t)p->seq);
+        memcpy(s + VHDX_LOGS_SIG_OFF, "data", 4);
+        vh_put_le32(s + VHDX_LOGS_SEQ_HIGH_OFF, (uint32_t)(p->seq >> 32));
+        memcpy(s + VHDX_LOGS_DATA_OFF, ops[i].data + VHDX_LOGS_DATA_OFF, VHDX_LOGS_DATA_LEN);
+        vh_put_le32(s + VHDX_LOGS_SEQ_LOW_OFF, (uint32_t)p->seq);
     }
-    vh_put_le32(e + 4, vh_crc32c(e, total));
+    vh_put_le32(e + VHDX_LOGE_CRC_OFF, vh_crc32c(e, total));
     *out = e;
     *out_len = (uint32_t)total;
     return 0;

@@ -198,9 +198,9 @@ static int tx_commit(vh_disk *d, vhdx_tx *tx, GError **err)
 static int tx_set_bat(vh_disk *d, vhdx_tx *tx, uint64_t idx, uint64_t entry, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
-    uint8_t b[8];
+    uint8_t b[VHDX_BAT_ENTRY_SIZE];
     vh_put_le64(b, entry);
-    return tx_patch(d, tx, x->bat_off + 8 * idx, b, sizeof b, err);
+    return tx_patch(d, tx, x->bat_off + VHDX_BAT_ENTRY_SIZE * idx, b, sizeof b, err);
 }
 
 /* Sectors of block blk that lie inside the virtual disk. */
@@ -473,13 +473,14 @@ int vhdx_set_parent_link(vh_disk *d, const vh_link_update *u, GError **err)
         return r;
     vhdx_tx tx;
     tx_init(&tx);
-    uint8_t ent[8];
+    /* the locator's entry: offset and length, side by side */
+    uint8_t ent[VHDX_MDE_FLAGS_OFF - VHDX_MDE_OFFSET_OFF];
     vh_put_le32(ent, offset);
-    vh_put_le32(ent + 4, len);
+    vh_put_le32(ent + (VHDX_MDE_LENGTH_OFF - VHDX_MDE_OFFSET_OFF), len);
+    uint64_t entry = VHDX_MD_HDR_SIZE + VHDX_MD_ENTRY_SIZE * (uint64_t)x->loc_index;
     r = tx_patch(d, &tx, x->md_off + offset, item, len, err);
     if (r == 0)
-        r = tx_patch(d, &tx, x->md_off + 32 + 32 * (uint64_t)x->loc_index + 16, ent, sizeof ent,
-                     err);
+        r = tx_patch(d, &tx, x->md_off + entry + VHDX_MDE_OFFSET_OFF, ent, sizeof ent, err);
     if (r == 0)
         r = tx_commit(d, &tx, err);
     tx_clear(&tx);

@@ -14,14 +14,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mount_faults import NKIDS, build, link_of  # noqa: E402
-from mounttest import Mount, check, content, getx, require_fuse  # noqa: E402
+from mount_faults import NKIDS, check_healed_at_last, link_of, setup, try_read  # noqa: E402
+from mounttest import Mount, check, getx, run_in_root  # noqa: E402
 
 TOOLS = ("nbdkit", "nbdfuse", "losetup", "mkfs.ext4", "mount", "umount")
 
@@ -109,14 +106,7 @@ class FailingDisk:
 
 
 def run(root):
-    src = os.path.join(root, "src")
-    store = os.path.join(root, "store")
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
-    build(src)
-    base_ref = content(os.path.join(src, "lib/base.vhd"))
-    lost_ref = content(os.path.join(src, "lost/away/p.vhd"))
+    src, store, mnt, S, M, base_ref, lost_ref = setup(root)
     disk = FailingDisk(root, store)
     mt = None
     try:
@@ -139,12 +129,7 @@ def run(root):
         check(mt.alive(), "the daemon died on a failing disk")
         evict(store)
         disk.errors(True)
-        try:
-            with open(M("h.vhd"), "rb") as f:
-                f.read(512)
-            opened = True
-        except OSError as e:
-            opened = e
+        opened = try_read(M("h.vhd"))
         print(f"open and read of h.vhd on a failing disk: {opened!r}", flush=True)
         st, err = getx(M("h.vhd"), "user.vhd.status")
         print(f"h.vhd status on a failing disk: {st!r} (errno {err})", flush=True)
@@ -159,16 +144,7 @@ def run(root):
               "the log does not say that a heal failed")
 
         disk.errors(False)
-        for k in range(NKIDS):
-            with open(M(f"deep/vms/c{k}.vhd"), "rb") as f:
-                f.read(512)
-        with open(M("h.vhd"), "rb") as f:
-            f.read(512)
-        for k in range(NKIDS):
-            link = link_of(S(f"deep/vms/c{k}.vhd"))
-            check(link in (new, ".\\" + new), f"c{k} not relinked once the disk worked: {link!r}")
-            check(content(S(f"deep/vms/c{k}.vhd"), store) == base_ref, f"c{k}: content")
-        check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
+        check_healed_at_last(store, mnt, base_ref, lost_ref, "the disk worked")
         st, _ = getx(M("h.vhd"), "user.vhd.status")
         check(st is not None and st.startswith("healed"), f"h.vhd status at the end: {st!r}")
         check(mt.alive(), "the daemon died")
@@ -179,16 +155,7 @@ def run(root):
 
 
 def main():
-    require_fuse()
-    need_tools()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-eio-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
-    vhdtest.finish("mount_eio")
+    run_in_root("mount_eio", run, needs=need_tools)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
 from mounttest import (Mount, check, content, fill, getx, locators, pattern,  # noqa: E402
-                       require_fuse, vhdheal)
+                       require_root, run_in_root, vhdheal)
 
 NKIDS = 8
 
@@ -47,6 +44,46 @@ def link_of(path):
     return locs.get("W2ru") or locs.get("relative_path")
 
 
+def check_healed_at_last(store, mnt, base_ref, lost_ref, when):
+    """Once the store works again ("when"), opening each child and h.vhd through the mount
+    relinks what was left, and every chain reads as built: the children base_ref, h.vhd
+    lost_ref."""
+    S = lambda r: os.path.join(store, r)  # noqa: E731
+    new = "..\\..\\lib\\base.vhd"
+    for k in range(NKIDS):
+        with open(os.path.join(mnt, f"deep/vms/c{k}.vhd"), "rb") as f:
+            f.read(512)
+    with open(os.path.join(mnt, "h.vhd"), "rb") as f:
+        f.read(512)
+    for k in range(NKIDS):
+        link = link_of(S(f"deep/vms/c{k}.vhd"))
+        check(link in (new, ".\\" + new), f"c{k} not relinked once {when}: {link!r}")
+        check(content(S(f"deep/vms/c{k}.vhd"), store) == base_ref, f"c{k}: content")
+    check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
+
+
+def try_read(path):
+    """Opens path and reads its first sector: True, or the OSError it failed with."""
+    try:
+        with open(path, "rb") as f:
+            f.read(512)
+        return True
+    except OSError as e:
+        return e
+
+
+def setup(root):
+    """The fault tests' layout: the store built in ROOT/src (to copy to ROOT/store), ROOT/mnt,
+    path makers S and M, and what the children and h.vhd read (base_ref, lost_ref)."""
+    src = os.path.join(root, "src")
+    store = os.path.join(root, "store")
+    mnt = os.path.join(root, "mnt")
+    build(src)
+    return (src, store, mnt, lambda r: os.path.join(store, r), lambda r: os.path.join(mnt, r),
+            content(os.path.join(src, "lib/base.vhd")),
+            content(os.path.join(src, "lost/away/p.vhd")))
+
+
 def build(src):
     S = lambda r: os.path.join(src, r)  # noqa: E731
     os.makedirs(S("lib"))
@@ -69,14 +106,7 @@ def build(src):
 
 
 def run(root):
-    src = os.path.join(root, "src")
-    store = os.path.join(root, "store")
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
-    build(src)
-    base_ref = content(os.path.join(src, "lib/base.vhd"))
-    lost_ref = content(os.path.join(src, "lost/away/p.vhd"))
+    src, store, mnt, S, M, base_ref, lost_ref = setup(root)
     os.makedirs(store)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "vh-faults", store],
                    check=True)
@@ -99,12 +129,7 @@ def run(root):
             check(st is not None and (st.startswith("healed") or "not healed" in st),
                   f"relink on a full store: c{k} status {st!r} (errno {err})")
         # heal on open: the open succeeds, the status says what happened
-        try:
-            with open(M("h.vhd"), "rb") as f:
-                f.read(512)
-            opened = True
-        except OSError as e:
-            opened = e
+        opened = try_read(M("h.vhd"))
         check(opened is True, f"open of a child on a full store failed: {opened!r}")
         st, _ = getx(M("h.vhd"), "user.vhd.status")
         check(st is not None and (st.startswith("healed") or "not healed" in st),
@@ -134,16 +159,7 @@ def run(root):
         while os.statvfs(store).f_bavail == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         check(os.statvfs(store).f_bavail > 0, "no space came back after the filler was removed")
-        for k in range(NKIDS):
-            with open(M(f"deep/vms/c{k}.vhd"), "rb") as f:
-                f.read(512)
-        with open(M("h.vhd"), "rb") as f:
-            f.read(512)
-        for k in range(NKIDS):
-            link = link_of(S(f"deep/vms/c{k}.vhd"))
-            check(link in (new, ".\\" + new), f"c{k} not relinked once space was back: {link!r}")
-            check(content(S(f"deep/vms/c{k}.vhd"), store) == base_ref, f"c{k}: content")
-        check(content(S("h.vhd"), store) == lost_ref, "h.vhd: content")
+        check_healed_at_last(store, mnt, base_ref, lost_ref, "space was back")
         p = vhdheal("check", store, ok=False)
         check(p.returncode == 0, f"check after the faults: {p.stdout.decode(errors='replace')}")
         check(mt.alive(), "the daemon died")
@@ -155,21 +171,7 @@ def run(root):
 
 
 def main():
-    require_fuse()
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            print("FAIL: mounting a tmpfs needs root (CI is set)")
-            sys.exit(1)
-        print("SKIP: mounting a tmpfs needs root")
-        sys.exit(77)
-    with tempfile.TemporaryDirectory(prefix="vh-mount-faults-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        try:
-            run(root)
-        except Exception as ex:
-            traceback.print_exc()
-            check(False, repr(ex))
-    vhdtest.finish("mount_faults")
+    run_in_root("mount_faults", run, needs=lambda: require_root("mounting a tmpfs"))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ import errno
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mounttest import Mount, check, child, content, create, fill, require_fuse  # noqa: E402
+from mounttest import Mount, check, child, content, create, fill, run_in_root  # noqa: E402
 
 NFILES = 100_000
 LIMIT = 20_000
@@ -161,17 +159,17 @@ def run_handles(root):
         mt.stop()
 
 
+def run_both(root):
+    for part in (run, run_handles):
+        try:
+            part(root)
+        except Exception as ex:
+            traceback.print_exc()
+            check(False, f"{part.__name__}: {ex!r}")
+
+
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-fds-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for part in (run, run_handles):
-            try:
-                part(root)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{part.__name__}: {ex!r}")
-    vhdtest.finish("mount_fds")
+    run_in_root("mount_fds", run_both)
 
 
 if __name__ == "__main__":

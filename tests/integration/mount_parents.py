@@ -10,13 +10,10 @@ import errno
 import os
 import shutil
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, content, create, ext, fill, pattern,  # noqa: E402
-                       require_fuse, sha, vhdheal)
+from mounttest import (Mount, check, child, content, create, ext, fill,  # noqa: E402
+                       format_paths, pattern, run_formats, sha, vhdheal)
 
 
 def errno_of(fn):
@@ -43,10 +40,7 @@ def open_close(path, mode):
 
 def run_format(root, fmt):
     e, a = ext(fmt), ext(fmt, True)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"lib/base.{e}"), fmt)
     fill(S(f"lib/base.{e}"), 1)
     child(S(f"vm1/c1.{a}"), S(f"lib/base.{e}"))
@@ -124,16 +118,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-parents-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_parents")
+    run_formats("mount_parents", run_format)
 
 
 if __name__ == "__main__":

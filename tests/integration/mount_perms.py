@@ -15,8 +15,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, create, errno, ext, getx,  # noqa: E402
-                       parent_id_on_disk, require_fuse, sha)
+from mounttest import (Mount, check, child, create, errno, ext, format_paths, getx,  # noqa: E402
+                       parent_id_on_disk, require_fuse, require_root, sha)
 
 USER = "vhtest%d" % os.getpid()
 
@@ -30,10 +30,7 @@ def as_user(*args):
 
 def run_format(root, fmt, uid, gid):
     e, a = ext(fmt), ext(fmt, True)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"vm/base.{e}"), fmt)
     for name in ("root", "mine", "opened"):
         child(S(f"vm/{name}.{a}"), S(f"vm/base.{e}"))
@@ -81,12 +78,7 @@ def run_format(root, fmt, uid, gid):
 
 def main():
     require_fuse()
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            print("FAIL: mount_perms needs root (CI is set)")
-            sys.exit(1)
-        print("SKIP: mount_perms needs root")
-        sys.exit(77)
+    require_root("mount_perms")
     subprocess.run(["useradd", "--no-create-home", "--user-group", USER], check=True)
     try:
         uid, gid = pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid

@@ -9,23 +9,17 @@ calls the store healthy and a few children read their true content. No timing is
 import os
 import subprocess
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vhdtest  # noqa: E402
-from mounttest import (Mount, check, content, create, ext, fill, locators,  # noqa: E402
-                       require_fuse, vhdheal)
+from mounttest import (Mount, check, content, create, ext, fill, format_paths,  # noqa: E402
+                       locators, run_formats, vhdheal)
 
 N = 100
 
 
 def run_format(root, fmt):
     e = ext(fmt)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"lib/base.{e}"), fmt)
     fill(S(f"lib/base.{e}"), 1)
     os.makedirs(S("vms"))
@@ -65,16 +59,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-relink-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_relink_scale")
+    run_formats("mount_relink_scale", run_format)
 
 
 if __name__ == "__main__":

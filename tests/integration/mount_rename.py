@@ -9,14 +9,12 @@ import ctypes
 import os
 import subprocess
 import sys
-import tempfile
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (Mount, check, child, content, create, ext, fill, locators,  # noqa: E402
-                       parent_id_on_disk, require_fuse, sha)
+from mounttest import (Mount, check, child, content, create, ext, fill,  # noqa: E402
+                       format_paths, locators, parent_id_on_disk, run_formats, sha)
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -39,10 +37,7 @@ def points_at(tag, store, child_path, parent_path):
 
 def run_format(root, fmt):
     e, a = ext(fmt), ext(fmt, True)
-    store = os.path.join(root, "store-" + fmt)
-    mnt = os.path.join(root, "mnt")
-    S = lambda r: os.path.join(store, r)  # noqa: E731
-    M = lambda r: os.path.join(mnt, r)  # noqa: E731
+    store, mnt, S, M = format_paths(root, fmt)
     create(S(f"vm/base.{e}"), fmt)
     fill(S(f"vm/base.{e}"), 1)
     child(S(f"vm/c1.{a}"), S(f"vm/base.{e}"))
@@ -107,16 +102,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-rename-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_rename")
+    run_formats("mount_rename", run_format)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
 from mounttest import (Mount, check, child, create, expected, fill, locators,  # noqa: E402
-                       parent_id_on_disk, require_fuse, sha)
+                       parent_id_on_disk, require_fuse, require_root, sha)
 
 ALICE = "vhalice%d" % os.getpid()
 BOB = "vhbob%d" % os.getpid()
@@ -356,12 +356,7 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "open":
         return opener(*sys.argv[2:])
     require_fuse()
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            print("FAIL: mount_users needs root (CI is set)")
-            sys.exit(1)
-        print("SKIP: mount_users needs root")
-        sys.exit(77)
+    require_root("mount_users")
     if os.environ.get("CI") and RACE_SECONDS < 30:
         check(False, "VH_RACE_SECONDS below 30 under CI")
     for u in (ALICE, BOB):

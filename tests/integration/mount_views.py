@@ -21,7 +21,6 @@ Each mount is waited for with a deadline that fails if the daemon died, unmounte
 import concurrent.futures
 import errno
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -33,51 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhdtest as t  # noqa: E402
+from mounttest import Mount, require_fuse  # noqa: E402
 
-VHDHEALFS = os.environ.get("VHDHEALFS", "")
 MIB = 1 << 20
-
-
-class Mount:
-    """vhdhealfs -f on STORE at MNT; stop() unmounts and checks the daemon's exit and log."""
-
-    def __init__(self, store, mnt, log, *opts):
-        self.mnt = mnt
-        self.log = log
-        self.logf = open(log, "ab")
-        self.proc = subprocess.Popen([VHDHEALFS, "-f", *opts, store, mnt], stderr=self.logf,
-                                     stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while not mounted(mnt):
-            if self.proc.poll() is not None:
-                self.logf.close()
-                raise RuntimeError(f"the daemon died before mounting (status "
-                                   f"{self.proc.returncode}):\n{tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("no mount after 20 s")
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc is None:
-            return
-        subprocess.run(["fusermount3", "-u", self.mnt], check=False)
-        if mounted(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", self.mnt], check=False)
-        try:
-            rc = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.proc = None
-        self.logf.close()
-        t.check(rc == 0, f"the daemon exited with status {rc} after unmount:\n{tail(self.log)}")
-        text = open(self.log, errors="replace").read()
-        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "forget of"):
-            t.check(bad not in text, f"the daemon log shows '{bad}':\n{tail(self.log)}")
-
-
-def mounted(path):
-    return subprocess.run(["mountpoint", "-q", path]).returncode == 0
 
 
 def tail(path, n=30):
@@ -595,13 +552,8 @@ def check_huge_raw_memory(store, mnt, pid):
 
 
 def main():
-    if not os.path.exists("/dev/fuse"):
-        if os.environ.get("CI"):
-            print("FAIL: /dev/fuse is missing (CI is set)")
-            sys.exit(1)
-        print("SKIP: /dev/fuse is missing")
-        sys.exit(77)
-    for tool in ("fusermount3", "mountpoint", "mkfs.ext4", "debugfs", "e2fsck", "setpriv"):
+    require_fuse()
+    for tool in ("mkfs.ext4", "debugfs", "e2fsck", "setpriv"):
         if not shutil.which(tool):
             print(f"FAIL: {tool} is missing")
             sys.exit(1)
@@ -627,7 +579,7 @@ def main():
 
         print("== views of a mounted store")
         # heal=off: the links are opened through the mount too, and only the views are tested
-        m = Mount(store, mnt, log, "-o", "heal=off")
+        m = Mount(store, mnt, log, "heal=off")
         check_root_listing(mnt)
         check_raw_tree(mnt, all_disks)
         check_raw_contents(store, mnt, chains, sizes, repaired)
@@ -645,7 +597,7 @@ def main():
         t.check(sha_tree(store) == before, "the store is byte-for-byte unchanged by the views")
 
         print("== a change through the mount shows in @raw at once")
-        m = Mount(store, mnt, log, "-o", "heal=off")
+        m = Mount(store, mnt, log, "heal=off")
         top = "vhdx/vm1/top.avhdx"
         old = read_file(raw_path(mnt, top))
         t.vhdheal("write", "--store", mnt, os.path.join(mnt, top), 3 * MIB,
@@ -675,7 +627,7 @@ def main():
         t.vhdheal("write", os.path.join(coh, "base.vhd"), 0, input=rng.randbytes(8 * MIB))
         t.vhdheal("create", "--parent", os.path.join(coh, "base.vhd"), os.path.join(coh, "top.vhd"))
         t.vhdheal("write", os.path.join(coh, "top.vhd"), 0, input=rng.randbytes(MIB))
-        m = Mount(store, mnt, log, "-o", "heal=off,allow_parent_writes")
+        m = Mount(store, mnt, log, "heal=off,allow_parent_writes")
         check_held_open_raw(store, mnt)
         check_direct_changes(store, mnt)
         check_huge_raw_memory(store, mnt, m.proc.pid)
@@ -698,13 +650,13 @@ def main():
         shutil.rmtree(os.path.join(store, "@raw"))
 
         print("== views=off")
-        m = Mount(store, mnt, log, "-o", "views=off")
+        m = Mount(store, mnt, log, "views=off")
         names = os.listdir(mnt)
         t.check("@raw" not in names and "@chains" not in names, f"views=off: {names}")
         t.check(not os.path.exists(os.path.join(mnt, "@raw")), "views=off: no @raw by lookup")
         m.stop()
     finally:
-        if m is not None and m.proc is not None:
+        if m is not None:
             m.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     t.finish("mount_views")

@@ -14,14 +14,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
 from mounttest import (Mount, check, child, content, create, errno, ext, fill, getx,  # noqa
-                       getx_raw, locators, parent_id_on_disk, require_fuse, setx, sha)
+                       getx_raw, locators, parent_id_on_disk, run_formats, setx, sha)
 
 READABLE = ["user.vhd.format", "user.vhd.type", "user.vhd.size", "user.vhd.id",
             "user.vhd.chain", "user.vhd.status", "user.xdg.comment"]
@@ -289,16 +288,7 @@ def run_format(root, fmt):
 
 
 def main():
-    require_fuse()
-    with tempfile.TemporaryDirectory(prefix="vh-mount-xattr-") as root:
-        os.makedirs(os.path.join(root, "mnt"))
-        for fmt in ("vhd", "vhdx"):
-            try:
-                run_format(root, fmt)
-            except Exception as ex:
-                traceback.print_exc()
-                check(False, f"{fmt}: {ex!r}")
-    vhdtest.finish("mount_xattr")
+    run_formats("mount_xattr", run_format)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 
 import vhdtest
 from vhdtest import check, run, vhdheal
@@ -36,6 +38,48 @@ def require_fuse():
     if not VHDHEALFS:
         print("FAIL: VHDHEALFS is not set")
         sys.exit(1)
+
+
+def run_in_root(name, body, formats=None, needs=None):
+    """The main of a mount test: FUSE required (then needs(), if given, for the test's own
+    requirements), one temporary root with an empty mnt/, body(root) once or, with formats,
+    body(root, fmt) per format; a run that raises fails the test and the next format still runs;
+    then vhdtest.finish(name)."""
+    require_fuse()
+    if needs:
+        needs()
+    with tempfile.TemporaryDirectory(prefix=f"vh-{name.replace('_', '-')}-") as root:
+        os.makedirs(os.path.join(root, "mnt"))
+        for fmt in formats or (None,):
+            try:
+                body(root) if fmt is None else body(root, fmt)
+            except Exception as ex:
+                traceback.print_exc()
+                check(False, repr(ex) if fmt is None else f"{fmt}: {ex!r}")
+    vhdtest.finish(name)
+
+
+def require_root(what):
+    """Exits 77 (skip) unless root, or fails under CI: what needs root says why."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            print(f"FAIL: {what} needs root (CI is set)")
+            sys.exit(1)
+        print(f"SKIP: {what} needs root")
+        sys.exit(77)
+
+
+def format_paths(root, fmt):
+    """A per-format run's store (ROOT/store-FMT) and mount point (ROOT/mnt), and S(rel), M(rel):
+    paths in them."""
+    store = os.path.join(root, "store-" + fmt)
+    mnt = os.path.join(root, "mnt")
+    return store, mnt, lambda r: os.path.join(store, r), lambda r: os.path.join(mnt, r)
+
+
+def run_formats(name, run_format, formats=("vhd", "vhdx")):
+    """run_in_root with run_format(root, fmt) for each format."""
+    run_in_root(name, run_format, formats)
 
 
 class Mount:
@@ -66,8 +110,13 @@ class Mount:
         return self.proc.poll() is None
 
     def stop(self):
-        """Unmounts; the daemon must exit 0 with a clean log."""
+        """Unmounts (lazily if the mount is busy); the daemon must exit 0 with a clean log. A
+        second stop does nothing."""
+        if self.logf.closed:
+            return
         subprocess.run(["fusermount3", "-u", self.mnt], check=False)
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], check=False)
         try:
             rc = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -213,22 +213,22 @@ def vhdx_set_locator(path, kv):
         f.write(buf)
 
 
-def vhdx_set_u32_item(path, guid, value):
+def _vhdx_set_item(path, guid, fmt, value):
     buf = _vhdx(path)
     items, _ = _vhdx_items(buf)
     off, _, _ = items[guid]
-    buf[off:off + 4] = struct.pack('<I', value)
+    data = struct.pack(fmt, value)
+    buf[off:off + len(data)] = data
     with open(path, 'wb') as f:
         f.write(buf)
+
+
+def vhdx_set_u32_item(path, guid, value):
+    _vhdx_set_item(path, guid, '<I', value)
 
 
 def vhdx_set_size(path, size):
-    buf = _vhdx(path)
-    items, _ = _vhdx_items(buf)
-    off, _, _ = items[ITEM_DISK_SIZE]
-    buf[off:off + 8] = struct.pack('<Q', size)
-    with open(path, 'wb') as f:
-        f.write(buf)
+    _vhdx_set_item(path, ITEM_DISK_SIZE, '<Q', size)
 
 
 def vhdx_break_headers(path):

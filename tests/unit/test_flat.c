@@ -39,6 +39,14 @@ static char *path_in(fixture *fx, const char *rel)
     return g_build_filename(fx->dir, rel, NULL);
 }
 
+static void random_bytes(uint8_t *buf, size_t len, guint32 seed)
+{
+    GRand *r = g_rand_new_with_seed(seed);
+    for (size_t k = 0; k < len; k++)
+        buf[k] = (uint8_t)g_rand_int(r);
+    g_rand_free(r);
+}
+
 /* Writes len pseudo-random bytes (seeded) at off into the disk at store-relative rel. */
 static void write_random(fixture *fx, const char *rel, uint64_t off, size_t len, guint32 seed)
 {
@@ -46,10 +54,7 @@ static void write_random(fixture *fx, const char *rel, uint64_t off, size_t len,
     g_autoptr(vh_disk) d = NULL;
     g_autoptr(GError) err = NULL;
     g_autofree uint8_t *buf = g_malloc(len);
-    GRand *r = g_rand_new_with_seed(seed);
-    for (size_t k = 0; k < len; k++)
-        buf[k] = (uint8_t)g_rand_int(r);
-    g_rand_free(r);
+    random_bytes(buf, len, seed);
     if (vh_disk_open(p, VH_OPEN_WRITE, &d, &err) < 0 || vh_disk_write(d, buf, off, len, &err) < 0 ||
         vh_disk_flush(d, &err) < 0)
         fail_msg("%s", err->message);
@@ -158,6 +163,31 @@ static uint8_t *reference(fixture *fx, const char *rel)
     return buf;
 }
 
+/* The top of the fixture's chain opened flat, with what it must read. */
+typedef struct {
+    char *top;
+    vh_chain *c;
+    uint8_t *ref; /* reference(): the whole virtual disk */
+    vh_flat *f;
+} flat_top;
+
+static void flat_top_clear(flat_top *t)
+{
+    g_clear_pointer(&t->f, vh_flat_unref);
+    g_clear_pointer(&t->ref, g_free);
+    g_clear_pointer(&t->c, vh_chain_free);
+    g_clear_pointer(&t->top, g_free);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(flat_top, flat_top_clear)
+
+static void open_flat_top(fixture *fx, flat_top *t)
+{
+    t->top = top_rel(fx);
+    t->c = chain_of(fx, t->top);
+    t->ref = reference(fx, t->top);
+    assert_int_equal(vh_flat_open(fx->store, t->c, &t->f, NULL), 0);
+}
+
 static GHashTable *snapshot(fixture *fx)
 {
     GHashTable *h = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
@@ -178,13 +208,13 @@ static GHashTable *snapshot(fixture *fx)
 static void reads_equal_the_chain(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
     g_autoptr(GHashTable) before = snapshot(fx);
-    g_autoptr(vh_flat) f = NULL;
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
+    const char *top = t.top;
     g_autoptr(GError) err = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, &err), 0);
     assert_int_equal(vh_flat_size(f), VSIZE);
     assert_int_equal(vh_flat_depth(f), 3);
     assert_string_equal(vh_flat_member(f, 0), top);
@@ -240,11 +270,10 @@ static gpointer reader(gpointer p)
 static void concurrent_readers_agree(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
-    g_autoptr(vh_flat) f = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
     reader_arg args[4];
     GThread *th[4];
     for (int k = 0; k < 4; k++) {
@@ -260,11 +289,10 @@ static void concurrent_readers_agree(void **state)
 static void seek_finds_data_and_holes(void **state)
 {
     fixture *fx = *state;
-    g_autofree char *top = top_rel(fx);
-    g_autoptr(vh_chain) c = chain_of(fx, top);
-    g_autofree uint8_t *ref = reference(fx, top);
-    g_autoptr(vh_flat) f = NULL;
-    assert_int_equal(vh_flat_open(fx->store, c, &f, NULL), 0);
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    vh_flat *f = t.f;
+    const uint8_t *ref = t.ref;
     uint64_t off = 0, data, hole;
     int holes = 0;
     /* every byte outside the data ranges reads as zeros, and the ranges cover what was written */
@@ -428,6 +456,40 @@ static vh_flat *open_flat(vh_store *store, vh_resolver *r, const char *rel)
     return f;
 }
 
+#define RUN_LEN 70000
+
+/* RUN_LEN random bytes at each of offs (seeds seed, seed + 1, ...) into dir/rel. */
+static void write_runs(const char *dir, vh_format fmt, const char *rel, const uint64_t *offs,
+                       guint n, guint32 seed)
+{
+    fixture fx = {.format = fmt, .dir = (char *)dir};
+    for (guint k = 0; k < n; k++)
+        write_random(&fx, rel, offs[k], RUN_LEN, seed + k);
+}
+
+/* f reads what write_runs wrote. */
+static void expect_runs(vh_flat *f, const uint64_t *offs, guint n, guint32 seed)
+{
+    g_autofree uint8_t *buf = g_malloc(RUN_LEN), *want = g_malloc(RUN_LEN);
+    for (guint k = 0; k < n; k++) {
+        random_bytes(want, RUN_LEN, seed + k);
+        assert_int_equal(vh_flat_read(f, buf, offs[k], RUN_LEN, NULL), 0);
+        assert_memory_equal(buf, want, RUN_LEN);
+    }
+}
+
+/* A store on dir and its resolver, the table cache bounded to limit bytes (*old: the bound
+ * before, to restore). */
+static vh_resolver *paged_resolver(const char *dir, size_t limit, size_t *old, vh_store **store)
+{
+    *old = vh_tcache_limit();
+    vh_tcache_set_limit(limit);
+    *store = vh_store_new(dir, NULL);
+    assert_non_null(*store);
+    vh_resolve_opts ro = {0};
+    return vh_resolver_new(*store, &ro);
+}
+
 /* A large BAT is read by pages through the shared, bounded table cache: five readers of a
  * 64 TiB disk cost no memory in proportion to its size, reads find data in any page, and a
  * bad entry is reported by the read that needs it. */
@@ -448,15 +510,11 @@ static void large_block_tables_are_paged(void **state)
     if (vh_disk_create(big, &o, &err) < 0)
         fail_msg("%s", err->message);
     const uint64_t offs[] = {0, (UINT64_C(33) << 30) + 5, (UINT64_C(63) << 30) + 4096};
-    fixture fx = {.format = VH_FORMAT_VHDX, .dir = dir};
-    for (guint k = 0; k < G_N_ELEMENTS(offs); k++)
-        write_random(&fx, "big.vhdx", offs[k], 70000, 20 + k);
+    write_runs(dir, VH_FORMAT_VHDX, "big.vhdx", offs, G_N_ELEMENTS(offs), 20);
 
-    size_t old_limit = vh_tcache_limit();
-    vh_tcache_set_limit(200 * 1024); /* three pages */
-    g_autoptr(vh_store) store = vh_store_new(dir, NULL);
-    vh_resolve_opts ro = {0};
-    vh_resolver *r = vh_resolver_new(store, &ro);
+    size_t old_limit;
+    g_autoptr(vh_store) store = NULL;
+    vh_resolver *r = paged_resolver(dir, 200 * 1024, &old_limit, &store); /* three pages */
     long rss0 = rss_kib();
     vh_flat *readers[5];
     g_autofree uint8_t *buf = g_malloc(70000);
@@ -478,14 +536,7 @@ static void large_block_tables_are_paged(void **state)
         vh_flat_unref(readers[k]);
 
     vh_flat *f = open_flat(store, r, "big.vhdx");
-    for (guint k = 0; k < G_N_ELEMENTS(offs); k++) {
-        GRand *g = g_rand_new_with_seed(20 + k);
-        for (size_t i = 0; i < 70000; i++)
-            zero[i] = (uint8_t)g_rand_int(g);
-        g_rand_free(g);
-        assert_int_equal(vh_flat_read(f, buf, offs[k], 70000, NULL), 0);
-        assert_memory_equal(buf, zero, 70000);
-    }
+    expect_runs(f, offs, G_N_ELEMENTS(offs), 20);
     assert_true(vh_tcache_bytes() <= vh_tcache_limit());
     vh_flat_unref(f);
 
@@ -522,26 +573,15 @@ static void large_vhd_tables_are_paged(void **state)
     if (vh_disk_create(big, &o, &err) < 0)
         fail_msg("%s", err->message);
     const uint64_t offs[] = {512, (UINT64_C(150) << 30) + 4096, (UINT64_C(200) << 30) - 70000};
-    fixture fx = {.format = VH_FORMAT_VHD, .dir = dir};
-    for (guint k = 0; k < G_N_ELEMENTS(offs); k++)
-        write_random(&fx, "big.vhd", offs[k], 70000, 40 + k);
-    size_t old_limit = vh_tcache_limit();
-    vh_tcache_set_limit(150 * 1024); /* two pages */
-    g_autoptr(vh_store) store = vh_store_new(dir, NULL);
-    vh_resolve_opts ro = {0};
-    vh_resolver *r = vh_resolver_new(store, &ro);
+    write_runs(dir, VH_FORMAT_VHD, "big.vhd", offs, G_N_ELEMENTS(offs), 40);
+    size_t old_limit;
+    g_autoptr(vh_store) store = NULL;
+    vh_resolver *r = paged_resolver(dir, 150 * 1024, &old_limit, &store); /* two pages */
     guint64 loads = vh_tcache_loads();
     vh_flat *f = open_flat(store, r, "big.vhd");
     assert_int_equal(vh_tcache_loads(), loads);
-    g_autofree uint8_t *buf = g_malloc(70000), *want = g_malloc(70000);
-    for (guint k = 0; k < G_N_ELEMENTS(offs); k++) {
-        GRand *g = g_rand_new_with_seed(40 + k);
-        for (size_t i = 0; i < 70000; i++)
-            want[i] = (uint8_t)g_rand_int(g);
-        g_rand_free(g);
-        assert_int_equal(vh_flat_read(f, buf, offs[k], 70000, NULL), 0);
-        assert_memory_equal(buf, want, 70000);
-    }
+    expect_runs(f, offs, G_N_ELEMENTS(offs), 40);
+    g_autofree uint8_t *buf = g_malloc(4096);
     assert_true(vh_tcache_loads() > loads);
     assert_true(vh_tcache_bytes() <= vh_tcache_limit());
     vh_flat_unref(f);

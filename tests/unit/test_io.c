@@ -11,10 +11,12 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tmpfix.h"
@@ -171,6 +173,52 @@ static void open_beneath_stays_beneath(void **state)
     alarm(0);
 }
 
+/* vh_write_full: all of it at an offset (pwrite), all of it down a pipe (off < 0: write, which
+ * a pipe cannot pwrite), and -errno with the count written for a pipe nobody reads. */
+static void write_full_writes_everything(void **state)
+{
+    alarm(10);
+    g_autofree char *path = tpath("w.bin");
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    assert_true(fd >= 0);
+    uint8_t buf[8192];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t)(i * 7);
+    size_t done = 0;
+    assert_int_equal(vh_write_full(fd, buf, sizeof buf, 4096, &done), 0);
+    assert_int_equal(done, sizeof buf);
+    uint8_t back[sizeof buf];
+    assert_int_equal(vh_read_full(fd, back, sizeof back, 4096), (ssize_t)sizeof back);
+    assert_memory_equal(back, buf, sizeof buf);
+    close(fd);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    /* a pipe of one page, read by a child while 8 KiB go in */
+    assert_true(fcntl(p[1], F_SETPIPE_SZ, 4096) >= 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[1]);
+        uint8_t in[sizeof buf];
+        ssize_t n = vh_read_full(p[0], in, sizeof in, -1);
+        _exit(n == (ssize_t)sizeof in && memcmp(in, buf, sizeof in) == 0 ? 0 : 1);
+    }
+    close(p[0]);
+    assert_int_equal(vh_write_full(p[1], buf, sizeof buf, -1, NULL), 0);
+    close(p[1]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    assert_int_equal(pipe(p), 0);
+    close(p[0]);
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(vh_write_full(p[1], buf, sizeof buf, -1, &done), -EPIPE);
+    assert_int_equal(done, 0);
+    close(p[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +226,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(open_refuses_what_is_not_a_regular_file, tmp_setup,
                                         tmp_teardown),
         cmocka_unit_test_setup_teardown(open_beneath_stays_beneath, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(write_full_writes_everything, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,16 +93,29 @@ static const vh_locator_try *try_at(const vh_link *l, guint k)
     return l->tries->pdata[k];
 }
 
+static void expect_try(const vh_link *l, guint k, vh_locator_kind kind, vh_verdict result)
+{
+    assert_int_equal(try_at(l, k)->kind, kind);
+    assert_int_equal(try_at(l, k)->result, result);
+}
+
+/* Opens the store (winroot, default depth) and resolves rel's link, which must be ok to parent. */
+static vh_link *link_ok(fixture *f, const char *winroot, const char *rel, const char *parent)
+{
+    open_store(f, winroot, 0);
+    vh_link *l = link_of(f, rel);
+    assert_int_equal(l->verdict, VH_VERDICT_OK);
+    assert_string_equal(l->parent, parent);
+    return l;
+}
+
 static void ok_by_relative_locator(void **state)
 {
     fixture *f = *state;
     base(f, "vm/base.vhdx", "vhdx", ID_BASE, MIB);
     diff(f, "vm/top.avhdx", "vhdx", ID_TOP, ID_BASE,
          "loc=relative_path|.\\base.vhdx\nloc=absolute_win32_path|D:\\VMs\\vm\\base.vhdx");
-    open_store(f, NULL, 0);
-    g_autoptr(vh_link) l = link_of(f, "vm/top.avhdx");
-    assert_int_equal(l->verdict, VH_VERDICT_OK);
-    assert_string_equal(l->parent, "vm/base.vhdx");
+    g_autoptr(vh_link) l = link_ok(f, NULL, "vm/top.avhdx", "vm/base.vhdx");
     assert_int_equal(l->via, 0);
     assert_false(l->stale);
     assert_null(l->heal_target);
@@ -120,18 +133,12 @@ static void locator_order_vhdx(void **state)
     diff(f, "vm/top.avhdx", "vhdx", ID_TOP, ID_BASE,
          "loc=absolute_win32_path|D:\\VMs\\vm\\base.vhdx\nloc=relative_path|.\\old\\base.vhdx\n"
          "loc=volume_path|\\\\?\\Volume{0eba351e-5634-46d6-a8cf-4ddc2d6ac0b9}\\nowhere\\x.vhdx");
-    open_store(f, NULL, 0);
-    g_autoptr(vh_link) l = link_of(f, "vm/top.avhdx");
-    assert_int_equal(l->verdict, VH_VERDICT_OK);
-    assert_string_equal(l->parent, "vm/base.vhdx");
+    g_autoptr(vh_link) l = link_ok(f, NULL, "vm/top.avhdx", "vm/base.vhdx");
     assert_true(l->stale);
-    assert_int_equal(try_at(l, 0)->kind, VH_LOC_RELATIVE_PATH);
-    assert_int_equal(try_at(l, 0)->result, VH_VERDICT_ID_MISMATCH);
+    expect_try(l, 0, VH_LOC_RELATIVE_PATH, VH_VERDICT_ID_MISMATCH);
     assert_string_equal(try_at(l, 0)->target, "vm/old/base.vhdx");
-    assert_int_equal(try_at(l, 1)->kind, VH_LOC_VOLUME_PATH);
-    assert_int_equal(try_at(l, 1)->result, VH_VERDICT_PARENT_MISSING);
-    assert_int_equal(try_at(l, 2)->kind, VH_LOC_ABSOLUTE_WIN32_PATH);
-    assert_int_equal(try_at(l, 2)->result, VH_VERDICT_OK);
+    expect_try(l, 1, VH_LOC_VOLUME_PATH, VH_VERDICT_PARENT_MISSING);
+    expect_try(l, 2, VH_LOC_ABSOLUTE_WIN32_PATH, VH_VERDICT_OK);
     assert_int_equal(try_at(l, 2)->via, VH_WP_VIA_TAIL);
 }
 
@@ -144,10 +151,7 @@ static void locator_order_vhd_and_parent_name(void **state)
     diff(f, "a/c.vhd", "vhd", ID_TOP, ID_BASE,
          "loc=MacX|file:///nowhere/q.vhd\nloc=parent_unicode_name|x\\p.vhd\n"
          "loc=Wi2k|C:\\old\\q.vhd\nloc=W2ku|C:\\old\\q.vhd\nloc=W2ru|.\\q.vhd");
-    open_store(f, NULL, 0);
-    g_autoptr(vh_link) l = link_of(f, "a/c.vhd");
-    assert_int_equal(l->verdict, VH_VERDICT_OK);
-    assert_string_equal(l->parent, "a/p.vhd");
+    g_autoptr(vh_link) l = link_ok(f, NULL, "a/c.vhd", "a/p.vhd");
     assert_int_equal(l->tries->len, 4);
     assert_int_equal(try_at(l, 0)->kind, VH_LOC_W2RU);
     assert_int_equal(try_at(l, 1)->kind, VH_LOC_W2KU);
@@ -163,10 +167,8 @@ static void winroot_and_tails_and_case(void **state)
     diff(f, "Web01/Virtual Hard Disks/c1.avhdx", "vhdx", ID_TOP, ID_BASE,
          "loc=relative_path|.\\gone.vhdx\n"
          "loc=absolute_win32_path|d:\\HYPER-V\\web01\\virtual hard disks\\WEB01.VHDX");
-    open_store(f, "D:\\Hyper-V", 0);
-    g_autoptr(vh_link) l = link_of(f, "Web01/Virtual Hard Disks/c1.avhdx");
-    assert_int_equal(l->verdict, VH_VERDICT_OK);
-    assert_string_equal(l->parent, "Web01/Virtual Hard Disks/Web01.vhdx");
+    g_autoptr(vh_link) l = link_ok(f, "D:\\Hyper-V", "Web01/Virtual Hard Disks/c1.avhdx",
+                                   "Web01/Virtual Hard Disks/Web01.vhdx");
     assert_int_equal(try_at(l, 1)->via, VH_WP_VIA_WINROOT);
     vh_resolver_free(f->r);
     /* without winroot: by the tail, the same file */

@@ -53,6 +53,22 @@ static uint32_t put_entry(uint8_t *log, uint32_t at, const vhdx_log_op *ops, siz
     return len;
 }
 
+/* Two one-sector entries of log session GUID_A at the start of the log, sequences seq and
+ * seq + 1, both writing sector 2 MiB (a, then b); returns where the second starts. */
+static uint32_t put_two_entries(uint8_t *log, uint8_t *a, uint8_t *b, uint64_t seq)
+{
+    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
+    uint32_t l1 = put_entry(log, 0, &oa, 1, seq, 0, &GUID_A, VH_MIB);
+    put_entry(log, l1, &ob, 1, seq + 1, 0, &GUID_A, VH_MIB);
+    return l1;
+}
+
+/* The usual log of these tests: LOG_LEN bytes at 1 MiB, session GUID_A, a 1 MiB file. */
+static int find_log(const uint8_t *log, vhdx_replay *r, GError **err)
+{
+    return vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, r, err);
+}
+
 static void expect_op(const vhdx_replay *r, guint i, uint64_t off, uint64_t len,
                       const uint8_t *data)
 {
@@ -126,7 +142,7 @@ static void newest_sequence_wins(void **state)
     uint32_t l1 = put_entry(log, 4 * S, &ob, 1, 20, 4 * S, &GUID_A, VH_MIB);
     put_entry(log, 4 * S + l1, &oc, 1, 21, 4 * S, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 21);
     assert_int_equal(r.entries, 2);
     assert_int_equal(r.tail_off, 4 * S);
@@ -145,7 +161,7 @@ static void tail_inside_sequence_replays_from_tail(void **state)
     uint32_t l2 = put_entry(log, l1, &o[1], 1, 6, 0, &GUID_A, VH_MIB);
     put_entry(log, l1 + l2, &o[2], 1, 7, l1, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 7);
     assert_int_equal(r.entries, 2);
     expect_op(&r, 0, 2 * VH_MIB + S, S, b);
@@ -166,7 +182,7 @@ static void wrap_around(void **state)
     assert_int_equal(l1, 3 * S);
     put_entry(log, S, &o2, 1, 101, tail, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 101);
     assert_int_equal(r.entries, 2);
     assert_int_equal(r.tail_off, tail);
@@ -181,13 +197,11 @@ static void torn_head_falls_back(void **state)
 {
     g_autofree uint8_t *log = g_malloc0(LOG_LEN);
     g_autofree uint8_t *a = pattern(1), *b = pattern(2);
-    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
-    uint32_t l1 = put_entry(log, 0, &oa, 1, 30, 0, &GUID_A, VH_MIB);
-    put_entry(log, l1, &ob, 1, 31, 0, &GUID_A, VH_MIB);
+    uint32_t l1 = put_two_entries(log, a, b, 30);
     /* tear the second entry's data sector: its sequence low half is lost */
     memset(log + l1 + S + 4092, 0, 4);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 30);
     expect_op(&r, 0, 2 * VH_MIB, S, a);
     vhdx_replay_clear(&r);
@@ -197,18 +211,16 @@ static void bad_checksum_is_not_an_entry(void **state)
 {
     g_autofree uint8_t *log = g_malloc0(LOG_LEN);
     g_autofree uint8_t *a = pattern(1), *b = pattern(2);
-    vhdx_log_op oa = {2 * VH_MIB, S, a}, ob = {2 * VH_MIB, S, b};
-    uint32_t l1 = put_entry(log, 0, &oa, 1, 40, 0, &GUID_A, VH_MIB);
-    put_entry(log, l1, &ob, 1, 41, 0, &GUID_A, VH_MIB);
+    uint32_t l1 = put_two_entries(log, a, b, 40);
     log[l1 + S + 100] ^= 1; /* payload byte of entry 2: only the CRC can tell */
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 40);
     vhdx_replay_clear(&r);
     /* corrupt the first one too: nothing valid is left, the file is refused */
     log[S + 100] ^= 1;
     g_autoptr(GError) err = NULL;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, &err), -EIO);
+    assert_int_equal(find_log(log, &r, &err), -EIO);
     assert_non_null(strstr(err->message, "log at offset 1048576"));
     assert_non_null(strstr(err->message, "checksum"));
 }
@@ -222,12 +234,12 @@ static void foreign_guid_is_ignored(void **state)
     /* a newer, complete entry of another log session (a stale GUID) */
     put_entry(log, 8 * S, &ob, 1, 99, 8 * S, &GUID_B, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 50);
     vhdx_replay_clear(&r);
     g_autoptr(GError) err = NULL;
     memset(log, 0, S); /* only the foreign entry is left */
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, &err), -EIO);
+    assert_int_equal(find_log(log, &r, &err), -EIO);
 }
 
 static void broken_sequences_are_rejected(void **state)
@@ -238,24 +250,24 @@ static void broken_sequences_are_rejected(void **state)
     vhdx_replay r;
     /* a head whose tail is not inside its sequence */
     put_entry(log, 0, &oa, 1, 60, 16 * S, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* a descriptor aimed at the header area */
     memset(log, 0, LOG_LEN);
     vhdx_log_op bad = {64 * VH_KIB, S, a};
     put_entry(log, 0, &bad, 1, 61, 0, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* an entry length past the log */
     memset(log, 0, LOG_LEN);
     put_entry(log, 0, &oa, 1, 62, 0, &GUID_A, VH_MIB);
     vh_put_le32(log + 8, LOG_LEN * 2);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -EIO);
+    assert_int_equal(find_log(log, &r, NULL), -EIO);
     /* a log length that is not a 4 KiB multiple */
     assert_int_equal(vhdx_log_find(log, LOG_LEN - 1, VH_MIB, &GUID_A, VH_MIB, &r, NULL), -E2BIG);
     /* sequences that are not consecutive are two sequences: the newer alone is invalid */
     memset(log, 0, LOG_LEN);
     uint32_t l1 = put_entry(log, 0, &oa, 1, 70, 0, &GUID_A, VH_MIB);
     put_entry(log, l1, &oa, 1, 72, 0, &GUID_A, VH_MIB);
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.head_seq, 70);
     vhdx_replay_clear(&r);
 }
@@ -280,7 +292,7 @@ static void full_log_sequence_terminates(void **state)
     for (uint64_t seq = 1; at < LOG_LEN; seq++)
         at += put_entry(log, at, NULL, 0, seq, 0, &GUID_A, VH_MIB);
     vhdx_replay r;
-    assert_int_equal(vhdx_log_find(log, LOG_LEN, VH_MIB, &GUID_A, VH_MIB, &r, NULL), 0);
+    assert_int_equal(find_log(log, &r, NULL), 0);
     assert_int_equal(r.entries, LOG_LEN / S);
     assert_int_equal(r.ops->len, 0);
     vhdx_replay_clear(&r);
@@ -491,6 +503,17 @@ static int record_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const vo
     return 0;
 }
 
+/* Opens path writable; with rec, every write of the change is recorded in it. */
+static int open_recorded(const char *path, op_log *rec, vh_disk **d, GError **err)
+{
+    int r = vh_disk_open(path, VH_OPEN_WRITE, d, err);
+    if (r == 0 && rec) {
+        (*d)->file.hook = record_hook;
+        (*d)->file.hook_ctx = rec;
+    }
+    return r;
+}
+
 /* The change under test: opens `path` writable, does it, closes. */
 typedef int (*change_fn)(const char *path, void *ctx, op_log *rec, GError **err);
 
@@ -504,13 +527,9 @@ static int do_write(const char *path, void *ctx, op_log *rec, GError **err)
 {
     write_change *w = ctx;
     g_autoptr(vh_disk) d = NULL;
-    int r = vh_disk_open(path, VH_OPEN_WRITE, &d, err);
+    int r = open_recorded(path, rec, &d, err);
     if (r < 0)
         return r;
-    if (rec) {
-        d->file.hook = record_hook;
-        d->file.hook_ctx = rec;
-    }
     g_autofree uint8_t *buf = g_malloc(w->len);
     for (size_t i = 0; i < w->len; i++)
         buf[i] = (uint8_t)(w->seed + i * 13);
@@ -522,13 +541,9 @@ static int do_relink(const char *path, void *ctx, op_log *rec, GError **err)
 {
     vh_link_update *u = ctx;
     g_autoptr(vh_disk) d = NULL;
-    int r = vh_disk_open(path, VH_OPEN_WRITE, &d, err);
+    int r = open_recorded(path, rec, &d, err);
     if (r < 0)
         return r;
-    if (rec) {
-        d->file.hook = record_hook;
-        d->file.hook_ctx = rec;
-    }
     return d->ops->set_parent_link(d, u, err);
 }
 
