@@ -946,12 +946,10 @@ static void lo_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     if (flags & ~(unsigned)(RENAME_NOREPLACE | RENAME_EXCHANGE))
         return reply_err(req, "rename", EINVAL);
     /* A rename over a disk other disks use as parent replaces its bytes under their link, as a
-     * write would (heal.c): refused the same way; an exchange replaces both names' bytes. */
-    if (!(flags & RENAME_NOREPLACE) &&
-        ((res = may_write_existing(vhfs_of(req), inode_of(req, newparent), newname, O_WRONLY)) <
-             0 ||
-         ((flags & RENAME_EXCHANGE) &&
-          (res = may_write_existing(vhfs_of(req), inode_of(req, parent), name, O_WRONLY)) < 0)))
+     * write would (heal.c): refused the same way. An exchange moves the parent, and relink on
+     * rename (below) takes its children along, as for any rename of it. */
+    if (!(flags & (RENAME_NOREPLACE | RENAME_EXCHANGE)) &&
+        (res = may_write_existing(vhfs_of(req), inode_of(req, newparent), newname, O_WRONLY)) < 0)
         return reply_err(req, "rename", -res);
     autopin a = pin(vhfs_of(req), inode_of(req, parent));
     autopin b = pin(vhfs_of(req), inode_of(req, newparent));
