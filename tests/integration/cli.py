@@ -70,7 +70,7 @@ def usage_options():
 
 def man_options():
     """Per subcommand, the options of its SYNOPSIS lines in vhdheal.1."""
-    with open(os.path.join(SRC, "chain", "vhdheal.1")) as f:
+    with open(os.path.join(SRC, "chain", "cli", "vhdheal.1")) as f:
         man = f.read()
     synopsis = man.split(".SH SYNOPSIS", 1)[1].split(".SH", 1)[0].replace("\\-", "-")
     per = {}
