@@ -228,15 +228,28 @@ static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent
 
 /* Takes an OFD write lock on the whole child: EBUSY when another holder (process or host) has one.
  */
+/*
+ * How long a repair waits for a child another process holds locked. Another repair of it takes
+ * far less (a few flushes): waiting, then comparing, makes a repair that met a live one end
+ * "already healed" instead of failing (a timer's `vhdheal repair` beside a mount, two hosts).
+ * A holder that keeps it (a running VM, a merge) still gets EBUSY.
+ */
+#define LOCK_WAIT_MS 3000
+
 static int lock_child(vh_file *f, GError **err)
 {
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    if (fcntl(f->fd, F_OFD_SETLK, &fl) == 0)
-        return 0;
-    if (errno == EAGAIN || errno == EACCES)
-        return vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it",
-                       f->path);
-    return vh_fail(err, errno, "%s: cannot lock: %s", f->path, g_strerror(errno));
+    for (int waited = 0;; waited += 10) {
+        if (fcntl(f->fd, F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+            return vh_fail(err, errno, "%s: cannot lock: %s", f->path, g_strerror(errno));
+        if (waited >= LOCK_WAIT_MS)
+            return vh_fail(err, EBUSY,
+                           "%s: in use: another process or host holds a lock on it (waited %d s)",
+                           f->path, LOCK_WAIT_MS / 1000);
+        g_usleep(10 * 1000);
+    }
 }
 
 typedef struct {

@@ -478,6 +478,66 @@ static void compare_and_swap(vh_format f)
     free_store(fx);
 }
 
+/* A repair that meets a live one (another process holds the child's lock while it heals it)
+ * waits for the lock, then finds the link healed: "already healed", no second record, no
+ * EBUSY (a timer's repair beside a mount, two hosts). */
+static void waits_for_a_live_repair(vh_format f)
+{
+    fx_t *fx = make_store(f, "moved");
+    g_autoptr(GBytes) broken = file_bytes(fx->child);
+    vh_reconnect_opts o = {.store = fx->store};
+    vh_reconnect_result res;
+    assert_int_equal(vh_reconnect(fx->child, fx->base, &o, &res, NULL), 0);
+    vh_reconnect_result_clear(&res);
+    g_autoptr(GBytes) healed = file_bytes(fx->child);
+    put_bytes(fx->child, broken);
+    guint begins = journal_count(fx, "BEGIN");
+    int locked[2];
+    assert_int_equal(pipe(locked), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* the live repair: locked, writes the healed bytes slowly, lets go */
+        close(locked[0]);
+        int fd = open(fx->child, O_RDWR | O_CLOEXEC);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (fd < 0 || fcntl(fd, F_OFD_SETLK, &fl) < 0 || write(locked[1], "x", 1) != 1)
+            _exit(3);
+        g_usleep(300 * 1000);
+        gsize n;
+        const char *b = g_bytes_get_data(healed, &n);
+        if (pwrite(fd, b, n, 0) != (ssize_t)n || fdatasync(fd) < 0)
+            _exit(3);
+        _exit(0); /* the lock goes with the process */
+    }
+    close(locked[1]);
+    char c;
+    assert_int_equal(read(locked[0], &c, 1), 1);
+    close(locked[0]);
+    g_autoptr(GError) err = NULL;
+    int r = vh_reconnect(fx->child, fx->base, &o, &res, &err);
+    if (r < 0)
+        fail_msg("the repair beside a live one failed: %s", err->message);
+    assert_true(res.already_healed);
+    vh_reconnect_result_clear(&res);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(journal_count(fx, "BEGIN"), begins);
+    g_autoptr(GBytes) now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(now, healed));
+    free_store(fx);
+}
+
+static void vhd_waits_for_a_live_repair(void **state)
+{
+    waits_for_a_live_repair(VH_FORMAT_VHD);
+}
+
+static void vhdx_waits_for_a_live_repair(void **state)
+{
+    waits_for_a_live_repair(VH_FORMAT_VHDX);
+}
+
 static void vhd_compare_and_swap(void **state)
 {
     compare_and_swap(VH_FORMAT_VHD);
@@ -534,11 +594,18 @@ static void vhdx_enospc(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(vhd_reconnect_heals),  cmocka_unit_test(vhdx_reconnect_heals),
-        cmocka_unit_test(vhd_errors),           cmocka_unit_test(vhdx_errors),
-        cmocka_unit_test(vhd_crash_safety),     cmocka_unit_test(vhdx_crash_safety),
-        cmocka_unit_test(vhd_compare_and_swap), cmocka_unit_test(vhdx_compare_and_swap),
-        cmocka_unit_test(vhd_enospc),           cmocka_unit_test(vhdx_enospc),
+        cmocka_unit_test(vhd_reconnect_heals),
+        cmocka_unit_test(vhdx_reconnect_heals),
+        cmocka_unit_test(vhd_errors),
+        cmocka_unit_test(vhdx_errors),
+        cmocka_unit_test(vhd_crash_safety),
+        cmocka_unit_test(vhdx_crash_safety),
+        cmocka_unit_test(vhd_compare_and_swap),
+        cmocka_unit_test(vhdx_compare_and_swap),
+        cmocka_unit_test(vhd_waits_for_a_live_repair),
+        cmocka_unit_test(vhdx_waits_for_a_live_repair),
+        cmocka_unit_test(vhd_enospc),
+        cmocka_unit_test(vhdx_enospc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
