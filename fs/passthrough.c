@@ -1261,24 +1261,6 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     }
 }
 
-static ssize_t pwrite_full(int fd, const char *buf, size_t size, off_t off)
-{
-    size_t done = 0;
-
-    while (done < size) {
-        ssize_t n = pwrite(fd, buf + done, size - done, off + (off_t)done);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return done > 0 ? (ssize_t)done : -errno;
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    return (ssize_t)done;
-}
-
 /* Overlay healing: the patch set the mount presents over the open store file, or NULL. */
 static struct vh_patch *patch_of(struct vhfs *fs, int fd)
 {
@@ -1309,12 +1291,14 @@ static void lo_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void lo_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi)
 {
-    ssize_t n = pwrite_full((int)fi->fh, buf, size, off);
+    size_t done;
+    int r = vh_write_full((int)fi->fh, buf, size, off, &done);
 
-    if (n < 0)
-        return reply_err(req, "write", (int)-n);
+    /* a write that failed part way reports what it wrote, as pwrite(2) does */
+    if (r < 0 && done == 0)
+        return reply_err(req, "write", -r);
     vhfs_views_changed(vhfs_of(req), inode_of(req, ino));
-    fuse_reply_write(req, (size_t)n);
+    fuse_reply_write(req, done);
 }
 
 static void lo_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
