@@ -134,6 +134,8 @@ vh_chain *vh_chain_resolve(const char *path, const vh_chain_open_opts *opts, vh_
     g_autoptr(vh_store) s = vh_store_new(root, err);
     if (!s)
         return NULL;
+    if (opts->overlay)
+        vh_store_set_overlay(s, opts->overlay);
     vh_resolve_opts ro = {
         .winroot = opts->winroot, .maxdepth = opts->maxdepth, .trust = opts->trust};
     g_autoptr(vh_resolver) r = vh_resolver_new(s, &ro);

@@ -23,6 +23,7 @@ typedef struct vh_chain_open_opts {
     bool writable;        /* open the top disk for writing (parents stay read-only) */
     bool use_heal_target; /* cross a broken link to its unique heal target (overlay healing) */
     vh_trust trust;       /* as vh_resolve_opts */
+    vh_overlay *overlay;  /* patch sets the store is read through (vh_store_set_overlay), or NULL */
 } vh_chain_open_opts;
 
 /*

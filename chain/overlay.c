@@ -2,7 +2,12 @@
 /* overlay.c - patch sets over a read-only base file (overlay.h). */
 #include "overlay.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "io.h"
+#include "overlay_file.h"
 
 typedef struct {
     uint64_t off;
@@ -51,6 +56,11 @@ void vh_patch_unref(vh_patch *p)
 uint64_t vh_patch_base_size(const vh_patch *p)
 {
     return p->base_size;
+}
+
+uint64_t vh_patch_visible(const vh_patch *p)
+{
+    return p->visible;
 }
 
 uint64_t vh_patch_size(const vh_patch *p)
@@ -208,6 +218,7 @@ typedef struct {
     vh_patch *patch;
     uint64_t size; /* the file's, when the patch set was built */
     int64_t mtime_ns;
+    char *rel; /* the store-relative path its patch file in the overlay folder names, or NULL */
 } ov_entry;
 
 struct vh_overlay {
@@ -215,7 +226,23 @@ struct vh_overlay {
     GHashTable *files; /* ov_key* -> ov_entry* */
     vh_overlay_log_fn log;
     void *log_ctx;
+    int dir_fd;       /* the overlay folder (vh_overlay_set_dir), or -1 */
+    bool dir_write;   /* patch sets are saved into it, stale ones removed */
+    char *dir;        /* its path, for messages */
+    char *store_root; /* the store's realpath */
 };
+
+static void ov_log(vh_overlay *o, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void ov_log(vh_overlay *o, const char *fmt, ...)
+{
+    if (!o->log)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *line = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    o->log(o->log_ctx, line);
+}
 
 static guint ov_hash(gconstpointer p)
 {
@@ -234,6 +261,7 @@ static void ov_entry_free(gpointer p)
 {
     ov_entry *e = p;
     vh_patch_unref(e->patch);
+    g_free(e->rel);
     g_free(e);
 }
 
@@ -244,6 +272,7 @@ vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx)
     o->files = g_hash_table_new_full(ov_hash, ov_eq, g_free, ov_entry_free);
     o->log = log;
     o->log_ctx = ctx;
+    o->dir_fd = -1;
     return o;
 }
 
@@ -253,20 +282,143 @@ void vh_overlay_free(vh_overlay *o)
         return;
     g_hash_table_unref(o->files);
     g_mutex_clear(&o->lock);
+    if (o->dir_fd >= 0)
+        close(o->dir_fd);
+    g_free(o->dir);
+    g_free(o->store_root);
     g_free(o);
 }
 
-void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p)
+int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, bool write,
+                       GError **err)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return vh_fail(err, errno, "overlay folder %s: %s", dir, g_strerror(errno));
+    if (o->dir_fd >= 0)
+        close(o->dir_fd);
+    o->dir_fd = fd;
+    o->dir_write = write;
+    g_free(o->dir);
+    o->dir = g_strdup(dir);
+    g_free(o->store_root);
+    o->store_root = g_strdup(store_root);
+    return 0;
+}
+
+/* Removes rel's patch file (the overlay folder is written): its patch set is gone. */
+static void unsave(vh_overlay *o, const char *rel)
+{
+    g_autoptr(GError) err = NULL;
+    if (rel && o->dir_write && vh_patch_file_remove(o->dir_fd, rel, &err) < 0)
+        ov_log(o, "%s", err->message);
+}
+
+/* Saves p's file; false (logged: the patch set then lives in memory only) when it cannot be. */
+static bool save(vh_overlay *o, vh_patch *p, const vh_patch_origin *origin)
+{
+    g_autoptr(GError) err = NULL;
+    if (vh_patch_file_save(o->dir_fd, p, origin, &err) == 0)
+        return true;
+    ov_log(o, "%s: the repair of %s is kept in memory only", err->message, origin->rel);
+    return false;
+}
+
+/* Puts the entry under the lock; returns the patch file another entry no longer owns. */
+static char *put_entry(vh_overlay *o, const struct stat *st, vh_patch *p, const char *rel)
 {
     ov_key *k = g_new(ov_key, 1);
     *k = (ov_key){st->st_dev, st->st_ino};
     ov_entry *e = g_new(ov_entry, 1);
-    *e = (ov_entry){vh_patch_ref(p), (uint64_t)st->st_size, vh_mtime_ns(st)};
+    *e = (ov_entry){vh_patch_ref(p), (uint64_t)st->st_size, vh_mtime_ns(st), g_strdup(rel)};
+    char *orphan = NULL;
     g_mutex_lock(&o->lock);
+    ov_entry *old = g_hash_table_lookup(o->files, k);
+    if (old && old->rel && g_strcmp0(old->rel, rel) != 0)
+        orphan = g_steal_pointer(&old->rel); /* the file was renamed since: its old name goes */
+    if (rel) { /* one patch file per path: an entry of another file there no longer owns it */
+        GHashTableIter it;
+        gpointer v;
+        g_hash_table_iter_init(&it, o->files);
+        while (g_hash_table_iter_next(&it, NULL, &v)) {
+            ov_entry *x = v;
+            if (x != old && g_strcmp0(x->rel, rel) == 0)
+                g_clear_pointer(&x->rel, g_free);
+        }
+    }
     g_hash_table_replace(o->files, k, e);
     g_mutex_unlock(&o->lock);
+    return orphan;
 }
 
+void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p,
+                    const vh_patch_origin *origin)
+{
+    bool saved = origin && o->dir_fd >= 0 && o->dir_write && save(o, p, origin);
+    g_autofree char *orphan = put_entry(o, st, p, saved ? origin->rel : NULL);
+    unsave(o, orphan);
+}
+
+/* One file of the overlay folder: loaded into the table when it is valid and its store file is
+ * the one it was built over; else logged (and, for a stale one, removed when we write). */
+static bool load_one(vh_overlay *o, int store_fd, const char *name, vh_overlay_loaded_fn fn,
+                     void *ctx)
+{
+    g_autoptr(GError) err = NULL;
+    vh_patch_origin org;
+    g_autoptr(vh_patch) p = vh_patch_file_load(o->dir_fd, name, &org, &err);
+    if (!p) {
+        ov_log(o, "overlay folder %s: %s: ignored", o->dir, err->message);
+        return false;
+    }
+    g_autofree char *want = vh_patch_file_name(org.rel);
+    struct stat st;
+    bool ok = false;
+    if (strcmp(want, name) != 0) {
+        ov_log(o, "overlay folder %s: %s: its patch is for %s, whose file is %s: ignored", o->dir,
+               name, org.rel, want);
+    } else if (vh_patch_file_check(store_fd, o->store_root, p, &org, &st, &err) < 0) {
+        ov_log(o,
+               "%s: changed on the store since its overlay was saved (%s): the overlay is "
+               "dropped (the disk heals again on its next open)",
+               org.rel, err->message);
+        unsave(o, org.rel);
+    } else {
+        g_free(put_entry(o, &st, p, org.rel));
+        if (fn)
+            fn(ctx, &org);
+        ok = true;
+    }
+    vh_patch_origin_clear(&org);
+    return ok;
+}
+
+int vh_overlay_load(vh_overlay *o, vh_overlay_loaded_fn fn, void *ctx, GError **err)
+{
+    if (o->dir_fd < 0)
+        return 0;
+    vh_autofd int store_fd = open(o->store_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (store_fd < 0)
+        return vh_fail(err, errno, "%s: %s", o->store_root, g_strerror(errno));
+    int dfd = openat(o->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (dfd >= 0)
+            close(dfd);
+        return vh_fail(err, e, "overlay folder %s: %s", o->dir, g_strerror(e));
+    }
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.' && g_str_has_suffix(de->d_name, VH_PATCH_FILE_SUFFIX))
+            g_ptr_array_add(names, g_strdup(de->d_name));
+    closedir(d);
+    int n = 0;
+    for (guint i = 0; i < names->len; i++)
+        n += load_one(o, store_fd, names->pdata[i], fn, ctx);
+    return n;
+}
 vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name)
 {
     if (!S_ISREG(st->st_mode))
@@ -274,14 +426,18 @@ vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name)
     ov_key k = {st->st_dev, st->st_ino};
     vh_patch *p = NULL;
     bool stale = false;
+    g_autofree char *saved = NULL;
     g_mutex_lock(&o->lock);
     ov_entry *e = g_hash_table_lookup(o->files, &k);
     if (e && e->size == (uint64_t)st->st_size && e->mtime_ns == vh_mtime_ns(st) &&
         vh_patch_base_size(e->patch) == e->size)
         p = vh_patch_ref(e->patch);
-    else if (e)
+    else if (e) {
+        saved = g_steal_pointer(&e->rel);
         stale = g_hash_table_remove(o->files, &k);
+    }
     g_mutex_unlock(&o->lock);
+    unsave(o, saved);
     if (stale && o->log) {
         g_autofree char *who = name ? g_strdup(name)
                                     : g_strdup_printf("the disk at device %ju inode %ju",

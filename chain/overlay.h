@@ -30,8 +30,10 @@ vh_patch *vh_patch_ref(vh_patch *p);
 void vh_patch_unref(vh_patch *p);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_patch, vh_patch_unref)
 
-/* The size of the base file the patch set was built over, and of the patched file. */
+/* The size of the base file the patch set was built over, and of the patched file; the base
+ * bytes below vh_patch_visible show through (a truncate lowers it). */
 uint64_t vh_patch_base_size(const vh_patch *p);
+uint64_t vh_patch_visible(const vh_patch *p);
 uint64_t vh_patch_size(const vh_patch *p);
 /* The number of ranges and the bytes they hold. */
 guint vh_patch_count(const vh_patch *p);
@@ -69,12 +71,35 @@ int vh_file_open_patched(vh_file *f, const char *path, vh_patch *p, GError **err
  * store is dropped (and logged) the first time it is looked up.
  */
 typedef struct vh_overlay vh_overlay;
+typedef struct vh_patch_origin vh_patch_origin;
 typedef void (*vh_overlay_log_fn)(void *ctx, const char *line);
 
 vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx);
 void vh_overlay_free(vh_overlay *o);
-/* Records p for the file st describes, as it is now (replaces an earlier one). */
-void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_overlay, vh_overlay_free)
+
+/*
+ * An overlay folder (-o overlaydir=DIR, vhdheal --overlay DIR; overlay_file.h) for the store
+ * whose realpath is store_root: vh_overlay_load reads its patch files into the table; with
+ * `write`, every patch set put with an origin is saved there too, and the file of a patch set
+ * dropped (its disk changed) or replaced is removed or replaced. Without `write` (vhdheal)
+ * nothing is ever written into the folder.
+ */
+int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, bool write,
+                       GError **err);
+/* Called for each patch file loaded into the table. */
+typedef void (*vh_overlay_loaded_fn)(void *ctx, const vh_patch_origin *origin);
+/*
+ * Loads the folder's patch files: each valid one whose store file is still the one it was built
+ * over (overlay_file.h vh_patch_file_check) goes into the table. An invalid file is logged and
+ * ignored; a stale one logged and dropped (removed with `write`). Returns the number loaded.
+ */
+int vh_overlay_load(vh_overlay *o, vh_overlay_loaded_fn fn, void *ctx, GError **err);
+
+/* Records p for the file st describes, as it is now (replaces an earlier one); with an origin
+ * and a folder written, also saves it there (a failure is logged: p is then kept in memory). */
+void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p,
+                    const vh_patch_origin *origin);
 /* The patch set of the file st describes (a new reference), or NULL; `name` names the file in
  * the log line of a dropped one. */
 vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "journal.h"
+#include "overlay_file.h"
 
 #define DEFAULT_RESCAN_US G_USEC_PER_SEC
 
@@ -100,6 +101,11 @@ vh_service *vh_service_new(const vh_service_opts *opts, GError **err)
     if (opts->overlay) {
         s->overlay = vh_overlay_new(overlay_log, s);
         vh_store_set_overlay(store, s->overlay);
+    }
+    if (s->overlay && opts->overlay_dir &&
+        vh_overlay_set_dir(s->overlay, vh_store_root(store), opts->overlay_dir, true, err) < 0) {
+        vh_service_free(s);
+        return NULL;
     }
     return s;
 }
@@ -200,20 +206,27 @@ static rec *rec_of(vh_service *s, const vh_disk_info *i, bool create)
     return r;
 }
 
-/* Sets a disk's last event; `i` describes the file as it is after the event. */
-static void record_event(vh_service *s, const vh_disk_info *i, vh_event_kind kind, int error,
-                         const char *text)
+/* Sets a disk's last event, made at `time`; `i` describes the file as it is after the event. */
+static void record_event_at(vh_service *s, const vh_disk_info *i, vh_event_kind kind, int error,
+                            const char *text, int64_t time)
 {
     g_mutex_lock(&s->lock);
     rec *r = rec_of(s, i, true);
     r->kind = kind;
-    r->time = g_get_real_time() / G_USEC_PER_SEC;
+    r->time = time;
     r->error = error;
     g_free(r->text);
     r->text = g_strdup(text);
     r->size = i->file_size;
     r->mtime_ns = i->mtime_ns;
     g_mutex_unlock(&s->lock);
+}
+
+/* The same, made now. */
+static void record_event(vh_service *s, const vh_disk_info *i, vh_event_kind kind, int error,
+                         const char *text)
+{
+    record_event_at(s, i, kind, error, text, g_get_real_time() / G_USEC_PER_SEC);
 }
 
 void vh_event_clear(vh_event *e)
@@ -235,6 +248,20 @@ void vh_service_last_event(vh_service *s, const vh_disk_info *disk, vh_event *ou
         out->text = g_strdup(r->text);
     }
     g_mutex_unlock(&s->lock);
+}
+
+/* A patch set loaded from the overlay folder: its disk's last event is the repair it holds. */
+static void overlay_loaded(void *ctx, const vh_patch_origin *o)
+{
+    vh_service *s = ctx;
+    g_autoptr(vh_disk_info) now = vh_store_describe(s->store, o->rel, NULL);
+    if (now)
+        record_event_at(s, now, VH_EVENT_HEALED, 0, o->note, o->time);
+}
+
+int vh_service_load_overlay(vh_service *s, GError **err)
+{
+    return s->overlay ? vh_overlay_load(s->overlay, overlay_loaded, s, err) : 0;
 }
 
 /* Logs a broken link once per state of its child file (size, mtime) and verdict. */
@@ -481,27 +508,38 @@ static int heal_still_broken(void *ctx, GError **err)
     return l->verdict != VH_VERDICT_OK;
 }
 
-/* Overlay healing: the child's patch set goes into the table, for the file as it is now (the
- * pinned descriptor's, else the path's); a file that changed since the patch set was built
- * fails the repair (EAGAIN), its patch set is not kept. */
+/* Overlay healing: the child's patch set goes into the table (and the overlay folder, with
+ * `what` the repair did), for the file as it is now (the pinned descriptor's, else the path's);
+ * a file that changed since the patch set was built fails the repair (EAGAIN), its patch set is
+ * not kept. */
 static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh_patch *patch,
-                      GError **err)
+                      const char *what, GError **err)
 {
     struct stat st;
     g_autofree char *abs = g_build_filename(vh_service_root(s), child->path, NULL);
-    int r = child_fd >= 0 ? fstat(child_fd, &st) : stat(abs, &st);
-    if (r < 0)
+    vh_autofd int fd = child_fd >= 0 ? dup(child_fd) : open(abs, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0)
         return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
     if ((uint64_t)st.st_size != vh_patch_base_size(patch) || st.st_dev != child->dev ||
         st.st_ino != child->ino)
         return vh_fail(err, EAGAIN, "%s: changed while its overlay was being built", abs);
-    vh_overlay_put(s->overlay, &st, patch);
+    vh_patch_origin org;
+    g_autoptr(GError) e = NULL;
+    int64_t now = g_get_real_time() / G_USEC_PER_SEC;
+    if (vh_patch_origin_of(&org, patch, fd, child->path, what, now, &e) < 0) {
+        logf_(s, true, "%s: the repair is kept in memory only", e->message);
+        vh_overlay_put(s->overlay, &st, patch, NULL);
+        return 0;
+    }
+    vh_overlay_put(s->overlay, &st, patch, &org);
+    vh_patch_origin_clear(&org);
     return 0;
 }
 
 /* The gate, then vh_reconnect, under the repair lock; `heal`: a heal's compare-and-swap. */
 static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_abs, bool force,
-                   bool heal, vh_gate_fn gate, void *ctx, vh_reconnect_result *res, GError **err)
+                   bool heal, const char *what, vh_gate_fn gate, void *ctx,
+                   vh_reconnect_result *res, GError **err)
 {
     g_autofree char *child_abs = g_build_filename(vh_service_root(s), child->path, NULL);
     heal_cas cas = {s, child->path};
@@ -527,7 +565,7 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
     if (r == 0 && res->patch)
-        r = keep_patch(s, child, pin.child_fd, res->patch, err);
+        r = keep_patch(s, child, pin.child_fd, res->patch, what, err);
     g_rw_lock_reader_unlock(&s->repair_lock);
     release_child(s, child);
     if (pin.child_fd >= 0)
@@ -580,9 +618,11 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
     g_autofree char *parent_abs = g_path_is_absolute(parent)
                                       ? g_strdup(parent)
                                       : g_build_filename(vh_service_root(s), parent, NULL);
-    if (r == 0)
-        r = rewrite(s, child, parent_abs, force, false, gate, ctx, res, &e);
     g_autofree char *pname = store_name(s, parent_abs);
+    g_autofree char *what = g_strdup_printf("reconnected to %s on request%s", pname,
+                                            force ? ", ignoring the identity" : "");
+    if (r == 0)
+        r = rewrite(s, child, parent_abs, force, false, what, gate, ctx, res, &e);
     if (r == 0 && res->already_healed) {
         vh_store_note_changed(s->store, child->path);
         logf_(s, false, "reconnect of %s to %s: already linked to it, nothing written", child_rel,
@@ -591,8 +631,6 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
     }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
-        g_autofree char *what = g_strdup_printf("reconnected to %s on request%s", pname,
-                                                force ? ", ignoring the identity" : "");
         record_event(s, now, VH_EVENT_HEALED, 0, what);
         logf_(s, false, "reconnected %s to %s on request%s (was: %s) [repair %s]", child_rel, pname,
               force ? " ignoring the identity" : "", res->old_link, repair_name(res));
@@ -617,8 +655,9 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
     g_autofree char *target = g_build_filename(vh_service_root(s), l->heal_target, NULL);
     g_autoptr(GError) e = NULL;
     vh_reconnect_result res;
-    int r = rewrite(s, child, target, false, true, gate, ctx, &res, &e);
     const char *reason = vh_verdict_name(l->verdict);
+    g_autofree char *what = g_strdup_printf("%s: reconnected to %s%s", reason, l->heal_target, why);
+    int r = rewrite(s, child, target, false, true, what, gate, ctx, &res, &e);
     if (r == 0 && res.already_healed) {
         /* another process or host healed it meanwhile: the index learns of its new link */
         vh_store_note_changed(s->store, child->path);
@@ -627,8 +666,6 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
     }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
-        g_autofree char *what =
-            g_strdup_printf("%s: reconnected to %s%s", reason, l->heal_target, why);
         record_event(s, now, VH_EVENT_HEALED, 0, what);
         logf_(s, false, "healed %s: %s: reconnected to %s%s (was: %s) [repair %s]", child->path,
               reason, l->heal_target, why, res.old_link, repair_name(&res));

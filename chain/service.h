@@ -33,6 +33,9 @@ typedef struct vh_service_opts {
      * service's table instead of writing the store; the index and the chain opener read the
      * patched files through them. Nothing in the store is written, no journal is used. */
     bool overlay;
+    /* With overlay: the overlay folder (outside the store) where every patch set is saved too,
+     * and vh_service_load_overlay loads them from (overlay.h vh_overlay_set_dir). */
+    const char *overlay_dir;
 } vh_service_opts;
 
 /* One line for the log: a detection, a repair, or a repair that failed (warning). */
@@ -47,6 +50,10 @@ const char *vh_service_root(vh_service *s); /* realpath of the store */
 vh_store *vh_service_store(vh_service *s);
 /* The overlays of the store (opts.overlay), or NULL when repairs are written. */
 vh_overlay *vh_service_overlay(vh_service *s);
+/* Loads the patch sets saved in opts.overlay_dir (after vh_service_set_log: what is dropped or
+ * ignored is logged); each one's disk gets the repair it holds as its last event (HEALED, with
+ * the time and text saved). Returns the number loaded (0 without a folder), or -errno. */
+int vh_service_load_overlay(vh_service *s, GError **err);
 
 /* Scans the store (incrementally after the first scan). */
 int vh_service_scan(vh_service *s, GError **err);

@@ -45,6 +45,7 @@ struct vhfs_config {
     enum vhfs_heal heal;
     enum vhfs_healmode healmode; /* overlay whenever ro is set */
     char *winroot;     /* Windows form with backslashes ("\\nas\vms", "D:\VMs"), or NULL */
+    char *overlaydir;  /* realpath of overlaydir= (outside STORE; implies overlay), or NULL */
     bool views;        /* the @raw and @chains folders */
     unsigned maxdepth; /* longest chain followed, >= 1 */
     vh_trust trust;    /* whose disks may be parents (doc/design.md "Many users on one mount") */

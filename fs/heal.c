@@ -98,7 +98,8 @@ int vhfs_heal_start(struct vhfs *fs)
                          .winroot = fs->cfg.winroot,
                          .maxdepth = fs->cfg.maxdepth,
                          .trust = fs->cfg.trust,
-                         .overlay = overlay(fs)};
+                         .overlay = overlay(fs),
+                         .overlay_dir = fs->cfg.overlaydir};
     g_autoptr(GError) err = NULL;
 
     fs->svc = vh_service_new(&o, &err);
@@ -115,6 +116,17 @@ int vhfs_heal_start(struct vhfs *fs)
     if (overlay(fs))
         vhfs_log(LOG_NOTICE, "%s: repairs are presented by the mount, STORE is never written",
                  fs->cfg.ro ? "ro" : "healmode=overlay");
+    if (fs->cfg.overlaydir != NULL) {
+        /* before the first request: a remount presents the healed chains at once */
+        int n = vh_service_load_overlay(fs->svc, &err);
+        if (n < 0) {
+            vhfs_log(LOG_ERR, "overlaydir: %s", err->message);
+            g_clear_error(&err);
+        } else {
+            vhfs_log(LOG_NOTICE, "overlaydir %s: %d repair%s loaded, new ones are kept there",
+                     fs->cfg.overlaydir, n, n == 1 ? "" : "s");
+        }
+    }
     fs->scan_thread = g_thread_new("vhfs-scan", scan_main, fs);
     return 0;
 }

@@ -39,6 +39,7 @@ struct cmdline {
     char *heal;
     char *healmode;
     char *winroot;
+    char *overlaydir;
     char *views;
     char *maxdepth;
     char *trust;
@@ -73,6 +74,7 @@ static const struct fuse_opt vhfs_opts[] = {
     CMD_OPT("heal=%s", heal),
     CMD_OPT("healmode=%s", healmode),
     CMD_OPT("winroot=%s", winroot),
+    CMD_OPT("overlaydir=%s", overlaydir),
     CMD_OPT("views=%s", views),
     CMD_OPT("maxdepth=%s", maxdepth),
     CMD_OPT("trust=%s", trust),
@@ -192,6 +194,8 @@ static void print_help(void)
         "  -o healmode=persist|overlay\n"
         "                          write repairs into the child file (persist, the default),\n"
         "                          or only present them, leaving STORE unchanged (overlay)\n"
+        "  -o overlaydir=DIR       keep overlay repairs in DIR too (outside STORE), so that a\n"
+        "                          remount presents them again (implies healmode=overlay)\n"
         "  -o winroot=PATH         where Windows hosts see STORE, e.g. \\\\nas\\vms or D:\\VMs\n"
         "                          (in -o, write \\\\ for each \\, or use /: //nas/vms, D:/VMs)\n"
         "  -o views=on|off         the @raw and @chains folders (default on)\n"
@@ -262,6 +266,37 @@ static bool path_inside(const char *path, const char *dir)
     const char *rel = vh_path_below(dir, path);
 
     return rel != NULL && *rel != '\0';
+}
+
+/* overlaydir=DIR (doc/design.md "Overlay healing"): an existing folder outside STORE (a patch
+   file inside it would be a write into STORE); implies healmode=overlay. After STORE is set. */
+static bool overlaydir_from_cmdline(const struct cmdline *c, struct vhfs_config *cfg)
+{
+    struct stat st;
+
+    if (cfg->healmode == VHFS_HEALMODE_PERSIST && c->healmode != NULL) {
+        usage_error("overlaydir= keeps the repairs of healmode=overlay; healmode=persist writes "
+                    "them into STORE");
+        return false;
+    }
+    cfg->healmode = VHFS_HEALMODE_OVERLAY;
+    cfg->overlaydir = realpath(c->overlaydir, NULL);
+    if (cfg->overlaydir == NULL) {
+        usage_error("overlaydir '%s': %s", c->overlaydir, g_strerror(errno));
+        return false;
+    }
+    if (stat(cfg->overlaydir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        usage_error("overlaydir '%s': not a folder", c->overlaydir);
+        return false;
+    }
+    if (vh_path_below(cfg->store, cfg->overlaydir) != NULL) {
+        usage_error("overlaydir '%s' %s STORE '%s': it must lie outside it (STORE is never "
+                    "written in overlay mode)",
+                    c->overlaydir, strcmp(cfg->overlaydir, cfg->store) == 0 ? "is" : "lies inside",
+                    cfg->store);
+        return false;
+    }
+    return true;
 }
 
 /* Checks the values of c into cfg. Reports each problem; false on a usage error. */
@@ -355,6 +390,8 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
                              "written (healmode=overlay)");
         cfg->healmode = VHFS_HEALMODE_OVERLAY;
     }
+    if (c->overlaydir != NULL && !overlaydir_from_cmdline(c, cfg))
+        return false;
     /* Absolute: unmounting happens after libfuse may have changed to "/". */
     cfg->mountpoint = g_canonicalize_filename(c->mountpoint, NULL);
     /* A mount point inside STORE would make the mount look itself up. */
@@ -371,6 +408,7 @@ static void config_clear(struct vhfs_config *cfg)
     free(cfg->store); /* from realpath */
     g_free(cfg->mountpoint);
     g_free(cfg->winroot);
+    free(cfg->overlaydir); /* from realpath */
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -381,6 +419,7 @@ static void cmdline_clear(struct cmdline *c)
     free(c->heal); /* fuse_opt strdup()s %s values */
     free(c->healmode);
     free(c->winroot);
+    free(c->overlaydir);
     free(c->views);
     free(c->maxdepth);
     free(c->trust);

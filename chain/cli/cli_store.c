@@ -9,6 +9,7 @@
 
 #include "cli_store.h"
 #include "journal.h"
+#include "overlay.h"
 #include "report.h"
 
 #define PROGRESS_MIN 200 /* stores with fewer disks than this show no progress */
@@ -99,6 +100,25 @@ void vh_cli_run_clear(vh_cli_run *c)
     g_clear_pointer(&c->unreadable, g_ptr_array_unref);
     g_clear_pointer(&c->resolver, vh_resolver_free);
     g_clear_pointer(&c->store, vh_store_free);
+    g_clear_pointer(&c->overlay, vh_overlay_free); /* after the store that reads through it */
+}
+
+static void overlay_warning(void *ctx, const char *line)
+{
+    fprintf(stderr, "vhdheal: warning: %s\n", line);
+}
+
+vh_overlay *vh_cli_overlay_load(const char *dir, const char *root)
+{
+    g_autoptr(GError) err = NULL;
+    vh_overlay *o = vh_overlay_new(overlay_warning, NULL);
+    if (vh_overlay_set_dir(o, root, dir, false, &err) < 0 ||
+        vh_overlay_load(o, NULL, NULL, &err) < 0) {
+        vh_cli_error(err);
+        vh_overlay_free(o);
+        return NULL;
+    }
+    return o;
 }
 
 static int check_paths(vh_cli_run *c, char **paths, int n, GError **err)
@@ -163,13 +183,20 @@ int vh_cli_collect(vh_cli_run *c, vh_cli_args *a, bool repair, int argc, char **
          "group, any",
          "WHO"},
         G_OPTION_ENTRY_NULL};
+    /* check's own: a table of its own, as repair's */
+    GOptionEntry check_entries[] = {{"overlay", 0, 0, G_OPTION_ARG_FILENAME, &a->overlay,
+                                     "Read the store through the repairs saved in DIR "
+                                     "(vhdhealfs -o overlaydir=DIR)",
+                                     "DIR"},
+                                    G_OPTION_ENTRY_NULL};
     /* repair's own options: a table of their own, so that no entry ends the shared one early */
     GOptionEntry repair_entries[] = {{"dry-run", 'n', 0, G_OPTION_ARG_NONE, &a->dry_run,
                                       "Show what would change, change nothing", NULL},
                                      G_OPTION_ENTRY_NULL};
     const char *params = repair ? "PATH... - repair every broken link that has a heal target"
                                 : "PATH... - check the chains of disks and store folders";
-    if (!vh_cli_options(cmd, params, entries, repair ? repair_entries : NULL, &argc, &argv))
+    if (!vh_cli_options(cmd, params, entries, repair ? repair_entries : check_entries, &argc,
+                        &argv))
         return VH_EXIT_USAGE;
     g_autoptr(GError) err = NULL;
     if (argc < 2)
@@ -182,7 +209,7 @@ int vh_cli_collect(vh_cli_run *c, vh_cli_args *a, bool repair, int argc, char **
     g_autofree char *root = vh_store_determine(a->store, argv + 1, argc - 1, true, &err);
     if (!root)
         return vh_cli_usage("%s: %s", cmd, err->message);
-    if (!a->dry_run)
+    if (!a->dry_run && !a->overlay) /* --overlay writes nothing, not even a recovery */
         recover_journal(root);
     if (repair && !a->dry_run)
         vh_cli_resume_merges(root); /* a merge an interruption left is finished first */
@@ -191,6 +218,12 @@ int vh_cli_collect(vh_cli_run *c, vh_cli_args *a, bool repair, int argc, char **
     if (!c->store) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;
+    }
+    if (a->overlay) {
+        c->overlay = vh_cli_overlay_load(a->overlay, root);
+        if (!c->overlay)
+            return VH_EXIT_USAGE;
+        vh_store_set_overlay(c->store, c->overlay);
     }
     c->progress = isatty(STDERR_FILENO);
     if (c->progress)
@@ -215,6 +248,7 @@ void vh_cli_args_clear(vh_cli_args *a)
     g_free(a->store);
     g_free(a->winroot);
     g_free(a->trust);
+    g_free(a->overlay);
 }
 
 void vh_cli_json_strings(vh_json *j, const char *key, GPtrArray *a)

@@ -17,6 +17,7 @@
 /* The chains of one run, collected by vh_cli_collect(). */
 typedef struct vh_cli_run {
     vh_store *store;
+    vh_overlay *overlay; /* --overlay DIR: the store is read through its patch sets */
     vh_resolver *resolver;
     const char *winroot;
     GPtrArray *chains;     /* vh_chain* */
@@ -30,7 +31,7 @@ typedef struct vh_cli_run {
 typedef struct vh_cli_args {
     gboolean json, dry_run;
     gint maxdepth;
-    char *store, *winroot, *trust;
+    char *store, *winroot, *trust, *overlay;
 } vh_cli_args;
 
 /*
@@ -41,6 +42,11 @@ typedef struct vh_cli_args {
  */
 int vh_cli_collect(vh_cli_run *c, vh_cli_args *a, bool repair, int argc, char **argv);
 void vh_cli_run_clear(vh_cli_run *c);
+
+/* --overlay DIR (check, read): the patch sets saved in DIR for the store whose
+ * realpath is root, loaded read-only (nothing is written into DIR or the store; a bad or stale
+ * file is a warning on stderr). NULL with a message printed when DIR cannot be read. */
+vh_overlay *vh_cli_overlay_load(const char *dir, const char *root);
 void vh_cli_args_clear(vh_cli_args *a);
 
 /* "key": [strings...] */

@@ -10,6 +10,8 @@
 #include "chain.h"
 #include "resolve.h"
 #include "cli.h"
+#include "cli_store.h"
+#include "overlay.h"
 #include "service.h"
 #include "json.h"
 #include "winpath.h"
@@ -267,8 +269,11 @@ static int open_stream(const char *path, int flags)
 int vhdheal_cmd_read(int argc, char **argv)
 {
     g_autofree char *out_path = NULL, *store = NULL, *winroot = NULL, *trust_s = NULL;
+    g_autofree char *overlay_dir = NULL;
     GOptionEntry entries[] = {
         {"output", 'o', 0, G_OPTION_ARG_FILENAME, &out_path, "Write to OUT, not stdout", "OUT"},
+        {"overlay", 0, 0, G_OPTION_ARG_FILENAME, &overlay_dir,
+         "Read the store through the repairs saved in DIR (vhdhealfs -o overlaydir=DIR)", "DIR"},
         {"store", 0, 0, G_OPTION_ARG_FILENAME, &store, "The store (no parent outside it)", "DIR"},
         {"winroot", 0, 0, G_OPTION_ARG_STRING, &winroot, "Where Windows sees the store", "W"},
         {"trust", 0, 0, G_OPTION_ARG_STRING, &trust_s,
@@ -284,7 +289,18 @@ int vhdheal_cmd_read(int argc, char **argv)
         return vh_cli_usage("read: --trust must be owner, group or any");
     g_autoptr(GError) err = NULL;
     g_autoptr(vh_disk) d = NULL;
-    vh_chain_open_opts co = {.store = store, .winroot = winroot, .trust = trust};
+    g_autofree char *root = NULL;
+    g_autoptr(vh_overlay) overlay = NULL;
+    if (overlay_dir) { /* the store the chain opener would pick, read through DIR's patches */
+        root = vh_store_determine(store, argv + 1, 1, false, &err);
+        if (!root)
+            return vh_cli_usage("read: %s", err->message);
+        overlay = vh_cli_overlay_load(overlay_dir, root);
+        if (!overlay)
+            return VH_EXIT_USAGE;
+    }
+    vh_chain_open_opts co = {
+        .store = root ? root : store, .winroot = winroot, .trust = trust, .overlay = overlay};
     if (vh_chain_open(argv[1], &co, &d, &err) < 0) {
         vh_cli_error(err);
         return VH_EXIT_USAGE;

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -17,7 +18,9 @@
 
 #include "chain.h"
 #include "overlay.h"
+#include "overlay_file.h"
 #include "reconnect.h"
+#include "util.h"
 #include "vhdx_format.h"
 #include "vhdx_log.h"
 #include "winpath.h"
@@ -397,6 +400,11 @@ static void count_line(void *ctx, const char *line)
     assert_non_null(strstr(line, "changed on the store"));
 }
 
+static void count_any(void *ctx, const char *line)
+{
+    (*(int *)ctx)++;
+}
+
 /* The table: a patch set holds while its file keeps its size and mtime; then it is dropped and
  * logged once. */
 static void overlay_table(void **state)
@@ -406,7 +414,7 @@ static void overlay_table(void **state)
     g_autoptr(vh_patch) p = vh_patch_new(1000);
     struct stat st = {.st_mode = S_IFREG, .st_dev = 7, .st_ino = 42, .st_size = 1000};
     st.st_mtim.tv_sec = 100;
-    vh_overlay_put(o, &st, p);
+    vh_overlay_put(o, &st, p, NULL);
     assert_int_equal(vh_overlay_count(o), 1);
     vh_patch *got = vh_overlay_get(o, &st, "x");
     assert_ptr_equal(got, p);
@@ -421,7 +429,7 @@ static void overlay_table(void **state)
     assert_int_equal(vh_overlay_count(o), 0);
     assert_null(vh_overlay_get(o, &st, "x")); /* gone for good */
     assert_int_equal(logged, 1);
-    vh_overlay_put(o, &st, p);
+    vh_overlay_put(o, &st, p, NULL);
     struct stat bigger = st;
     bigger.st_size = 1001;
     assert_null(vh_overlay_get(o, &bigger, NULL));
@@ -429,13 +437,360 @@ static void overlay_table(void **state)
     vh_overlay_free(o);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Patch files (overlay_file.h) */
+
+/* A patch set with a truncate, two ranges and a growth over a 100-byte base. */
+static vh_patch *sample_patch(void)
+{
+    vh_patch *p = vh_patch_new(100);
+    uint8_t a[10], b[4];
+    memset(a, 0xaa, sizeof a);
+    memset(b, 0xbb, sizeof b);
+    vh_patch_truncate(p, 90);
+    assert_int_equal(vh_patch_write(p, a, 10, 20, NULL), 0);
+    assert_int_equal(vh_patch_write(p, b, 4, 85, NULL), 0);
+    assert_int_equal(vh_patch_write(p, b, 4, 118, NULL), 0);
+    return p;
+}
+
+static void sample_origin(vh_patch_origin *o)
+{
+    memset(o, 0, sizeof *o);
+    o->rel = g_strdup("vm/child.avhdx");
+    o->note = g_strdup("parent-missing: reconnected to moved/base.vhdx");
+    o->ino = 4242;
+    o->mtime_ns = 1764400000123456789;
+    o->time = 1764400001;
+    for (int i = 0; i < 32; i++)
+        o->hash[i] = (uint8_t)(i * 7);
+}
+
+static uint8_t *sample_bytes(size_t *len)
+{
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_patch_origin o;
+    sample_origin(&o);
+    uint8_t *b = vh_patch_file_encode(p, &o, len, NULL);
+    assert_non_null(b);
+    vh_patch_origin_clear(&o);
+    return b;
+}
+
+/* The same patch set: sizes, visible part, every range. */
+static void assert_same_patch(const vh_patch *a, const vh_patch *b)
+{
+    assert_int_equal(vh_patch_base_size(a), vh_patch_base_size(b));
+    assert_int_equal(vh_patch_visible(a), vh_patch_visible(b));
+    assert_int_equal(vh_patch_size(a), vh_patch_size(b));
+    assert_int_equal(vh_patch_count(a), vh_patch_count(b));
+    for (guint i = 0; i < vh_patch_count(a); i++) {
+        uint64_t ao, bo;
+        size_t al, bl;
+        const uint8_t *ad, *bd;
+        vh_patch_range(a, i, &ao, &al, &ad);
+        vh_patch_range(b, i, &bo, &bl, &bd);
+        assert_int_equal(ao, bo);
+        assert_int_equal(al, bl);
+        assert_memory_equal(ad, bd, al);
+    }
+}
+
+static void file_round_trip(void **state)
+{
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_patch_origin o, back;
+    sample_origin(&o);
+    size_t len = 0;
+    g_autofree uint8_t *b = vh_patch_file_encode(p, &o, &len, NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(vh_patch) q = vh_patch_file_decode(b, len, "x", &back, &err);
+    if (!q)
+        fail_msg("%s", err->message);
+    assert_same_patch(p, q);
+    assert_string_equal(back.rel, o.rel);
+    assert_string_equal(back.note, o.note);
+    assert_int_equal(back.ino, o.ino);
+    assert_int_equal(back.mtime_ns, o.mtime_ns);
+    assert_int_equal(back.time, o.time);
+    assert_memory_equal(back.hash, o.hash, 32);
+    size_t len2 = 0;
+    g_autofree uint8_t *b2 = vh_patch_file_encode(q, &back, &len2, NULL);
+    assert_int_equal(len2, len);
+    assert_memory_equal(b2, b, len);
+    vh_patch_origin_clear(&o);
+    vh_patch_origin_clear(&back);
+}
+
+static void expect_bad(const uint8_t *b, size_t len)
+{
+    vh_patch_origin o;
+    g_autoptr(GError) err = NULL;
+    vh_patch *p = vh_patch_file_decode(b, len, "bad.vhpatch", &o, &err);
+    assert_null(p);
+    assert_non_null(err);
+    assert_int_equal(vh_error_errno(err), EINVAL);
+    assert_non_null(strstr(err->message, "bad.vhpatch"));
+    assert_null(o.rel);
+}
+
+/* Every truncation (a crash while DIR was written) and every single-bit flip is refused. */
+static void file_truncations_and_flips(void **state)
+{
+    size_t len = 0;
+    g_autofree uint8_t *b = sample_bytes(&len);
+    for (size_t n = 0; n < len; n++)
+        expect_bad(b, n);
+    g_autofree uint8_t *c = g_memdup2(b, len);
+    for (size_t i = 0; i < len; i++)
+        for (int bit = 0; bit < 8; bit++) {
+            c[i] ^= (uint8_t)(1u << bit);
+            expect_bad(c, len);
+            c[i] ^= (uint8_t)(1u << bit);
+        }
+    vh_patch_origin o;
+    g_autoptr(vh_patch) ok = vh_patch_file_decode(c, len, "x", &o, NULL);
+    assert_non_null(ok); /* the flips were undone */
+    vh_patch_origin_clear(&o);
+}
+
+/* Field edits with a valid checksum: only the field checks stand between them and the table. */
+static void refused_with_crc(uint8_t *b, size_t len)
+{
+    vh_put_le32(b + len - 4, vh_crc32c(b, len - 4));
+    expect_bad(b, len);
+}
+
+static void file_hostile_fields(void **state)
+{
+    size_t len = 0;
+    g_autofree uint8_t *b = sample_bytes(&len);
+    struct {
+        size_t off;
+        unsigned width;
+        uint64_t value;
+    } edits[] = {
+        {104, 4, 65537},                     /* range count past the bound */
+        {104, 4, 0xffffffffu},               /* range count overflow */
+        {104, 4, 4},                         /* one more range than the file holds */
+        {104, 4, 2},                         /* one fewer: the bytes do not add up */
+        {108, 4, 0},                         /* empty path */
+        {108, 4, 0xffffffffu},               /* path length past everything */
+        {112, 4, 5000},                      /* note longer than the bound */
+        {112, 4, 0x7fffffff},                /* note length past the end */
+        {16, 8, 1},                          /* recorded size */
+        {48, 8, 101},                        /* visible past the base */
+        {56, 8, 100 + 64 * 1024 * 1024 + 1}, /* grows past what a patch set may */
+        {32, 8, UINT64_MAX},                 /* base size overflow */
+        {8, 4, 2},                           /* version */
+        {12, 4, 64},                         /* header size */
+        {120, 4, 1},                         /* reserved */
+    };
+    for (size_t k = 0; k < G_N_ELEMENTS(edits); k++) {
+        g_autofree uint8_t *c = g_memdup2(b, len);
+        if (edits[k].width == 4)
+            vh_put_le32(c + edits[k].off, (uint32_t)edits[k].value);
+        else
+            vh_put_le64(c + edits[k].off, edits[k].value);
+        refused_with_crc(c, len);
+    }
+    /* the range table: at 128 + path + note; three ranges {20,10} {85,4} {118,4} */
+    size_t table =
+        128 + strlen("vm/child.avhdx") + strlen("parent-missing: reconnected to moved/base.vhdx");
+    uint64_t ranges[][4] = {
+        {20, 10, 5, 4},              /* second before the first */
+        {20, 10, 25, 4},             /* overlap */
+        {20, 0, 85, 14},             /* empty range */
+        {UINT64_MAX - 3, 10, 85, 4}, /* offset overflow */
+        {20, 10, 120, 4},            /* second past the patched size (122) */
+        {20, UINT64_MAX, 85, 4},     /* huge length */
+    };
+    for (size_t k = 0; k < G_N_ELEMENTS(ranges); k++) {
+        g_autofree uint8_t *c = g_memdup2(b, len);
+        vh_put_le64(c + table, ranges[k][0]);
+        vh_put_le64(c + table + 8, ranges[k][1]);
+        vh_put_le64(c + table + 16, ranges[k][2]);
+        vh_put_le64(c + table + 24, ranges[k][3]);
+        refused_with_crc(c, len);
+    }
+}
+
+/* A path that would leave the store, is absolute, or is not one path, never decodes. */
+static void file_path_escapes(void **state)
+{
+    const char *bad_paths[] = {"../etc/passwd", "/etc/passwd", "vm/../../x", "vm//child", "./child",
+                               "vm/.",          "vm/",         "..",         "vm/..",     ""};
+    for (size_t k = 0; k < G_N_ELEMENTS(bad_paths); k++)
+        assert_false(vh_patch_file_rel_ok(bad_paths[k]));
+    assert_true(vh_patch_file_rel_ok("vm/child.avhdx"));
+    assert_true(vh_patch_file_rel_ok("a..b/..c"));
+    g_autoptr(vh_patch) p = sample_patch();
+    for (size_t k = 0; k < G_N_ELEMENTS(bad_paths); k++) {
+        if (!*bad_paths[k])
+            continue;
+        vh_patch_origin o;
+        sample_origin(&o);
+        g_free(o.rel);
+        o.rel = g_strdup(bad_paths[k]);
+        size_t len = 0;
+        g_autofree uint8_t *b = vh_patch_file_encode(p, &o, &len, NULL);
+        expect_bad(b, len);
+        vh_patch_origin_clear(&o);
+    }
+    /* a NUL inside the path */
+    size_t len = 0;
+    g_autofree uint8_t *b = sample_bytes(&len);
+    b[128 + 2] = 0;
+    refused_with_crc(b, len);
+}
+
+/* Saved into a folder, loaded back, checked against the store file; a changed file is stale;
+ * the folder's symlinks are not followed. */
+static void file_save_load_check(void **state)
+{
+    g_autofree char *root = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *store = g_build_filename(root, "store", NULL);
+    g_autofree char *dir = g_build_filename(root, "ovl", NULL);
+    g_autofree char *vm = g_build_filename(store, "vm", NULL);
+    assert_int_equal(g_mkdir_with_parents(vm, 0755), 0);
+    assert_int_equal(g_mkdir_with_parents(dir, 0755), 0);
+    g_autofree char *child = g_build_filename(vm, "child.avhdx", NULL);
+    uint8_t base[100];
+    for (int i = 0; i < 100; i++)
+        base[i] = (uint8_t)(i * 3);
+    assert_true(g_file_set_contents(child, (char *)base, 100, NULL));
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_autofd int fd = open(child, O_RDONLY);
+    vh_patch_origin o;
+    assert_int_equal(vh_patch_origin_of(&o, p, fd, "vm/child.avhdx", "healed", 7, NULL), 0);
+    vh_autofd int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    assert_int_equal(vh_patch_file_save(dfd, p, &o, NULL), 0);
+    g_autofree char *name = vh_patch_file_name("vm/child.avhdx");
+    vh_patch_origin back;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(vh_patch) q = vh_patch_file_load(dfd, name, &back, &err);
+    if (!q)
+        fail_msg("%s", err->message);
+    assert_same_patch(p, q);
+    vh_autofd int sfd = open(store, O_PATH | O_DIRECTORY);
+    struct stat st;
+    assert_int_equal(vh_patch_file_check(sfd, store, q, &back, &st, &err), 0);
+    /* the bytes under a patch change, size and mtime restored: the hash tells */
+    struct stat before;
+    assert_int_equal(stat(child, &before), 0);
+    base[22] ^= 1;
+    assert_true(g_file_set_contents(child, (char *)base, 100, NULL));
+    /* g_file_set_contents replaces the file: a new inode */
+    assert_int_equal(vh_patch_file_check(sfd, store, q, &back, &st, &err), -ESTALE);
+    g_clear_error(&err);
+    struct stat now;
+    assert_int_equal(stat(child, &now), 0);
+    back.ino = (uint64_t)now.st_ino; /* as if the inode were the same */
+    struct timespec ts[2] = {before.st_atim, before.st_mtim};
+    assert_int_equal(utimensat(AT_FDCWD, child, ts, 0), 0);
+    assert_int_equal(vh_patch_file_check(sfd, store, q, &back, &st, &err), -ESTALE);
+    assert_non_null(strstr(err->message, "bytes under its patches"));
+    g_clear_error(&err);
+    /* gone */
+    assert_int_equal(unlink(child), 0);
+    assert_int_equal(vh_patch_file_check(sfd, store, q, &back, &st, &err), -ENOENT);
+    g_clear_error(&err);
+    /* a symlink in the folder is not followed */
+    g_autofree char *target = g_build_filename(dir, name, NULL);
+    g_autofree char *link = g_build_filename(dir, "0123.vhpatch", NULL);
+    assert_int_equal(symlink(target, link), 0);
+    vh_patch_origin via;
+    assert_null(vh_patch_file_load(dfd, "0123.vhpatch", &via, &err));
+    g_clear_error(&err);
+    /* removal */
+    assert_int_equal(vh_patch_file_remove(dfd, "vm/child.avhdx", NULL), 0);
+    assert_false(g_file_test(target, G_FILE_TEST_EXISTS));
+    assert_int_equal(vh_patch_file_remove(dfd, "vm/child.avhdx", NULL), 0);
+    vh_patch_origin_clear(&o);
+    vh_patch_origin_clear(&back);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* The table with a folder: put saves, a stale entry's file goes, load brings valid files back
+ * and logs the rest. */
+static void overlay_table_dir(void **state)
+{
+    g_autofree char *root = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *store = g_build_filename(root, "store", NULL);
+    g_autofree char *dir = g_build_filename(root, "ovl", NULL);
+    assert_int_equal(g_mkdir_with_parents(store, 0755), 0);
+    assert_int_equal(g_mkdir_with_parents(dir, 0755), 0);
+    g_autofree char *f = g_build_filename(store, "c.vhd", NULL);
+    uint8_t base[100] = {0};
+    assert_true(g_file_set_contents(f, (char *)base, 100, NULL));
+    int logged = 0;
+    vh_overlay *o = vh_overlay_new(count_any, &logged);
+    assert_int_equal(vh_overlay_set_dir(o, store, dir, true, NULL), 0);
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_autofd int fd = open(f, O_RDONLY);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    vh_patch_origin org;
+    assert_int_equal(vh_patch_origin_of(&org, p, fd, "c.vhd", "healed", 7, NULL), 0);
+    vh_overlay_put(o, &st, p, &org);
+    g_autofree char *name = vh_patch_file_name("c.vhd");
+    g_autofree char *saved = g_build_filename(dir, name, NULL);
+    assert_true(g_file_test(saved, G_FILE_TEST_IS_REGULAR));
+    vh_overlay_free(o);
+
+    /* a second table (a remount) loads it; a hostile file beside it is logged and ignored */
+    g_autofree char *junk = g_build_filename(dir, "ffff.vhpatch", NULL);
+    assert_true(g_file_set_contents(junk, "VHPATCH\nnonsense", -1, NULL));
+    o = vh_overlay_new(count_any, &logged);
+    assert_int_equal(vh_overlay_set_dir(o, store, dir, true, NULL), 0);
+    assert_int_equal(vh_overlay_load(o, NULL, NULL, NULL), 1);
+    assert_int_equal(logged, 1);
+    g_autoptr(vh_patch) got = vh_overlay_get(o, &st, "c.vhd");
+    assert_non_null(got);
+    assert_same_patch(p, got);
+    /* the file changes: the entry and its file go */
+    struct stat later = st;
+    later.st_mtim.tv_nsec++;
+    assert_null(vh_overlay_get(o, &later, "c.vhd"));
+    assert_false(g_file_test(saved, G_FILE_TEST_EXISTS));
+    assert_true(g_file_test(junk, G_FILE_TEST_EXISTS)); /* not ours to remove */
+    vh_overlay_free(o);
+
+    /* read-only (vhdheal): a stale file is dropped but stays in the folder */
+    o = vh_overlay_new(count_any, &logged);
+    assert_int_equal(vh_overlay_set_dir(o, store, dir, true, NULL), 0);
+    vh_overlay_put(o, &st, p, &org);
+    vh_overlay_free(o);
+    assert_int_equal(utimensat(AT_FDCWD, f, (struct timespec[]){{0, UTIME_OMIT}, {1, 0}}, 0), 0);
+    o = vh_overlay_new(count_any, &logged);
+    assert_int_equal(vh_overlay_set_dir(o, store, dir, false, NULL), 0);
+    logged = 0;
+    assert_int_equal(vh_overlay_load(o, NULL, NULL, NULL), 0);
+    assert_int_equal(logged, 2); /* the junk, the stale one */
+    assert_true(g_file_test(saved, G_FILE_TEST_EXISTS));
+    vh_overlay_free(o);
+    vh_patch_origin_clear(&org);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(patch_ranges),      cmocka_unit_test(patch_bound),
-        cmocka_unit_test(vhd_overlay_heals), cmocka_unit_test(vhdx_overlay_heals),
-        cmocka_unit_test(vhd_locators_grow), cmocka_unit_test(vhdx_pending_log),
+        cmocka_unit_test(patch_ranges),
+        cmocka_unit_test(patch_bound),
+        cmocka_unit_test(vhd_overlay_heals),
+        cmocka_unit_test(vhdx_overlay_heals),
+        cmocka_unit_test(vhd_locators_grow),
+        cmocka_unit_test(vhdx_pending_log),
         cmocka_unit_test(overlay_table),
+        cmocka_unit_test(file_round_trip),
+        cmocka_unit_test(file_truncations_and_flips),
+        cmocka_unit_test(file_hostile_fields),
+        cmocka_unit_test(file_path_escapes),
+        cmocka_unit_test(file_save_load_check),
+        cmocka_unit_test(overlay_table_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
