@@ -378,10 +378,14 @@ static bool load_one(vh_overlay *o, int store_fd, const char *name, vh_overlay_l
         ov_log(o, "overlay folder %s: %s: its patch is for %s, whose file is %s: ignored", o->dir,
                name, org.rel, want);
     } else if (vh_patch_file_check(store_fd, o->store_root, p, &org, &st, &err) < 0) {
-        ov_log(o,
-               "%s: changed on the store since its overlay was saved (%s): the overlay is "
-               "dropped (the disk heals again on its next open)",
-               org.rel, err->message);
+        if (vh_error_errno(err) == ENOENT)
+            ov_log(o, "%s: not in the store %s (%s): its overlay is dropped", org.rel,
+                   o->store_root, err->message);
+        else
+            ov_log(o,
+                   "%s: changed on the store since its overlay was saved (%s): the overlay is "
+                   "dropped (the disk heals again on its next open)",
+                   org.rel, err->message);
         unsave(o, org.rel);
     } else {
         g_free(put_entry(o, &st, p, org.rel));
