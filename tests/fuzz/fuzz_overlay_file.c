@@ -7,12 +7,15 @@
  * Oracles: a file that decodes names a store-relative path (vh_patch_file_rel_ok), holds at most
  * VH_PATCH_MAX_BYTES in ranges that are in order, disjoint and inside the patched size, with the
  * visible part of the base no larger than the base; and encoding what was decoded gives back the
- * input byte for byte (the format has one spelling for each patch set).
+ * input byte for byte (the format has one spelling for each patch set). Each input is tried as
+ * it is and with its last 4 bytes replaced by the CRC-32C of the rest, so that mutations reach
+ * the field checks behind the checksum.
  */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "overlay_file.h"
+#include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -40,7 +43,7 @@ static void check_ranges(const vh_patch *p)
         fail("the visible part passes the base or the patched size");
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void one(const uint8_t *data, size_t size)
 {
     vh_patch_origin o;
     g_autoptr(GError) err = NULL;
@@ -48,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!p) {
         if (!err || o.rel)
             fail("a refused file without a message, or with an origin");
-        return 0;
+        return;
     }
     if (!vh_patch_file_rel_ok(o.rel))
         fail("the path is not store-relative");
@@ -58,5 +61,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!again || len != size || memcmp(again, data, size) != 0)
         fail("encoding what was decoded does not give the input back");
     vh_patch_origin_clear(&o);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    one(data, size);
+    if (size >= 4) {
+        g_autofree uint8_t *fixed = g_memdup2(data, size);
+        vh_put_le32(fixed + size - 4, vh_crc32c(fixed, size - 4));
+        one(fixed, size);
+    }
     return 0;
 }
