@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * overlay_file.h - a patch set (overlay.h) as a file in an overlay folder (-o overlaydir=DIR,
- * vhdheal --overlay DIR), so that overlay healing survives a remount (doc/design.md "Overlay
- * healing", "The patch file").
+ * vhdheal --overlay DIR), so that overlay healing survives a remount: doc/design.md
+ * "Overlay healing" and its layout, doc/design.md "The patch file".
  *
  * A patch file names its base file by its path relative to the store and by what identifies the
  * file's state across remounts (the device number does not: it changes for loop and network

@@ -20,7 +20,8 @@ typedef struct {
 static const command commands[] = {
     {"info", vhdheal_cmd_info, "info [--json] FILE..."},
     {"check", vhdheal_cmd_check,
-     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO] PATH..."},
+     "check [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO]\n"
+     "    [--overlay ODIR] PATH..."},
     {"repair", vhdheal_cmd_repair,
      "repair [--dry-run] [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO]\n"
      "    PATH..."},
@@ -30,8 +31,8 @@ static const command commands[] = {
      "  vhdheal create --parent PARENT FILE"},
     {"write", vhdheal_cmd_write, "write [--force] [--store DIR] [--winroot W] FILE OFFSET [INPUT]"},
     {"read", vhdheal_cmd_read,
-     "read [--store DIR] [--winroot W] [--trust WHO] FILE [OFFSET LENGTH]\n"
-     "    [-o OUT]"},
+     "read [--store DIR] [--winroot W] [--trust WHO] [--overlay ODIR]\n"
+     "    [-o OUT] FILE [OFFSET LENGTH]"},
     {"reconnect", vhdheal_cmd_reconnect,
      "reconnect [--ignore-id-mismatch] [--store DIR] [--winroot W] [--dry-run] CHILD PARENT"},
     {"convert", vhdheal_cmd_convert,

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""overlay_persist - overlay healing kept in -o overlaydir=DIR across remounts (doc/design.md
-"Overlay healing", "The patch file"), through a real mount. A store with broken chains of every
+"""overlay_persist - overlay healing kept in -o overlaydir=DIR across remounts, through a real
+mount (doc/design.md "Overlay healing", doc/design.md "The patch file"). A store with broken chains of every
 kind (VHD and VHDX, parent moved or renamed, a VHDX child whose only locator is a Windows
 absolute path resolved with -o winroot) is healed through an overlay mount with
 -o overlaydir=DIR (heal on open, and setfattr user.vhd.parent); one patch file per child lands in
