@@ -228,6 +228,7 @@ struct vh_overlay {
     void *log_ctx;
     int dir_fd;       /* the overlay folder (vh_overlay_set_dir), or -1 */
     bool dir_write;   /* patch sets are saved into it, stale ones removed */
+    GMutex dir_lock;  /* a file's save and its entry's put are one step for unsave */
     char *dir;        /* its path, for messages */
     char *store_root; /* the store's realpath */
 };
@@ -269,6 +270,7 @@ vh_overlay *vh_overlay_new(vh_overlay_log_fn log, void *ctx)
 {
     vh_overlay *o = g_new0(vh_overlay, 1);
     g_mutex_init(&o->lock);
+    g_mutex_init(&o->dir_lock);
     o->files = g_hash_table_new_full(ov_hash, ov_eq, g_free, ov_entry_free);
     o->log = log;
     o->log_ctx = ctx;
@@ -282,6 +284,7 @@ void vh_overlay_free(vh_overlay *o)
         return;
     g_hash_table_unref(o->files);
     g_mutex_clear(&o->lock);
+    g_mutex_clear(&o->dir_lock);
     if (o->dir_fd >= 0)
         close(o->dir_fd);
     g_free(o->dir);
@@ -306,12 +309,31 @@ int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, b
     return 0;
 }
 
-/* Removes rel's patch file (the overlay folder is written): its patch set is gone. */
+/* Does an entry own rel's patch file? The caller holds dir_lock. */
+static bool owned(vh_overlay *o, const char *rel)
+{
+    bool found = false;
+    GHashTableIter it;
+    gpointer v;
+    g_mutex_lock(&o->lock);
+    g_hash_table_iter_init(&it, o->files);
+    while (!found && g_hash_table_iter_next(&it, NULL, &v))
+        found = g_strcmp0(((ov_entry *)v)->rel, rel) == 0;
+    g_mutex_unlock(&o->lock);
+    return found;
+}
+
+/* Removes rel's patch file (the overlay folder is written): its patch set is gone. Not when an
+ * entry owns it again: a repair of the same path saved since (save and put hold dir_lock). */
 static void unsave(vh_overlay *o, const char *rel)
 {
+    if (!rel || !o->dir_write)
+        return;
     g_autoptr(GError) err = NULL;
-    if (rel && o->dir_write && vh_patch_file_remove(o->dir_fd, rel, &err) < 0)
+    g_mutex_lock(&o->dir_lock);
+    if (!owned(o, rel) && vh_patch_file_remove(o->dir_fd, rel, &err) < 0)
         ov_log(o, "%s", err->message);
+    g_mutex_unlock(&o->dir_lock);
 }
 
 /* Saves p's file; false (logged: the patch set then lives in memory only) when it cannot be. */
@@ -354,8 +376,13 @@ static char *put_entry(vh_overlay *o, const struct stat *st, vh_patch *p, const 
 void vh_overlay_put(vh_overlay *o, const struct stat *st, vh_patch *p,
                     const vh_patch_origin *origin)
 {
-    bool saved = origin && o->dir_fd >= 0 && o->dir_write && save(o, p, origin);
+    bool persist = origin && o->dir_fd >= 0 && o->dir_write;
+    if (persist)
+        g_mutex_lock(&o->dir_lock);
+    bool saved = persist && save(o, p, origin);
     g_autofree char *orphan = put_entry(o, st, p, saved ? origin->rel : NULL);
+    if (persist)
+        g_mutex_unlock(&o->dir_lock);
     unsave(o, orphan);
 }
 
