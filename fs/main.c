@@ -400,6 +400,12 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         usage_error("MOUNTPOINT '%s' lies inside STORE '%s'", c->mountpoint, cfg->store);
         return false;
     }
+    /* ... and an overlay folder under the mount point would be opened through the mount itself,
+       before it serves anything */
+    if (mnt != NULL && cfg->overlaydir != NULL && vh_path_below(mnt, cfg->overlaydir) != NULL) {
+        usage_error("overlaydir '%s' lies inside MOUNTPOINT '%s'", c->overlaydir, c->mountpoint);
+        return false;
+    }
     return true;
 }
 

@@ -13,7 +13,8 @@ A remount with the same DIR presents the healed chains at once (user.vhd.status 
 while mounted, and one changed while unmounted, lose their patch (a log line naming the file,
 its patch file removed) and heal again on the next open. Hostile files in DIR (bad checksum, a
 path with "..", an absolute path, a symlink) are logged and ignored and the mount starts. The
-mount refuses an overlaydir inside STORE, equal to STORE, or not a folder."""
+mount refuses an overlaydir inside STORE, equal to STORE, under the mount point, or not a
+folder."""
 import os
 import struct
 import subprocess
@@ -161,12 +162,14 @@ def cli(store, odir, chains, ref):
 
 
 def refusals(root, store, mnt):
-    """overlaydir inside STORE, STORE itself, a file, a missing folder: refused at mount."""
+    """overlaydir inside STORE, STORE itself, a file, the mount point, a missing folder: refused
+    at mount."""
     inside = os.path.join(store, "vhd-moved")
     afile = os.path.join(root, "a-file")
     open(afile, "w").close()
     for what, d, msg in (("inside", inside, "lies inside STORE"), ("store", store, "is STORE"),
                          ("file", afile, "not a folder"),
+                         ("under the mount point", mnt, "lies inside MOUNTPOINT"),
                          ("missing", os.path.join(root, "nope"), "No such file")):
         p = subprocess.run([VHDHEALFS, "-f", "-o", "overlaydir=" + d, store, mnt],
                            capture_output=True, timeout=30)
