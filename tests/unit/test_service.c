@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "overlay_file.h"
 #include "service.h"
 #include "winpath.h"
 
@@ -602,6 +603,80 @@ static void test_relink_many(void **state)
     fx_free(f);
 }
 
+/* Overlay healing with an overlay folder: the repair is saved there, a second service (a
+ * remount) loads it and presents the chain healed at once, with the status it had, healing
+ * nothing; the store never changes; a child changed since is dropped and its file removed. */
+static void overlay_folder(vh_format fmt)
+{
+    fx_t *f = fx_new(fmt);
+    g_autofree char *cn = g_strdup_printf("vm/c.%s", ext(f, true));
+    g_autofree char *bn = g_strdup_printf("vm/base.%s", ext(f, false));
+    g_autofree char *moved = g_strdup_printf("old/base.%s", ext(f, false));
+    make_base(f, bn);
+    make_child(f, cn, bn);
+    move(f, bn, moved);
+    g_autofree char *odir = g_strdup_printf("%s.ovl", f->store);
+    assert_int_equal(g_mkdir_with_parents(odir, 0755), 0);
+    vh_service_opts o = {
+        .store = f->store, .rescan_interval_us = 1, .overlay = true, .overlay_dir = odir};
+    f->s = vh_service_new(&o, NULL);
+    assert_non_null(f->s);
+    vh_service_set_log(f->s, log_line, f);
+    assert_int_equal(vh_service_load_overlay(f->s, NULL), 0);
+    assert_int_equal(vh_service_scan(f->s, NULL), 0);
+    g_autofree char *before = sha_of(f, cn);
+    assert_int_equal(vh_service_heal(f->s, cn, NULL, NULL, NULL, NULL), 1);
+    g_autofree char *st1 = status_of(f, cn, NULL);
+    assert_true(g_str_has_prefix(st1, "healed (overlay) "));
+    g_autofree char *name = vh_patch_file_name(cn);
+    g_autofree char *saved = g_build_filename(odir, name, NULL);
+    assert_true(g_file_test(saved, G_FILE_TEST_IS_REGULAR));
+    g_clear_pointer(&f->s, vh_service_free);
+
+    /* the remount */
+    guint heals = log_count(f, "I healed ");
+    f->s = vh_service_new(&o, NULL);
+    vh_service_set_log(f->s, log_line, f);
+    assert_int_equal(vh_service_load_overlay(f->s, NULL), 1);
+    g_autofree char *st2 = status_of(f, cn, NULL);
+    assert_string_equal(st2, st1);
+    {
+        g_autoptr(vh_chain) c = vh_service_chain(f->s, cn, NULL);
+        assert_non_null(c);
+        assert_int_equal(link_k(c, 0)->verdict, VH_VERDICT_OK);
+    }
+    assert_int_equal(vh_service_heal(f->s, cn, NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(log_count(f, "I healed "), heals);
+    g_autofree char *after = sha_of(f, cn);
+    assert_string_equal(before, after);
+    g_clear_pointer(&f->s, vh_service_free);
+
+    /* changed since: dropped at load, logged with its name, its file removed */
+    g_autofree char *cabs = path_of(f, cn);
+    assert_int_equal(utimensat(AT_FDCWD, cabs, (struct timespec[]){{0, UTIME_OMIT}, {7, 0}}, 0), 0);
+    f->s = vh_service_new(&o, NULL);
+    vh_service_set_log(f->s, log_line, f);
+    assert_int_equal(vh_service_load_overlay(f->s, NULL), 0);
+    g_autofree char *dropped = g_strdup_printf("W %s: changed on the store", cn);
+    assert_int_equal(log_count(f, dropped), 1);
+    assert_false(g_file_test(saved, G_FILE_TEST_EXISTS));
+    g_autofree char *st3 = status_of(f, cn, NULL);
+    assert_true(g_str_has_prefix(st3, "broken parent-missing"));
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", odir);
+    assert_int_equal(system(cmd), 0);
+    fx_free(f);
+}
+
+static void test_overlay_folder_vhd(void **state)
+{
+    overlay_folder(VH_FORMAT_VHD);
+}
+
+static void test_overlay_folder_vhdx(void **state)
+{
+    overlay_folder(VH_FORMAT_VHDX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -616,6 +691,8 @@ int main(void)
         cmocka_unit_test(test_recover_and_corrupt),
         cmocka_unit_test(test_children),
         cmocka_unit_test(test_relink_many),
+        cmocka_unit_test(test_overlay_folder_vhd),
+        cmocka_unit_test(test_overlay_folder_vhdx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
