@@ -52,8 +52,8 @@ int vh_chain_usable(vh_store *store, const vh_chain *c, bool use_heal_target, GE
 
 /* A member as the store presents it: through its overlay's patch set when it has one (overlay
  * healing, read-only: a patched file is never opened for writing). */
-static int open_presented(vh_store *store, const char *rel, bool writable, vh_disk **out,
-                          GError **err)
+int vh_chain_open_presented(vh_store *store, const char *rel, bool writable, vh_disk **out,
+                            GError **err)
 {
     vh_overlay *ov = vh_store_overlay(store);
     if (!ov)
@@ -80,7 +80,7 @@ static int open_member(vh_store *store, const vh_disk_info *i, bool writable, vh
                        GError **err)
 {
     g_autoptr(vh_disk) d = NULL;
-    int r = open_presented(store, i->path, writable, &d, err);
+    int r = vh_chain_open_presented(store, i->path, writable, &d, err);
     if (r < 0)
         return r;
     struct stat st;

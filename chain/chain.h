@@ -56,6 +56,12 @@ int vh_chain_usable(vh_store *store, const vh_chain *c, bool use_heal_target, GE
 int vh_chain_open_resolved(vh_store *store, const vh_chain *c, bool writable, vh_disk **top,
                            GError **err);
 
+/* Opens the disk at store-relative `rel` beneath `store` as the store presents it: through its
+ * overlay's patch set when it has one (overlay healing; such a disk is never opened for
+ * writing: EROFS). Checks nothing against the index (vh_chain_open_resolved does). */
+int vh_chain_open_presented(vh_store *store, const char *rel, bool writable, vh_disk **out,
+                            GError **err);
+
 /* Opens the disk at store-relative `rel` beneath the store folder open as store_fd (root: its
  * path, for messages), as vh_file_open_beneath does. */
 int vh_disk_open_beneath(int store_fd, const char *root, const char *rel, vh_open_flags flags,

@@ -121,16 +121,60 @@ static void print_info_json(vh_json *j, vh_disk *d)
     vh_json_end_object(j);
 }
 
+/* --overlay DIR: the store of the files, read through the repairs saved in DIR. */
+static vh_store *info_store(const char *store_opt, char **paths, int n)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *root = vh_store_determine(store_opt, paths, n, false, &err);
+    if (!root) {
+        vh_cli_usage("info: %s", err->message);
+        return NULL;
+    }
+    vh_store *s = vh_store_new(root, &err);
+    if (!s) {
+        vh_cli_error(err);
+        return NULL;
+    }
+    return s;
+}
+
+/* A file named on the command line; through its store's overlay when there is one. */
+static int info_open(vh_store *s, const char *path, vh_disk **d, GError **err)
+{
+    g_autofree char *rel = s ? vh_store_relpath(vh_store_root(s), path) : NULL;
+    if (!rel || !*rel)
+        return vh_disk_open(path, VH_OPEN_READ, d, err);
+    return vh_chain_open_presented(s, rel, false, d, err);
+}
+
 int vhdheal_cmd_info(int argc, char **argv)
 {
     gboolean json = FALSE;
+    g_autofree char *store_opt = NULL, *overlay_dir = NULL;
     GOptionEntry entries[] = {
         {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON document", NULL},
+        {"overlay", 0, 0, G_OPTION_ARG_FILENAME, &overlay_dir,
+         "Show the disks with the repairs saved in DIR (vhdhealfs -o overlaydir=DIR)", "DIR"},
+        {"store", 0, 0, G_OPTION_ARG_FILENAME, &store_opt,
+         "With --overlay: the store the repairs are for", "DIR"},
         G_OPTION_ENTRY_NULL};
     if (!vh_cli_options("info", "FILE... - describe disks", entries, NULL, &argc, &argv))
         return VH_EXIT_USAGE;
     if (argc < 2)
         return vh_cli_usage("info: name at least one FILE");
+    if (store_opt && !overlay_dir)
+        return vh_cli_usage("info: --store goes with --overlay");
+    g_autoptr(vh_overlay) overlay = NULL; /* freed after the store that reads through it */
+    g_autoptr(vh_store) store = NULL;
+    if (overlay_dir) {
+        store = info_store(store_opt, argv + 1, argc - 1);
+        if (!store)
+            return VH_EXIT_USAGE;
+        overlay = vh_cli_overlay_load(overlay_dir, vh_store_root(store));
+        if (!overlay)
+            return VH_EXIT_USAGE;
+        vh_store_set_overlay(store, overlay);
+    }
     int rc = VH_EXIT_OK;
     g_autoptr(vh_json) j = json ? vh_json_new() : NULL;
     if (j) {
@@ -141,7 +185,7 @@ int vhdheal_cmd_info(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         g_autoptr(GError) err = NULL;
         g_autoptr(vh_disk) d = NULL;
-        if (vh_disk_open(argv[i], VH_OPEN_READ, &d, &err) < 0) {
+        if (info_open(store, argv[i], &d, &err) < 0) {
             vh_cli_error(err);
             if (j) {
                 vh_json_begin_object(j);

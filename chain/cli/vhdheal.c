@@ -18,7 +18,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"info", vhdheal_cmd_info, "info [--json] FILE..."},
+    {"info", vhdheal_cmd_info, "info [--json] [--overlay ODIR [--store DIR]] FILE..."},
     {"check", vhdheal_cmd_check,
      "check [--json] [--store DIR] [--winroot W] [--maxdepth N] [--trust WHO]\n"
      "    [--overlay ODIR] PATH..."},

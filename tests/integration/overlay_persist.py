@@ -6,8 +6,9 @@ kind (VHD and VHDX, parent moved or renamed, a VHDX child whose only locator is 
 absolute path resolved with -o winroot) is healed through an overlay mount with
 -o overlaydir=DIR (heal on open, and setfattr user.vhd.parent); one patch file per child lands in
 DIR; after the unmount every store file's sha256 is unchanged. vhdheal check --overlay DIR finds
-the chains healthy and vhdheal read --overlay DIR reads the true content (the test's own
-reference), while plain vhdheal check still finds them broken; neither writes STORE or DIR.
+the chains healthy, vhdheal read --overlay DIR reads the true content (the test's own
+reference) and vhdheal info --overlay DIR shows the repaired locators, while plain vhdheal check
+still finds them broken; none of them writes STORE or DIR.
 A remount with the same DIR presents the healed chains at once (user.vhd.status "healed
 (overlay)", the true content through the mount, no heal logged). A child changed on the store
 while mounted, and one changed while unmounted, lose their patch (a log line naming the file,
@@ -15,6 +16,7 @@ its patch file removed) and heal again on the next open. Hostile files in DIR (b
 path with "..", an absolute path, a symlink) are logged and ignored and the mount starts. The
 mount refuses an overlaydir inside STORE, equal to STORE, under the mount point, or not a
 folder."""
+import json
 import os
 import struct
 import subprocess
@@ -139,8 +141,13 @@ def hostile(root, store, odir, chains):
     return names
 
 
+def info_locators(*args):
+    d = json.loads(vhdheal("info", "--json", *args).stdout)["disks"][0]
+    return {l["kind"]: l["path"] for l in d["parent"]["locators"]}
+
+
 def cli(store, odir, chains, ref):
-    """vhdheal check/read with and without --overlay; neither writes STORE or DIR."""
+    """vhdheal check/read/info with and without --overlay; none writes STORE or DIR."""
     store_before, dir_before = sums(store), sums(odir)
     plain = vhdheal("check", "--winroot", WINROOT, store, ok=False)
     check(plain.returncode == 1, f"plain check: exit {plain.returncode}, want 1 (broken)\n"
@@ -156,6 +163,18 @@ def cli(store, odir, chains, ref):
         bare = vhdheal("read", "--store", store, "--winroot", WINROOT, os.path.join(store, crel),
                        ok=False)
         check(bare.returncode != 0, f"read {tag} without --overlay: exit {bare.returncode}")
+    for tag, (crel, prel) in chains.items():
+        locs = info_locators("--overlay", odir, "--store", store, os.path.join(store, crel))
+        if tag == "win":
+            want = WIN_PREFIX + prel.replace("/", "\\")
+            got = locs.get("absolute_win32_path")
+        else:
+            want = os.path.relpath(prel, os.path.dirname(crel)).replace("/", "\\")
+            got = locs.get("relative_path") or locs.get("W2ru")
+            got = got[2:] if got and got.startswith(".\\") else got
+        check(got == want, f"info --overlay {tag}: locator {got!r}, want {want!r}")
+        check(info_locators(os.path.join(store, crel)) != locs,
+              f"info {tag} without --overlay shows the repaired locators")
     check(sums(store) == store_before, "vhdheal --overlay changed a store file")
     check(not os.path.exists(os.path.join(store, ".vhdheal")), "vhdheal created STORE/.vhdheal")
     check(sums(odir) == dir_before, "vhdheal --overlay changed the overlay folder")
