@@ -513,11 +513,18 @@ static int heal_still_broken(void *ctx, GError **err)
  * a file that changed since the patch set was built fails the repair (EAGAIN), its patch set is
  * not kept. */
 static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh_patch *patch,
-                      const char *what, GError **err)
+                      const char *what, int64_t when, GError **err)
 {
     struct stat st;
     g_autofree char *abs = g_build_filename(vh_service_root(s), child->path, NULL);
-    vh_autofd int fd = child_fd >= 0 ? dup(child_fd) : open(abs, O_RDONLY | O_CLOEXEC);
+    vh_file f = {.fd = -1};
+    if (child_fd >= 0)
+        f.fd = dup(child_fd);
+    else if (vh_file_open_beneath(&f, vh_store_root_fd(s->store), child->path, abs, false, err) < 0)
+        return -vh_error_errno(*err);
+    vh_autofd int fd = f.fd;
+    f.fd = -1;
+    vh_file_close(&f);
     if (fd < 0 || fstat(fd, &st) < 0)
         return vh_fail(err, errno, "%s: %s", abs, g_strerror(errno));
     if ((uint64_t)st.st_size != vh_patch_base_size(patch) || st.st_dev != child->dev ||
@@ -525,8 +532,7 @@ static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh
         return vh_fail(err, EAGAIN, "%s: changed while its overlay was being built", abs);
     vh_patch_origin org;
     g_autoptr(GError) e = NULL;
-    int64_t now = g_get_real_time() / G_USEC_PER_SEC;
-    if (vh_patch_origin_of(&org, patch, fd, child->path, what, now, &e) < 0) {
+    if (vh_patch_origin_of(&org, patch, fd, child->path, what, when, &e) < 0) {
         logf_(s, true, "%s: the repair is kept in memory only", e->message);
         vh_overlay_put(s->overlay, &st, patch, NULL);
         return 0;
@@ -538,7 +544,7 @@ static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh
 
 /* The gate, then vh_reconnect, under the repair lock; `heal`: a heal's compare-and-swap. */
 static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_abs, bool force,
-                   bool heal, const char *what, vh_gate_fn gate, void *ctx,
+                   bool heal, const char *what, int64_t when, vh_gate_fn gate, void *ctx,
                    vh_reconnect_result *res, GError **err)
 {
     g_autofree char *child_abs = g_build_filename(vh_service_root(s), child->path, NULL);
@@ -565,7 +571,7 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
     if (r == 0 && res->patch)
-        r = keep_patch(s, child, pin.child_fd, res->patch, what, err);
+        r = keep_patch(s, child, pin.child_fd, res->patch, what, when, err);
     g_rw_lock_reader_unlock(&s->repair_lock);
     release_child(s, child);
     if (pin.child_fd >= 0)
@@ -621,8 +627,9 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
     g_autofree char *pname = store_name(s, parent_abs);
     g_autofree char *what = g_strdup_printf("reconnected to %s on request%s", pname,
                                             force ? ", ignoring the identity" : "");
+    int64_t when = g_get_real_time() / G_USEC_PER_SEC; /* the event's and its patch file's */
     if (r == 0)
-        r = rewrite(s, child, parent_abs, force, false, what, gate, ctx, res, &e);
+        r = rewrite(s, child, parent_abs, force, false, what, when, gate, ctx, res, &e);
     if (r == 0 && res->already_healed) {
         vh_store_note_changed(s->store, child->path);
         logf_(s, false, "reconnect of %s to %s: already linked to it, nothing written", child_rel,
@@ -631,7 +638,7 @@ int vh_service_reconnect(vh_service *s, const char *child_rel, const char *paren
     }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
-        record_event(s, now, VH_EVENT_HEALED, 0, what);
+        record_event_at(s, now, VH_EVENT_HEALED, 0, what, when);
         logf_(s, false, "reconnected %s to %s on request%s (was: %s) [repair %s]", child_rel, pname,
               force ? " ignoring the identity" : "", res->old_link, repair_name(res));
         return 0;
@@ -657,7 +664,8 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
     vh_reconnect_result res;
     const char *reason = vh_verdict_name(l->verdict);
     g_autofree char *what = g_strdup_printf("%s: reconnected to %s%s", reason, l->heal_target, why);
-    int r = rewrite(s, child, target, false, true, what, gate, ctx, &res, &e);
+    int64_t when = g_get_real_time() / G_USEC_PER_SEC; /* the event's and its patch file's */
+    int r = rewrite(s, child, target, false, true, what, when, gate, ctx, &res, &e);
     if (r == 0 && res.already_healed) {
         /* another process or host healed it meanwhile: the index learns of its new link */
         vh_store_note_changed(s->store, child->path);
@@ -666,7 +674,7 @@ static int heal_link(vh_service *s, const vh_disk_info *child, const vh_link *l,
     }
     if (r == 0) {
         g_autoptr(vh_disk_info) now = after_rewrite(s, child);
-        record_event(s, now, VH_EVENT_HEALED, 0, what);
+        record_event_at(s, now, VH_EVENT_HEALED, 0, what, when);
         logf_(s, false, "healed %s: %s: reconnected to %s%s (was: %s) [repair %s]", child->path,
               reason, l->heal_target, why, res.old_link, repair_name(&res));
         if (changed)
