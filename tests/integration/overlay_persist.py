@@ -12,12 +12,15 @@ still finds them broken; none of them writes STORE or DIR.
 A remount with the same DIR presents the healed chains at once (user.vhd.status "healed
 (overlay)", the true content through the mount, no heal logged). A child changed on the store
 while mounted, and one changed while unmounted, lose their patch (a log line naming the file,
-its patch file removed) and heal again on the next open. Hostile files in DIR (bad checksum, a
+its patch file removed) and heal again on the next open; a later user.vhd.parent replaces a
+repair and its file. Hostile files in DIR (bad checksum, a
 path with "..", an absolute path, a symlink) are logged and ignored and the mount starts. The
 mount refuses an overlaydir inside STORE, equal to STORE, under the mount point, or not a
 folder."""
+import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -77,6 +80,11 @@ def sums(top):
 def patch_files(odir):
     return sorted(n for n in os.listdir(odir) if n.endswith(".vhpatch") and
                   not os.path.islink(os.path.join(odir, n)))
+
+
+def patch_name(rel):
+    """The patch file of a store path (doc/design.md "The patch file")."""
+    return hashlib.sha256(rel.encode()).hexdigest()[:32] + ".vhpatch"
 
 
 def status(mnt, crel):
@@ -253,6 +261,20 @@ def main():
                 check(("healed " + crel) in mt.text(), "changed while mounted: not healed again")
                 healed("healed again", mnt, chains, ref, ["vhdx-moved"])
                 check(len(patch_files(odir)) == n0, f"healed again: {patch_files(odir)}")
+                # a later user.vhd.parent replaces the repair, and its file
+                crel, prel = chains["set"]
+                copy = os.path.join("set", "copy", os.path.basename(prel))
+                os.makedirs(os.path.join(store, "set", "copy"))
+                shutil.copy2(os.path.join(store, prel), os.path.join(store, copy))
+                before[copy] = sha(os.path.join(store, copy))
+                pfile = os.path.join(odir, patch_name(crel))
+                old = sha(pfile)
+                r = setx(os.path.join(mnt, crel), "user.vhd.parent", os.path.join(mnt, copy))
+                check(r == 0, f"setfattr over a repair: {os.strerror(r)}")
+                check(sha(pfile) != old and len(patch_files(odir)) == n0,
+                      f"setfattr over a repair: its file is not replaced: {patch_files(odir)}")
+                st = status(mnt, crel)
+                check(f"reconnected to {copy} on request" in st, f"setfattr over a repair: {st!r}")
             finally:
                 mt.stop()
             # the test's own change: the mtime only
@@ -275,6 +297,8 @@ def main():
                 check(f"{len(chains) - 1} repairs loaded" in text, f"third mount:\n{text}")
                 st = status(mnt, crel)
                 check(st.startswith("broken "), f"changed while unmounted: {st!r}")
+                st = status(mnt, chains["set"][0])
+                check("reconnected to set/copy/" in st, f"third mount: the replaced repair: {st!r}")
                 open(os.path.join(mnt, crel), "rb").read(1)
                 healed("third mount", mnt, chains, ref, chains)
                 check(not os.path.exists(os.path.join(root, "outside")), "a path escaped")
