@@ -346,6 +346,26 @@ static void test_delay(void)
         g_usleep((gulong)g_atomic_int_get(&us));
 }
 
+/*
+ * The part of a write of len bytes over `keep` bytes of the file (orig) that changes them, in
+ * whole CHUNKs counted from the write's start (a torn write is recognised chunk by chunk): a
+ * write that extends the file changes up to its end. [*lo, *hi) is empty when nothing changes.
+ * A repair rewrites whole structures (a VHD's 64 KiB locator space for a path of a few hundred
+ * bytes): the bytes equal before and after need no saving, and a torn write leaves them equal.
+ */
+static void changed_chunks(const uint8_t *orig, size_t keep, const uint8_t *buf, size_t len,
+                           size_t *lo, size_t *hi)
+{
+    size_t first = 0, last = len; /* the first changed byte; one past the last */
+    while (first < keep && orig[first] == buf[first])
+        first++;
+    if (len <= keep)
+        while (last > first && orig[last - 1] == buf[last - 1])
+            last--;
+    *lo = first / CHUNK * CHUNK;
+    *hi = last > first ? MIN(len, (last + CHUNK - 1) / CHUNK * CHUNK) : *lo;
+}
+
 /* The journal hook: save what is about to be overwritten (or cut off by a truncate) and a hash
  * of what is about to be written, durably, before the write. */
 static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
@@ -361,6 +381,17 @@ static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const v
         int r = vh_file_read(f, orig, keep, off, "journaled range", err);
         if (r < 0)
             return r;
+    }
+    if (len) {
+        size_t lo, hi;
+        changed_chunks(orig, keep, buf, len, &lo, &hi);
+        if (lo == hi)
+            return 0; /* writes the bytes the file holds: nothing to save or undo */
+        keep = keep > lo ? MIN(keep, hi) - lo : 0;
+        memmove(orig, orig + lo, keep);
+        off += lo;
+        buf = (const uint8_t *)buf + lo;
+        len = hi - lo;
     }
     journal_range jr = {off, len, f->size, g_bytes_new(orig, keep),
                         len ? chunk_sums(buf, len) : g_bytes_new(NULL, 0)};

@@ -790,6 +790,72 @@ static void vhdx_torn_last_range(void **state)
     torn_last_range_rolls_back(VH_FORMAT_VHDX);
 }
 
+/*
+ * A repair rewrites whole structures of which a few bytes change (a VHD's 64 KiB locator space):
+ * only the 512-byte chunks that change are journaled, a write of the bytes already there not at
+ * all; undo and recovery of a write torn anywhere still give back the original bytes.
+ */
+static int rewrite_block(const char *child, uint8_t *block, size_t len, long fault, size_t tear,
+                         vh_journal *j)
+{
+    vh_file f;
+    assert_int_equal(vh_file_open(&f, child, true, NULL), 0);
+    vh_repair *rp = NULL;
+    assert_int_equal(vh_journal_begin(j, &f, "old", "new", &rp, NULL), 0);
+    int r = vh_file_write(&f, block, len, 0, "same", NULL); /* nothing changes */
+    block[10000] ^= 0x5a;
+    block[10100] ^= 0xa5;
+    if (fault) /* the fault-th op from here: the RANGE record's write, its flush, the write */
+        vh_fault_arm(tear ? VH_FAULT_TEAR : VH_FAULT_STOP, fault, tear);
+    if (r == 0)
+        r = vh_file_write(&f, block, len, 0, "block", NULL);
+    if (r == 0)
+        r = vh_file_flush(&f, NULL);
+    vh_fault_disarm();
+    if (r == 0)
+        r = vh_journal_commit(rp, NULL);
+    else
+        vh_journal_release(rp); /* the "crash": the record stays open */
+    vh_file_close(&f);
+    return r;
+}
+
+static void unchanged_bytes_are_not_journaled(void **state)
+{
+    fixture *fx = *state;
+    enum { LEN = 65536 };
+    g_autofree uint8_t *orig = g_malloc(LEN);
+    for (size_t i = 0; i < LEN; i++)
+        orig[i] = (uint8_t)g_random_int();
+    g_autofree uint8_t *block = g_memdup2(orig, LEN);
+    assert_true(g_file_set_contents(fx->child, (char *)orig, LEN, NULL));
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    assert_int_equal(rewrite_block(fx->child, block, LEN, 0, 0, j), 0);
+    assert_int_equal(count_in_journal(fx, "RANGE\t"), 1);
+    g_autofree char *jp = journal_path(fx);
+    GStatBuf st;
+    assert_int_equal(g_stat(jp, &st), 0);
+    assert_true(st.st_size < 2048); /* one 512-byte chunk, not 64 KiB */
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    assert_int_equal(vh_journal_undo(j, ((vh_repair_info *)list->pdata[0])->id, NULL), 0);
+    g_autoptr(GBytes) want = g_bytes_new(orig, LEN);
+    g_autoptr(GBytes) undone = file_bytes(fx->child);
+    assert_true(g_bytes_equal(undone, want));
+    /* torn (at sector boundaries) before, at and after the changed chunk [9728, 10240) */
+    static const size_t tears[] = {512, 9728, 10240, 40960};
+    for (size_t k = 0; k < G_N_ELEMENTS(tears); k++) {
+        memcpy(block, orig, LEN);
+        assert_int_equal(rewrite_block(fx->child, block, LEN, 3, tears[k], j), -EIO);
+        g_autoptr(GBytes) torn = file_bytes(fx->child);
+        assert_int_equal(g_bytes_equal(torn, want), tears[k] <= 9728); /* the tear hit it */
+        assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL) >= 0, 1);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, want));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -805,6 +871,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(symlinks_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(modes_are_private, setup, teardown),
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(unchanged_bytes_are_not_journaled, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
         cmocka_unit_test(damage_after_a_commit_spares_it),
