@@ -195,26 +195,31 @@ static char *journal_path(const fixture *fx)
     return g_build_filename(fx->store, ".vhdheal", "journal", NULL);
 }
 
-/* A repair that "crashed" after it wrote into the child: its record stays open and the child
- * holds part of what it wrote. */
-static void crashed_repair(fixture *fx)
+/* A repair of `child` that "crashed" after it wrote into it: its record stays open and the
+ * child holds part of what it wrote. */
+static void crashed_repair_of(fixture *fx, const char *child)
 {
     for (long n = 1;; n++) {
         assert_true(n < 50);
-        assert_true(g_file_set_contents(fx->child, g_bytes_get_data(fx->original, NULL),
+        assert_true(g_file_set_contents(child, g_bytes_get_data(fx->original, NULL),
                                         (gssize)g_bytes_get_size(fx->original), NULL));
         g_autoptr(vh_journal) j = NULL;
         assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
         vh_fault_arm(VH_FAULT_STOP, n, 0);
-        int r = do_repair(j, fx->child, NULL);
+        int r = do_repair(j, child, NULL);
         vh_fault_disarm();
         assert_true(r < 0);
-        g_autoptr(GBytes) now = file_bytes(fx->child);
+        g_autoptr(GBytes) now = file_bytes(child);
         if (!g_bytes_equal(now, fx->original))
             return;
         /* the stop came before any write to the child: resolve that record, try later */
         assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
     }
+}
+
+static void crashed_repair(fixture *fx)
+{
+    crashed_repair_of(fx, fx->child);
 }
 
 static guint count_in_journal(const fixture *fx, const char *what)
@@ -856,6 +861,95 @@ static void unchanged_bytes_are_not_journaled(void **state)
     }
 }
 
+static vh_repair_info *find_info(GPtrArray *list, const char *child, vh_repair_state state)
+{
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        if (strcmp(info->child, child) == 0 && info->state == state)
+            return info;
+    }
+    return NULL;
+}
+
+static void append_to(const char *path, const char *bytes)
+{
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fputs(bytes, f);
+    fclose(f);
+}
+
+/*
+ * A journal grown past its bound (64 KiB here) drops its oldest finished repairs at the next
+ * BEGIN: it stays bounded, while an unfinished repair older than all of them still rolls back,
+ * one whose records a damaged region may hold is still left alone, the newest repairs are still
+ * undone, and a handle opened before the compactions appends to the new journal.
+ */
+static void compaction_keeps_what_recovery_needs(void **state)
+{
+    fixture *fx = *state;
+    enum { LIMIT = 65536 };
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "65536", TRUE); /* LIMIT */
+    g_autofree char *jp = journal_path(fx);
+    g_autofree char *a = g_build_filename(fx->store, "a.vhd", NULL);
+    g_autofree char *b = g_build_filename(fx->store, "b.vhd", NULL);
+    crashed_repair_of(fx, a); /* unfinished, then a damaged region: left alone */
+    append_to(jp, "@VHJ2 00000004 00000000\nabcd\n");
+    crashed_repair_of(fx, b); /* unfinished after the damage: rolled back */
+    g_autoptr(GBytes) a_crashed = file_bytes(a);
+    g_autoptr(vh_journal) early = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &early, NULL), 0);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    GStatBuf st;
+    guint compactions = 0, repairs = 0;
+    goffset last = 0;
+    for (; compactions < 3; repairs++) {
+        assert_true(repairs < 2000);
+        assert_int_equal(do_repair(j, fx->child, NULL), 0);
+        g_autoptr(GPtrArray) list = NULL;
+        assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+        vh_repair_info *done = find_info(list, "child.vhd", VH_REPAIR_COMMITTED);
+        assert_non_null(done);
+        assert_int_equal(vh_journal_undo(j, done->id, NULL), 0);
+        assert_int_equal(g_stat(jp, &st), 0);
+        if (st.st_size >= 2 * LIMIT)
+            fail_msg("journal %ld bytes after %u repairs, %u compactions", (long)st.st_size,
+                     repairs, compactions);
+        if (st.st_size < last)
+            compactions++;
+        last = st.st_size;
+    }
+    print_message("# %u repairs and undos, %u compactions\n", repairs, compactions);
+    assert_int_equal(count_in_journal(fx, "COMPACTED\t"), 1);
+    /* the handle opened before every compaction writes into the journal the name holds */
+    assert_int_equal(do_repair(early, fx->child, NULL), 0);
+    g_autoptr(vh_journal) fresh = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &fresh, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(fresh, &list, NULL), 0);
+    assert_true(list->len < repairs);
+    vh_repair_info *last_repair = find_info(list, "child.vhd", VH_REPAIR_COMMITTED);
+    assert_non_null(last_repair);
+    assert_int_equal(vh_journal_undo(fresh, last_repair->id, NULL), 0);
+    g_autoptr(GBytes) child_now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(child_now, fx->original));
+    vh_repair_info *ia = find_info(list, "a.vhd", VH_REPAIR_OPEN);
+    vh_repair_info *ib = find_info(list, "b.vhd", VH_REPAIR_OPEN);
+    assert_non_null(ia);
+    assert_non_null(ib);
+    assert_true(ia->damaged);
+    assert_false(ib->damaged);
+    vh_recover_stats rs = {0};
+    assert_true(vh_journal_recover(fresh, NULL, &rs, NULL) >= 0);
+    vh_recover_stats_clear(&rs);
+    g_autoptr(GBytes) a_now = file_bytes(a);
+    g_autoptr(GBytes) b_now = file_bytes(b);
+    assert_true(g_bytes_equal(a_now, a_crashed));
+    assert_true(g_bytes_equal(b_now, fx->original));
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -872,6 +966,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(modes_are_private, setup, teardown),
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
         cmocka_unit_test_setup_teardown(unchanged_bytes_are_not_journaled, setup, teardown),
+        cmocka_unit_test_setup_teardown(compaction_keeps_what_recovery_needs, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
         cmocka_unit_test(damage_after_a_commit_spares_it),
