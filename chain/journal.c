@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -395,11 +396,16 @@ out:
     return r;
 }
 
+/* A repair's id: the time and 32 random bits from the kernel (GLib's generator is copied into
+ * a forked child with its state: two children would draw the same ids). */
 static char *new_repair_id(void)
 {
     g_autoptr(GDateTime) now = g_date_time_new_now_utc();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%S");
-    return g_strdup_printf("%s-%08x", stamp, g_random_int());
+    guint32 bits;
+    if (getrandom(&bits, sizeof bits, 0) != (ssize_t)sizeof bits)
+        bits = g_random_int() ^ (guint32)getpid() ^ (guint32)g_get_monotonic_time();
+    return g_strdup_printf("%s-%08x", stamp, bits);
 }
 
 static GBytes *chunk_sums(const uint8_t *buf, size_t len)
@@ -1070,7 +1076,8 @@ static bool finished(const parsed_repair *p)
     return p->info.state != VH_REPAIR_OPEN && !undo_under_way && !p->legacy;
 }
 
-/* Chooses the oldest finished repairs to drop until the rest takes at most `keep` bytes. A
+/* Chooses the oldest finished repairs to drop until the rest takes at most `keep` bytes: first
+ * those rolled back or undone (history only), then committed ones (whose undo is lost). A
  * repeated id (never made, but the journal is read as untrusted) is kept: its records mix. */
 static void choose_drops(GPtrArray *all, compact_ctx *cc, uint64_t size, uint64_t keep)
 {
@@ -1082,15 +1089,17 @@ static void choose_drops(GPtrArray *all, compact_ctx *cc, uint64_t size, uint64_
             g_hash_table_add(repeated, p->info.id);
     }
     uint64_t left = size;
-    for (guint i = 0; i < all->len && left > keep; i++) {
-        parsed_repair *p = all->pdata[i];
-        guint64 *n = g_hash_table_lookup(cc->bytes, p->info.id);
-        if (!finished(p) || !n || g_hash_table_contains(repeated, p->info.id))
-            continue;
-        g_hash_table_add(cc->drop, g_strdup(p->info.id));
-        left -= MIN(left, *n);
-        cc->dropped_repairs++;
-    }
+    for (int committed = 0; committed < 2; committed++)
+        for (guint i = 0; i < all->len && left > keep; i++) {
+            parsed_repair *p = all->pdata[i];
+            guint64 *n = g_hash_table_lookup(cc->bytes, p->info.id);
+            if (!finished(p) || !n || g_hash_table_contains(repeated, p->info.id) ||
+                (p->info.state == VH_REPAIR_COMMITTED) != (committed == 1))
+                continue;
+            g_hash_table_add(cc->drop, g_strdup(p->info.id));
+            left -= MIN(left, *n);
+            cc->dropped_repairs++;
+        }
 }
 
 /* Writes text as STORE/.vhdheal/journal.new, durably, and renames it over the journal. */

@@ -950,6 +950,80 @@ static void compaction_keeps_what_recovery_needs(void **state)
     g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
 }
 
+/* One process of compaction_under_concurrent_repairs: `rounds` repairs and undos of its own
+ * child through one handle opened at the start. Exit 0 when every one worked. */
+static int repair_and_undo_rounds(fixture *fx, int k, int rounds, int go)
+{
+    g_autofree char *name = g_strdup_printf("c%d.vhd", k);
+    g_autofree char *path = g_build_filename(fx->store, name, NULL);
+    if (!g_file_set_contents(path, g_bytes_get_data(fx->original, NULL),
+                             (gssize)g_bytes_get_size(fx->original), NULL))
+        return 2;
+    g_autoptr(vh_journal) j = NULL;
+    char c;
+    if (vh_journal_open(fx->store, &j, NULL) < 0 || read(go, &c, 1) < 0)
+        return 2;
+    for (int i = 0; i < rounds; i++) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(GPtrArray) list = NULL;
+        if (do_repair(j, path, &err) < 0 || vh_journal_list(j, &list, &err) < 0) {
+            g_printerr("%s: %s\n", name, err ? err->message : "?");
+            return 3;
+        }
+        vh_repair_info *done = find_info(list, name, VH_REPAIR_COMMITTED);
+        if (!done || vh_journal_undo(j, done->id, &err) < 0) {
+            g_printerr("%s round %d: %s\n", name, i, err ? err->message : "not listed");
+            return 4;
+        }
+    }
+    g_autoptr(GBytes) now = file_bytes(path);
+    return g_bytes_equal(now, fx->original) ? 0 : 5;
+}
+
+/* Eight processes repair and undo at once through a journal compacted again and again: no
+ * record is lost to a replaced journal (every repair is found, undone, none left unfinished). */
+static void compaction_under_concurrent_repairs(void **state)
+{
+    fixture *fx = *state;
+    enum { PROCS = 8, ROUNDS = 30, LIMIT = 65536 };
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "65536", TRUE); /* LIMIT */
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    pid_t pids[PROCS];
+    for (int k = 0; k < PROCS; k++) {
+        pids[k] = fork();
+        assert_true(pids[k] >= 0);
+        if (pids[k] == 0) {
+            close(go[1]);
+            _exit(repair_and_undo_rounds(fx, k, ROUNDS, go[0]));
+        }
+    }
+    close(go[0]);
+    close(go[1]); /* EOF: go */
+    for (int k = 0; k < PROCS; k++) {
+        int status;
+        assert_int_equal(waitpid(pids[k], &status, 0), pids[k]);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        assert_int_equal(info->state, VH_REPAIR_UNDONE);
+        assert_false(info->damaged);
+    }
+    assert_true(list->len < PROCS * ROUNDS); /* compacted */
+    assert_int_equal(count_in_journal(fx, "COMPACTED\t"), 1);
+    g_autofree char *jp = journal_path(fx);
+    GStatBuf st;
+    assert_int_equal(g_stat(jp, &st), 0);
+    assert_true(st.st_size < 2 * LIMIT);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -967,6 +1041,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
         cmocka_unit_test_setup_teardown(unchanged_bytes_are_not_journaled, setup, teardown),
         cmocka_unit_test_setup_teardown(compaction_keeps_what_recovery_needs, setup, teardown),
+        cmocka_unit_test_setup_teardown(compaction_under_concurrent_repairs, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
         cmocka_unit_test(damage_after_a_commit_spares_it),
