@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* test_journal_attack.c - the repair journal under hostile conditions: a compaction must leave
+ * every kept repair read exactly as before (torn and damaged records included), and a journal
+ * whose name was taken away must not keep its lock held. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "journal.h"
+#include "tmpfix.h"
+
+#define CHILD_SIZE 16384
+
+static char *store_path(void)
+{
+    return tpath("store");
+}
+
+static char *journal_path(void)
+{
+    return g_build_filename(tmp_dir, "store", ".vhdheal", "journal", NULL);
+}
+
+/* A child of CHILD_SIZE bytes filled with `fill`. */
+static void make_child(const char *name, uint8_t fill)
+{
+    g_autofree char *store = store_path();
+    g_mkdir_with_parents(store, 0755);
+    g_autofree char *p = g_build_filename(store, name, NULL);
+    g_autofree uint8_t *buf = g_malloc(CHILD_SIZE);
+    memset(buf, fill, CHILD_SIZE);
+    assert_true(g_file_set_contents(p, (const char *)buf, CHILD_SIZE, NULL));
+}
+
+static GBytes *child_bytes(const char *name)
+{
+    g_autofree char *p = g_build_filename(tmp_dir, "store", name, NULL);
+    return file_bytes(p);
+}
+
+/* Begins a repair of `name` and makes `nwrites` journaled writes of `len` bytes (each 4096
+ * bytes apart, filled with `fill`); the repair is left open (the caller commits or releases). */
+static vh_repair *repair_writes(vh_journal *j, vh_file *f, const char *name, int nwrites,
+                                size_t len, uint8_t fill)
+{
+    g_autofree char *store = store_path();
+    g_autofree char *p = g_build_filename(store, name, NULL);
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_file_open(f, p, true, &e), 0);
+    vh_repair *r = NULL;
+    assert_int_equal(vh_journal_begin(j, f, "old", "new", &r, &e), 0);
+    g_autofree uint8_t *buf = g_malloc(len);
+    memset(buf, fill, len);
+    for (int k = 0; k < nwrites; k++)
+        assert_int_equal(vh_file_write(f, buf, len, (uint64_t)k * 4096, "test", &e), 0);
+    return r;
+}
+
+/* n committed repairs of `name`, each rewriting its first `len` bytes. */
+static void committed_repairs(vh_journal *j, const char *name, int n, size_t len)
+{
+    for (int i = 0; i < n; i++) {
+        vh_file f;
+        vh_repair *r = repair_writes(j, &f, name, 1, len, (uint8_t)(0x40 + i));
+        g_autoptr(GError) e = NULL;
+        assert_int_equal(vh_file_flush(&f, &e), 0);
+        assert_int_equal(vh_journal_commit(r, &e), 0);
+        vh_file_close(&f);
+    }
+}
+
+static GBytes *journal_bytes(void)
+{
+    g_autofree char *p = journal_path();
+    return file_bytes(p);
+}
+
+static void journal_set(const char *data, size_t len)
+{
+    g_autofree char *p = journal_path();
+    assert_true(g_file_set_contents(p, data, (gssize)len, NULL));
+    chmod(p, 0600);
+}
+
+static void journal_append_raw(const char *data, size_t len)
+{
+    g_autofree char *p = journal_path();
+    int fd = open(p, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+}
+
+/* The offset of the last record of the journal text (its magic). */
+static size_t last_record(const char *text, size_t len)
+{
+    const char *last = NULL;
+    for (const char *p = text;
+         (p = g_strstr_len(p, (gssize)(len - (size_t)(p - text)), "@VHJ2 ")) != NULL; p++)
+        last = p;
+    assert_non_null(last);
+    return (size_t)(last - text);
+}
+
+/* The state of repair `id` as listed (damaged flag in *damaged). */
+static vh_repair_state listed_state(vh_journal *j, const char *id, bool *damaged)
+{
+    g_autoptr(GPtrArray) list = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_list(j, &list, &e), 0);
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        if (strcmp(info->id, id) == 0) {
+            *damaged = info->damaged;
+            return info->state;
+        }
+    }
+    fail_msg("repair %s is not listed", id);
+    return VH_REPAIR_OPEN;
+}
+
+/* Starts a repair of `name` whose BEGIN fails after the compaction it triggers (a crash or a
+ * full disk right after the journal was replaced): the journal ends as the compaction left it.
+ * Returns the journal's size before. */
+static size_t compact_then_fail(vh_journal *j, const char *name)
+{
+    g_autoptr(GBytes) before = journal_bytes();
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "4096", TRUE);
+    g_autofree char *store = store_path();
+    g_autofree char *p = g_build_filename(store, name, NULL);
+    vh_file f;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_file_open(&f, p, true, &e), 0);
+    vh_fault_arm(VH_FAULT_ONCE, 1, 0);
+    vh_fault_set_errno(ENOSPC);
+    vh_repair *r = NULL;
+    assert_int_equal(vh_journal_begin(j, &f, "old", "new", &r, &e), -ENOSPC);
+    vh_fault_disarm();
+    vh_file_close(&f);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+    g_autoptr(GBytes) after = journal_bytes();
+    /* the compaction happened: otherwise this test shows nothing */
+    assert_true(g_bytes_get_size(after) < g_bytes_get_size(before) / 2);
+    return g_bytes_get_size(before);
+}
+
+/*
+ * A repair whose last RANGE record a crash cut two bytes short, closed by the torn mark of the
+ * next appender: a torn tail, rolled back. When a compaction drops every record after it (the
+ * BEGIN that triggered the compaction then failing), it must still be read as torn, not as a
+ * damaged record ("all of it there, closed by its newline"): the mark's newline stands where
+ * the record's own newline was.
+ */
+static void compaction_keeps_a_torn_range_torn(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    make_child("b", 0x22);
+    make_child("c", 0x33);
+    g_autofree char *store = store_path();
+    g_autoptr(GBytes) orig = child_bytes("a");
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    vh_file f;
+    vh_repair *x = repair_writes(j, &f, "a", 2, 512, 0xaa);
+    g_autofree char *xid = g_strdup(vh_repair_id(x));
+    vh_journal_release(x);
+    /* the crash: the second record was torn two bytes short, so its write was never made */
+    uint8_t back[512];
+    memset(back, 0x11, sizeof back);
+    assert_int_equal(pwrite(f.fd, back, sizeof back, 4096), (ssize_t)sizeof back);
+    vh_file_close(&f);
+    {
+        g_autoptr(GBytes) jb = journal_bytes();
+        gsize n;
+        const char *t = g_bytes_get_data(jb, &n);
+        journal_set(t, n - 2);
+    }
+    committed_repairs(j, "b", 4, 2048); /* the first BEGIN closes the torn tail with its mark */
+    bool damaged = true;
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_false(damaged);
+    compact_then_fail(j, "c");
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_false(damaged); /* read as before the compaction */
+    vh_recover_stats st = {0};
+    assert_int_equal(vh_journal_recover(j, "a", &st, &e), 1);
+    assert_int_equal(st.left, 0);
+    vh_recover_stats_clear(&st);
+    g_autoptr(GBytes) now = child_bytes("a");
+    assert_true(g_bytes_equal(now, orig));
+}
+
+/*
+ * A repair whose second RANGE record was damaged after its write was made (its length field):
+ * followed by other records it is damage, and recovery leaves the repair alone (restoring the
+ * first range only would leave the child neither as it was nor as repaired). A compaction that
+ * drops every record after it must not turn it into a torn tail (it would end the file short of
+ * its length).
+ */
+static void compaction_keeps_a_damaged_range_damaged(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    make_child("b", 0x22);
+    make_child("c", 0x33);
+    g_autofree char *store = store_path();
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    vh_file f;
+    vh_repair *x = repair_writes(j, &f, "a", 2, 512, 0xaa);
+    g_autofree char *xid = g_strdup(vh_repair_id(x));
+    vh_journal_release(x);
+    vh_file_close(&f);
+    {
+        g_autoptr(GBytes) jb = journal_bytes();
+        gsize n;
+        const char *t = g_bytes_get_data(jb, &n);
+        g_autofree char *copy = g_memdup2(t, n);
+        copy[last_record(copy, n) + 8] = '7'; /* "@VHJ2 00" -> "@VHJ2 007": far too long */
+        journal_set(copy, n);
+    }
+    committed_repairs(j, "b", 4, 2048);
+    bool damaged = false;
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_true(damaged);
+    g_autoptr(GBytes) repaired = child_bytes("a");
+    compact_then_fail(j, "c");
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_true(damaged); /* read as before the compaction */
+    vh_recover_stats st = {0};
+    assert_int_equal(vh_journal_recover(j, "a", &st, &e), 0);
+    assert_int_equal(st.left, 1);
+    vh_recover_stats_clear(&st);
+    g_autoptr(GBytes) now = child_bytes("a");
+    assert_true(g_bytes_equal(now, repaired));
+}
+
+/*
+ * A damaged RANGE record (a byte of its payload flipped) followed by a committed repair's
+ * records and then by a record torn before its magic was whole ("@VH", closed by the torn mark
+ * of the next appender). When the compaction drops the committed repair, the damaged record
+ * must not swallow the torn line and, ending in its mark, pass for a torn tail.
+ */
+static void compaction_does_not_merge_damage_into_a_torn_line(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    make_child("b", 0x22);
+    make_child("c", 0x33);
+    g_autofree char *store = store_path();
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    vh_file f;
+    vh_repair *x = repair_writes(j, &f, "a", 2, 512, 0xaa);
+    g_autofree char *xid = g_strdup(vh_repair_id(x));
+    vh_journal_release(x);
+    vh_file_close(&f);
+    {
+        g_autoptr(GBytes) jb = journal_bytes();
+        gsize n;
+        const char *t = g_bytes_get_data(jb, &n);
+        g_autofree char *copy = g_memdup2(t, n);
+        size_t at = last_record(copy, n) + 24 + 80; /* inside its base64 */
+        copy[at] = copy[at] == 'A' ? 'B' : 'A';
+        journal_set(copy, n);
+    }
+    committed_repairs(j, "b", 4, 2048);
+    journal_append_raw("@VH", 3); /* a writer crashed three bytes into its record */
+    g_autoptr(GBytes) repaired = child_bytes("a");
+    bool damaged = false;
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_true(damaged);
+    /* a repair of another child compacts the journal (its records follow the torn line) */
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "4096", TRUE);
+    g_autoptr(GBytes) before = journal_bytes();
+    committed_repairs(j, "c", 1, 512);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+    g_autoptr(GBytes) after = journal_bytes();
+    assert_true(g_bytes_get_size(after) < g_bytes_get_size(before) / 2);
+    assert_int_equal(listed_state(j, xid, &damaged), VH_REPAIR_OPEN);
+    assert_true(damaged); /* read as before the compaction */
+    vh_recover_stats st = {0};
+    assert_int_equal(vh_journal_recover(j, "a", &st, &e), 0);
+    assert_int_equal(st.left, 1);
+    vh_recover_stats_clear(&st);
+    g_autoptr(GBytes) now = child_bytes("a");
+    assert_true(g_bytes_equal(now, repaired));
+}
+
+/* Is a write lock held (by anyone but the descriptor asking) on the file at path? */
+static bool write_locked(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    assert_int_equal(fcntl(fd, F_OFD_GETLK, &fl), 0);
+    close(fd);
+    return fl.l_type != F_UNLCK;
+}
+
+/*
+ * The journal's name replaced by a symbolic link (or removed, in a folder where no new one can
+ * be made) while a process holds the journal open: its next append fails (ELOOP), and it must
+ * not keep the lock it took on the old file, or every other process that has that file open
+ * (another mount's daemon) waits for it for ever.
+ */
+static void failed_follow_releases_the_lock(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    g_autofree char *store = store_path();
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    committed_repairs(j, "a", 1, 512);
+    g_autofree char *jp = journal_path();
+    g_autofree char *keep = g_strconcat(jp, ".keep", NULL);
+    g_autofree char *sym = g_strconcat(jp, ".link", NULL);
+    assert_int_equal(link(jp, keep), 0); /* the old file, still reachable by this test */
+    assert_int_equal(symlink("/dev/null", sym), 0);
+    assert_int_equal(rename(sym, jp), 0);
+    vh_file f;
+    vh_repair *r = NULL;
+    g_autofree char *p = g_build_filename(store, "a", NULL);
+    assert_int_equal(vh_file_open(&f, p, true, &e), 0);
+    assert_int_equal(vh_journal_begin(j, &f, "old", "new", &r, &e), -ELOOP);
+    g_clear_error(&e);
+    vh_file_close(&f);
+    assert_false(write_locked(keep));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(compaction_keeps_a_torn_range_torn, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(compaction_keeps_a_damaged_range_damaged, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(compaction_does_not_merge_damage_into_a_torn_line,
+                                        tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(failed_follow_releases_the_lock, tmp_setup, tmp_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
