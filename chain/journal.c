@@ -21,6 +21,7 @@
 #define MAX_JOURNAL (1u << 30) /* a journal larger than this is not read */
 #define COMPACT_AT (16u << 20) /* a journal past this drops its oldest finished repairs */
 #define COMPACTED "COMPACTED"
+#define GAP "GAP" /* where a compaction dropped the record after a torn or damaged region */
 #define SIZE_UNKNOWN UINT64_MAX
 
 struct vh_journal {
@@ -343,8 +344,11 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
             return vh_fail(err, -r, "%s: %s", j->path, g_strerror(-r));
         }
         if (r == 1) { /* replaced while we waited: lock the new one */
-            if ((r = journal_reopen(j, err)) < 0)
+            if ((r = journal_reopen(j, err)) < 0) {
+                /* still holding the old file: its other users would wait for ever */
+                lock_fd(j->file.fd, F_UNLCK, false);
                 return r;
+            }
             continue;
         }
         *end = (uint64_t)st.st_size;
@@ -1019,7 +1023,8 @@ typedef struct {
     GHashTable *bytes; /* id -> the bytes of its records (guint64 *) */
     GHashTable *drop;  /* ids whose records are left out */
     GString *out;
-    bool marked; /* the COMPACTED record is written */
+    bool marked;     /* the COMPACTED record is written */
+    bool unreadable; /* the last item written is a torn or damaged region */
     uint64_t dropped_repairs, size_before;
 } compact_ctx;
 
@@ -1044,6 +1049,14 @@ static void append_framed(GString *out, const char *payload)
                            payload);
 }
 
+/* Is the item a record of this kind (its first field)? */
+static bool is_kind(const text_item *it, const char *kind)
+{
+    size_t n = strlen(kind);
+    return it->kind == ITEM_RECORD && it->plen > n && memcmp(it->payload, kind, n) == 0 &&
+           it->payload[n] == '\t';
+}
+
 /*
  * Copies an item into the compacted journal unless it is a record of a dropped repair. Lines of
  * the old format (before the first record) stay first; the COMPACTED record comes before the
@@ -1060,12 +1073,21 @@ static void keep_item(void *ctx, const text_item *it)
         cc->marked = true;
     }
     g_autofree char *id = it->kind == ITEM_RECORD ? record_id(it) : NULL;
-    if (id && g_hash_table_contains(cc->drop, id))
+    /* an earlier compaction's records are dropped too: this one's say it all */
+    if ((id && g_hash_table_contains(cc->drop, id)) || is_kind(it, COMPACTED) || is_kind(it, GAP)) {
+        /* A torn or damaged region is read by what follows it (a record, a line, the end of
+         * the file: torn_tail): the record it was followed by is replaced by a GAP record, so
+         * that it neither ends the file nor runs into a line further on. */
+        if (cc->unreadable) {
+            g_autofree char *gap =
+                g_strdup_printf(GAP "\t%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+            append_framed(cc->out, gap);
+        }
+        cc->unreadable = false;
         return;
-    if (it->kind == ITEM_RECORD && it->plen > strlen(COMPACTED) &&
-        memcmp(it->payload, COMPACTED "\t", strlen(COMPACTED) + 1) == 0)
-        return; /* an earlier compaction's mark: this one's says it all */
+    }
     g_string_append_len(cc->out, it->start, (gssize)it->len);
+    cc->unreadable = it->kind == ITEM_TORN || it->kind == ITEM_DAMAGE;
 }
 
 /* A repair whose records nothing needs but undo: committed, rolled back or undone, no undo of
