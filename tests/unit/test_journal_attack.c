@@ -340,6 +340,36 @@ static void failed_follow_releases_the_lock(void **state)
     assert_false(write_locked(keep));
 }
 
+/*
+ * A compaction by a process whose umask takes the owner's write permission away (0222, 0277)
+ * must still leave a journal of mode 0600: the journal it replaces was made 0600 whatever the
+ * umask, and a journal of mode 0400 cannot be opened for writing by its owner (every later
+ * repair and recovery of a non-root user fails with EACCES).
+ */
+static void compaction_keeps_the_journal_writable(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    make_child("b", 0x22);
+    g_autofree char *store = store_path();
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    committed_repairs(j, "a", 4, 2048);
+    g_autoptr(GBytes) before = journal_bytes();
+    mode_t old = umask(0222);
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "4096", TRUE);
+    committed_repairs(j, "b", 1, 512);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+    umask(old);
+    g_autoptr(GBytes) after = journal_bytes();
+    assert_true(g_bytes_get_size(after) < g_bytes_get_size(before)); /* it was compacted */
+    g_autofree char *jp = journal_path();
+    struct stat st;
+    assert_int_equal(stat(jp, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +380,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(compaction_does_not_merge_damage_into_a_torn_line,
                                         tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(failed_follow_releases_the_lock, tmp_setup, tmp_teardown),
+        cmocka_unit_test_setup_teardown(compaction_keeps_the_journal_writable, tmp_setup,
+                                        tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
