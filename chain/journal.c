@@ -1136,6 +1136,8 @@ static int replace_journal(vh_journal *j, const GString *text, GError **err)
     int r = 0;
     if (fstat(j->file.fd, &st) == 0 && fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
         r = -errno;
+    if (r == 0 && fchmod(fd, 0600) < 0) /* 0600 whatever the umask, as journal_open makes it */
+        r = -errno;
     if (r == 0)
         r = vh_write_full(fd, text->str, text->len, 0, NULL);
     if (r == 0 && fdatasync(fd) < 0)
