@@ -370,6 +370,52 @@ static void compaction_keeps_the_journal_writable(void **state)
     assert_int_equal(st.st_mode & 07777, 0600);
 }
 
+/*
+ * An undo interrupted after its UNDOING record, then a repair of the same child committed (the
+ * next open heals it), then the interrupted undo run again, as doc/journal.md says to complete
+ * it: it must not write its original bytes over the later repair (which would stay listed as
+ * done, and could never be undone: "changed since"). It refuses until the later repair is
+ * undone; then both undos give back the original bytes.
+ */
+static void resumed_undo_does_not_undo_a_later_repair(void **state)
+{
+    (void)state;
+    make_child("a", 0x11);
+    g_autofree char *store = store_path();
+    g_autoptr(GBytes) orig = child_bytes("a");
+    g_autoptr(vh_journal) j = NULL;
+    g_autoptr(GError) e = NULL;
+    assert_int_equal(vh_journal_open(store, &j, &e), 0);
+    vh_file f;
+    vh_repair *x = repair_writes(j, &f, "a", 2, 512, 0xaa);
+    g_autofree char *xid = g_strdup(vh_repair_id(x));
+    assert_int_equal(vh_file_flush(&f, &e), 0);
+    assert_int_equal(vh_journal_commit(x, &e), 0);
+    vh_file_close(&f);
+    /* the undo stops after UNDOING (its write and flush), at its first restoring write */
+    vh_fault_arm(VH_FAULT_STOP, 3, 0);
+    assert_true(vh_journal_undo(j, xid, &e) < 0);
+    assert_true(vh_fault_fired());
+    vh_fault_disarm();
+    g_clear_error(&e);
+    /* a later repair of the same child */
+    vh_repair *r2 = repair_writes(j, &f, "a", 2, 512, 0xbb);
+    g_autofree char *r2id = g_strdup(vh_repair_id(r2));
+    assert_int_equal(vh_file_flush(&f, &e), 0);
+    assert_int_equal(vh_journal_commit(r2, &e), 0);
+    vh_file_close(&f);
+    g_autoptr(GBytes) repaired = child_bytes("a");
+    assert_int_equal(vh_journal_undo(j, xid, &e), -EBUSY);
+    g_clear_error(&e);
+    g_autoptr(GBytes) now = child_bytes("a");
+    assert_true(g_bytes_equal(now, repaired));
+    /* undone newest first, both give back the original bytes */
+    assert_int_equal(vh_journal_undo(j, r2id, &e), 0);
+    assert_int_equal(vh_journal_undo(j, xid, &e), 0);
+    g_autoptr(GBytes) back = child_bytes("a");
+    assert_true(g_bytes_equal(back, orig));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -381,6 +427,8 @@ int main(void)
                                         tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(failed_follow_releases_the_lock, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(compaction_keeps_the_journal_writable, tmp_setup,
+                                        tmp_teardown),
+        cmocka_unit_test_setup_teardown(resumed_undo_does_not_undo_a_later_repair, tmp_setup,
                                         tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
