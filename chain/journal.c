@@ -1527,6 +1527,25 @@ static int undo_still_journaled(vh_journal *j, const char *id, GError **err)
     return 0;
 }
 
+/*
+ * A repair of p's child committed after p (and not undone since), or NULL. An undo of p that
+ * was interrupted leaves the child half restored: its next open heals it again, and completing
+ * p's undo then would write p's original bytes over that later repair (which would stay listed
+ * as done, and could never be undone). The later one must be undone first.
+ */
+static parsed_repair *later_repair(GPtrArray *all, parsed_repair *p)
+{
+    guint at = 0;
+    while (at < all->len && all->pdata[at] != p)
+        at++;
+    for (guint i = at + 1; i < all->len; i++) {
+        parsed_repair *q = all->pdata[i];
+        if (q->info.state == VH_REPAIR_COMMITTED && strcmp(q->info.child, p->info.child) == 0)
+            return q;
+    }
+    return NULL;
+}
+
 /* Undoes p, whose child f the caller holds locked. */
 static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
 {
@@ -1548,6 +1567,12 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
                        j->path, id, p->info.child);
     if ((r = refresh_size(f, err)) < 0)
         return r;
+    parsed_repair *later = p->undoing ? later_repair(all, p) : NULL;
+    if (later)
+        return vh_fail(err, EBUSY,
+                       "%s: repair %s was made after the undo of %s was interrupted: undo %s "
+                       "first",
+                       f->path, later->info.id, id, later->info.id);
     if (!p->undoing) {
         g_autofree char *hash = NULL;
         r = hash_ranges(f, p->ranges, &hash, err);
