@@ -416,6 +416,167 @@ static void resumed_undo_does_not_undo_a_later_repair(void **state)
     assert_true(g_bytes_equal(back, orig));
 }
 
+static const char *const kids[] = {"a", "b", "c", "d"};
+
+/* A random history on children a..d: repairs committed, crashed (left unfinished), aborted and
+ * undone, the journal torn or damaged between them as a crash or a bad disk leaves it. */
+static void random_history(vh_journal *j, GRand *rnd)
+{
+    g_autoptr(GPtrArray) ids = g_ptr_array_new_with_free_func(g_free);
+    for (int step = 0; step < 16; step++) {
+        const char *child = kids[g_rand_int_range(rnd, 0, 4)];
+        int op = g_rand_int_range(rnd, 0, 9);
+        g_autoptr(GError) e = NULL;
+        if (op <= 4) { /* a repair: committed, crashed or aborted */
+            vh_file f;
+            g_autofree char *p = g_build_filename(tmp_dir, "store", child, NULL);
+            assert_int_equal(vh_file_open(&f, p, true, &e), 0);
+            vh_repair *r = NULL;
+            assert_int_equal(vh_journal_begin(j, &f, "old", "new", &r, &e), 0);
+            int n = g_rand_int_range(rnd, 1, 4);
+            for (int k = 0; k < n; k++) {
+                size_t len = (size_t)g_rand_int_range(rnd, 1, 5) * 512;
+                uint64_t off = (uint64_t)g_rand_int_range(rnd, 0, 28) * 512;
+                g_autofree uint8_t *buf = g_malloc(len);
+                memset(buf, g_rand_int_range(rnd, 0, 256), len);
+                assert_int_equal(vh_file_write(&f, buf, len, off, "test", &e), 0);
+            }
+            if (op <= 2) {
+                assert_int_equal(vh_file_flush(&f, &e), 0);
+                g_ptr_array_add(ids, g_strdup(vh_repair_id(r)));
+                assert_int_equal(vh_journal_commit(r, &e), 0);
+            } else if (op == 3) {
+                vh_journal_release(r);
+            } else {
+                assert_int_equal(vh_journal_abort(r, &e), 0);
+            }
+            vh_file_close(&f);
+        } else if (op == 5 && ids->len) { /* may be refused: changed since, damaged */
+            vh_journal_undo(j, ids->pdata[g_rand_int_range(rnd, 0, (gint32)ids->len)], NULL);
+        } else {
+            g_autoptr(GBytes) jb = journal_bytes();
+            gsize n;
+            const char *t = g_bytes_get_data(jb, &n);
+            if (n < 64)
+                continue;
+            g_autofree char *copy = g_memdup2(t, n);
+            size_t last = last_record(copy, n);
+            if (op == 6) /* torn: the last record cut short */
+                journal_set(copy, n - (size_t)g_rand_int_range(rnd, 1, (gint32)MIN(n - last, 80)));
+            else if (op == 7) /* damaged: a byte of the last record */
+                copy[last + (size_t)g_rand_int_range(rnd, 0, (gint32)(n - last))] ^= 0x20,
+                    journal_set(copy, n);
+            else /* a record torn before its magic was whole */
+                journal_append_raw("@VH", 3);
+        }
+    }
+}
+
+typedef struct {
+    int rolled_back, resolved, left;
+    GHashTable *listed; /* id -> state | damaged << 4 */
+} decisions;
+
+static void list_into(vh_journal *j, GHashTable *h)
+{
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        g_hash_table_insert(h, g_strdup(info->id),
+                            GINT_TO_POINTER((int)info->state | (info->damaged ? 16 : 0)));
+    }
+}
+
+/*
+ * Recovery after a compaction decides as before it: for random histories (repairs committed,
+ * crashed, aborted and undone, the journal torn and damaged between them), a copy of the store
+ * is recovered without the compaction and the store after one (whose BEGIN then failed, so
+ * that nothing follows what it wrote): every repair still listed reads the same (state,
+ * damaged), recovery rolls back, resolves and leaves alone as many, and the children end byte
+ * for byte the same.
+ */
+static void compaction_changes_no_decision(void **state)
+{
+    (void)state;
+    int compacted = 0, rounds = 150;
+    for (int round = 0; round < rounds; round++) {
+        g_autofree char *cmd = g_strdup_printf("rm -rf '%s/store' '%s/copy'", tmp_dir, tmp_dir);
+        assert_int_equal(system(cmd), 0);
+        for (int k = 0; k < 4; k++)
+            make_child(kids[k], (uint8_t)(0x10 * (k + 1)));
+        make_child("e", 0x55);
+        g_autofree char *store = store_path();
+        g_autofree char *copy = tpath("copy");
+        GRand *rnd = g_rand_new_with_seed((guint32)round);
+        g_autoptr(vh_journal) j = NULL;
+        assert_int_equal(vh_journal_open(store, &j, NULL), 0);
+        random_history(j, rnd);
+        g_rand_free(rnd);
+        g_autofree char *cp = g_strdup_printf("cp -a '%s' '%s'", store, copy);
+        assert_int_equal(system(cp), 0);
+        g_autoptr(GBytes) before = journal_bytes();
+        decisions d[2] = {{0}, {0}};
+        for (int k = 0; k < 2; k++)
+            d[k].listed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        list_into(j, d[0].listed);
+        /* the compaction, its BEGIN failing */
+        g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "4096", TRUE);
+        vh_file f;
+        g_autofree char *pe = g_build_filename(store, "e", NULL);
+        assert_int_equal(vh_file_open(&f, pe, true, NULL), 0);
+        vh_fault_arm(VH_FAULT_ONCE, 1, 0);
+        vh_repair *r = NULL;
+        assert_true(vh_journal_begin(j, &f, "old", "new", &r, NULL) < 0);
+        vh_fault_disarm();
+        vh_file_close(&f);
+        g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+        g_autoptr(GBytes) after = journal_bytes();
+        compacted += g_bytes_get_size(after) < g_bytes_get_size(before);
+        list_into(j, d[1].listed);
+        GHashTableIter it;
+        gpointer id, v;
+        g_hash_table_iter_init(&it, d[1].listed);
+        while (g_hash_table_iter_next(&it, &id, &v)) {
+            gpointer was = NULL;
+            if (!g_hash_table_lookup_extended(d[0].listed, id, NULL, &was) || was != v)
+                fail_msg("round %d: repair %s listed %d after the compaction, %d before", round,
+                         (char *)id, GPOINTER_TO_INT(v), GPOINTER_TO_INT(was));
+        }
+        g_autoptr(vh_journal) j2 = NULL;
+        assert_int_equal(vh_journal_open(copy, &j2, NULL), 0);
+        vh_journal *js[2] = {j2, j};
+        for (int k = 0; k < 2; k++) {
+            vh_recover_stats st = {0};
+            assert_true(vh_journal_recover(js[k], NULL, &st, NULL) >= 0);
+            d[k].rolled_back = st.rolled_back;
+            d[k].resolved = st.resolved;
+            d[k].left = st.left;
+            vh_recover_stats_clear(&st);
+        }
+        if (d[0].rolled_back != d[1].rolled_back || d[0].resolved != d[1].resolved ||
+            d[0].left != d[1].left)
+            fail_msg("round %d: recovery rolled back %d, resolved %d, left %d without the "
+                     "compaction; %d, %d, %d after it",
+                     round, d[0].rolled_back, d[0].resolved, d[0].left, d[1].rolled_back,
+                     d[1].resolved, d[1].left);
+        for (int k = 0; k < 4; k++) {
+            g_autofree char *a = g_build_filename(store, kids[k], NULL);
+            g_autofree char *b = g_build_filename(copy, kids[k], NULL);
+            g_autoptr(GBytes) ba = file_bytes(a);
+            g_autoptr(GBytes) bb = file_bytes(b);
+            if (!g_bytes_equal(ba, bb))
+                fail_msg("round %d: child %s differs after recovery with and without the "
+                         "compaction",
+                         round, kids[k]);
+        }
+        for (int k = 0; k < 2; k++)
+            g_hash_table_destroy(d[k].listed);
+    }
+    print_message("# %d random histories, %d compacted\n", rounds, compacted);
+    assert_true(compacted > rounds / 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +591,7 @@ int main(void)
                                         tmp_teardown),
         cmocka_unit_test_setup_teardown(resumed_undo_does_not_undo_a_later_repair, tmp_setup,
                                         tmp_teardown),
+        cmocka_unit_test_setup_teardown(compaction_changes_no_decision, tmp_setup, tmp_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
