@@ -457,8 +457,8 @@ static void random_history(vh_journal *j, GRand *rnd)
             g_autoptr(GBytes) jb = journal_bytes();
             gsize n;
             const char *t = g_bytes_get_data(jb, &n);
-            if (n < 64)
-                continue;
+            if (n < 64 || !g_strstr_len(t, (gssize)n, "@VHJ2 "))
+                continue; /* no record yet (old-format lines only) */
             g_autofree char *copy = g_memdup2(t, n);
             size_t last = last_record(copy, n);
             if (op == 6) /* torn: the last record cut short */
@@ -470,6 +470,23 @@ static void random_history(vh_journal *j, GRand *rnd)
                 journal_append_raw("@VH", 3);
         }
     }
+}
+
+/* A journal of the old text format: an unfinished repair of d (which holds what it found), a
+ * rolled back one of c. */
+static void legacy_journal(void)
+{
+    g_autofree char *dir = g_build_filename(tmp_dir, "store", ".vhdheal", NULL);
+    assert_int_equal(g_mkdir_with_parents(dir, 0700), 0);
+    uint8_t orig[512];
+    memset(orig, 0x40, sizeof orig);
+    g_autofree char *b64 = g_base64_encode(orig, sizeof orig);
+    g_autofree char *text = g_strdup_printf("BEGIN\tL1\t1700000000\td\t%d\told\tnew\n"
+                                            "RANGE\tL1\t0\t512\t%s\n"
+                                            "BEGIN\tL2\t1700000001\tc\t%d\told\tnew\n"
+                                            "ROLLBACK\tL2\n",
+                                            CHILD_SIZE, b64, CHILD_SIZE);
+    journal_set(text, strlen(text));
 }
 
 typedef struct {
@@ -490,7 +507,8 @@ static void list_into(vh_journal *j, GHashTable *h)
 
 /*
  * Recovery after a compaction decides as before it: for random histories (repairs committed,
- * crashed, aborted and undone, the journal torn and damaged between them), a copy of the store
+ * crashed, aborted and undone, the journal torn and damaged between them, a third of them after
+ * lines of the old format), a copy of the store
  * is recovered without the compaction and the store after one (whose BEGIN then failed, so
  * that nothing follows what it wrote): every repair still listed reads the same (state,
  * damaged), recovery rolls back, resolves and leaves alone as many, and the children end byte
@@ -509,6 +527,8 @@ static void compaction_changes_no_decision(void **state)
         g_autofree char *store = store_path();
         g_autofree char *copy = tpath("copy");
         GRand *rnd = g_rand_new_with_seed((guint32)round);
+        if (round % 3 == 0)
+            legacy_journal();
         g_autoptr(vh_journal) j = NULL;
         assert_int_equal(vh_journal_open(store, &j, NULL), 0);
         random_history(j, rnd);
