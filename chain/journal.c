@@ -4,7 +4,9 @@
 #include "journal.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +19,9 @@
 #define CHUNK 512              /* new bytes are hashed in chunks: a torn write is recognised */
 #define SUM_LEN 16             /* bytes of SHA-256 kept per chunk */
 #define MAX_JOURNAL (1u << 30) /* a journal larger than this is not read */
+#define COMPACT_AT (16u << 20) /* a journal past this drops its oldest finished repairs */
+#define COMPACTED "COMPACTED"
+#define GAP "GAP" /* where a compaction dropped the record after a torn or damaged region */
 #define SIZE_UNKNOWN UINT64_MAX
 
 struct vh_journal {
@@ -268,22 +273,110 @@ static int lock_fd(int fd, short type, bool wait)
  * first closed with TORN_MARK so that this record starts a line of its own. A record that could
  * not be written whole is cut off again, and the error returned.
  */
+static int compact(vh_journal *j, uint64_t size, GError **err);
+
+/*
+ * The size past which a journal is compacted (doc/journal.md "Compaction"). Tests only:
+ * VHDHEAL_TEST_JOURNAL_COMPACT_AT sets a smaller one.
+ */
+static uint64_t compact_at(void)
+{
+    const char *e = g_getenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+    return e ? CLAMP(g_ascii_strtoull(e, NULL, 10), 4096, COMPACT_AT) : COMPACT_AT;
+}
+
+/* Is the journal open as j->file still the one named STORE/.vhdheal/journal? Another process's
+ * compaction replaces it (by rename): 1 when it was replaced (or removed), 0 if not, or -errno. */
+static int journal_replaced(vh_journal *j)
+{
+    struct stat open_st, named;
+    if (fstat(j->file.fd, &open_st) < 0)
+        return -errno;
+    if (fstatat(j->dir_fd, "journal", &named, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? 1 : -errno;
+    return open_st.st_dev != named.st_dev || open_st.st_ino != named.st_ino;
+}
+
+/* Opens STORE/.vhdheal/journal again (created if it was removed), as journal_open does. */
+static int journal_reopen(vh_journal *j, GError **err)
+{
+    int fd =
+        openat(j->dir_fd, "journal", O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_CREAT, 0600);
+    if (fd < 0)
+        return open_fail(err, errno, j->path, "journal");
+    int r = check_owned(fd, false, 0600, j->path, err);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    close(j->file.fd); /* drops a lock held on the replaced file */
+    j->file.fd = fd;
+    return 0;
+}
+
+/* Makes j->file the journal the name holds now (see journal_replaced). */
+static int journal_follow(vh_journal *j, GError **err)
+{
+    int r = journal_replaced(j);
+    if (r < 0)
+        return vh_fail(err, -r, "%s: %s", j->path, g_strerror(-r));
+    return r ? journal_reopen(j, err) : 0;
+}
+
+/*
+ * Takes the journal's OFD write lock on the file its name holds now (a compaction by another
+ * process may have replaced the one open), and sets *end to its size under the lock. The start
+ * of a repair (`begin`) first compacts a journal grown past compact_at().
+ */
+static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
+{
+    bool compacted = false;
+    for (int tries = 0; tries < 100; tries++) {
+        int r = lock_fd(j->file.fd, F_WRLCK, true);
+        if (r < 0)
+            return vh_fail(err, -r, "%s: cannot lock the journal: %s", j->path, g_strerror(-r));
+        struct stat st;
+        r = journal_replaced(j);
+        if (r == 0 && fstat(j->file.fd, &st) < 0)
+            r = -errno;
+        if (r < 0) {
+            lock_fd(j->file.fd, F_UNLCK, false);
+            return vh_fail(err, -r, "%s: %s", j->path, g_strerror(-r));
+        }
+        if (r == 1) { /* replaced while we waited: lock the new one */
+            if ((r = journal_reopen(j, err)) < 0) {
+                /* still holding the old file: its other users would wait for ever */
+                lock_fd(j->file.fd, F_UNLCK, false);
+                return r;
+            }
+            continue;
+        }
+        *end = (uint64_t)st.st_size;
+        if (begin && !compacted && *end > compact_at()) {
+            compacted = true;
+            if (compact(j, *end, NULL) > 0) /* failing, it leaves the journal as it was */
+                continue;
+        }
+        return 0;
+    }
+    return vh_fail(err, EAGAIN, "%s: replaced again and again: cannot lock it", j->path);
+}
+
+/*
+ * Appends one record durably: under an OFD write lock on the journal (exclusive across
+ * processes and hosts), at the end as found under that lock; a torn tail left by a crash is
+ * first closed with TORN_MARK so that this record starts a line of its own. A record that could
+ * not be written whole is cut off again, and the error returned.
+ */
 static int append_record(vh_journal *j, const char *payload, GError **err)
 {
     size_t plen = strlen(payload);
     g_assert(!memchr(payload, '\n', plen)); /* fields are escaped or base64 */
     g_mutex_lock(&j->lock);
-    int r = lock_fd(j->file.fd, F_WRLCK, true);
-    if (r < 0) {
-        vh_fail(err, -r, "%s: cannot lock the journal: %s", j->path, g_strerror(-r));
+    uint64_t end = 0;
+    int r = lock_current(j, g_str_has_prefix(payload, "BEGIN\t"), &end, err);
+    if (r < 0)
         goto out;
-    }
-    struct stat st;
-    if (fstat(j->file.fd, &st) < 0) {
-        r = vh_fail(err, errno, "%s: %s", j->path, g_strerror(errno));
-        goto unlock;
-    }
-    uint64_t end = (uint64_t)st.st_size;
     char last = '\n';
     if (end > 0 && pread(j->file.fd, &last, 1, (off_t)(end - 1)) != 1)
         last = 0;
@@ -301,18 +394,22 @@ static int append_record(vh_journal *j, const char *payload, GError **err)
         vh_fail_prefix(err, "journal: appending a record");
     }
     g_string_free(rec, TRUE);
-unlock:
     lock_fd(j->file.fd, F_UNLCK, false);
 out:
     g_mutex_unlock(&j->lock);
     return r;
 }
 
+/* A repair's id: the time and 32 random bits from the kernel (GLib's generator is copied into
+ * a forked child with its state: two children would draw the same ids). */
 static char *new_repair_id(void)
 {
     g_autoptr(GDateTime) now = g_date_time_new_now_utc();
     g_autofree char *stamp = g_date_time_format(now, "%Y%m%dT%H%M%S");
-    return g_strdup_printf("%s-%08x", stamp, g_random_int());
+    guint32 bits;
+    if (getrandom(&bits, sizeof bits, 0) != (ssize_t)sizeof bits)
+        bits = g_random_int() ^ (guint32)getpid() ^ (guint32)g_get_monotonic_time();
+    return g_strdup_printf("%s-%08x", stamp, bits);
 }
 
 static GBytes *chunk_sums(const uint8_t *buf, size_t len)
@@ -346,6 +443,26 @@ static void test_delay(void)
         g_usleep((gulong)g_atomic_int_get(&us));
 }
 
+/*
+ * The part of a write of len bytes over `keep` bytes of the file (orig) that changes them, in
+ * whole CHUNKs counted from the write's start (a torn write is recognised chunk by chunk): a
+ * write that extends the file changes up to its end. [*lo, *hi) is empty when nothing changes.
+ * A repair rewrites whole structures (a VHD's 64 KiB locator space for a path of a few hundred
+ * bytes): the bytes equal before and after need no saving, and a torn write leaves them equal.
+ */
+static void changed_chunks(const uint8_t *orig, size_t keep, const uint8_t *buf, size_t len,
+                           size_t *lo, size_t *hi)
+{
+    size_t first = 0, last = len; /* the first changed byte; one past the last */
+    while (first < keep && orig[first] == buf[first])
+        first++;
+    if (len <= keep)
+        while (last > first && orig[last - 1] == buf[last - 1])
+            last--;
+    *lo = first / CHUNK * CHUNK;
+    *hi = last > first ? MIN(len, (last + CHUNK - 1) / CHUNK * CHUNK) : *lo;
+}
+
 /* The journal hook: save what is about to be overwritten (or cut off by a truncate) and a hash
  * of what is about to be written, durably, before the write. */
 static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const void *buf,
@@ -361,6 +478,17 @@ static int journal_hook(void *ctx, vh_file *f, uint64_t off, size_t len, const v
         int r = vh_file_read(f, orig, keep, off, "journaled range", err);
         if (r < 0)
             return r;
+    }
+    if (len) {
+        size_t lo, hi;
+        changed_chunks(orig, keep, buf, len, &lo, &hi);
+        if (lo == hi)
+            return 0; /* writes the bytes the file holds: nothing to save or undo */
+        keep = keep > lo ? MIN(keep, hi) - lo : 0;
+        memmove(orig, orig + lo, keep);
+        off += lo;
+        buf = (const uint8_t *)buf + lo;
+        len = hi - lo;
     }
     journal_range jr = {off, len, f->size, g_bytes_new(orig, keep),
                         len ? chunk_sums(buf, len) : g_bytes_new(NULL, 0)};
@@ -751,50 +879,91 @@ static bool torn_tail(const char *p, size_t avail, const char *next)
     return (size_t)len + REC_HEADER_LEN + 1 > avail || p[REC_HEADER_LEN + len] != '\n';
 }
 
-static void parse_text(GPtrArray *all, GBytes *bytes)
+/* What the walk over a journal's text finds, in order (doc/journal.md "Reading"). */
+typedef enum {
+    ITEM_RECORD,  /* a whole record: its payload */
+    ITEM_LEGACY,  /* a line of the old text format, before the first record */
+    ITEM_IGNORED, /* another line before the first record: read as nothing */
+    ITEM_TORN,    /* an unreadable region a crash left: its write was never made */
+    ITEM_DAMAGE,  /* an unreadable region that may have been a record: see mark_damaged */
+} item_kind;
+
+typedef struct {
+    item_kind kind;
+    const char *start; /* the item's bytes in the text, from its first byte */
+    size_t len;        /* ... to the first byte of the next item */
+    const char *payload;
+    size_t plen; /* ITEM_RECORD, ITEM_LEGACY: the payload, without its newline */
+} text_item;
+
+typedef void (*item_fn)(void *ctx, const text_item *it);
+
+/* Walks the journal's text item by item; every byte belongs to exactly one item. */
+static void walk_text(const char *text, size_t len, item_fn fn, void *ctx)
 {
-    gsize len;
-    const char *text = g_bytes_get_data(bytes, &len);
     size_t pos = 0;
     bool records = false; /* a record of this format was read: no legacy line follows */
     while (pos < len) {
         const char *p = text + pos;
         size_t avail = len - pos;
+        text_item it = {.start = p};
         if (avail >= 6 && memcmp(p, REC_MAGIC, 6) == 0) {
-            const char *payload;
-            size_t plen, n = record_at(p, avail, &payload, &plen);
+            size_t n = record_at(p, avail, &it.payload, &it.plen);
             if (n) {
-                parse_payload(all, bytes, payload, plen, false);
+                it.kind = ITEM_RECORD;
+                it.len = n;
                 records = true;
-                pos += n;
-                continue;
+            } else {
+                /* torn or damaged: skip to the next record start */
+                const char *next = g_strstr_len(p + 1, (gssize)(avail - 1), "\n" REC_MAGIC);
+                it.kind = torn_tail(p, avail, next) ? ITEM_TORN : ITEM_DAMAGE;
+                it.len = next ? (size_t)(next - p) + 1 : avail;
             }
-            /* torn or damaged: skip to the next record start */
-            const char *next = g_strstr_len(p + 1, (gssize)(avail - 1), "\n" REC_MAGIC);
-            if (!torn_tail(p, avail, next))
-                mark_damaged(all);
-            if (!next)
-                break;
-            pos = (size_t)(next - text) + 1;
-            continue;
+        } else {
+            const char *nl = memchr(p, '\n', avail);
+            it.len = nl ? (size_t)(nl - p) + 1 : avail;
+            if (records) {
+                /* after the first record only records follow: this is one whose magic is
+                 * damaged, or the few bytes of one torn before its magic was whole */
+                bool torn = nl ? nl > p && nl[-1] == TORN_MARK[0] : avail < 6;
+                it.kind = torn ? ITEM_TORN : ITEM_DAMAGE;
+            } else if (nl && legacy_line_ok(p, (size_t)(nl - p))) {
+                it.kind = ITEM_LEGACY;
+                it.payload = p;
+                it.plen = (size_t)(nl - p);
+            } else {
+                it.kind = ITEM_IGNORED; /* a line without its newline never finished */
+            }
         }
-        const char *nl = memchr(p, '\n', avail);
-        if (records) {
-            /* after the first record only records follow: this is one whose magic is
-             * damaged, or the few bytes of one torn before its magic was whole */
-            bool torn = nl ? nl > p && nl[-1] == TORN_MARK[0] : avail < 6;
-            if (!torn)
-                mark_damaged(all);
-        } else if (nl && legacy_line_ok(p, (size_t)(nl - p))) {
-            parse_payload(all, bytes, p, (size_t)(nl - p), true);
-        }
-        if (!nl)
-            break; /* a line without its newline never finished */
-        pos = (size_t)(nl - text) + 1;
+        fn(ctx, &it);
+        pos += it.len;
     }
 }
 
-static int read_journal(vh_journal *j, GPtrArray **out, GError **err)
+typedef struct {
+    GPtrArray *all;
+    GBytes *bytes;
+} parse_ctx;
+
+static void parse_item(void *ctx, const text_item *it)
+{
+    parse_ctx *pc = ctx;
+    if (it->kind == ITEM_RECORD || it->kind == ITEM_LEGACY)
+        parse_payload(pc->all, pc->bytes, it->payload, it->plen, it->kind == ITEM_LEGACY);
+    else if (it->kind == ITEM_DAMAGE)
+        mark_damaged(pc->all);
+}
+
+static void parse_text(GPtrArray *all, GBytes *bytes)
+{
+    gsize len;
+    const char *text = g_bytes_get_data(bytes, &len);
+    parse_ctx pc = {all, bytes};
+    walk_text(text, len, parse_item, &pc);
+}
+
+/* Reads the text of the journal open as fd (its size under a lock the caller may hold). */
+static int read_text(vh_journal *j, GBytes **out, GError **err)
 {
     *out = NULL;
     struct stat st;
@@ -816,11 +985,208 @@ static int read_journal(vh_journal *j, GPtrArray **out, GError **err)
         got += (size_t)n;
     }
     text[got] = '\0';
+    *out = g_bytes_new_take(g_steal_pointer(&text), got);
+    return 0;
+}
+
+static int read_journal(vh_journal *j, GPtrArray **out, GError **err)
+{
+    *out = NULL;
+    g_autoptr(GBytes) bytes = NULL;
+    g_mutex_lock(&j->lock);
+    int r = journal_follow(j, err); /* compacted by another process: read the new one */
+    if (r == 0)
+        r = read_text(j, &bytes, err);
+    g_mutex_unlock(&j->lock);
+    if (r < 0)
+        return r;
     GPtrArray *all = g_ptr_array_new_with_free_func(parsed_free);
-    g_autoptr(GBytes) bytes = g_bytes_new_take(g_steal_pointer(&text), got);
     parse_text(all, bytes);
     *out = all;
     return 0;
+}
+
+/* ---------- compaction ---------- */
+
+/* The id of a record (its second field), or NULL. */
+static char *record_id(const text_item *it)
+{
+    const char *tab = memchr(it->payload, '\t', it->plen);
+    if (!tab)
+        return NULL;
+    const char *id = tab + 1, *stop = it->payload + it->plen;
+    const char *end = memchr(id, '\t', (size_t)(stop - id));
+    return g_strndup(id, (gsize)((end ? end : stop) - id));
+}
+
+typedef struct {
+    GHashTable *bytes; /* id -> the bytes of its records (guint64 *) */
+    GHashTable *drop;  /* ids whose records are left out */
+    GString *out;
+    bool marked;     /* the COMPACTED record is written */
+    bool unreadable; /* the last item written is a torn or damaged region */
+    uint64_t dropped_repairs, size_before;
+} compact_ctx;
+
+static void count_item(void *ctx, const text_item *it)
+{
+    compact_ctx *cc = ctx;
+    g_autofree char *id = it->kind == ITEM_RECORD ? record_id(it) : NULL;
+    if (!id)
+        return;
+    guint64 *n = g_hash_table_lookup(cc->bytes, id);
+    if (!n) {
+        n = g_new0(guint64, 1);
+        g_hash_table_insert(cc->bytes, g_steal_pointer(&id), n);
+    }
+    *n += it->len;
+}
+
+static void append_framed(GString *out, const char *payload)
+{
+    size_t plen = strlen(payload);
+    g_string_append_printf(out, REC_MAGIC "%08zx %08x\n%s\n", plen, vh_crc32c(payload, plen),
+                           payload);
+}
+
+/* Is the item a record of this kind (its first field)? */
+static bool is_kind(const text_item *it, const char *kind)
+{
+    size_t n = strlen(kind);
+    return it->kind == ITEM_RECORD && it->plen > n && memcmp(it->payload, kind, n) == 0 &&
+           it->payload[n] == '\t';
+}
+
+/*
+ * Copies an item into the compacted journal unless it is a record of a dropped repair. Lines of
+ * the old format (before the first record) stay first; the COMPACTED record comes before the
+ * first record or unreadable region, so that what follows is read as it was before.
+ */
+static void keep_item(void *ctx, const text_item *it)
+{
+    compact_ctx *cc = ctx;
+    if (it->kind != ITEM_LEGACY && it->kind != ITEM_IGNORED && !cc->marked) {
+        g_autofree char *mark = g_strdup_printf(
+            COMPACTED "\t%" G_GINT64_FORMAT "\t%" G_GUINT64_FORMAT "\t%" G_GUINT64_FORMAT,
+            g_get_real_time() / G_USEC_PER_SEC, cc->dropped_repairs, cc->size_before);
+        append_framed(cc->out, mark);
+        cc->marked = true;
+    }
+    g_autofree char *id = it->kind == ITEM_RECORD ? record_id(it) : NULL;
+    /* an earlier compaction's records are dropped too: this one's say it all */
+    if ((id && g_hash_table_contains(cc->drop, id)) || is_kind(it, COMPACTED) || is_kind(it, GAP)) {
+        /* A torn or damaged region is read by what follows it (a record, a line, the end of
+         * the file: torn_tail): the record it was followed by is replaced by a GAP record, so
+         * that it neither ends the file nor runs into a line further on. */
+        if (cc->unreadable) {
+            g_autofree char *gap =
+                g_strdup_printf(GAP "\t%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+            append_framed(cc->out, gap);
+        }
+        cc->unreadable = false;
+        return;
+    }
+    g_string_append_len(cc->out, it->start, (gssize)it->len);
+    cc->unreadable = it->kind == ITEM_TORN || it->kind == ITEM_DAMAGE;
+}
+
+/* A repair whose records nothing needs but undo: committed, rolled back or undone, no undo of
+ * it under way, not of the old format. */
+static bool finished(const parsed_repair *p)
+{
+    bool undo_under_way = p->undoing && p->info.state == VH_REPAIR_COMMITTED;
+    return p->info.state != VH_REPAIR_OPEN && !undo_under_way && !p->legacy;
+}
+
+/* Chooses the oldest finished repairs to drop until the rest takes at most `keep` bytes: first
+ * those rolled back or undone (history only), then committed ones (whose undo is lost). A
+ * repeated id (never made, but the journal is read as untrusted) is kept: its records mix. */
+static void choose_drops(GPtrArray *all, compact_ctx *cc, uint64_t size, uint64_t keep)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GHashTable) repeated = g_hash_table_new(g_str_hash, g_str_equal);
+    for (guint i = 0; i < all->len; i++) {
+        parsed_repair *p = all->pdata[i];
+        if (!g_hash_table_add(seen, p->info.id))
+            g_hash_table_add(repeated, p->info.id);
+    }
+    uint64_t left = size;
+    for (int committed = 0; committed < 2; committed++)
+        for (guint i = 0; i < all->len && left > keep; i++) {
+            parsed_repair *p = all->pdata[i];
+            guint64 *n = g_hash_table_lookup(cc->bytes, p->info.id);
+            if (!finished(p) || !n || g_hash_table_contains(repeated, p->info.id) ||
+                (p->info.state == VH_REPAIR_COMMITTED) != (committed == 1))
+                continue;
+            g_hash_table_add(cc->drop, g_strdup(p->info.id));
+            left -= MIN(left, *n);
+            cc->dropped_repairs++;
+        }
+}
+
+/* Writes text as STORE/.vhdheal/journal.new, durably, and renames it over the journal. */
+static int replace_journal(vh_journal *j, const GString *text, GError **err)
+{
+    unlinkat(j->dir_fd, "journal.new", 0); /* left by a compaction that crashed */
+    int fd = openat(j->dir_fd, "journal.new",
+                    O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return vh_fail(err, errno, "%s.new: %s", j->path, g_strerror(errno));
+    struct stat st;
+    int r = 0;
+    if (fstat(j->file.fd, &st) == 0 && fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
+        r = -errno;
+    if (r == 0 && fchmod(fd, 0600) < 0) /* 0600 whatever the umask, as journal_open makes it */
+        r = -errno;
+    if (r == 0)
+        r = vh_write_full(fd, text->str, text->len, 0, NULL);
+    if (r == 0 && fdatasync(fd) < 0)
+        r = -errno;
+    if (r == 0 && renameat(j->dir_fd, "journal.new", j->dir_fd, "journal") < 0)
+        r = -errno;
+    if (r < 0) {
+        close(fd);
+        unlinkat(j->dir_fd, "journal.new", 0);
+        return vh_fail(err, -r, "%s: compacting: %s", j->path, g_strerror(-r));
+    }
+    fsync(j->dir_fd);  /* the rename durable: either name holds a whole journal */
+    close(j->file.fd); /* drops our lock on the old one: its waiters find it replaced */
+    j->file.fd = fd;
+    return 0;
+}
+
+/*
+ * Compacts the journal (size bytes, locked by the caller), doc/journal.md "Compaction": the
+ * oldest finished repairs are left out until the rest takes at most half of compact_at();
+ * unfinished repairs, undos under way, old-format lines and unreadable regions stay, in their
+ * order. Returns 1 when the journal was replaced (j->file is the new one, not locked), 0 when
+ * nothing could be dropped, or -errno (the journal is as it was).
+ */
+static int compact(vh_journal *j, uint64_t size, GError **err)
+{
+    g_autoptr(GBytes) bytes = NULL;
+    int r = read_text(j, &bytes, err);
+    if (r < 0)
+        return r;
+    gsize len;
+    const char *text = g_bytes_get_data(bytes, &len);
+    g_autoptr(GPtrArray) all = g_ptr_array_new_with_free_func(parsed_free);
+    parse_text(all, bytes);
+    compact_ctx cc = {.bytes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
+                      .drop = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                      .out = g_string_sized_new(compact_at() / 2 + 4096),
+                      .size_before = size};
+    walk_text(text, len, count_item, &cc);
+    choose_drops(all, &cc, len, compact_at() / 2);
+    r = 0;
+    if (cc.dropped_repairs > 0) {
+        walk_text(text, len, keep_item, &cc);
+        r = replace_journal(j, cc.out, err) < 0 ? -EIO : 1;
+    }
+    g_hash_table_destroy(cc.bytes);
+    g_hash_table_destroy(cc.drop);
+    g_string_free(cc.out, TRUE);
+    return r;
 }
 
 /* ---------- recovery ---------- */
@@ -1141,6 +1507,45 @@ static int read_repair(vh_journal *j, const char *id, GPtrArray **all, parsed_re
     return 0;
 }
 
+/*
+ * After UNDOING: is the repair still in the journal, its undo under way? A compaction by another
+ * process between our read and our UNDOING may have dropped it (it was finished then); its undo
+ * would then not be completed after a crash, so it is not begun (doc/journal.md "Compaction").
+ */
+static int undo_still_journaled(vh_journal *j, const char *id, GError **err)
+{
+    g_autoptr(GPtrArray) all = NULL;
+    int r = read_journal(j, &all, err);
+    if (r < 0)
+        return r;
+    parsed_repair *p = find_parsed(all, id);
+    if (!p || !p->undoing)
+        return vh_fail(err, ENOENT,
+                       "%s: repair %s was dropped from the journal by a compaction meanwhile: "
+                       "it cannot be undone",
+                       j->path, id);
+    return 0;
+}
+
+/*
+ * A repair of p's child committed after p (and not undone since), or NULL. An undo of p that
+ * was interrupted leaves the child half restored: its next open heals it again, and completing
+ * p's undo then would write p's original bytes over that later repair (which would stay listed
+ * as done, and could never be undone). The later one must be undone first.
+ */
+static parsed_repair *later_repair(GPtrArray *all, parsed_repair *p)
+{
+    guint at = 0;
+    while (at < all->len && all->pdata[at] != p)
+        at++;
+    for (guint i = at + 1; i < all->len; i++) {
+        parsed_repair *q = all->pdata[i];
+        if (q->info.state == VH_REPAIR_COMMITTED && strcmp(q->info.child, p->info.child) == 0)
+            return q;
+    }
+    return NULL;
+}
+
 /* Undoes p, whose child f the caller holds locked. */
 static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
 {
@@ -1162,6 +1567,12 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
                        j->path, id, p->info.child);
     if ((r = refresh_size(f, err)) < 0)
         return r;
+    parsed_repair *later = p->undoing ? later_repair(all, p) : NULL;
+    if (later)
+        return vh_fail(err, EBUSY,
+                       "%s: repair %s was made after the undo of %s was interrupted: undo %s "
+                       "first",
+                       f->path, later->info.id, id, later->info.id);
     if (!p->undoing) {
         g_autofree char *hash = NULL;
         r = hash_ranges(f, p->ranges, &hash, err);
@@ -1171,6 +1582,8 @@ static int undo_locked(vh_journal *j, vh_file *f, const char *id, GError **err)
         g_autofree char *line = g_strdup_printf("UNDOING\t%s", id);
         if (r == 0)
             r = append_record(j, line, err);
+        if (r == 0)
+            r = undo_still_journaled(j, id, err);
     }
     if (r == 0)
         r = restore_ranges(f, p->ranges, p->original_size, err);

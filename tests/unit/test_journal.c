@@ -195,26 +195,31 @@ static char *journal_path(const fixture *fx)
     return g_build_filename(fx->store, ".vhdheal", "journal", NULL);
 }
 
-/* A repair that "crashed" after it wrote into the child: its record stays open and the child
- * holds part of what it wrote. */
-static void crashed_repair(fixture *fx)
+/* A repair of `child` that "crashed" after it wrote into it: its record stays open and the
+ * child holds part of what it wrote. */
+static void crashed_repair_of(fixture *fx, const char *child)
 {
     for (long n = 1;; n++) {
         assert_true(n < 50);
-        assert_true(g_file_set_contents(fx->child, g_bytes_get_data(fx->original, NULL),
+        assert_true(g_file_set_contents(child, g_bytes_get_data(fx->original, NULL),
                                         (gssize)g_bytes_get_size(fx->original), NULL));
         g_autoptr(vh_journal) j = NULL;
         assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
         vh_fault_arm(VH_FAULT_STOP, n, 0);
-        int r = do_repair(j, fx->child, NULL);
+        int r = do_repair(j, child, NULL);
         vh_fault_disarm();
         assert_true(r < 0);
-        g_autoptr(GBytes) now = file_bytes(fx->child);
+        g_autoptr(GBytes) now = file_bytes(child);
         if (!g_bytes_equal(now, fx->original))
             return;
         /* the stop came before any write to the child: resolve that record, try later */
         assert_true(vh_journal_recover(j, NULL, NULL, NULL) >= 0);
     }
+}
+
+static void crashed_repair(fixture *fx)
+{
+    crashed_repair_of(fx, fx->child);
 }
 
 static guint count_in_journal(const fixture *fx, const char *what)
@@ -790,6 +795,235 @@ static void vhdx_torn_last_range(void **state)
     torn_last_range_rolls_back(VH_FORMAT_VHDX);
 }
 
+/*
+ * A repair rewrites whole structures of which a few bytes change (a VHD's 64 KiB locator space):
+ * only the 512-byte chunks that change are journaled, a write of the bytes already there not at
+ * all; undo and recovery of a write torn anywhere still give back the original bytes.
+ */
+static int rewrite_block(const char *child, uint8_t *block, size_t len, long fault, size_t tear,
+                         vh_journal *j)
+{
+    vh_file f;
+    assert_int_equal(vh_file_open(&f, child, true, NULL), 0);
+    vh_repair *rp = NULL;
+    assert_int_equal(vh_journal_begin(j, &f, "old", "new", &rp, NULL), 0);
+    int r = vh_file_write(&f, block, len, 0, "same", NULL); /* nothing changes */
+    block[10000] ^= 0x5a;
+    block[10100] ^= 0xa5;
+    if (fault) /* the fault-th op from here: the RANGE record's write, its flush, the write */
+        vh_fault_arm(tear ? VH_FAULT_TEAR : VH_FAULT_STOP, fault, tear);
+    if (r == 0)
+        r = vh_file_write(&f, block, len, 0, "block", NULL);
+    if (r == 0)
+        r = vh_file_flush(&f, NULL);
+    vh_fault_disarm();
+    if (r == 0)
+        r = vh_journal_commit(rp, NULL);
+    else
+        vh_journal_release(rp); /* the "crash": the record stays open */
+    vh_file_close(&f);
+    return r;
+}
+
+static void unchanged_bytes_are_not_journaled(void **state)
+{
+    fixture *fx = *state;
+    enum { LEN = 65536 };
+    g_autofree uint8_t *orig = g_malloc(LEN);
+    for (size_t i = 0; i < LEN; i++)
+        orig[i] = (uint8_t)g_random_int();
+    g_autofree uint8_t *block = g_memdup2(orig, LEN);
+    assert_true(g_file_set_contents(fx->child, (char *)orig, LEN, NULL));
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    assert_int_equal(rewrite_block(fx->child, block, LEN, 0, 0, j), 0);
+    assert_int_equal(count_in_journal(fx, "RANGE\t"), 1);
+    g_autofree char *jp = journal_path(fx);
+    GStatBuf st;
+    assert_int_equal(g_stat(jp, &st), 0);
+    assert_true(st.st_size < 2048); /* one 512-byte chunk, not 64 KiB */
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    assert_int_equal(vh_journal_undo(j, ((vh_repair_info *)list->pdata[0])->id, NULL), 0);
+    g_autoptr(GBytes) want = g_bytes_new(orig, LEN);
+    g_autoptr(GBytes) undone = file_bytes(fx->child);
+    assert_true(g_bytes_equal(undone, want));
+    /* torn (at sector boundaries) before, at and after the changed chunk [9728, 10240) */
+    static const size_t tears[] = {512, 9728, 10240, 40960};
+    for (size_t k = 0; k < G_N_ELEMENTS(tears); k++) {
+        memcpy(block, orig, LEN);
+        assert_int_equal(rewrite_block(fx->child, block, LEN, 3, tears[k], j), -EIO);
+        g_autoptr(GBytes) torn = file_bytes(fx->child);
+        assert_int_equal(g_bytes_equal(torn, want), tears[k] <= 9728); /* the tear hit it */
+        assert_int_equal(vh_journal_recover(j, NULL, NULL, NULL) >= 0, 1);
+        g_autoptr(GBytes) now = file_bytes(fx->child);
+        assert_true(g_bytes_equal(now, want));
+    }
+}
+
+static vh_repair_info *find_info(GPtrArray *list, const char *child, vh_repair_state state)
+{
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        if (strcmp(info->child, child) == 0 && info->state == state)
+            return info;
+    }
+    return NULL;
+}
+
+static void append_to(const char *path, const char *bytes)
+{
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fputs(bytes, f);
+    fclose(f);
+}
+
+/*
+ * A journal grown past its bound (64 KiB here) drops its oldest finished repairs at the next
+ * BEGIN: it stays bounded, while an unfinished repair older than all of them still rolls back,
+ * one whose records a damaged region may hold is still left alone, the newest repairs are still
+ * undone, and a handle opened before the compactions appends to the new journal.
+ */
+static void compaction_keeps_what_recovery_needs(void **state)
+{
+    fixture *fx = *state;
+    enum { LIMIT = 65536 };
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "65536", TRUE); /* LIMIT */
+    g_autofree char *jp = journal_path(fx);
+    g_autofree char *a = g_build_filename(fx->store, "a.vhd", NULL);
+    g_autofree char *b = g_build_filename(fx->store, "b.vhd", NULL);
+    crashed_repair_of(fx, a); /* unfinished, then a damaged region: left alone */
+    append_to(jp, "@VHJ2 00000004 00000000\nabcd\n");
+    crashed_repair_of(fx, b); /* unfinished after the damage: rolled back */
+    g_autoptr(GBytes) a_crashed = file_bytes(a);
+    g_autoptr(vh_journal) early = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &early, NULL), 0);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    GStatBuf st;
+    guint compactions = 0, repairs = 0;
+    goffset last = 0;
+    for (; compactions < 3; repairs++) {
+        assert_true(repairs < 2000);
+        assert_int_equal(do_repair(j, fx->child, NULL), 0);
+        g_autoptr(GPtrArray) list = NULL;
+        assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+        vh_repair_info *done = find_info(list, "child.vhd", VH_REPAIR_COMMITTED);
+        assert_non_null(done);
+        assert_int_equal(vh_journal_undo(j, done->id, NULL), 0);
+        assert_int_equal(g_stat(jp, &st), 0);
+        if (st.st_size >= 2 * LIMIT)
+            fail_msg("journal %ld bytes after %u repairs, %u compactions", (long)st.st_size,
+                     repairs, compactions);
+        if (st.st_size < last)
+            compactions++;
+        last = st.st_size;
+    }
+    print_message("# %u repairs and undos, %u compactions\n", repairs, compactions);
+    assert_int_equal(count_in_journal(fx, "COMPACTED\t"), 1);
+    /* the handle opened before every compaction writes into the journal the name holds */
+    assert_int_equal(do_repair(early, fx->child, NULL), 0);
+    g_autoptr(vh_journal) fresh = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &fresh, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(fresh, &list, NULL), 0);
+    assert_true(list->len < repairs);
+    vh_repair_info *last_repair = find_info(list, "child.vhd", VH_REPAIR_COMMITTED);
+    assert_non_null(last_repair);
+    assert_int_equal(vh_journal_undo(fresh, last_repair->id, NULL), 0);
+    g_autoptr(GBytes) child_now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(child_now, fx->original));
+    vh_repair_info *ia = find_info(list, "a.vhd", VH_REPAIR_OPEN);
+    vh_repair_info *ib = find_info(list, "b.vhd", VH_REPAIR_OPEN);
+    assert_non_null(ia);
+    assert_non_null(ib);
+    assert_true(ia->damaged);
+    assert_false(ib->damaged);
+    vh_recover_stats rs = {0};
+    assert_true(vh_journal_recover(fresh, NULL, &rs, NULL) >= 0);
+    vh_recover_stats_clear(&rs);
+    g_autoptr(GBytes) a_now = file_bytes(a);
+    g_autoptr(GBytes) b_now = file_bytes(b);
+    assert_true(g_bytes_equal(a_now, a_crashed));
+    assert_true(g_bytes_equal(b_now, fx->original));
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+}
+
+/* One process of compaction_under_concurrent_repairs: `rounds` repairs and undos of its own
+ * child through one handle opened at the start. Exit 0 when every one worked. */
+static int repair_and_undo_rounds(fixture *fx, int k, int rounds, int go)
+{
+    g_autofree char *name = g_strdup_printf("c%d.vhd", k);
+    g_autofree char *path = g_build_filename(fx->store, name, NULL);
+    if (!g_file_set_contents(path, g_bytes_get_data(fx->original, NULL),
+                             (gssize)g_bytes_get_size(fx->original), NULL))
+        return 2;
+    g_autoptr(vh_journal) j = NULL;
+    char c;
+    if (vh_journal_open(fx->store, &j, NULL) < 0 || read(go, &c, 1) < 0)
+        return 2;
+    for (int i = 0; i < rounds; i++) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(GPtrArray) list = NULL;
+        if (do_repair(j, path, &err) < 0 || vh_journal_list(j, &list, &err) < 0) {
+            g_printerr("%s: %s\n", name, err ? err->message : "?");
+            return 3;
+        }
+        vh_repair_info *done = find_info(list, name, VH_REPAIR_COMMITTED);
+        if (!done || vh_journal_undo(j, done->id, &err) < 0) {
+            g_printerr("%s round %d: %s\n", name, i, err ? err->message : "not listed");
+            return 4;
+        }
+    }
+    g_autoptr(GBytes) now = file_bytes(path);
+    return g_bytes_equal(now, fx->original) ? 0 : 5;
+}
+
+/* Eight processes repair and undo at once through a journal compacted again and again: no
+ * record is lost to a replaced journal (every repair is found, undone, none left unfinished). */
+static void compaction_under_concurrent_repairs(void **state)
+{
+    fixture *fx = *state;
+    enum { PROCS = 8, ROUNDS = 30, LIMIT = 65536 };
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "65536", TRUE); /* LIMIT */
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    pid_t pids[PROCS];
+    for (int k = 0; k < PROCS; k++) {
+        pids[k] = fork();
+        assert_true(pids[k] >= 0);
+        if (pids[k] == 0) {
+            close(go[1]);
+            _exit(repair_and_undo_rounds(fx, k, ROUNDS, go[0]));
+        }
+    }
+    close(go[0]);
+    close(go[1]); /* EOF: go */
+    for (int k = 0; k < PROCS; k++) {
+        int status;
+        assert_int_equal(waitpid(pids[k], &status, 0), pids[k]);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    for (guint i = 0; i < list->len; i++) {
+        vh_repair_info *info = list->pdata[i];
+        assert_int_equal(info->state, VH_REPAIR_UNDONE);
+        assert_false(info->damaged);
+    }
+    assert_true(list->len < PROCS * ROUNDS); /* compacted */
+    assert_int_equal(count_in_journal(fx, "COMPACTED\t"), 1);
+    g_autofree char *jp = journal_path(fx);
+    GStatBuf st;
+    assert_int_equal(g_stat(jp, &st), 0);
+    assert_true(st.st_size < 2 * LIMIT);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -805,6 +1039,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(symlinks_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(modes_are_private, setup, teardown),
         cmocka_unit_test_setup_teardown(legacy_journal_is_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(unchanged_bytes_are_not_journaled, setup, teardown),
+        cmocka_unit_test_setup_teardown(compaction_keeps_what_recovery_needs, setup, teardown),
+        cmocka_unit_test_setup_teardown(compaction_under_concurrent_repairs, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
         cmocka_unit_test(damage_after_a_commit_spares_it),
