@@ -140,7 +140,7 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
         return 0;
     }
     vh_disk *d = NULL;
-    r = vh_disk_open_settled(&f, VH_OPEN_PROBE, &d, &err); /* not mid-rewrite (disk.h) */
+    r = vh_disk_open_settled_as(&f, fmt, VH_OPEN_PROBE, &d, &err); /* not mid-rewrite (disk.h) */
     if (r < 0) {
         out->error = g_strdup(err ? err->message : g_strerror(-r));
         return 0;
@@ -150,14 +150,33 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
     return 0;
 }
 
-/* Probes one file: a new entry, or NULL when the file could not be read at all. */
+/* Does the overlay present a patch set over the file stat'ed as st? */
+static bool has_patch(vh_store *s, const struct stat *st, const char *abs)
+{
+    if (!s->overlay)
+        return false;
+    g_autoptr(vh_patch) p = vh_overlay_get(s->overlay, st, abs);
+    return p != NULL;
+}
+
+/*
+ * Probes one file: a new entry, or NULL when the file could not be read at all. A file too short
+ * to be a disk (one just created empty through the mount, a lock file) is not a disk whatever its
+ * bytes: the default probe is not called for it (no open, no read, not counted), unless an
+ * overlay presents other bytes for it. It is probed once its size says it may be one.
+ */
 static vh_disk_info *probe_file(vh_store *s, const char *rel, const struct stat *st)
 {
-    g_atomic_int_inc(&s->probes);
     g_autofree char *abs = g_build_filename(s->root, rel, NULL);
     vh_disk_info *i = vh_disk_info_new();
     i->path = g_strdup(rel);
     set_stat(i, st);
+    if (s->probe == vh_store_default_probe && st->st_size < VH_SNIFF_MIN_SIZE &&
+        !has_patch(s, st, abs)) {
+        i->format = VH_FORMAT_NONE;
+        return i;
+    }
+    g_atomic_int_inc(&s->probes);
     if (s->probe(s->probe_ctx, abs, rel, i) < 0) {
         vh_disk_info_unref(i);
         return NULL;

@@ -83,9 +83,10 @@ uint32_t vh_crc32c(const void *buf, size_t len)
 uint32_t vh_vhd_checksum(const uint8_t *buf, size_t len, size_t skip_off)
 {
     uint32_t sum = 0;
-    for (size_t i = 0; i < len; i++)
-        if (i < skip_off || i >= skip_off + 4)
-            sum += buf[i];
+    for (size_t i = 0; i < len; i++) /* a branch-free loop the compiler vectorises */
+        sum += buf[i];
+    for (size_t i = skip_off; i < len && i < skip_off + 4; i++)
+        sum -= buf[i];
     return ~sum;
 }
 

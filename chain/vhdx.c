@@ -191,8 +191,10 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
     vhdx_priv *x = vhdx_p(d);
     g_auto(copy_errors) why = {{NULL, NULL}};
     const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
-    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
-    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
+    /* not zeroed: 64 KiB each, and the parse sets count and fills only the entries below it */
+    g_autofree vhdx_region_table *t1 = g_new(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t2 = g_new(vhdx_region_table, 1);
+    t1->count = t2->count = 0;
     vhdx_region_table **t[2] = {&t1, &t2};
     void *out[2] = {t1, t2};
     /* Copy 1 is used whenever it is valid, so a probe reads copy 2 only when copy 1 is bad
