@@ -382,9 +382,12 @@ static int load_metadata(vh_disk *d, GError **err)
     int r = read_md_table(d, &buf, err);
     if (r < 0)
         return r;
-    x->md = g_new0(vhdx_md_table, 1);
-    if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0)
+    x->md = g_new(vhdx_md_table, 1); /* 57 KiB: not zeroed, only its first count entries count */
+    x->md->count = 0;
+    if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0) {
+        x->md->count = 0; /* the entries past a bad one were never filled */
         return vh_fail_prefix(err, "%s", d->file.path);
+    }
     md_span span = {0};
     g_autofree uint8_t *span_buf = NULL;
     if ((r = read_md_span(d, &span, &span_buf, err)) < 0)

@@ -86,6 +86,26 @@ static void vhd_checksum_skips_its_field(void **state)
     assert_int_equal(vh_vhd_checksum(buf, sizeof buf, 4), ~(uint32_t)15);
 }
 
+/* Long buffers (summed eight bytes at a time): every length up to 1100 at every skip offset class,
+ * all bytes 0xFF (the most a lane can take) and a pattern, against a byte-at-a-time sum. */
+static void vhd_checksum_long_buffers(void **state)
+{
+    uint8_t ff[1100], pat[1100];
+    memset(ff, 0xFF, sizeof ff);
+    for (size_t i = 0; i < sizeof pat; i++)
+        pat[i] = (uint8_t)(i * 37 + 11);
+    const uint8_t *bufs[] = {ff, pat};
+    for (int b = 0; b < 2; b++)
+        for (size_t len = 0; len <= sizeof ff; len++)
+            for (size_t skip = 0; skip <= len + 4; skip += len / 3 + 1) {
+                uint32_t sum = 0;
+                for (size_t i = 0; i < len; i++)
+                    if (i < skip || i >= skip + 4)
+                        sum += bufs[b][i];
+                assert_int_equal(vh_vhd_checksum(bufs[b], len, skip), ~sum);
+            }
+}
+
 static void utf16_decodes_both_orders(void **state)
 {
     const uint8_t le[] = {'C', 0, ':', 0, '\\', 0, 0xE9, 0, 0x3D, 0xD8, 0x00, 0xDE, 0, 0, 'x', 0};
@@ -170,6 +190,7 @@ int main(void)
         cmocka_unit_test(crc32c_matches_the_definition),
         cmocka_unit_test(crc32c_long_buffers_match),
         cmocka_unit_test(vhd_checksum_skips_its_field),
+        cmocka_unit_test(vhd_checksum_long_buffers),
         cmocka_unit_test(utf16_decodes_both_orders),
         cmocka_unit_test(utf16_unpaired_surrogates_become_replacement),
         cmocka_unit_test(utf16_encode_roundtrip_and_limits),
