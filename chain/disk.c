@@ -73,6 +73,8 @@ void vh_locator_free(vh_locator *l)
 
 vh_format vh_sniff_file(vh_file *f)
 {
+    if (f->size < VH_SNIFF_MIN_SIZE)
+        return VH_FORMAT_NONE;
     if (vh_vhdx_sniff(f))
         return VH_FORMAT_VHDX;
     if (vh_vhd_sniff(f))
@@ -90,10 +92,11 @@ vh_format vh_sniff_path(const char *path)
     return fmt;
 }
 
-int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
+/* Opens f as the format sniffed; takes ownership of f. */
+static int open_as(vh_file *f, vh_format fmt, vh_open_flags flags, vh_disk **out, GError **err)
 {
     *out = NULL;
-    switch (vh_sniff_file(f)) {
+    switch (fmt) {
     case VH_FORMAT_VHDX:
         return vh_vhdx_open(f, flags, out, err);
     case VH_FORMAT_VHD:
@@ -107,6 +110,11 @@ int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **e
         return r;
     }
     }
+}
+
+int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
+{
+    return open_as(f, vh_sniff_file(f), flags, out, err);
 }
 
 int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **err)
@@ -137,16 +145,21 @@ static bool lock_shared_bounded(int fd)
 
 int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
 {
+    return vh_disk_open_settled_as(f, vh_sniff_file(f), flags, out, err);
+}
+
+int vh_disk_open_settled_as(vh_file *f, vh_format fmt, vh_open_flags flags, vh_disk **out,
+                            GError **err)
+{
     *out = NULL;
     if ((flags & VH_OPEN_WRITE) || f->patch) /* an overlay is settled: it is ours */
-        return vh_disk_open_file(f, flags, out, err);
-    /* a second descriptor of its own, of the same inode (never the path again: it may name
-     * another file by now); the first is closed by the failed open */
-    g_autofree char *self = g_strdup_printf("/proc/self/fd/%d", f->fd);
-    vh_file again = {.fd = open(self, O_RDONLY | O_CLOEXEC | O_NONBLOCK),
-                     .path = g_strdup(f->path)};
+        return open_as(f, fmt, flags, out, err);
+    /* a second descriptor of the same open file (never the path again: it may name another
+     * file by now), since the failed open closes the first; a dup, not a reopen through
+     * /proc/self/fd: the same inode either way, and every probe of a scan pays for it */
+    vh_file again = {.fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 0), .path = g_strdup(f->path)};
     g_autoptr(GError) first = NULL;
-    int r = vh_disk_open_file(f, flags, out, &first);
+    int r = open_as(f, fmt, flags, out, &first);
     struct stat st;
     if (r == 0 || r == -ENOMEM || again.fd < 0 || fstat(again.fd, &st) < 0 ||
         !S_ISREG(st.st_mode) || !lock_shared_bounded(again.fd)) {

@@ -144,6 +144,9 @@ typedef enum {
 
 /* What the file's bytes say it is (VH_FORMAT_NONE for anything else, including I/O errors). */
 vh_format vh_sniff_file(vh_file *f);
+/* A file shorter than this is never sniffed as a disk (the 8-byte VHDX identifier; a VHD needs
+ * its 511- or 512-byte footer): its bytes need not be read to know. */
+#define VH_SNIFF_MIN_SIZE 8
 vh_format vh_sniff_path(const char *path);
 
 /* Opens one disk file (no parents). ENOTSUP-coded error (EINVAL) when it is not a VHD/VHDX. */
@@ -159,6 +162,10 @@ int vh_disk_open_file(vh_file *f, vh_open_flags flags, vh_disk **out, GError **e
  * opens only (a write open is passed through). Takes ownership of f.
  */
 int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err);
+/* The same for a file vh_sniff_file found to be `fmt` (VHD or VHDX): its identifiers are not read
+ * again, unless the first open fails and the file is read once more. */
+int vh_disk_open_settled_as(vh_file *f, vh_format fmt, vh_open_flags flags, vh_disk **out,
+                            GError **err);
 /* The same by path. */
 int vh_disk_open_settled_path(const char *path, vh_open_flags flags, vh_disk **out, GError **err);
 void vh_disk_close(vh_disk *d);

@@ -92,14 +92,16 @@ static int check_regular(int fd, uint64_t *size)
 
 /*
  * Takes an fd opened with O_NONBLOCK: checks that it is a regular file before anything reads it,
- * then clears O_NONBLOCK (regular files ignore it, but later I/O must not see it). Closes fd on
- * failure.
+ * then clears O_NONBLOCK (regular files ignore it, but later I/O must not see it). An fd that
+ * reopen_regular opened (`known`: its fstat) was checked before it was opened, and without
+ * O_NONBLOCK: nothing is left to do. Closes fd on failure.
  */
-static int adopt_fd(vh_file *f, int fd, const char *path, bool writable, GError **err)
+static int adopt_fd(vh_file *f, int fd, const char *path, bool writable, const struct stat *known,
+                    GError **err)
 {
-    uint64_t size = 0;
-    int e = check_regular(fd, &size);
-    if (e == 0) {
+    uint64_t size = known ? (uint64_t)known->st_size : 0;
+    int e = known ? 0 : check_regular(fd, &size);
+    if (e == 0 && !known) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
             e = errno;
@@ -125,20 +127,21 @@ static int open_flags(int flags, bool writable)
 }
 
 /*
- * Opens the file an O_PATH fd found, with `flags`, only if fstat shows a regular file: what is
- * not one (a FIFO, whose open waits for a writer; a device, whose open acts) is never opened at
- * all. The same inode is reopened through /proc/self/fd (no second lookup of the name). Returns
- * the fd or -errno: -EINVAL for what is not a regular file, -ENOENT without /proc.
+ * Opens the file an O_PATH fd found, with `flags`, only if fstat (*st) shows a regular file: what
+ * is not one (a FIFO, whose open waits for a writer; a device, whose open acts) is never opened
+ * at all. The same inode is reopened through /proc/self/fd (no second lookup of the name), so
+ * without O_NONBLOCK: it is known to be a regular file. Returns the fd or -errno: -EINVAL for
+ * what is not a regular file, -ENOENT without /proc.
  */
-static int reopen_regular(int pfd, int flags)
+static int reopen_regular(int pfd, int flags, struct stat *st)
 {
-    struct stat st;
-    if (fstat(pfd, &st) < 0)
+    if (fstat(pfd, st) < 0)
         return -errno;
-    if (!S_ISREG(st.st_mode))
+    if (!S_ISREG(st->st_mode))
         return -EINVAL;
     char p[40];
     snprintf(p, sizeof p, "/proc/self/fd/%d", pfd);
+    flags &= ~O_NONBLOCK;
     int fd = open(p, flags);
     /* O_NOATIME needs the file's owner or CAP_FOWNER; without them, open as usual */
     if (fd < 0 && errno == EPERM && (flags & O_NOATIME))
@@ -154,12 +157,15 @@ static int open_checked(vh_file *f, const char *path, int flags, bool writable, 
        probes files after every write-close, and a scan probes every file). */
     int oflags = open_flags(flags, writable);
     int fd = -ENOENT;
+    struct stat st;
+    bool known = false; /* fd is reopen_regular's, st its fstat */
     if (!(flags & O_CREAT)) {
         int pfd = open(path, O_PATH | O_CLOEXEC);
         if (pfd < 0)
             return vh_fail(err, errno, "%s: cannot open: %s", path, g_strerror(errno));
-        fd = reopen_regular(pfd, oflags);
+        fd = reopen_regular(pfd, oflags, &st);
         close(pfd);
+        known = fd >= 0;
     }
     if (fd == -ENOENT) { /* creating, or no /proc: open by name (O_NONBLOCK, checked below) */
         fd = open(path, oflags, 0666);
@@ -171,7 +177,7 @@ static int open_checked(vh_file *f, const char *path, int flags, bool writable, 
         return vh_fail(err, EINVAL, "%s: not a regular file", path);
     if (fd < 0)
         return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
-    return adopt_fd(f, fd, path, writable, err);
+    return adopt_fd(f, fd, path, writable, known ? &st : NULL, err);
 }
 
 int vh_file_open(vh_file *f, const char *path, bool writable, GError **err)
@@ -274,10 +280,13 @@ int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *pat
     f->fd = -1;
     int oflags = open_flags(writable ? O_RDWR : O_RDONLY, writable);
     int fd = openat_beneath(dirfd, rel, O_PATH | O_CLOEXEC);
+    struct stat st;
+    bool known = false; /* fd is reopen_regular's, st its fstat */
     if (fd >= 0) {
         int pfd = fd;
-        fd = reopen_regular(pfd, oflags);
+        fd = reopen_regular(pfd, oflags, &st);
         close(pfd);
+        known = fd >= 0;
         if (fd == -ENOENT) /* no /proc: open by name (O_NONBLOCK, checked below) */
             fd = openat_beneath(dirfd, rel, oflags);
         if (fd == -EPERM && (oflags & O_NOATIME))
@@ -290,7 +299,7 @@ int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *pat
         return vh_fail(err, EINVAL, "%s: not a regular file", path);
     if (fd < 0)
         return vh_fail(err, -fd, "%s: cannot open: %s", path, g_strerror(-fd));
-    return adopt_fd(f, fd, path, writable, err);
+    return adopt_fd(f, fd, path, writable, known ? &st : NULL, err);
 }
 
 void vh_file_close(vh_file *f)

@@ -140,7 +140,7 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
         return 0;
     }
     vh_disk *d = NULL;
-    r = vh_disk_open_settled(&f, VH_OPEN_PROBE, &d, &err); /* not mid-rewrite (disk.h) */
+    r = vh_disk_open_settled_as(&f, fmt, VH_OPEN_PROBE, &d, &err); /* not mid-rewrite (disk.h) */
     if (r < 0) {
         out->error = g_strdup(err ? err->message : g_strerror(-r));
         return 0;
@@ -150,14 +150,33 @@ int vh_store_default_probe(void *ctx, const char *abs, const char *rel, vh_disk_
     return 0;
 }
 
-/* Probes one file: a new entry, or NULL when the file could not be read at all. */
+/* Does the overlay present a patch set over the file stat'ed as st? */
+static bool has_patch(vh_store *s, const struct stat *st, const char *abs)
+{
+    if (!s->overlay)
+        return false;
+    g_autoptr(vh_patch) p = vh_overlay_get(s->overlay, st, abs);
+    return p != NULL;
+}
+
+/*
+ * Probes one file: a new entry, or NULL when the file could not be read at all. A file too short
+ * to be a disk (one just created empty through the mount, a lock file) is not a disk whatever its
+ * bytes: the default probe is not called for it (no open, no read, not counted), unless an
+ * overlay presents other bytes for it. It is probed once its size says it may be one.
+ */
 static vh_disk_info *probe_file(vh_store *s, const char *rel, const struct stat *st)
 {
-    g_atomic_int_inc(&s->probes);
     g_autofree char *abs = g_build_filename(s->root, rel, NULL);
     vh_disk_info *i = vh_disk_info_new();
     i->path = g_strdup(rel);
     set_stat(i, st);
+    if (s->probe == vh_store_default_probe && st->st_size < VH_SNIFF_MIN_SIZE &&
+        !has_patch(s, st, abs)) {
+        i->format = VH_FORMAT_NONE;
+        return i;
+    }
+    g_atomic_int_inc(&s->probes);
     if (s->probe(s->probe_ctx, abs, rel, i) < 0) {
         vh_disk_info_unref(i);
         return NULL;
@@ -485,22 +504,34 @@ static GPtrArray *reuse_unchanged(vh_store *s, GPtrArray *files)
     return todo;
 }
 
+/*
+ * Parallel probing: each worker takes the next item itself (an atomic counter), so a scan of many
+ * files is not one queue push and one wake-up of the scanning thread per file; the scanning
+ * thread sleeps until the last probe is done (or until the next progress report).
+ */
 typedef struct {
     vh_store *s;
+    GPtrArray *todo;
+    gint next; /* the next item to take */
+    gint done; /* items probed */
     GMutex lock;
-    GCond cond;
-    guint done;
+    GCond cond; /* signalled when the last item is done */
 } probe_pool;
 
-static void probe_task(gpointer data, gpointer user)
+static void probe_worker(gpointer data, gpointer user)
 {
-    scan_item *it = data;
     probe_pool *pp = user;
-    it->result = probe_file(pp->s, it->rel, &it->st);
-    g_mutex_lock(&pp->lock);
-    pp->done++;
-    g_cond_signal(&pp->cond);
-    g_mutex_unlock(&pp->lock);
+    guint n = pp->todo->len;
+    guint k;
+    while ((k = (guint)g_atomic_int_add(&pp->next, 1)) < n) {
+        scan_item *it = pp->todo->pdata[k];
+        it->result = probe_file(pp->s, it->rel, &it->st);
+        if ((guint)g_atomic_int_add(&pp->done, 1) + 1 == n) {
+            g_mutex_lock(&pp->lock);
+            g_cond_signal(&pp->cond);
+            g_mutex_unlock(&pp->lock);
+        }
+    }
 }
 
 static void probe_all(vh_store *s, GPtrArray *todo)
@@ -514,23 +545,27 @@ static void probe_all(vh_store *s, GPtrArray *todo)
         }
         return;
     }
-    probe_pool pp = {.s = s};
+    probe_pool pp = {.s = s, .todo = todo};
     g_mutex_init(&pp.lock);
     g_cond_init(&pp.cond);
-    GThreadPool *pool = g_thread_pool_new(probe_task, &pp, s->threads, FALSE, NULL);
-    for (guint k = 0; k < todo->len; k++)
-        g_thread_pool_push(pool, todo->pdata[k], NULL);
+    GThreadPool *pool = g_thread_pool_new(probe_worker, &pp, s->threads, FALSE, NULL);
+    for (int t = 0; t < s->threads; t++)
+        g_thread_pool_push(pool, GINT_TO_POINTER(t + 1), NULL); /* data must not be NULL */
     g_mutex_lock(&pp.lock);
-    while (pp.done < todo->len) {
-        g_cond_wait_until(&pp.cond, &pp.lock, g_get_monotonic_time() + G_TIME_SPAN_SECOND / 10);
+    guint done;
+    while ((done = (guint)g_atomic_int_get(&pp.done)) < todo->len) {
         if (s->progress) {
-            guint done = pp.done;
             g_mutex_unlock(&pp.lock);
             s->progress(s->progress_ctx, done, todo->len);
             g_mutex_lock(&pp.lock);
+            if ((guint)g_atomic_int_get(&pp.done) == todo->len)
+                break;
         }
+        g_cond_wait_until(&pp.cond, &pp.lock, g_get_monotonic_time() + G_TIME_SPAN_SECOND / 10);
     }
     g_mutex_unlock(&pp.lock);
+    if (s->progress)
+        s->progress(s->progress_ctx, todo->len, todo->len);
     g_thread_pool_free(pool, FALSE, TRUE);
     g_mutex_clear(&pp.lock);
     g_cond_clear(&pp.cond);

@@ -60,9 +60,15 @@ static int parse_header_copy(const uint8_t *buf, uint64_t off, uint64_t size, vo
     return vhdx_header_parse(buf, off, size, out, err);
 }
 
+/* out: a vhdx_region_table* slot, allocated here for the copies actually read (64 KiB each, not
+ * zeroed: the parse sets count and fills only the entries below it). */
 static int parse_rt_copy(const uint8_t *buf, uint64_t off, uint64_t size, void *out, GError **err)
 {
-    return vhdx_region_table_parse(buf, off, size, out, err);
+    vhdx_region_table **t = out;
+    if (!*t)
+        *t = g_new(vhdx_region_table, 1);
+    (*t)->count = 0;
+    return vhdx_region_table_parse(buf, off, size, *t, err);
 }
 
 /* Why each copy of a structure stored twice is not valid (NULL: valid, or not read). */
@@ -191,10 +197,10 @@ static int load_region_table(vh_disk *d, vh_open_flags flags, GError **err)
     vhdx_priv *x = vhdx_p(d);
     g_auto(copy_errors) why = {{NULL, NULL}};
     const uint64_t offs[2] = {VHDX_RT1_OFF, VHDX_RT2_OFF};
-    g_autofree vhdx_region_table *t1 = g_new0(vhdx_region_table, 1);
-    g_autofree vhdx_region_table *t2 = g_new0(vhdx_region_table, 1);
+    g_autofree vhdx_region_table *t1 = NULL;
+    g_autofree vhdx_region_table *t2 = NULL;
     vhdx_region_table **t[2] = {&t1, &t2};
-    void *out[2] = {t1, t2};
+    void *out[2] = {&t1, &t2};
     /* Copy 1 is used whenever it is valid, so a probe reads copy 2 only when copy 1 is bad
      * (each copy is checked whole: its CRC covers all 64 KiB). A full open checks both, to warn
      * about a damaged copy 2. */
@@ -376,9 +382,12 @@ static int load_metadata(vh_disk *d, GError **err)
     int r = read_md_table(d, &buf, err);
     if (r < 0)
         return r;
-    x->md = g_new0(vhdx_md_table, 1);
-    if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0)
+    x->md = g_new(vhdx_md_table, 1); /* 57 KiB: not zeroed, only its first count entries count */
+    x->md->count = 0;
+    if ((r = vhdx_md_table_parse(buf, x->md_off, x->md_len, x->md, err)) < 0) {
+        x->md->count = 0; /* the entries past a bad one were never filled */
         return vh_fail_prefix(err, "%s", d->file.path);
+    }
     md_span span = {0};
     g_autofree uint8_t *span_buf = NULL;
     if ((r = read_md_span(d, &span, &span_buf, err)) < 0)

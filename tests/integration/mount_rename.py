@@ -4,7 +4,9 @@
 rename in place, a folder holding a parent moved, a folder holding a child moved, and
 RENAME_EXCHANGE; right after each, the children's locators on STORE (vhdheal info, vhdiinfo; not
 through the mount) point at the new place and the chains read their true content. With heal=off
-a rename relinks nothing. Files that are not disks are renamed as usual."""
+a rename relinks nothing. Files that are not disks are renamed as usual. A parent created empty
+through the mount and then written through it is relinked too, also when renamed to a name no
+disk has and back."""
 import ctypes
 import os
 import subprocess
@@ -80,6 +82,26 @@ def run_format(root, fmt):
         points_at(f"{fmt} exchange", store, S(f"archive/c1.{a}"), S(f"spare/renamed.{e}"))
         points_at(f"{fmt} exchange", store, S(f"other/c2.{a}"), S(f"spare/renamed.{e}"))
         check(content(S(f"archive/gc.{a}")) == ref, f"{fmt} exchange: content")
+        # a parent created empty through the mount (too short to be a disk: indexed without
+        # being read), then written through it (read on close): renames of it, to a name no
+        # disk has and back (disks are known by content), relink its child
+        stage = os.path.join(root, f"stage-{fmt}")
+        os.makedirs(stage)
+        create(os.path.join(stage, f"base.{e}"), fmt)
+        fill(os.path.join(stage, f"base.{e}"), 5)
+        os.makedirs(M("grown"))
+        open(M(f"grown/base.{e}"), "xb").close()
+        with open(M(f"grown/base.{e}"), "r+b") as f:
+            f.write(open(os.path.join(stage, f"base.{e}"), "rb").read())
+        child(M(f"grown/kid.{a}"), M(f"grown/base.{e}"))
+        fill(M(f"grown/kid.{a}"), 6, (1 << 20,))
+        gref = content(S(f"grown/kid.{a}"))
+        prev = f"base.{e}"
+        for name in ("base.bin", f"base.{e}"):
+            os.rename(M(f"grown/{prev}"), M(f"grown/{name}"))
+            points_at(f"{fmt} grown {name}", store, S(f"grown/kid.{a}"), S(f"grown/{name}"))
+            prev = name
+        check(content(S(f"grown/kid.{a}")) == gref, f"{fmt} grown: content")
         # files that are not disks
         os.rename(M("archive/notes.txt"), M("notes2.txt"))
         check(open(S("notes2.txt")).read() == "notes\n", f"{fmt}: a plain rename")

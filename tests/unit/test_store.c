@@ -411,6 +411,72 @@ static void real_disks_refresh(void **state)
     assert_int_equal(after->len, 41);
 }
 
+static void write_file(const char *dir, const char *rel, const void *buf, size_t len)
+{
+    g_autofree char *p = g_build_filename(dir, rel, NULL);
+    int fd = open(p, O_WRONLY | O_CREAT, 0644); /* the same file: its bytes are overwritten */
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, buf, len, 0), (ssize_t)len);
+    close(fd);
+}
+
+/*
+ * A file too short to be a disk (VH_SNIFF_MIN_SIZE) is indexed as not a disk without a probe; once
+ * written to be one, the next note or refresh probes it. The boundary is the sniffer's: 8 bytes
+ * "vhdxfile" are probed (and found unreadable), 7 are not.
+ */
+static void short_files_are_not_probed(void **state)
+{
+    fixture *f = *state;
+    g_autofree char *dir = g_build_filename(f->dir, "grow", NULL);
+    make_real(dir, "src.vhdx", VH_FORMAT_VHDX);
+    g_autofree char *src = g_build_filename(dir, "src.vhdx", NULL);
+    g_autofree char *bytes = NULL;
+    gsize len = 0;
+    assert_true(g_file_get_contents(src, &bytes, &len, NULL));
+    assert_int_equal(unlink(src), 0);
+    g_autoptr(vh_store) s = vh_store_new(dir, NULL);
+    write_file(dir, "empty.bin", "", 0);
+    write_file(dir, "seven.bin", "vhdxfil", 7);
+    assert_int_equal(vh_store_scan(s, NULL), 0);
+    assert_int_equal(vh_store_count(s), 2);
+    assert_int_equal(vh_store_probe_count(s), 0);
+    /* created empty (as through the mount: noted on close), then written to be a disk */
+    write_file(dir, "new.vhdx", "", 0);
+    vh_store_note_changed(s, "new.vhdx");
+    g_autoptr(vh_disk_info) empty = vh_store_get(s, "new.vhdx");
+    assert_non_null(empty);
+    assert_int_equal(empty->format, VH_FORMAT_NONE);
+    assert_int_equal(vh_store_probe_count(s), 0);
+    write_file(dir, "new.vhdx", bytes, len);
+    vh_store_note_changed(s, "new.vhdx");
+    assert_int_equal(vh_store_probe_count(s), 1);
+    g_autoptr(vh_disk_info) disk = vh_store_get(s, "new.vhdx");
+    assert_true(vh_disk_info_is_disk(disk));
+    assert_int_equal(disk->virtual_size, 4 * VH_MIB);
+    /* the shortest file the sniffer takes for a disk is probed */
+    write_file(dir, "eight.bin", "vhdxfile", 8);
+    g_autoptr(vh_disk_info) eight = vh_store_describe(s, "eight.bin", NULL);
+    assert_int_equal(vh_store_probe_count(s), 2);
+    assert_int_equal(eight->format, VH_FORMAT_VHDX);
+    assert_non_null(eight->error);
+    /* a disk renamed to a name no disk has and back is still known by its content */
+    g_autofree char *a = g_build_filename(dir, "new.vhdx", NULL);
+    g_autofree char *b = g_build_filename(dir, "new.txt", NULL);
+    assert_int_equal(rename(a, b), 0);
+    vh_store_note_rename(s, "new.vhdx", "new.txt");
+    g_autoptr(vh_disk_info) renamed = vh_store_get(s, "new.txt");
+    assert_true(vh_disk_info_is_disk(renamed));
+    assert_int_equal(vh_store_scan(s, NULL), 0);
+    assert_int_equal(rename(b, a), 0);
+    assert_int_equal(vh_store_scan(s, NULL), 0); /* a rename behind its back: found by inode */
+    g_autoptr(vh_disk_info) back = vh_store_get(s, "new.vhdx");
+    assert_true(vh_disk_info_is_disk(back));
+    assert_int_equal(vh_store_probe_count(s), 2);
+    g_autoptr(GPtrArray) disks = vh_store_list(s, NULL);
+    assert_int_equal(disks->len, 2); /* new.vhdx, eight.bin (unreadable) */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -423,6 +489,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(store_is_determined_as_designed, setup, teardown),
         cmocka_unit_test_setup_teardown(default_probe_rejects_non_disks, setup, teardown),
         cmocka_unit_test_setup_teardown(real_disks_refresh, setup, teardown),
+        cmocka_unit_test_setup_teardown(short_files_are_not_probed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

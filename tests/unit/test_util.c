@@ -58,10 +58,52 @@ static void crc32c_matches_the_definition(void **state)
     }
 }
 
+/* Long buffers (the hardware path computes three streams side by side, then joins them): every
+ * length around the stream sizes (3 x 256, 3 x 8192 bytes) and a 64 KiB region table. */
+static void crc32c_long_buffers_match(void **state)
+{
+    size_t size = 3 * 8192 * 3 + 3 * 256 * 2 + 64;
+    g_autofree uint8_t *buf = g_malloc(size);
+    uint32_t x = 777;
+    for (size_t i = 0; i < size; i++) {
+        x = x * 1103515245u + 12345u;
+        buf[i] = (uint8_t)(x >> 16);
+    }
+    const size_t around[] = {3 * 256, 3 * 8192, 2 * 3 * 8192, 65536, 3 * 8192 + 3 * 256};
+    for (size_t a = 0; a < G_N_ELEMENTS(around); a++)
+        for (size_t len = around[a] - 9; len <= around[a] + 9; len++)
+            for (size_t off = 0; off < 8; off += 3)
+                assert_int_equal(vh_crc32c(buf + off, len), crc32c_bitwise(buf + off, len));
+    uint32_t whole = crc32c_bitwise(buf, size);
+    assert_int_equal(vh_crc32c(buf, size), whole);
+    for (size_t cut = 1; cut < size; cut += 4099)
+        assert_int_equal(vh_crc32c_update(vh_crc32c(buf, cut), buf + cut, size - cut), whole);
+}
+
 static void vhd_checksum_skips_its_field(void **state)
 {
     uint8_t buf[16] = {1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF, 5};
     assert_int_equal(vh_vhd_checksum(buf, sizeof buf, 4), ~(uint32_t)15);
+}
+
+/* Long buffers (summed eight bytes at a time): every length up to 1100 at every skip offset class,
+ * all bytes 0xFF (the most a lane can take) and a pattern, against a byte-at-a-time sum. */
+static void vhd_checksum_long_buffers(void **state)
+{
+    uint8_t ff[1100], pat[1100];
+    memset(ff, 0xFF, sizeof ff);
+    for (size_t i = 0; i < sizeof pat; i++)
+        pat[i] = (uint8_t)(i * 37 + 11);
+    const uint8_t *bufs[] = {ff, pat};
+    for (int b = 0; b < 2; b++)
+        for (size_t len = 0; len <= sizeof ff; len++)
+            for (size_t skip = 0; skip <= len + 4; skip += len / 3 + 1) {
+                uint32_t sum = 0;
+                for (size_t i = 0; i < len; i++)
+                    if (i < skip || i >= skip + 4)
+                        sum += bufs[b][i];
+                assert_int_equal(vh_vhd_checksum(bufs[b], len, skip), ~sum);
+            }
 }
 
 static void utf16_decodes_both_orders(void **state)
@@ -146,7 +188,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(crc32c_known_vectors),
         cmocka_unit_test(crc32c_matches_the_definition),
+        cmocka_unit_test(crc32c_long_buffers_match),
         cmocka_unit_test(vhd_checksum_skips_its_field),
+        cmocka_unit_test(vhd_checksum_long_buffers),
         cmocka_unit_test(utf16_decodes_both_orders),
         cmocka_unit_test(utf16_unpaired_surrogates_become_replacement),
         cmocka_unit_test(utf16_encode_roundtrip_and_limits),
