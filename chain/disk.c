@@ -287,6 +287,15 @@ int vh_disk_map_chain(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, 
     }
 }
 
+void vh_disk_prefetch_chain(vh_disk *d, uint64_t voff, uint64_t len)
+{
+    for (; d && voff < d->virtual_size; d = d->parent) {
+        uint64_t n = MIN(len, d->virtual_size - voff);
+        if (n == 0 || (d->ops->prefetch && d->ops->prefetch(d, voff, n)))
+            return;
+    }
+}
+
 /* Writes a partial logical sector: the sector's current content through the chain, merged. */
 static int write_partial_sector(vh_disk *d, const uint8_t *src, uint64_t voff, size_t len,
                                 GError **err)
