@@ -183,9 +183,9 @@ int vh_disk_flush(vh_disk *d, GError **err);
  * *owner is the disk whose file holds a DATA run. */
 int vh_disk_map_chain(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, vh_disk **owner,
                       GError **err);
-/* Starts reading, down the chain and without waiting, the metadata that vh_disk_map_chain of
- * [voff, voff+len) will read: one layer after another the reads would wait for the disk in
- * turn, and a cold read of a deep chain mostly waits for sector bitmaps. */
+/* Starts reading, down the chain (all but its base) and without waiting, the metadata that
+ * vh_disk_map_chain of [voff, voff+len) will read: one layer after another the reads would
+ * wait for the disk in turn, and a cold read of a deep chain mostly waits for sector bitmaps. */
 void vh_disk_prefetch_chain(vh_disk *d, uint64_t voff, uint64_t len);
 
 void vh_disk_warn(vh_disk *d, const char *fmt, ...) G_GNUC_PRINTF(2, 3);

@@ -212,9 +212,10 @@ int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
         for (guint k = 0; k < n; k++)
             data += runs[k].kind == VH_RUN_DATA;
         /* Several runs (from several layers, or apart in one file): the kernel reads them all
-         * at once, instead of one after another as the preads below ask. */
+         * at once, instead of one after another as the preads below ask. Not the base's: its
+         * readahead already streams them (vh_disk_prefetch_chain). */
         for (guint k = 0; data > 1 && k < n; k++)
-            if (runs[k].kind == VH_RUN_DATA)
+            if (runs[k].kind == VH_RUN_DATA && owners[k]->parent)
                 vh_file_prefetch(&owners[k]->file, runs[k].file_offset, runs[k].length);
         /* One read per run, outside the lock: the formats' read_data is a pread (plus, for a
          * VHDX whose log was replayed in memory, an overlay that never changes after open). */
