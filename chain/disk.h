@@ -117,6 +117,10 @@ typedef struct vh_disk_ops {
      * that the chain's walk can stop. A hint: nothing is checked or reported.
      */
     bool (*prefetch)(vh_disk *d, uint64_t voff, uint64_t len);
+    /* Optional. The descriptor from which read_data reads stored bytes unchanged, or -1 when
+     * it changes them (a log replayed in memory, an overlay patch): lets a caller hand the
+     * kernel the file range itself (splice) instead of reading it. */
+    int (*data_fd)(vh_disk *d);
     /* Format-specific fields for `vhdheal info`. */
     void (*info)(vh_disk *d, vh_info_fn fn, void *ctx);
     void (*close)(vh_disk *d); /* frees d->priv */

@@ -192,6 +192,19 @@ static int map_runs(vh_flat *f, uint64_t off, uint64_t len, bool hint, vh_run *r
     return r;
 }
 
+/* Several data runs (from several layers, or apart in one file): the kernel reads them all at
+ * once, instead of one after another as the reads that follow ask. Not the base's: its readahead
+ * already streams them (vh_disk_prefetch_chain). */
+static void prefetch_data(const vh_run *runs, vh_disk *const *owners, guint n)
+{
+    guint data = 0;
+    for (guint k = 0; k < n; k++)
+        data += runs[k].kind == VH_RUN_DATA;
+    for (guint k = 0; data > 1 && k < n; k++)
+        if (runs[k].kind == VH_RUN_DATA && owners[k]->parent)
+            vh_file_prefetch(&owners[k]->file, runs[k].file_offset, runs[k].length);
+}
+
 int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
 {
     if (!vh_range_ok(off, len, vh_flat_size(f)))
@@ -204,19 +217,12 @@ int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
     while (len > 0) {
         vh_run runs[RUN_BATCH];
         vh_disk *owners[RUN_BATCH];
-        guint n = 0, data = 0;
+        guint n = 0;
         int r = map_runs(f, off, len, hint, runs, owners, &n, err);
         if (r < 0)
             return r;
         hint = false;
-        for (guint k = 0; k < n; k++)
-            data += runs[k].kind == VH_RUN_DATA;
-        /* Several runs (from several layers, or apart in one file): the kernel reads them all
-         * at once, instead of one after another as the preads below ask. Not the base's: its
-         * readahead already streams them (vh_disk_prefetch_chain). */
-        for (guint k = 0; data > 1 && k < n; k++)
-            if (runs[k].kind == VH_RUN_DATA && owners[k]->parent)
-                vh_file_prefetch(&owners[k]->file, runs[k].file_offset, runs[k].length);
+        prefetch_data(runs, owners, n);
         /* One read per run, outside the lock: the formats' read_data is a pread (plus, for a
          * VHDX whose log was replayed in memory, an overlay that never changes after open). */
         for (guint k = 0; k < n; k++) {
@@ -230,6 +236,44 @@ int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
             p += m;
             off += m;
             len -= m;
+        }
+    }
+    return 0;
+}
+
+int vh_flat_pieces(vh_flat *f, uint64_t off, size_t len, GArray *pieces, GError **err)
+{
+    if (!vh_range_ok(off, len, vh_flat_size(f)))
+        return vh_fail(err, EINVAL,
+                       "%s: virtual range %" G_GUINT64_FORMAT
+                       "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
+                       f->members[0].path, off, len, vh_flat_size(f));
+    guint first = pieces->len;
+    bool hint = true;
+    while (len > 0) {
+        vh_run runs[RUN_BATCH];
+        vh_disk *owners[RUN_BATCH];
+        guint n = 0;
+        int r = map_runs(f, off, len, hint, runs, owners, &n, err);
+        if (r < 0) {
+            g_array_set_size(pieces, first);
+            return r;
+        }
+        hint = false;
+        prefetch_data(runs, owners, n);
+        for (guint k = 0; k < n; k++) {
+            vh_flat_piece p = {.fd = -1, .off = runs[k].file_offset, .len = runs[k].length};
+            if (runs[k].kind == VH_RUN_DATA) {
+                vh_disk *o = owners[k];
+                p.fd = o->ops->data_fd ? o->ops->data_fd(o) : -1;
+                if (p.fd < 0 || !vh_range_ok(p.off, p.len, o->file.size)) {
+                    g_array_set_size(pieces, first);
+                    return -ENOTSUP;
+                }
+            }
+            g_array_append_val(pieces, p);
+            off += p.len;
+            len -= p.len;
         }
     }
     return 0;

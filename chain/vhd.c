@@ -695,6 +695,11 @@ static int vhd_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GError
     return vh_file_read(&d->file, buf, len, off, "block data", err);
 }
 
+static int vhd_data_fd(vh_disk *d)
+{
+    return d->file.patch ? -1 : d->file.fd;
+}
+
 /* ------------------------------------------------------------------ write */
 
 int vhd_move_footer(vh_disk *d, uint64_t new_off, GError **err)
@@ -959,6 +964,7 @@ static const vh_disk_ops vhd_ops = {
     .prefetch = vhd_prefetch,
     .map = vhd_map,
     .read_data = vhd_read_data,
+    .data_fd = vhd_data_fd,
     .write_sectors = vhd_write_sectors,
     .flush = vhd_flush,
     .set_parent_link = vhd_set_parent_link,

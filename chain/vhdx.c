@@ -853,6 +853,11 @@ static int vhdx_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GErro
     return vhdx_read(d, buf, len, off, "payload block", err);
 }
 
+static int vhdx_data_fd(vh_disk *d)
+{
+    return vhdx_p(d)->overlay || d->file.patch ? -1 : d->file.fd;
+}
+
 /* ---------------- info ---------------- */
 
 static void info_id(vh_info_fn fn, void *ctx, const char *key, const vh_id *id)
@@ -976,6 +981,7 @@ static const vh_disk_ops vhdx_ops = {
     .prefetch = vhdx_prefetch,
     .map = vhdx_map,
     .read_data = vhdx_read_data,
+    .data_fd = vhdx_data_fd,
     .write_sectors = vhdx_write_sectors,
     .flush = vhdx_flush,
     .set_parent_link = vhdx_set_parent_link,

@@ -243,6 +243,61 @@ static void reads_equal_the_chain(void **state)
         assert_string_equal(v, g_hash_table_lookup(after, k)); /* never writes */
 }
 
+/* What vh_flat_pieces describes, read back (preads of its descriptors, zeros). */
+static void read_pieces(GArray *pieces, uint8_t *buf, size_t len)
+{
+    size_t at = 0;
+    for (guint k = 0; k < pieces->len; k++) {
+        const vh_flat_piece *p = &g_array_index(pieces, vh_flat_piece, k);
+        assert_true(p->len > 0 && at + p->len <= len);
+        if (p->fd < 0)
+            memset(buf + at, 0, p->len);
+        else
+            assert_int_equal(pread(p->fd, buf + at, p->len, (off_t)p->off), (ssize_t)p->len);
+        at += p->len;
+    }
+    assert_int_equal(at, len);
+}
+
+/* The pieces (the splice path of the mount's @raw) read as the chain: data from several
+ * members, zeros, unaligned ranges; a range past the end fails with nothing appended. */
+static void pieces_equal_the_chain(void **state)
+{
+    fixture *fx = *state;
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    g_autoptr(GArray) pieces = g_array_new(FALSE, FALSE, sizeof(vh_flat_piece));
+    g_autofree uint8_t *buf = g_malloc(VSIZE);
+    g_autoptr(GHashTable) fds = g_hash_table_new(NULL, NULL);
+    bool zeros = false;
+    assert_int_equal(vh_flat_pieces(t.f, 0, VSIZE, pieces, NULL), 0);
+    read_pieces(pieces, buf, VSIZE);
+    assert_memory_equal(buf, t.ref, VSIZE);
+    for (guint k = 0; k < pieces->len; k++) {
+        const vh_flat_piece *p = &g_array_index(pieces, vh_flat_piece, k);
+        if (p->fd < 0)
+            zeros = true;
+        else
+            g_hash_table_add(fds, GINT_TO_POINTER(p->fd));
+    }
+    assert_true(zeros);
+    assert_int_equal(g_hash_table_size(fds), 3); /* every member holds a piece */
+    GRand *r = g_rand_new_with_seed(11);
+    for (int k = 0; k < 200; k++) {
+        uint64_t off = g_rand_int_range(r, 0, VSIZE);
+        size_t len = (size_t)g_rand_int_range(r, 0, (gint32)MIN(VSIZE - off, 3 * MIB) + 1);
+        g_array_set_size(pieces, 0);
+        assert_int_equal(vh_flat_pieces(t.f, off, len, pieces, NULL), 0);
+        read_pieces(pieces, buf, len);
+        assert_memory_equal(buf, t.ref + off, len);
+    }
+    g_rand_free(r);
+    g_autoptr(GError) err = NULL;
+    g_array_set_size(pieces, 0);
+    assert_int_equal(vh_flat_pieces(t.f, VSIZE - 1, 2, pieces, &err), -EINVAL);
+    assert_int_equal(pieces->len, 0);
+}
+
 typedef struct {
     vh_flat *f;
     const uint8_t *ref;
@@ -606,6 +661,7 @@ static void large_vhd_tables_are_paged(void **state)
 
 #define TESTS(s)                                                                                   \
     cmocka_unit_test_setup_teardown(reads_equal_the_chain, s, teardown),                           \
+        cmocka_unit_test_setup_teardown(pieces_equal_the_chain, s, teardown),                      \
         cmocka_unit_test_setup_teardown(concurrent_readers_agree, s, teardown),                    \
         cmocka_unit_test_setup_teardown(seek_finds_data_and_holes, s, teardown),                   \
         cmocka_unit_test_setup_teardown(stale_when_a_member_changes, s, teardown),                 \
