@@ -300,6 +300,18 @@ int vh_disk_map_chain(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, 
     }
 }
 
+void vh_disk_prefetch_chain(vh_disk *d, uint64_t voff, uint64_t len)
+{
+    /* Not the base: it holds most of the data, read as one stream by the kernel's readahead,
+     * which a hint inside its window would break (its pages come in without the marker that
+     * starts the next window). */
+    for (; d && d->parent && voff < d->virtual_size; d = d->parent) {
+        uint64_t n = MIN(len, d->virtual_size - voff);
+        if (n == 0 || (d->ops->prefetch && d->ops->prefetch(d, voff, n)))
+            return;
+    }
+}
+
 /* Writes a partial logical sector: the sector's current content through the chain, merged. */
 static int write_partial_sector(vh_disk *d, const uint8_t *src, uint64_t voff, size_t len,
                                 GError **err)

@@ -110,6 +110,17 @@ typedef struct vh_disk_ops {
      * leaves a file that opens with the old link or the new one. On success d->link is updated.
      */
     int (*set_parent_link)(vh_disk *d, const vh_link_update *u, GError **err);
+    /*
+     * Optional. Starts reading, without waiting, the metadata that mapping the block(s) of
+     * [voff, voff+len) will read (sector bitmaps not cached yet). Returns true when this disk
+     * alone serves the whole range as far as it knows now (its parent will not be asked), so
+     * that the chain's walk can stop. A hint: nothing is checked or reported.
+     */
+    bool (*prefetch)(vh_disk *d, uint64_t voff, uint64_t len);
+    /* Optional. The descriptor from which read_data reads stored bytes unchanged, or -1 when
+     * it changes them (a log replayed in memory, an overlay patch): lets a caller hand the
+     * kernel the file range itself (splice) instead of reading it. */
+    int (*data_fd)(vh_disk *d);
     /* Format-specific fields for `vhdheal info`. */
     void (*info)(vh_disk *d, vh_info_fn fn, void *ctx);
     void (*close)(vh_disk *d); /* frees d->priv */
@@ -183,6 +194,10 @@ int vh_disk_flush(vh_disk *d, GError **err);
  * *owner is the disk whose file holds a DATA run. */
 int vh_disk_map_chain(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, vh_disk **owner,
                       GError **err);
+/* Starts reading, down the chain (all but its base) and without waiting, the metadata that
+ * vh_disk_map_chain of [voff, voff+len) will read: one layer after another the reads would
+ * wait for the disk in turn, and a cold read of a deep chain mostly waits for sector bitmaps. */
+void vh_disk_prefetch_chain(vh_disk *d, uint64_t voff, uint64_t len);
 
 void vh_disk_warn(vh_disk *d, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void vh_locator_free(vh_locator *l);

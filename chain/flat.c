@@ -146,17 +146,63 @@ bool vh_flat_current(vh_flat *f, const vh_chain *c)
     return true;
 }
 
+/* The run at off through the chain (at most max bytes); the caller holds the map lock. */
+static int map_run_locked(vh_flat *f, uint64_t off, uint64_t max, vh_run *run, vh_disk **owner,
+                          GError **err)
+{
+    int r = vh_disk_map_chain(f->top, off, max, run, owner, err);
+    if (r == 0 && run->length == 0)
+        r = vh_fail(err, EIO, "%s: empty run at virtual offset %" G_GUINT64_FORMAT,
+                    f->members[0].path, off);
+    return r;
+}
+
 /* The run at off through the chain (at most max bytes), under the map lock. */
 static int map_run(vh_flat *f, uint64_t off, uint64_t max, vh_run *run, vh_disk **owner,
                    GError **err)
 {
     g_mutex_lock(&f->map_lock);
-    int r = vh_disk_map_chain(f->top, off, max, run, owner, err);
+    int r = map_run_locked(f, off, max, run, owner, err);
     g_mutex_unlock(&f->map_lock);
-    if (r == 0 && run->length == 0)
-        r = vh_fail(err, EIO, "%s: empty run at virtual offset %" G_GUINT64_FORMAT,
-                    f->members[0].path, off);
     return r;
+}
+
+#define RUN_BATCH 32 /* runs mapped under one taking of the lock */
+
+/* Up to RUN_BATCH runs from off (at most len bytes in all), under one taking of the map lock;
+ * first hints the kernel at the metadata of the whole range on every layer (flat.h). */
+static int map_runs(vh_flat *f, uint64_t off, uint64_t len, bool hint, vh_run *runs,
+                    vh_disk **owners, guint *n, GError **err)
+{
+    int r = 0;
+    *n = 0;
+    g_mutex_lock(&f->map_lock);
+    if (hint)
+        vh_disk_prefetch_chain(f->top, off, len);
+    while (r == 0 && len > 0 && *n < RUN_BATCH) {
+        vh_run *run = &runs[*n];
+        if ((r = map_run_locked(f, off, len, run, &owners[*n], err)) < 0)
+            break;
+        run->length = MIN(run->length, len);
+        off += run->length;
+        len -= run->length;
+        (*n)++;
+    }
+    g_mutex_unlock(&f->map_lock);
+    return r;
+}
+
+/* Several data runs (from several layers, or apart in one file): the kernel reads them all at
+ * once, instead of one after another as the reads that follow ask. Not the base's: its readahead
+ * already streams them (vh_disk_prefetch_chain). */
+static void prefetch_data(const vh_run *runs, vh_disk *const *owners, guint n)
+{
+    guint data = 0;
+    for (guint k = 0; k < n; k++)
+        data += runs[k].kind == VH_RUN_DATA;
+    for (guint k = 0; data > 1 && k < n; k++)
+        if (runs[k].kind == VH_RUN_DATA && owners[k]->parent)
+            vh_file_prefetch(&owners[k]->file, runs[k].file_offset, runs[k].length);
 }
 
 int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
@@ -167,24 +213,68 @@ int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
                        "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
                        f->members[0].path, off, len, vh_flat_size(f));
     uint8_t *p = buf;
+    bool hint = true;
     while (len > 0) {
-        vh_run run;
-        vh_disk *owner = NULL;
-        int r = map_run(f, off, len, &run, &owner, err);
+        vh_run runs[RUN_BATCH];
+        vh_disk *owners[RUN_BATCH];
+        guint n = 0;
+        int r = map_runs(f, off, len, hint, runs, owners, &n, err);
         if (r < 0)
             return r;
-        size_t n = (size_t)MIN((uint64_t)len, run.length);
+        hint = false;
+        prefetch_data(runs, owners, n);
         /* One read per run, outside the lock: the formats' read_data is a pread (plus, for a
          * VHDX whose log was replayed in memory, an overlay that never changes after open). */
-        if (run.kind == VH_RUN_DATA) {
-            if ((r = owner->ops->read_data(owner, p, n, run.file_offset, err)) < 0)
-                return r;
-        } else {
-            memset(p, 0, n);
+        for (guint k = 0; k < n; k++) {
+            size_t m = (size_t)runs[k].length;
+            if (runs[k].kind == VH_RUN_DATA) {
+                if ((r = owners[k]->ops->read_data(owners[k], p, m, runs[k].file_offset, err)) < 0)
+                    return r;
+            } else {
+                memset(p, 0, m);
+            }
+            p += m;
+            off += m;
+            len -= m;
         }
-        p += n;
-        off += n;
-        len -= n;
+    }
+    return 0;
+}
+
+int vh_flat_pieces(vh_flat *f, uint64_t off, size_t len, GArray *pieces, GError **err)
+{
+    if (!vh_range_ok(off, len, vh_flat_size(f)))
+        return vh_fail(err, EINVAL,
+                       "%s: virtual range %" G_GUINT64_FORMAT
+                       "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
+                       f->members[0].path, off, len, vh_flat_size(f));
+    guint first = pieces->len;
+    bool hint = true;
+    while (len > 0) {
+        vh_run runs[RUN_BATCH];
+        vh_disk *owners[RUN_BATCH];
+        guint n = 0;
+        int r = map_runs(f, off, len, hint, runs, owners, &n, err);
+        if (r < 0) {
+            g_array_set_size(pieces, first);
+            return r;
+        }
+        hint = false;
+        prefetch_data(runs, owners, n);
+        for (guint k = 0; k < n; k++) {
+            vh_flat_piece p = {.fd = -1, .off = runs[k].file_offset, .len = runs[k].length};
+            if (runs[k].kind == VH_RUN_DATA) {
+                vh_disk *o = owners[k];
+                p.fd = o->ops->data_fd ? o->ops->data_fd(o) : -1;
+                if (p.fd < 0 || !vh_range_ok(p.off, p.len, o->file.size)) {
+                    g_array_set_size(pieces, first);
+                    return -ENOTSUP;
+                }
+            }
+            g_array_append_val(pieces, p);
+            off += p.len;
+            len -= p.len;
+        }
     }
     return 0;
 }

@@ -50,6 +50,20 @@ bool vh_flat_current(vh_flat *f, const vh_chain *c);
 
 /* Reads [off, off+len) of the virtual disk; the range must lie within vh_flat_size. */
 int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err);
+/* A piece of a read: `len` bytes at offset `off` of the open file `fd`, or zeros when fd < 0. */
+typedef struct vh_flat_piece {
+    int fd;
+    uint64_t off;
+    size_t len;
+} vh_flat_piece;
+/*
+ * The pieces of [off, off+len) (within vh_flat_size), in order, appended to `pieces` (of
+ * vh_flat_piece), for a caller that hands the kernel the file ranges (splice) instead of reading
+ * them; the descriptors stay open while the caller holds its reference. -ENOTSUP, with nothing
+ * appended, when a piece cannot be read straight from its file (a log replayed in memory, an
+ * overlay patch, a range past the file's end): vh_flat_read serves those.
+ */
+int vh_flat_pieces(vh_flat *f, uint64_t off, size_t len, GArray *pieces, GError **err);
 /*
  * lseek's SEEK_DATA (hole false) / SEEK_HOLE (hole true) from off: the first offset at or after
  * off that is stored in a chain member (DATA) or reads as zeros without being stored (a hole).

@@ -349,6 +349,14 @@ int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *wh
     return 0;
 }
 
+void vh_file_prefetch(vh_file *f, uint64_t off, uint64_t len)
+{
+    if (f->fd < 0 || off >= f->size || len == 0)
+        return;
+    len = MIN(len, f->size - off);
+    (void)posix_fadvise(f->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+}
+
 int vh_write_full(int fd, const void *buf, size_t len, int64_t off, size_t *done)
 {
     const uint8_t *p = buf;

@@ -78,6 +78,10 @@ void vh_file_close(vh_file *f);
 
 /* Reads exactly len bytes at off; `what` names the structure for error messages. */
 int vh_file_read(vh_file *f, void *buf, size_t len, uint64_t off, const char *what, GError **err);
+/* Asks the kernel to start reading [off, off+len) into the page cache without waiting
+ * (POSIX_FADV_WILLNEED): a hint, so that several reads that follow wait for the disk together.
+ * Ranges past the end are clipped; errors are ignored. */
+void vh_file_prefetch(vh_file *f, uint64_t off, uint64_t len);
 /* Writes exactly len bytes at off (may extend the file). */
 int vh_file_write(vh_file *f, const void *buf, size_t len, uint64_t off, const char *what,
                   GError **err);

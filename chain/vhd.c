@@ -653,9 +653,51 @@ static int vhd_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GEr
     return r;
 }
 
+/* Blocks looked at per prefetch call: bounds the work of one hint. */
+#define PREFETCH_BLOCKS 64u
+
+static bool vhd_prefetch(vh_disk *d, uint64_t voff, uint64_t len)
+{
+    vhd_priv *p = vhd_p(d);
+    if (d->type == VH_TYPE_FIXED)
+        return true;
+    if ((!p->bat && !p->bat_table) || voff >= d->virtual_size || len == 0)
+        return false;
+    uint64_t end = MIN(voff + len, d->virtual_size);
+    uint64_t first = voff / d->block_size, last = (end - 1) / d->block_size;
+    bool covers = last - first < PREFETCH_BLOCKS;
+    for (uint64_t b = first; b <= last && b < first + PREFETCH_BLOCKS; b++) {
+        uint32_t e = VHD_BAT_UNUSED;
+        if (bat_get(d, (uint32_t)b, &e, NULL) < 0 || e == VHD_BAT_UNUSED) {
+            covers = false;
+            continue;
+        }
+        const uint8_t *bm = g_hash_table_lookup(p->bitmaps, GUINT_TO_POINTER((uint32_t)b));
+        if (!bm) {
+            vh_file_prefetch(&d->file, (uint64_t)e * VHD_SECTOR, p->bitmap_bytes);
+            covers = false;
+            continue;
+        }
+        /* Cached: the parent is asked only for the sectors whose bits are clear. */
+        uint64_t lo = MAX(voff, b * d->block_size) - b * d->block_size;
+        uint64_t hi = MIN(end, (b + 1) * d->block_size) - b * d->block_size;
+        uint32_t s = (uint32_t)(lo / VHD_SECTOR),
+                 limit = (uint32_t)((hi + VHD_SECTOR - 1) / VHD_SECTOR);
+        bool present;
+        if (vhd_bitmap_run(bm, s, limit, &present) < limit - s || !present)
+            covers = false;
+    }
+    return covers || d->type != VH_TYPE_DIFFERENCING;
+}
+
 static int vhd_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GError **err)
 {
     return vh_file_read(&d->file, buf, len, off, "block data", err);
+}
+
+static int vhd_data_fd(vh_disk *d)
+{
+    return d->file.patch ? -1 : d->file.fd;
 }
 
 /* ------------------------------------------------------------------ write */
@@ -919,8 +961,10 @@ static void vhd_close(vh_disk *d)
 }
 
 static const vh_disk_ops vhd_ops = {
+    .prefetch = vhd_prefetch,
     .map = vhd_map,
     .read_data = vhd_read_data,
+    .data_fd = vhd_data_fd,
     .write_sectors = vhd_write_sectors,
     .flush = vhd_flush,
     .set_parent_link = vhd_set_parent_link,

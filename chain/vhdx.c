@@ -784,6 +784,45 @@ static int map_partial(vh_disk *d, uint64_t blk, uint64_t off, uint64_t in, uint
     return 0;
 }
 
+/* Blocks looked at per prefetch call: bounds the work of one hint. */
+#define PREFETCH_BLOCKS 64u
+
+static bool vhdx_prefetch(vh_disk *d, uint64_t voff, uint64_t len)
+{
+    vhdx_priv *x = vhdx_p(d);
+    if ((!x->bat && !x->bat_table) || voff >= x->p.disk_size || len == 0)
+        return false;
+    uint64_t bs = x->p.block_size, ss = x->p.logical_ss;
+    uint64_t end = MIN(voff + len, x->p.disk_size), first = voff / bs, last = (end - 1) / bs;
+    bool covers = last - first < PREFETCH_BLOCKS;
+    for (uint64_t b = first; b <= last && b < first + PREFETCH_BLOCKS && b < x->payload_blocks;
+         b++) {
+        block_class c;
+        uint64_t off, sb;
+        if (classify(d, b, &c, &off, NULL) < 0 || c == CLS_PARENT) {
+            covers = false;
+            continue;
+        }
+        if (c != CLS_PARTIAL)
+            continue; /* data or zeros: the parent is not asked */
+        const uint8_t *bm = g_hash_table_lookup(x->bitmaps, &b);
+        if (bm) {
+            uint64_t lo = MAX(voff, b * bs) - b * bs, hi = MIN(end, (b + 1) * bs) - b * bs;
+            bool present;
+            uint64_t n = vhdx_bit_run(bm, lo / ss, (hi + ss - 1) / ss - lo / ss, &present);
+            if (!present || n < (hi + ss - 1) / ss - lo / ss)
+                covers = false;
+            continue;
+        }
+        covers = false;
+        if (bat_get(d, vhdx_bat_sb_index(b / x->chunk_ratio, x->chunk_ratio), &sb, NULL) == 0 &&
+            VHDX_BAT_STATE(sb) == VHDX_SB_PRESENT)
+            vh_file_prefetch(&d->file, VHDX_BAT_OFFSET(sb) + (b % x->chunk_ratio) * (bs / ss) / 8,
+                             bs / ss / 8);
+    }
+    return covers;
+}
+
 static int vhdx_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GError **err)
 {
     vhdx_priv *x = vhdx_p(d);
@@ -821,6 +860,11 @@ static int vhdx_map(vh_disk *d, uint64_t voff, uint64_t max_len, vh_run *run, GE
 static int vhdx_read_data(vh_disk *d, void *buf, size_t len, uint64_t off, GError **err)
 {
     return vhdx_read(d, buf, len, off, "payload block", err);
+}
+
+static int vhdx_data_fd(vh_disk *d)
+{
+    return vhdx_p(d)->overlay || d->file.patch ? -1 : d->file.fd;
 }
 
 /* ---------------- info ---------------- */
@@ -943,8 +987,10 @@ static void vhdx_close(vh_disk *d)
 }
 
 static const vh_disk_ops vhdx_ops = {
+    .prefetch = vhdx_prefetch,
     .map = vhdx_map,
     .read_data = vhdx_read_data,
+    .data_fd = vhdx_data_fd,
     .write_sectors = vhdx_write_sectors,
     .flush = vhdx_flush,
     .set_parent_link = vhdx_set_parent_link,

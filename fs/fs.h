@@ -132,6 +132,10 @@ struct vhfs {
 #define VHFS_TIMEOUT 60.0
 /* Largest read and write request (max_read, max_write). */
 #define VHFS_MAX_IO (1u << 20)
+/* Largest read request: less than VHFS_MAX_IO, so that a reply of file ranges (@raw) fits,
+ * with its header and libfuse's margin of a page per piece, in a pipe of the default
+ * /proc/sys/fs/pipe-max-size (1 MiB), and libfuse splices it instead of copying. */
+#define VHFS_MAX_READ (VHFS_MAX_IO - (128u << 10))
 /* The mount's readahead, KiB (main.c raises the kernel's 128 KiB to it when root). */
 #define VHFS_READAHEAD_KB 4096u
 

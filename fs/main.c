@@ -437,7 +437,7 @@ static void session_args(const struct vhfs_config *cfg, const struct fuse_args *
 {
     char *opts = NULL;
     g_autofree char *fsname = g_strconcat("fsname=", cfg->store, NULL);
-    g_autofree char *max_read = g_strdup_printf("max_read=%u", VHFS_MAX_IO);
+    g_autofree char *max_read = g_strdup_printf("max_read=%u", VHFS_MAX_READ);
 
     fuse_opt_add_arg(out, rest->argc > 0 ? rest->argv[0] : "vhdhealfs");
     fuse_opt_add_opt(&opts, "default_permissions");

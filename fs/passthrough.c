@@ -1531,12 +1531,15 @@ static void lo_init(void *userdata, struct fuse_conn_info *conn)
        while the healer rewrites the same file underneath, own mtime and size, and turn
        write-only opens into read-write ones. Set-ID bits must be cleared by the kernel, since
        the daemon writes as root (who keeps them). Locks stay in the kernel (see the top).
-       Splice gained nothing measurable here (doc/mount.md "Performance"). */
-    conn->want &= ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV |
-                              FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_SPLICE_READ |
-                              FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+       Splice gained nothing measurable for pass-through reads (doc/mount.md "Performance"),
+       which reply from memory; @raw replies with file ranges (views.c reply_pieces), which
+       SPLICE_WRITE sends from the page cache without a copy through the daemon. */
+    conn->want &=
+        ~(unsigned)(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_POSIX_LOCKS |
+                    FUSE_CAP_FLOCK_LOCKS | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE);
+    want(conn, FUSE_CAP_SPLICE_WRITE);
     conn->max_write = VHFS_MAX_IO;
-    conn->max_read = VHFS_MAX_IO; /* as the max_read= mount option main.c gives */
+    conn->max_read = VHFS_MAX_READ; /* as the max_read= mount option main.c gives */
     /* The kernel keeps the smaller of this and the bdi's readahead, which main.c raised. */
     conn->max_readahead = VHFS_READAHEAD_KB << 10;
     conn->time_gran = 1;

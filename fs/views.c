@@ -838,6 +838,50 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         handle_free(v, h);
 }
 
+/* What a zero piece of a spliced reply is sent from (never written: stays the zero page). */
+static uint8_t zeros[VHFS_MAX_IO];
+
+/*
+ * Replies with the layers' file ranges themselves (vh_flat_pieces): with FUSE_CAP_SPLICE_WRITE
+ * libfuse splices them from the page cache into the reply, one copy in the kernel instead of a
+ * pread into our buffer and a write out of it (the two copies were most of the daemon's time
+ * in a cold read); without it, libfuse reads them into a buffer as vh_flat_read would.
+ * -ENOTSUP, with nothing sent, when a piece must be read through its format.
+ */
+static int reply_pieces(fuse_req_t req, struct vhandle *h, vh_flat *flat, uint64_t off, size_t n)
+{
+    g_autoptr(GArray) pieces = g_array_new(FALSE, FALSE, sizeof(vh_flat_piece));
+    g_autoptr(GError) err = NULL;
+    int r = vh_flat_pieces(flat, off, n, pieces, &err);
+    if (r == -ENOTSUP)
+        return r;
+    if (r < 0) {
+        if (g_atomic_int_compare_and_exchange(&h->logged, 0, 1))
+            vhfs_log(LOG_ERR, "views: @raw/%s%s: %s", h->path, VH_VIEW_RAW_SUFFIX, err->message);
+        reply_err(req, "read", EIO);
+        return 0;
+    }
+    struct fuse_bufvec *bv = g_malloc0(sizeof *bv + MAX(pieces->len, 1) * sizeof(struct fuse_buf));
+    bv->count = pieces->len;
+    for (guint k = 0; k < pieces->len; k++) {
+        const vh_flat_piece *p = &g_array_index(pieces, vh_flat_piece, k);
+        if (p->fd < 0 && p->len > sizeof zeros) {
+            g_free(bv);
+            return -ENOTSUP;
+        }
+        bv->buf[k] =
+            p->fd < 0
+                ? (struct fuse_buf){.size = p->len, .mem = zeros}
+                : (struct fuse_buf){.size = p->len,
+                                    .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY,
+                                    .fd = p->fd,
+                                    .pos = (off_t)p->off};
+    }
+    fuse_reply_data(req, bv, 0); /* replies an error itself when a read fails */
+    g_free(bv);
+    return 0;
+}
+
 static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -864,6 +908,8 @@ static void vw_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         g_autofree char *copy = g_memdup2(h->text + off, n);
         return (void)fuse_reply_buf(req, copy, n);
     }
+    if (reply_pieces(req, h, flat, (uint64_t)off, n) == 0)
+        return;
     g_autofree char *buf = g_try_malloc(n);
     if (buf == NULL)
         return reply_err(req, "read", ENOMEM);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "flat.h"
+#include "overlay.h"
 #include "tcache.h"
 #include "winpath.h"
 
@@ -241,6 +242,100 @@ static void reads_equal_the_chain(void **state)
     g_hash_table_iter_init(&it, before);
     while (g_hash_table_iter_next(&it, &k, &v))
         assert_string_equal(v, g_hash_table_lookup(after, k)); /* never writes */
+}
+
+/* What vh_flat_pieces describes, read back (preads of its descriptors, zeros). */
+static void read_pieces(GArray *pieces, uint8_t *buf, size_t len)
+{
+    size_t at = 0;
+    for (guint k = 0; k < pieces->len; k++) {
+        const vh_flat_piece *p = &g_array_index(pieces, vh_flat_piece, k);
+        assert_true(p->len > 0 && at + p->len <= len);
+        if (p->fd < 0)
+            memset(buf + at, 0, p->len);
+        else
+            assert_int_equal(pread(p->fd, buf + at, p->len, (off_t)p->off), (ssize_t)p->len);
+        at += p->len;
+    }
+    assert_int_equal(at, len);
+}
+
+/* The pieces (the splice path of the mount's @raw) read as the chain: data from several
+ * members, zeros, unaligned ranges; a range past the end fails with nothing appended. */
+static void pieces_equal_the_chain(void **state)
+{
+    fixture *fx = *state;
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    g_autoptr(GArray) pieces = g_array_new(FALSE, FALSE, sizeof(vh_flat_piece));
+    g_autofree uint8_t *buf = g_malloc(VSIZE);
+    g_autoptr(GHashTable) fds = g_hash_table_new(NULL, NULL);
+    bool zeros = false;
+    assert_int_equal(vh_flat_pieces(t.f, 0, VSIZE, pieces, NULL), 0);
+    read_pieces(pieces, buf, VSIZE);
+    assert_memory_equal(buf, t.ref, VSIZE);
+    for (guint k = 0; k < pieces->len; k++) {
+        const vh_flat_piece *p = &g_array_index(pieces, vh_flat_piece, k);
+        if (p->fd < 0)
+            zeros = true;
+        else
+            g_hash_table_add(fds, GINT_TO_POINTER(p->fd));
+    }
+    assert_true(zeros);
+    assert_int_equal(g_hash_table_size(fds), 3); /* every member holds a piece */
+    GRand *r = g_rand_new_with_seed(11);
+    for (int k = 0; k < 200; k++) {
+        uint64_t off = g_rand_int_range(r, 0, VSIZE);
+        size_t len = (size_t)g_rand_int_range(r, 0, (gint32)MIN(VSIZE - off, 3 * MIB) + 1);
+        g_array_set_size(pieces, 0);
+        assert_int_equal(vh_flat_pieces(t.f, off, len, pieces, NULL), 0);
+        read_pieces(pieces, buf, len);
+        assert_memory_equal(buf, t.ref + off, len);
+    }
+    g_rand_free(r);
+    g_autoptr(GError) err = NULL;
+    g_array_set_size(pieces, 0);
+    assert_int_equal(vh_flat_pieces(t.f, VSIZE - 1, 2, pieces, &err), -EINVAL);
+    assert_int_equal(pieces->len, 0);
+}
+
+/* A member read through an overlay patch (healmode=overlay) has no file range to hand out:
+ * pieces that need it fail with -ENOTSUP and nothing appended, vh_flat_read serves them with
+ * the patched bytes, and ranges of the other members still come as pieces. */
+static void pieces_refuse_patched_members(void **state)
+{
+    fixture *fx = *state;
+    g_auto(flat_top) t = {0};
+    open_flat_top(fx, &t);
+    /* [MIB, MIB + 4096) is the middle disk's (written at MIB - 7); [0, 512) the base's */
+    g_autoptr(GArray) pieces = g_array_new(FALSE, FALSE, sizeof(vh_flat_piece));
+    assert_int_equal(vh_flat_pieces(t.f, MIB, 4096, pieces, NULL), 0);
+    assert_int_equal(pieces->len, 1);
+    vh_flat_piece mid = g_array_index(pieces, vh_flat_piece, 0);
+    assert_true(mid.fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(mid.fd, &st), 0);
+    uint8_t pattern[4096];
+    memset(pattern, 0xA5, sizeof pattern);
+    vh_patch *patch = vh_patch_new((uint64_t)st.st_size);
+    assert_int_equal(vh_patch_write(patch, pattern, sizeof pattern, mid.off, NULL), 0);
+    vh_overlay *ov = vh_overlay_new(NULL, NULL);
+    vh_overlay_put(ov, &st, patch);
+    vh_patch_unref(patch);
+    vh_store_set_overlay(fx->store, ov);
+    vh_flat *f = NULL;
+    assert_int_equal(vh_flat_open(fx->store, t.c, &f, NULL), 0);
+    g_array_set_size(pieces, 0);
+    assert_int_equal(vh_flat_pieces(f, MIB - 512, 8192, pieces, NULL), -ENOTSUP);
+    assert_int_equal(pieces->len, 0);
+    uint8_t buf[4096];
+    assert_int_equal(vh_flat_read(f, buf, MIB, sizeof buf, NULL), 0);
+    assert_memory_equal(buf, pattern, sizeof buf);
+    assert_int_equal(vh_flat_pieces(f, 0, 512, pieces, NULL), 0);
+    assert_int_equal(pieces->len, 1);
+    vh_flat_unref(f);
+    vh_store_set_overlay(fx->store, NULL);
+    vh_overlay_free(ov);
 }
 
 typedef struct {
@@ -606,6 +701,8 @@ static void large_vhd_tables_are_paged(void **state)
 
 #define TESTS(s)                                                                                   \
     cmocka_unit_test_setup_teardown(reads_equal_the_chain, s, teardown),                           \
+        cmocka_unit_test_setup_teardown(pieces_equal_the_chain, s, teardown),                      \
+        cmocka_unit_test_setup_teardown(pieces_refuse_patched_members, s, teardown),               \
         cmocka_unit_test_setup_teardown(concurrent_readers_agree, s, teardown),                    \
         cmocka_unit_test_setup_teardown(seek_finds_data_and_holes, s, teardown),                   \
         cmocka_unit_test_setup_teardown(stale_when_a_member_changes, s, teardown),                 \
