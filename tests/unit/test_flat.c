@@ -320,7 +320,7 @@ static void pieces_refuse_patched_members(void **state)
     vh_patch *patch = vh_patch_new((uint64_t)st.st_size);
     assert_int_equal(vh_patch_write(patch, pattern, sizeof pattern, mid.off, NULL), 0);
     vh_overlay *ov = vh_overlay_new(NULL, NULL);
-    vh_overlay_put(ov, &st, patch);
+    vh_overlay_put(ov, &st, patch, NULL);
     vh_patch_unref(patch);
     vh_store_set_overlay(fx->store, ov);
     vh_flat *f = NULL;
