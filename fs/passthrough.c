@@ -1164,8 +1164,8 @@ static void closed(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_i
 
 /*
  * Opens the store file for lo_open, marked in use (chain/inuse.h) for as long as this open file
- * description lives: a merge is refused meanwhile, and while a merge runs the open is refused (EBUSY).
- * The mark is a read lock: a write-only open is made read-write where the daemon may read.
+ * description lives: a merge is refused meanwhile, and while a merge runs the open is refused
+ * (EBUSY). The mark is a read lock: a write-only open is made read-write where the daemon may read.
  * A store without locks (ENOLCK) opens unmarked. The fd, or -1 with errno set.
  */
 static int open_in_use(struct vhfs *fs, const char *path, int flags)
