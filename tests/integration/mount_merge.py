@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""mount_merge.py - `vhdheal merge` beside a running vhdhealfs (doc/design.md "Merge and
-convert", "Locks on disk files"), VHD and VHDX: base <- c1 <- c2 <- leaf, merging c2 into base.
+"""mount_merge.py - `vhdheal merge` beside a running vhdhealfs (doc/design.md
+"Locks on disk files"), VHD and VHDX: base <- c1 <- c2 <- leaf, merging c2 into base.
 The merge is refused (EBUSY, naming the file and saying it is open through a mount or another
 process; nothing written, no plan left) while any disk involved is open through the mount: the
 ancestor, a merged disk, the child it relinks (also write-only), or a @raw file whose chain
