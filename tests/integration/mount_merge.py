@@ -5,7 +5,8 @@
 The merge is refused (EBUSY, naming the file and saying it is open through a mount or another
 process; nothing written, no plan left) while any disk involved is open through the mount: the
 ancestor, a merged disk, the child it relinks (also write-only), or a @raw file whose chain
-reads one; and while another process holds a qemu-style lock (byte 100). While a merge holds a
+reads one; and while qemu (qemu-io) has the base open, or another process holds a qemu-style
+lock (byte 100). While a merge holds a
 disk (its in-use byte, simulated), opening it, or a @raw file reading it, through the mount gives
 EBUSY. A child open through the mount is still reconnected (setfattr user.vhd.parent). Once all
 is closed the merge runs with the mount up, and the mount follows: the merged files are gone,
@@ -15,7 +16,10 @@ import errno
 import fcntl
 import hashlib
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import time
 
 import mounttest as mt
@@ -30,6 +34,18 @@ def lock(path, kind, start, length=1):
     fd = os.open(path, os.O_RDWR)
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0))
     return fd
+
+
+def qemu_locked(path):
+    """Whether another process holds a lock on path's bytes 100 and up (qemu's)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 100, 200, 0))
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def open_errno(path, flags=os.O_RDONLY):
@@ -90,6 +106,18 @@ def run_format(root, fmt):
         # a qemu holding its permission bytes
         refused_while(f"{fmt}: qemu-style lock on {c1}", store, merge,
                       lock(S(c1), fcntl.F_RDLCK, 100, 2), S(c1))
+        # a real qemu with the base open (its own OFD locks on bytes 100 and up)
+        q = subprocess.Popen(["qemu-io", "-f", "vpc" if fmt == "vhd" else "vhdx", "-c",
+                              "sleep 20000", S(base)], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not qemu_locked(S(base)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused_while(f"{fmt}: qemu-io has {base} open", store, merge, os.open(S(base),
+                          os.O_RDONLY), S(base))
+        finally:
+            q.kill()
+            q.wait()
         # a merge holding c1: the mount refuses opens that would read it
         held = lock(S(c1), fcntl.F_WRLCK, INUSE_BYTE)
         try:
@@ -135,5 +163,12 @@ def run_format(root, fmt):
         m.kill()
 
 
+def needs():
+    if not shutil.which("qemu-io"):
+        t.check(not os.environ.get("CI"), "qemu-io is missing (CI is set)")
+        print("SKIP: qemu-io is missing")
+        sys.exit(77 if not os.environ.get("CI") else 1)
+
+
 if __name__ == "__main__":
-    mt.run_formats("mount_merge", run_format)
+    mt.run_in_root("mount_merge", run_format, ("vhd", "vhdx"), needs)
