@@ -312,12 +312,14 @@ def kill_rounds(d, rng, rounds, fmt, base_type):
         crafted_phases(d, tmpl, timing, names, fmt, ref)
     shutil.rmtree(timing)
     killed = interrupted = 0
-    for k in range(rounds):
+    k = -1
+    while k + 1 < rounds or (not interrupted and k + 1 < rounds + 3):  # a few more if none hit
+        k += 1
         name = f"{fmt} {base_type} round {k}"
         sub = os.path.join(d, f"kill-{fmt}-{k}")
         subprocess.run(["cp", "-r", "--sparse=always", tmpl, sub], check=True)
-        # the kills spread over the whole merge, each at a random point of its share
-        delay = took * (k + rng.uniform(0.05, 0.95)) / rounds
+        # the kills spread over the merge past its start-up, each at a random point of its share
+        delay = took * (0.15 + 0.8 * ((k % rounds) + rng.uniform(0.05, 0.95)) / rounds)
         p = subprocess.Popen([t.VHDHEAL, "merge", os.path.join(sub, names[1])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(delay)
