@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "inuse.h"
 #include "vhd.h"
 #include "vhdx.h"
 
@@ -132,11 +133,11 @@ int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **
 /* Takes a shared OFD lock on fd, waiting at most SETTLE_WAIT_MS (F_OFD_SETLKW has no timeout). */
 static bool lock_shared_bounded(int fd)
 {
-    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     for (int waited = 0; waited <= SETTLE_WAIT_MS; waited += 10) {
-        if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+        int r = vh_lock_data(fd, F_RDLCK, false); /* a repair's range (inuse.h) */
+        if (r == 0)
             return true;
-        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+        if (r != -EAGAIN && r != -EACCES && r != -EINTR)
             return false;
         g_usleep(10 * 1000);
     }
@@ -170,10 +171,8 @@ int vh_disk_open_settled_as(vh_file *f, vh_format fmt, vh_open_flags flags, vh_d
     }
     again.size = fstat(again.fd, &st) == 0 ? (uint64_t)st.st_size : 0; /* as the writer left it */
     r = vh_disk_open_file(&again, flags, out, err);
-    if (r == 0) {
-        struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-        fcntl((*out)->file.fd, F_OFD_SETLK, &fl);
-    }
+    if (r == 0)
+        vh_lock_data((*out)->file.fd, F_UNLCK, false);
     return r;
 }
 

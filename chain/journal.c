@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "inuse.h"
 #include "winpath.h"
 #include "util.h"
 
@@ -1458,7 +1459,7 @@ int vh_journal_recover(vh_journal *j, const char *child_rel, vh_recover_stats *s
                  e->message);
             continue;
         }
-        int l = lock_fd(f.fd, F_WRLCK, false);
+        int l = vh_lock_data(f.fd, F_WRLCK, false); /* inuse.h */
         if (l == -EAGAIN || l == -EACCES)
             st->busy++; /* a live repair: its owner finishes it */
         else if (l < 0)
@@ -1603,7 +1604,7 @@ int vh_journal_undo(vh_journal *j, const char *id, GError **err)
     vh_file f;
     if ((r = open_child(j, p->info.child, &f, err)) < 0)
         return r;
-    r = lock_fd(f.fd, F_WRLCK, false);
+    r = vh_lock_data(f.fd, F_WRLCK, false); /* inuse.h */
     if (r == -EAGAIN || r == -EACCES)
         r = vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it", f.path);
     else if (r < 0)

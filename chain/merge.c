@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "chain.h"
+#include "inuse.h"
 #include "reconnect.h"
 #include "service.h"
 
@@ -277,15 +278,78 @@ static bool same_file(const vh_disk *d, const pdisk *p, bool check_id)
            d->format == p->format && (!check_id || vh_id_equal(&d->id, &p->id));
 }
 
+/* The ancestor's data range, locked for the copy (inuse.h; the claim holds its in-use byte). */
 static int lock_file(vh_disk *d, GError **err)
 {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
-    if (fcntl(d->file.fd, F_OFD_SETLK, &fl) == 0)
+    int r = vh_lock_data(d->file.fd, F_WRLCK, false);
+    if (r == 0)
         return 0;
-    if (errno == EAGAIN || errno == EACCES)
+    if (r == -EAGAIN || r == -EACCES)
         return vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it",
                        d->file.path);
-    return vh_fail(err, errno, "%s: cannot lock: %s", d->file.path, g_strerror(errno));
+    return vh_fail(err, -r, "%s: cannot lock: %s", d->file.path, g_strerror(-r));
+}
+
+/* ---------- the claim: no other user of any disk involved ---------- */
+
+/*
+ * Claims one disk of the plan (inuse.h): its in-use byte locked exclusively on a descriptor
+ * appended to fds (a file the merge may not write, opened read-only, is only probed), then no
+ * other lock on it anywhere (a running qemu, a live repair). A disk gone or replaced is left
+ * to the phases, which say so.
+ */
+static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds, GError **err)
+{
+    g_autofree char *abs = g_build_filename(root, d->rel, NULL);
+    vh_file f = {.fd = -1};
+    g_autoptr(GError) e = NULL;
+    bool writable = true;
+    int r = vh_file_open_beneath(&f, rootfd, d->rel, abs, true, &e);
+    if (r == -EACCES || r == -EROFS || r == -EPERM) {
+        g_clear_error(&e);
+        writable = false;
+        r = vh_file_open_beneath(&f, rootfd, d->rel, abs, false, &e);
+    }
+    struct stat st;
+    if (r < 0 || fstat(f.fd, &st) < 0 || st.st_dev != d->dev || st.st_ino != d->ino) {
+        vh_file_close(&f);
+        return 0;
+    }
+    g_array_append_val(fds, f.fd);
+    f.fd = -1;
+    vh_file_close(&f);
+    int fd = g_array_index(fds, int, fds->len - 1);
+    if ((r = writable ? vh_lock_inuse(fd, F_WRLCK) : 0) == 0)
+        r = vh_lock_probe(fd);
+    if (r == -EBUSY)
+        return vh_fail(err, EBUSY,
+                       "%s: in use: open through a mount or by another process or host (close "
+                       "it, then merge again)",
+                       abs);
+    return r < 0 ? vh_fail(err, -r, "%s: cannot lock: %s", abs, g_strerror(-r)) : 0;
+}
+
+/* Claims every disk the plan still involves; *out: the descriptors, for vh_inuse_release. */
+static int claim_plan(const plan *p, GArray **out, GError **err)
+{
+    *out = NULL;
+    vh_autofd int rootfd = open(p->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        return vh_fail(err, errno, "%s: %s", p->root, g_strerror(errno));
+    GArray *fds = g_array_new(FALSE, FALSE, sizeof(int));
+    int r = claim_disk(rootfd, p->root, &p->anc, fds, err);
+    for (guint k = 0; r == 0 && k < p->members->len; k++)
+        if (!((pdisk *)p->members->pdata[k])->done)
+            r = claim_disk(rootfd, p->root, p->members->pdata[k], fds, err);
+    for (guint k = 0; r == 0 && k < p->children->len; k++)
+        if (!((pdisk *)p->children->pdata[k])->done)
+            r = claim_disk(rootfd, p->root, p->children->pdata[k], fds, err);
+    if (r < 0) {
+        vh_inuse_release(fds);
+        return r;
+    }
+    *out = fds;
+    return 0;
 }
 
 /*
@@ -512,6 +576,7 @@ static int remove_phase(plan *p, const vh_merge_opts *o, GError **err)
     return 0;
 }
 
+/* Runs the phases left; the caller holds the plan's claim. */
 static int run_plan(plan *p, const vh_merge_opts *o, GError **err)
 {
     int r = 0;
@@ -601,7 +666,11 @@ static int resume_all(int meta_fd, const char *root, const vh_merge_opts *o, GEr
         p->meta_fd = dup(meta_fd);
         say(o, "resuming merge %s (%s of %s into %s)", p->id, phase_names[p->phase],
             ((pdisk *)p->members->pdata[0])->rel, p->anc.rel);
-        if ((r = run_plan(p, o, err)) < 0)
+        GArray *claim = NULL;
+        if ((r = claim_plan(p, &claim, err)) == 0)
+            r = run_plan(p, o, err);
+        vh_inuse_release(claim);
+        if (r < 0)
             return r;
         done++;
     }
@@ -789,7 +858,11 @@ int vh_merge(const char *child, const vh_merge_opts *o, GError **err)
         return describe(store, c, p, o, err);
     p->meta_fd = meta;
     meta = -1;
-    if ((r = plan_save(p, err)) < 0)
+    GArray *claim = NULL;
+    if ((r = claim_plan(p, &claim, err)) < 0) /* refused before anything is written */
         return r;
-    return run_plan(p, o, err);
+    if ((r = plan_save(p, err)) == 0)
+        r = run_plan(p, o, err);
+    vh_inuse_release(claim);
+    return r;
 }

@@ -9,7 +9,9 @@
  * disk between them has children of its own (always: it is removed). The plan (members, the
  * ancestor and CHILD's children, each with device, inode, format and identity) is written to
  * STORE/.vhdheal/merge-ID (mode 0600, opened beneath the store without following symlinks, replaced
- * by rename after fsync at every step) before anything else is written. Then:
+ * by rename after fsync at every step) before anything else is written, once every disk involved
+ * is claimed (inuse.h: its in-use byte locked exclusively, no other lock on it anywhere; EBUSY
+ * naming the file while a mount has it open or qemu holds it), a claim held to the end. Then:
  *   copy   every sector the merged disks hold (read from the topmost holder) is written into the
  *          ancestor with vh_disk_write; the ancestor is flushed and the offset reached recorded
  *          every few MiB; re-copying a range gives the same result, so a resume restarts at the

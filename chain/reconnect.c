@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "chain.h"
+#include "inuse.h"
 #include "journal.h"
 #include "winpath.h"
 
@@ -226,8 +227,6 @@ static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent
     return 0;
 }
 
-/* Takes an OFD write lock on the whole child: EBUSY when another holder (process or host) has one.
- */
 /*
  * How long a repair waits for a child another process holds locked. Another repair of it takes
  * far less (a few flushes): waiting, then comparing, makes a repair that met a live one end
@@ -236,14 +235,16 @@ static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent
  */
 #define LOCK_WAIT_MS 3000
 
+/* Takes an OFD write lock on the child's data range (inuse.h: not its in-use byte, which a
+ * mount holds on a file open through it): EBUSY when another holder (process or host) has one. */
 static int lock_child(vh_file *f, GError **err)
 {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     for (int waited = 0;; waited += 10) {
-        if (fcntl(f->fd, F_OFD_SETLK, &fl) == 0)
+        int r = vh_lock_data(f->fd, F_WRLCK, false);
+        if (r == 0)
             return 0;
-        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
-            return vh_fail(err, errno, "%s: cannot lock: %s", f->path, g_strerror(errno));
+        if (r != -EAGAIN && r != -EACCES && r != -EINTR)
+            return vh_fail(err, -r, "%s: cannot lock: %s", f->path, g_strerror(-r));
         if (waited >= LOCK_WAIT_MS)
             return vh_fail(err, EBUSY,
                            "%s: in use: another process or host holds a lock on it (waited %d s)",

@@ -16,6 +16,7 @@
  * Modelled on libfuse's example/passthrough_ll.c and passthrough_hp.cc.
  */
 #include "fs.h"
+#include "inuse.h"
 #include "io.h"
 #include "overlay.h"
 
@@ -1161,6 +1162,27 @@ static void closed(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_i
         g_atomic_int_dec_and_test(&inode->nwriters);
 }
 
+/*
+ * Opens the store file for lo_open, marked in use (chain/inuse.h) for as long as this open file
+ * description lives: a merge is refused meanwhile, and while a merge runs the open is refused
+ * (EBUSY). The mark is a read lock: a write-only open is made read-write where the daemon may read.
+ * A store without locks (ENOLCK) opens unmarked. The fd, or -1 with errno set.
+ */
+static int open_in_use(struct vhfs *fs, const char *path, int flags)
+{
+    int fd = -1;
+
+    if ((flags & O_ACCMODE) == O_WRONLY)
+        RETRY_ON_EMFILE(fs, fd, open(path, (flags & ~O_ACCMODE) | O_RDWR));
+    if (fd < 0)
+        RETRY_ON_EMFILE(fs, fd, open(path, flags));
+    if (fd < 0 || vh_lock_inuse(fd, F_RDLCK) != -EBUSY)
+        return fd;
+    close(fd);
+    errno = EBUSY;
+    return -1;
+}
+
 static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct vhfs_inode *inode = inode_of(req, ino);
@@ -1180,7 +1202,7 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if ((res = handle_claim(vhfs_of(req), req, &uid)) < 0)
         return reply_err(req, "open", -res);
     vhfs_procfd(path, p.fd);
-    RETRY_ON_EMFILE(vhfs_of(req), fd, open(path, backing_flags(fi)));
+    fd = open_in_use(vhfs_of(req), path, backing_flags(fi));
     if (fd < 0) {
         res = errno;
         handle_unclaim(vhfs_of(req), uid);

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "flat.h"
+#include "inuse.h"
 #include "service.h"
 #include "snapshot.h"
 
@@ -94,7 +95,8 @@ struct vhandle {
     vh_snap *snap;      /* folders: the listing's snapshot */
     GPtrArray *entries; /* folders: vh_view_entry* */
     char *path;
-    gint logged; /* a read error of this handle was logged */
+    gint logged;   /* a read error of this handle was logged */
+    GArray *inuse; /* VH_VIEW_RAW_FILE: the members marked in use (chain/inuse.h) */
 };
 
 /* The operations of the pass-through, called for every inode that is not ours. */
@@ -583,6 +585,7 @@ static void handle_free(struct vhfs_views *v, struct vhandle *h)
         g_mutex_unlock(&v->lock);
     }
     vh_flat_unref(h->flat);
+    vh_inuse_release(h->inuse);
     g_mutex_clear(&h->lock);
     g_mutex_clear(&h->reopen);
     g_free(h->text);
@@ -792,6 +795,23 @@ static int handle_reader(struct vhfs_views *v, struct vhandle *h, vh_flat **out)
     return r;
 }
 
+/*
+ * Marks every member of the chain @raw/path reads in use (chain/inuse.h) until the release: a
+ * merge of any of them is refused while the file is open. EBUSY while a merge runs on one.
+ */
+static int raw_hold(struct vhfs_views *v, const char *path, GArray **out)
+{
+    g_autoptr(vh_snap) s = snap_for_disk(v, path);
+    g_autoptr(GError) err = NULL;
+    const vh_chain *c = vh_snap_chain(s, path, NULL);
+    if (!c)
+        return -EIO; /* gone since the reader opened */
+    int r = vh_inuse_hold_chain(vh_store_root(store_of(v)), c, out, &err);
+    if (r < 0)
+        vhfs_log(LOG_INFO, "views: @raw/%s%s: %s", path, VH_VIEW_RAW_SUFFIX, err->message);
+    return r;
+}
+
 static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct vhfs_views *v = views_of(req);
@@ -819,6 +839,8 @@ static void vw_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     } else {
         vhfs_caller_from_req(&h->caller, req); /* a reopen reads for the same caller */
         int r = raw_reader(v, &h->caller, n->path, &h->flat);
+        if (r == 0)
+            r = raw_hold(v, n->path, &h->inuse);
         if (r < 0) {
             handle_free(v, h);
             return reply_err(req, "open", -r);

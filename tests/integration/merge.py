@@ -7,9 +7,13 @@ level. After the merge the ancestor (or the relinked top) reads exactly what the
 VHDX ancestor, vhdiinfo and libvhdi read it, the merged files are gone and `vhdheal check` is
 clean. A merge is refused, naming them, while the ancestor has other children (unless --force),
 or a disk it would remove has children of its own; --dry-run changes no file. `kill -9` of the
-merge of a 96 MiB chain at random moments, then `merge --resume` (or `repair`): content right."""
+merge of a 256 MiB chain (VHD and VHDX, dynamic and fixed base) at moments spread over it:
+before the resume every disk reads its old or new content (the ancestor, killed in the copy,
+sector by sector, and the new one up to the recorded offset), then `merge --resume` (or
+`repair`): content right, qemu-img check clean."""
 import glob
 import hashlib
+import mmap
 import os
 import random
 import shutil
@@ -44,7 +48,14 @@ def random_writes(path, ref, rng, count=5, most=3 * MIB):
         n = rng.randrange(1, min(len(ref) - off, most) + 1)
         data = rng.randbytes(n)
         ref[off:off + n] = data
-        t.vhdheal("write", path, off, input=data)
+        if n < MIB:
+            t.vhdheal("write", path, off, input=data)
+            continue
+        src = path + ".in"  # a large input from a file (a pipe from Python is slow)
+        with open(src, "wb") as f:
+            f.write(data)
+        t.vhdheal("write", path, off, src)
+        os.unlink(src)
 
 
 def chain(d, fmt, depth, rng, size, lss=512, base_type="dynamic", count=5, most=3 * MIB):
@@ -185,7 +196,7 @@ def bad_plans(d):
     t.check(r.returncode == 2 and b"merge-1-a" in r.stderr, f"symlinked plan: {r.stderr!r}")
 
 
-def crafted_phases(d, tmpl, timing, names, fmt, refs):
+def crafted_phases(d, tmpl, timing, names, fmt, ref):
     """Crash points a kill rarely hits, set up exactly: the copy done and nothing relinked; the
     child relinked but not recorded; relinked and recorded, the removal not begun. The ancestor
     is the one a finished merge left (timing), the rest the template's."""
@@ -193,15 +204,15 @@ def crafted_phases(d, tmpl, timing, names, fmt, refs):
     for i, (phase, relinked, recorded) in enumerate(cases):
         sub = os.path.join(d, f"phase-{fmt}-{i}")
         os.makedirs(os.path.join(sub, ".vhdheal"))
-        shutil.copy(os.path.join(timing, names[0]), sub)
-        shutil.copy(os.path.join(tmpl, names[1]), sub)
-        shutil.copy(os.path.join(timing if relinked else tmpl, names[2]), sub)
+        for k, src in enumerate((timing, tmpl, timing if relinked else tmpl)):
+            subprocess.run(["cp", "--sparse=always", os.path.join(src, names[k]), sub],
+                           check=True)  # keeps the holes
 
         def line(tag, name, done=0):
             p = os.path.join(sub, name)
             st = os.stat(p)
             return f"{tag}\t{name}\t{st.st_dev}\t{st.st_ino}\t{fmt}\t{t.info(p)['id']}\t{done}\n"
-        size = len(refs[0])
+        size = os.path.getsize(ref[0])
         plan = (f"vhdheal-merge/1\nid\t9-{i}\nsize\t{size}\nphase\t{phase}\ncopied\t{size}\n" +
                 line("ancestor", names[0]) + line("member", names[1]) +
                 line("child", names[2], int(recorded)) + "end\n")
@@ -211,36 +222,104 @@ def crafted_phases(d, tmpl, timing, names, fmt, refs):
         name = f"{fmt} {phase} (relinked {relinked}, recorded {recorded})"
         t.check(r.returncode == 0, f"{name}: resume: {r.stderr.decode()}")
         t.check(not os.path.exists(os.path.join(sub, names[1])), f"{name}: c1 not removed")
-        t.check(sha(t.read_all(os.path.join(sub, names[2]))) == sha(refs[2]),
+        t.check(reads(os.path.join(sub, names[2]), ref[2])[0],
                 f"{name}: the top reads other content")
-        t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[1]),
+        t.check(reads(os.path.join(sub, names[0]), ref[1])[0],
                 f"{name}: the ancestor reads other content")
         r = t.vhdheal("check", sub, ok=False)
         t.check(r.returncode == 0, f"{name}: check after the resume: {r.stdout.decode()}")
         shutil.rmtree(sub)
 
 
-def kill_rounds(d, rng, rounds, fmt):
-    """kill -9 of a merge of a 96 MiB chain at random moments; resume; content right."""
-    size = 96 * MIB
-    tmpl = os.path.join(d, f"kill-template-{fmt}")
+def reads(path, ref, ok=True):
+    """Whether the disk at path reads the content in the file `ref` (`vhdheal read -o` beside
+    it, then cmp: a 256 MiB pipe into Python is several times slower). For ok=False, a read
+    that fails gives (None, the result) instead of raising; else (bool, the result)."""
+    out = path + ".read"
+    r = t.vhdheal("read", "-o", out, path, ok=ok)
+    same = None
+    if r.returncode == 0:
+        same = subprocess.run(["cmp", "-s", out, ref]).returncode == 0
+    if os.path.exists(out):
+        os.unlink(out)
+    return same, r
+
+
+def plan_state(sub):
+    """(phase, copied) of the one plan a killed merge left, or (None, 0)."""
+    plans = glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
+    if not plans:
+        return None, 0
+    fields = dict(ln.split("\t", 1) for ln in open(plans[0]).read().splitlines() if "\t" in ln)
+    return fields["phase"], int(fields["copied"])
+
+
+def old_or_new(path, old, new, copied):
+    """Whether the ancestor at path, a merge killed in its copy, reads sector by sector either
+    its old content (file `old`) or its new one (file `new`), and the new one up to the offset
+    the plan recorded."""
+    out = path + ".read"
+    t.vhdheal("read", "-o", out, path)
+    with open(out, "rb") as g, open(old, "rb") as o, open(new, "rb") as n:
+        got, old, new = (mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) for f in (g, o, n))
+    os.unlink(out)
+    if got[:copied] != new[:copied] or len(got) != len(old):
+        return False
+    step = 64 * 1024
+    for off in range(copied - copied % step, len(got), step):
+        g = got[off:off + step]
+        if g != old[off:off + step] and g != new[off:off + step]:
+            for s in range(off, off + len(g), 512):
+                if got[s:s + 512] not in (old[s:s + 512], new[s:s + 512]):
+                    return False
+    return True
+
+
+def read_before_resume(path, ref, fmt, name):
+    """A disk a killed merge left in place reads the content in file `ref`; a VHDX one whose
+    chain reaches the ancestor the copy began to write may instead be refused for that
+    ancestor's new identity (DataWriteGuid) until the resume relinks it: never other content."""
+    same, r = reads(path, ref, ok=False)
+    if r.returncode == 0:
+        t.check(same, f"{name}: {os.path.basename(path)} reads other content before the resume")
+    else:
+        t.check(fmt == "vhdx" and b"id-mismatch" in r.stderr,
+                f"{name}: {os.path.basename(path)} cannot be read before the resume: "
+                f"{r.stderr.decode()}")
+
+
+def kill_rounds(d, rng, rounds, fmt, base_type):
+    """kill -9 of a merge of a 256 MiB chain (base <- c1 <- c2, c1 into base) at random moments;
+    before the resume every disk reads its old or new content; resume; content right."""
+    size = 256 * MIB
+    tmpl = os.path.join(d, f"kill-template-{fmt}-{base_type}")
     os.mkdir(tmpl)
-    paths, refs = chain(tmpl, fmt, 2, rng, size, count=6, most=24 * MIB)
-    top_ref = sha(refs[2])
+    paths, refs = chain(tmpl, fmt, 2, rng, size, base_type=base_type, count=8, most=32 * MIB)
     names = [os.path.basename(p) for p in paths]
+    ref = []  # the references as files, for cmp
+    for k, content in enumerate(refs):
+        ref.append(os.path.join(d, f"ref{k}"))
+        with open(ref[-1], "wb") as f:
+            f.write(content)
     # how long an uninterrupted merge takes, to spread the kills over it
     timing = os.path.join(d, f"kill-timing-{fmt}")
-    shutil.copytree(tmpl, timing)
+    subprocess.run(["cp", "-r", "--sparse=always", tmpl, timing], check=True)
     start = time.monotonic()
     t.vhdheal("merge", os.path.join(timing, names[1]))
     took = time.monotonic() - start
-    t.check(sha(t.read_all(os.path.join(timing, names[2]))) == top_ref, "uninterrupted merge")
-    crafted_phases(d, tmpl, timing, names, fmt, refs)
+    t.check(reads(os.path.join(timing, names[2]), ref[2])[0], "uninterrupted merge")
+    if base_type == "dynamic":  # the phases do not depend on the base's type
+        crafted_phases(d, tmpl, timing, names, fmt, ref)
+    shutil.rmtree(timing)
     killed = interrupted = 0
-    for k in range(rounds):
+    k = -1
+    while k + 1 < rounds or (not interrupted and k + 1 < rounds + 3):  # a few more if none hit
+        k += 1
+        name = f"{fmt} {base_type} round {k}"
         sub = os.path.join(d, f"kill-{fmt}-{k}")
-        shutil.copytree(tmpl, sub)
-        delay = rng.uniform(0.005, max(0.02, took * 0.8))
+        subprocess.run(["cp", "-r", "--sparse=always", tmpl, sub], check=True)
+        # the kills spread over the merge past its start-up, each at a random point of its share
+        delay = took * (0.15 + 0.8 * ((k % rounds) + rng.uniform(0.05, 0.95)) / rounds)
         p = subprocess.Popen([t.VHDHEAL, "merge", os.path.join(sub, names[1])],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(delay)
@@ -248,43 +327,47 @@ def kill_rounds(d, rng, rounds, fmt):
             p.send_signal(signal.SIGKILL)
             killed += 1
         p.wait()
-        plans = glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
-        started = bool(plans) or not os.path.exists(os.path.join(sub, names[1]))
-        phase = [ln for ln in open(plans[0]).read().splitlines()
-                 if ln.startswith(("phase", "copied"))] if plans else \
-            "finished" if started else "not started"
-        interrupted += bool(plans)
-        print(f"{fmt} round {k}: kill after {delay:.3f}s of {took:.3f}s: {phase}")
-        if fmt == "vhd":  # a VHD keeps its identity: the chain reads right at every moment
-            t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
-                    f"{fmt} round {k}: the top reads other content before the resume")
+        phase, copied = plan_state(sub)
+        started = phase is not None or not os.path.exists(os.path.join(sub, names[1]))
+        interrupted += phase is not None
+        print(f"{name}: kill after {delay:.3f}s of {took:.3f}s: "
+              f"{phase or ('finished' if started else 'not started')} {copied}")
+        # before the resume: each disk reads its old or its new content
+        base = os.path.join(sub, names[0])
+        base_old = reads(base, ref[0])[0]
+        t.check(base_old or reads(base, ref[1])[0] or
+                phase == "copy" and old_or_new(base, ref[0], ref[1], copied),
+                f"{name}: the ancestor reads neither its old nor its new content")
+        if os.path.exists(os.path.join(sub, names[1])):
+            read_before_resume(os.path.join(sub, names[1]), ref[1], fmt, name)
+        read_before_resume(os.path.join(sub, names[2]), ref[2], fmt, name)
         if k % 2 == 0:
             r = t.vhdheal("merge", "--resume", "--store", sub, ok=False)
         else:
             r = t.vhdheal("repair", "--json", sub, ok=False)  # repair finishes a merge first
-            t.check(r.stdout.startswith(b"{"), f"{fmt} round {k}: repair --json: {r.stdout!r}")
-        t.check(r.returncode == 0, f"{fmt} round {k}: resume: {r.stderr.decode()}")
+            t.check(r.stdout.startswith(b"{"), f"{name}: repair --json: {r.stdout!r}")
+        t.check(r.returncode == 0, f"{name}: resume: {r.stderr.decode()}")
         t.check(not glob.glob(os.path.join(sub, ".vhdheal", "merge-*")),
-                f"{fmt} round {k}: a plan is left after the resume")
+                f"{name}: a plan is left after the resume")
         if not started:  # killed before its plan was written: nothing changed, nothing to do
-            t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[0]),
-                    f"{fmt} round {k}: a merge killed before it began changed the ancestor")
-            t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
-                    f"{fmt} round {k}: a merge killed before it began changed the top")
+            t.check(base_old, f"{name}: a merge killed before it began changed the base")
             shutil.rmtree(sub)
             continue
-        t.check(not os.path.exists(os.path.join(sub, names[1])), f"{fmt} round {k}: c1 not removed")
-        t.check(sha(t.read_all(os.path.join(sub, names[2]))) == top_ref,
-                f"{fmt} round {k}: the top reads other content after the resume")
-        t.check(sha(t.read_all(os.path.join(sub, names[0]))) == sha(refs[1]),
-                f"{fmt} round {k}: the ancestor reads other content after the resume")
+        t.check(not os.path.exists(os.path.join(sub, names[1])), f"{name}: c1 not removed")
+        t.check(reads(os.path.join(sub, names[2]), ref[2])[0],
+                f"{name}: the top reads other content after the resume")
+        t.check(reads(base, ref[1])[0],
+                f"{name}: the ancestor reads other content after the resume")
         if fmt == "vhdx":
             r = subprocess.run(["qemu-img", "check", "-f", "vhdx", os.path.join(sub, names[0])],
                                capture_output=True)
-            t.check(r.returncode == 0, f"{fmt} round {k}: qemu-img check: {r.stdout.decode()}")
+            t.check(r.returncode == 0, f"{name}: qemu-img check: {r.stdout.decode()}")
         shutil.rmtree(sub)
+    shutil.rmtree(tmpl)
+    for f in ref:
+        os.unlink(f)
     t.check(killed > 0 and interrupted > 0,
-            f"no round interrupted a merge (a merge takes {took:.3f}s)")
+            f"{fmt} {base_type}: no round interrupted a merge (a merge takes {took:.3f}s)")
 
 
 def main():
@@ -293,8 +376,10 @@ def main():
         merge_cases(d, rng)
         refusals(d, rng)
         bad_plans(d)
+        rounds = int(os.environ.get("VH_KILL_ROUNDS", "2"))
         for fmt in ("vhdx", "vhd"):
-            kill_rounds(d, rng, int(os.environ.get("VH_KILL_ROUNDS", "5")), fmt)
+            for base_type in ("dynamic", "fixed"):
+                kill_rounds(d, rng, rounds, fmt, base_type)
     t.finish("merge")
 
 
