@@ -247,7 +247,9 @@ def reads(path, ref, ok=True):
 
 def plan_state(sub):
     """(phase, copied) of the one plan a killed merge left, or (None, 0)."""
-    plans = glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
+    # a kill while the plan was saved leaves merge-ID.tmp beside it (removed by --resume)
+    plans = [p for p in glob.glob(os.path.join(sub, ".vhdheal", "merge-*"))
+             if not p.endswith(".tmp")]
     if not plans:
         return None, 0
     fields = dict(ln.split("\t", 1) for ln in open(plans[0]).read().splitlines() if "\t" in ln)
