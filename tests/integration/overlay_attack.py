@@ -9,6 +9,10 @@ someone who is not the daemon (README "Overlay healing", doc/design.md "The patc
   end. It must be ignored (logged), by the mount and by vhdheal read --overlay: the disk is
   presented as STORE has it, not as the attacker's disk. A root-owned patch file that others may
   write is ignored too.
+- revert: in overlay mode, user.vhd.parent.force to another disk, then user.vhd.parent back to
+  the parent STORE's bytes name: the mount must present the child linked to that parent again
+  (not keep the forced link, saying "already linked"), before and after a remount, and STORE
+  stays unchanged.
 - bind: DIR given as a path that is STORE's subfolder through a bind mount is refused like
   DIR inside STORE (the mount would write patch files into STORE).
 """
@@ -20,7 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mounttest  # noqa: E402
-from mounttest import Mount, check, content, create, fill, sha, vhdheal  # noqa: E402
+from mounttest import (Mount, check, child, content, create, fill, getx, setx, sha,  # noqa: E402
+                       vhdheal)
 
 NOBODY = 65534
 
@@ -119,6 +124,39 @@ def forged(root, fmt):
     check(before == {rel: sha(victim)}, f"{fmt}: STORE unchanged")
 
 
+def revert(root, fmt):
+    store, mnt = os.path.join(root, "rstore-" + fmt), os.path.join(root, "mnt")
+    ovl = os.path.join(root, "rovl-" + fmt)
+    os.makedirs(ovl)
+    base, other = os.path.join(store, f"base.{fmt}"), os.path.join(store, f"other.{fmt}")
+    create(base, fmt, size="4M")
+    fill(base, 1, (0,))
+    create(other, fmt, size="4M")
+    fill(other, 9, (0,))
+    top = os.path.join(store, "vm", f"child.a{fmt}")
+    child(top, base)
+    fill(top, 2, (8192,), store=store)
+    want = content(top, store)
+    before = {p: sha(p) for p in (base, other, top)}
+    log = os.path.join(root, f"revert-{fmt}.log")
+    m = Mount(store, mnt, log, f"healmode=overlay,overlaydir={ovl}")
+    try:
+        c = os.path.join(mnt, "vm", f"child.a{fmt}")
+        check(setx(c, "user.vhd.parent.force", f"../other.{fmt}") == 0, f"{fmt}: forced")
+        check(content(c, mnt) != want, f"{fmt}: the forced link is presented")
+        check(setx(c, "user.vhd.parent", f"../base.{fmt}") == 0, f"{fmt}: reconnected back")
+        check(content(c, mnt) == want, f"{fmt}: after the reconnect back, the child reads through "
+              f"its own parent again ({getx(c, 'user.vhd.status')[0]})")
+    finally:
+        m.stop()
+    m = Mount(store, mnt, log, f"ro,overlaydir={ovl}")
+    try:
+        check(content(c, mnt) == want, f"{fmt}: and after a remount")
+    finally:
+        m.stop()
+    check(before == {p: sha(p) for p in (base, other, top)}, f"{fmt}: STORE unchanged")
+
+
 def bind(root, fmt):
     store, mnt = os.path.join(root, "bstore-" + fmt), os.path.join(root, "mnt")
     create(os.path.join(store, f"base.{fmt}"), fmt, size="4M")
@@ -146,6 +184,7 @@ def main():
 
     def run(root, fmt):
         forged(root, fmt)
+        revert(root, fmt)
         bind(root, fmt)
 
     mounttest.run_in_root("overlay_attack", run, ("vhd", "vhdx"))
