@@ -13,11 +13,15 @@ someone who is not the daemon (README "Overlay healing", doc/design.md "The patc
   the parent STORE's bytes name: the mount must present the child linked to that parent again
   (not keep the forced link, saying "already linked"), before and after a remount, and STORE
   stays unchanged.
+- crash: the daemon killed (SIGKILL injected by strace) at the fsync of a patch file's temporary
+  file leaves `.NAME.RANDOM.tmp` in DIR; a later mount that writes DIR removes it once it is
+  older than a save can last (a fresh one, maybe another mount's save in flight, stays).
 - bind: DIR given as a path that is STORE's subfolder through a bind mount is refused like
   DIR inside STORE (the mount would write patch files into STORE).
 """
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -157,6 +161,41 @@ def revert(root, fmt):
     check(before == {p: sha(p) for p in (base, other, top)}, f"{fmt}: STORE unchanged")
 
 
+def crash(root, fmt):
+    store, mnt = os.path.join(root, "cstore-" + fmt), os.path.join(root, "mnt")
+    ovl = os.path.join(root, "covl-" + fmt)
+    os.makedirs(ovl)
+    base = os.path.join(store, f"base.{fmt}")
+    create(base, fmt, size="4M")
+    top = os.path.join(store, "vm", f"child.a{fmt}")
+    child(top, base)
+    os.rename(base, os.path.join(store, f"moved.{fmt}"))
+    log = os.path.join(root, f"crash-{fmt}.log")
+    m = Mount(store, mnt, log, f"ro,overlaydir={ovl}",
+              wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e",
+                    "inject=fsync:signal=SIGKILL:when=1"))
+    try:
+        with open(os.path.join(mnt, "vm", f"child.a{fmt}"), "rb") as f:
+            f.read(512)
+    except OSError:
+        pass  # the daemon died in the open
+    m.proc.wait(timeout=20)
+    subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+    m.logf.close()
+    tmps = [n for n in os.listdir(ovl) if n.endswith(".tmp")]
+    check(len(tmps) == 1, f"{fmt}: the killed save left its temporary file ({os.listdir(ovl)})")
+    old = os.path.join(ovl, tmps[0]) if tmps else None
+    if old:
+        os.utime(old, (0, 1700000000))  # as after a reboot: long ago
+    fresh = os.path.join(ovl, "." + patch_name("vm/other") + ".0badf00d.tmp")
+    with open(fresh, "wb") as f:
+        f.write(b"in flight")
+    m = Mount(store, mnt, log, f"ro,overlaydir={ovl}")
+    m.stop()
+    check(old is None or not os.path.exists(old), f"{fmt}: the next mount removes the old one")
+    check(os.path.exists(fresh), f"{fmt}: a fresh temporary file (another save) stays")
+
+
 def bind(root, fmt):
     store, mnt = os.path.join(root, "bstore-" + fmt), os.path.join(root, "mnt")
     create(os.path.join(store, f"base.{fmt}"), fmt, size="4M")
@@ -181,10 +220,14 @@ def bind(root, fmt):
 
 def main():
     mounttest.require_root("patch files of another user, bind mounts")
+    if not shutil.which("strace"):
+        print("FAIL: strace is missing")
+        sys.exit(1)
 
     def run(root, fmt):
         forged(root, fmt)
         revert(root, fmt)
+        crash(root, fmt)
         bind(root, fmt)
 
     mounttest.run_in_root("overlay_attack", run, ("vhd", "vhdx"))
