@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -424,6 +425,27 @@ static bool load_one(vh_overlay *o, int store_fd, const char *name, vh_overlay_l
     return ok;
 }
 
+/* A save's temporary file (".NAME.RANDOM.tmp") older than any save lasts was left by a daemon
+ * killed in the save: removed (and logged) when we write the folder. A fresh one may be the save
+ * of another mount of the store in flight: it stays. */
+#define TMP_AGE_S 600
+
+static void remove_leftover(vh_overlay *o, const char *name)
+{
+    struct stat st;
+    if (!o->dir_write || name[0] != '.' || !g_str_has_suffix(name, ".tmp") ||
+        !strstr(name, VH_PATCH_FILE_SUFFIX "."))
+        return;
+    if (fstatat(o->dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_mtime > time(NULL) - TMP_AGE_S)
+        return;
+    if (unlinkat(o->dir_fd, name, 0) == 0)
+        ov_log(o, "overlay folder %s: %s: removed (left by an interrupted save)", o->dir, name);
+    else
+        ov_log(o, "overlay folder %s: %s: cannot remove the leftover of an interrupted save: %s",
+               o->dir, name, g_strerror(errno));
+}
+
 int vh_overlay_load(vh_overlay *o, vh_overlay_loaded_fn fn, void *ctx, GError **err)
 {
     if (o->dir_fd < 0)
@@ -440,11 +462,16 @@ int vh_overlay_load(vh_overlay *o, vh_overlay_loaded_fn fn, void *ctx, GError **
         return vh_fail(err, e, "overlay folder %s: %s", o->dir, g_strerror(e));
     }
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) dots = g_ptr_array_new_with_free_func(g_free);
     struct dirent *de;
     while ((de = readdir(d)))
         if (de->d_name[0] != '.' && g_str_has_suffix(de->d_name, VH_PATCH_FILE_SUFFIX))
             g_ptr_array_add(names, g_strdup(de->d_name));
+        else if (de->d_name[0] == '.')
+            g_ptr_array_add(dots, g_strdup(de->d_name));
     closedir(d);
+    for (guint i = 0; i < dots->len; i++)
+        remove_leftover(o, dots->pdata[i]);
     int n = 0;
     for (guint i = 0; i < names->len; i++)
         n += load_one(o, store_fd, names->pdata[i], fn, ctx);

@@ -495,7 +495,7 @@ static int rewrite_overlay(const real_paths *rp, const link_plan *lp, const vh_r
         return vh_fail(err, ENOTSUP, "%s: the %s engine cannot rewrite parent links", d->file.path,
                        vh_format_name(d->format));
     bool clean = !d->warnings || d->warnings->len == 0;
-    if (clean && link_is_plan(d, lp)) {
+    if (clean && !o->overlay_presented && link_is_plan(d, lp)) {
         res->already_healed = true;
         return 0;
     }

@@ -52,6 +52,9 @@ typedef struct vh_reconnect_opts {
      * set, returned in the result; no lock, no journal: nothing in the store changes. A heal's
      * still_broken is asked before the patch set is built. */
     bool overlay;
+    /* overlay: the child is presented through an earlier patch set, so its store bytes already
+     * linking to the parent do not make it linked: a new patch set replaces the earlier one. */
+    bool overlay_presented;
 } vh_reconnect_opts;
 
 typedef struct vh_reconnect_result {

@@ -542,6 +542,18 @@ static int keep_patch(vh_service *s, const vh_disk_info *child, int child_fd, vh
     return 0;
 }
 
+/* Is the child (the pinned descriptor's file, else the path's) presented through a patch set? */
+static bool presented(vh_service *s, const vh_disk_info *child, int child_fd)
+{
+    struct stat st;
+    if (child_fd >= 0
+            ? fstat(child_fd, &st) < 0
+            : fstatat(vh_store_root_fd(s->store), child->path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return false;
+    g_autoptr(vh_patch) p = vh_overlay_get(s->overlay, &st, child->path);
+    return p != NULL;
+}
+
 /* The gate, then vh_reconnect, under the repair lock; `heal`: a heal's compare-and-swap. */
 static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_abs, bool force,
                    bool heal, const char *what, int64_t when, vh_gate_fn gate, void *ctx,
@@ -568,6 +580,7 @@ static int rewrite(vh_service *s, const vh_disk_info *child, const char *parent_
             vh_fail(err, -r, "%s: %s", child->path, why ? why : g_strerror(-r));
     }
     o.pin = &pin;
+    o.overlay_presented = r == 0 && s->overlay && presented(s, child, pin.child_fd);
     if (r == 0)
         r = vh_reconnect(child_abs, parent_abs, &o, res, err);
     if (r == 0 && res->patch)

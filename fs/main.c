@@ -268,6 +268,26 @@ static bool path_inside(const char *path, const char *dir)
     return rel != NULL && *rel != '\0';
 }
 
+/* Is STORE's folder (by device and inode) DIR or one of its parents? A bind mount, or another
+   mount of the same file system, shows STORE under a path realpath does not relate to it. */
+static bool store_holds(const char *store, const char *dir)
+{
+    struct stat s, d;
+
+    if (stat(store, &s) < 0)
+        return false;
+    g_autofree char *at = g_strdup(dir);
+    for (;;) {
+        if (stat(at, &d) == 0 && d.st_dev == s.st_dev && d.st_ino == s.st_ino)
+            return true;
+        if (strcmp(at, "/") == 0)
+            return false;
+        char *up = g_path_get_dirname(at);
+        g_free(at);
+        at = up;
+    }
+}
+
 /* overlaydir=DIR (doc/design.md "Overlay healing"): an existing folder outside STORE (a patch
    file inside it would be a write into STORE); implies healmode=overlay. After STORE is set. */
 static bool overlaydir_from_cmdline(const struct cmdline *c, struct vhfs_config *cfg)
@@ -289,7 +309,8 @@ static bool overlaydir_from_cmdline(const struct cmdline *c, struct vhfs_config 
         usage_error("overlaydir '%s': not a folder", c->overlaydir);
         return false;
     }
-    if (vh_path_below(cfg->store, cfg->overlaydir) != NULL) {
+    if (vh_path_below(cfg->store, cfg->overlaydir) != NULL ||
+        store_holds(cfg->store, cfg->overlaydir)) {
         usage_error("overlaydir '%s' %s STORE '%s': it must lie outside it (STORE is never "
                     "written in overlay mode)",
                     c->overlaydir, strcmp(cfg->overlaydir, cfg->store) == 0 ? "is" : "lies inside",
