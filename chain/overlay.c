@@ -497,9 +497,12 @@ vh_patch *vh_overlay_get(vh_overlay *o, const struct stat *st, const char *name)
     g_mutex_unlock(&o->lock);
     unsave(o, saved);
     if (stale && o->log) {
+        /* the caller's name, else the path the patch set was built for */
         g_autofree char *who = name ? g_strdup(name)
-                                    : g_strdup_printf("the disk at device %ju inode %ju",
-                                                      (uintmax_t)st->st_dev, (uintmax_t)st->st_ino);
+                               : saved
+                                   ? g_strdup(saved)
+                                   : g_strdup_printf("the disk at device %ju inode %ju",
+                                                     (uintmax_t)st->st_dev, (uintmax_t)st->st_ino);
         g_autofree char *line =
             g_strdup_printf("%s: changed on the store since its overlay was built: the overlay is "
                             "dropped (the file is presented as the store has it)",
