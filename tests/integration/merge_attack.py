@@ -4,14 +4,21 @@
 "### `vhdheal convert` and `vhdheal merge`"): while a merge runs (it holds the in-use byte at
 2^62 of each of its disks exclusively, as held here), an open through the mount fails with
 EBUSY and changes nothing: an O_TRUNC open must not empty the disk before it is refused (the
-merge would then copy from, and the user lose, a truncated disk)."""
+merge would then copy from, and the user lose, a truncated disk). And a disk its user may not
+write (a read-only VHD its owner merges) is held as every other: while the merge runs, nobody
+marks it in use (a mount would read a disk between CHILD and the ancestor half merged, then
+have it removed under it)."""
 import fcntl
+import glob
 import os
+import shutil
 import struct
+import subprocess
+import time
 
 import mounttest
 from mounttest import Mount, create, child, fill
-from vhdtest import check
+from vhdtest import VHDHEAL, check
 
 INUSE = 1 << 62
 
@@ -63,8 +70,69 @@ def truncating_open_refused(root, fmt):
         m.stop()
 
 
+def read_only_members_held(root, fmt):
+    """As an ordinary user (nobody) who owns the store: base <- mid <- top, mid and top mode
+    0444, merged --into base with its writes slowed (strace); meanwhile a mount's mark of any of
+    the three disks must be refused, or the merge refused before it writes anything."""
+    mounttest.require_root("a merge as another user")
+    if not shutil.which("strace"):
+        check(False, "strace is missing")
+        return
+    store = os.path.join(root, f"ro-{fmt}")
+    os.makedirs(store)
+    os.chmod(root, 0o755)
+    shutil.chown(store, "nobody", "nogroup")
+    as_nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
+    S = lambda r: os.path.join(store, r)
+    for args in (["create", "--format", fmt, "--size", "64M", S("base." + fmt)],
+                 ["create", "--parent", S("base." + fmt), S("mid." + fmt)],
+                 ["create", "--parent", S("mid." + fmt), S("top." + fmt)]):
+        subprocess.run(as_nobody + [VHDHEAL] + args, check=True, capture_output=True)
+    data = os.path.join(store, "data")
+    with open(data, "wb") as f:
+        f.write(os.urandom(8 << 20))
+    os.chmod(data, 0o644)
+    subprocess.run(as_nobody + [VHDHEAL, "write", S("top." + fmt), "0", data], check=True,
+                   capture_output=True)
+    os.unlink(data)
+    before = subprocess.run([VHDHEAL, "read", S("top." + fmt)], check=True,
+                            capture_output=True).stdout
+    os.chmod(S("mid." + fmt), 0o444)
+    os.chmod(S("top." + fmt), 0o444)
+    merge = subprocess.Popen(as_nobody + ["strace", "-f", "-o", "/dev/null", "-e",
+                                          "inject=pwrite64:delay_enter=400000", VHDHEAL, "merge",
+                                          S("top." + fmt), "--into", S("base." + fmt)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while merge.poll() is None and not glob.glob(S(".vhdheal/merge-*")):
+        check(time.monotonic() < deadline, f"{fmt}: the merge neither started nor ended")
+        time.sleep(0.01)
+    taken = []
+    if merge.poll() is None:
+        for name in ("top", "mid", "base"):
+            fd = os.open(S(f"{name}.{fmt}"), os.O_RDONLY)
+            try:
+                ofd(fd, fcntl.F_RDLCK)
+                taken.append(name)
+            except OSError:
+                pass
+            os.close(fd)
+    out, err = merge.communicate(timeout=120)
+    check(not taken, f"{fmt}: while the merge ran, a mount could mark {taken} in use")
+    if merge.returncode != 0:
+        check(merge.returncode == 2 and b"top." in err and not glob.glob(S(".vhdheal/merge-*")),
+              f"{fmt}: a refused merge: exit {merge.returncode}, {err!r}")
+        check(os.path.exists(S("top." + fmt)), f"{fmt}: a refused merge removed top")
+        top = S("top." + fmt)
+    else:
+        top = S("base." + fmt)
+    after = subprocess.run([VHDHEAL, "read", top], check=True, capture_output=True).stdout
+    check(after == before, f"{fmt}: the content read changed")
+
+
 def body(root, fmt):
     truncating_open_refused(root, fmt)
+    read_only_members_held(root, fmt)
 
 
 if __name__ == "__main__":
