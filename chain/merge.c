@@ -294,22 +294,23 @@ static int lock_file(vh_disk *d, GError **err)
 
 /*
  * Claims one disk of the plan (inuse.h): its in-use byte locked exclusively on a descriptor
- * appended to fds (a file the merge may not write, opened read-only, is only probed), then no
- * other lock on it anywhere (a running qemu, a live repair). A disk gone or replaced is left
- * to the phases, which say so.
+ * appended to fds, then no other lock on it anywhere (a running qemu, a live repair). A disk
+ * the merge cannot open for writing is refused: its byte could not be locked exclusively
+ * (F_WRLCK needs a writable descriptor), so a mount could open it during the merge, and the
+ * merge writes or removes every disk it involves. A disk gone or replaced is left to the
+ * phases, which say so.
  */
 static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds, GError **err)
 {
     g_autofree char *abs = g_build_filename(root, d->rel, NULL);
     vh_file f = {.fd = -1};
     g_autoptr(GError) e = NULL;
-    bool writable = true;
     int r = vh_file_open_beneath(&f, rootfd, d->rel, abs, true, &e);
-    if (r == -EACCES || r == -EROFS || r == -EPERM) {
-        g_clear_error(&e);
-        writable = false;
-        r = vh_file_open_beneath(&f, rootfd, d->rel, abs, false, &e);
-    }
+    if (r == -EACCES || r == -EROFS || r == -EPERM)
+        return vh_fail(err, -r,
+                       "%s: cannot be opened for writing (%s), so it cannot be marked in use "
+                       "for the merge (make it writable, or merge as its owner)",
+                       abs, g_strerror(-r));
     struct stat st;
     if (r < 0 || fstat(f.fd, &st) < 0 || st.st_dev != d->dev || st.st_ino != d->ino) {
         vh_file_close(&f);
@@ -319,7 +320,7 @@ static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds,
     f.fd = -1;
     vh_file_close(&f);
     int fd = g_array_index(fds, int, fds->len - 1);
-    if ((r = writable ? vh_lock_inuse(fd, F_WRLCK) : 0) == 0)
+    if ((r = vh_lock_inuse(fd, F_WRLCK)) == 0)
         r = vh_lock_probe(fd);
     if (r == -EBUSY)
         return vh_fail(err, EBUSY,
