@@ -39,6 +39,7 @@ typedef struct plan {
     uint64_t size;
     phase phase;
     uint64_t copied;
+    struct timespec saved; /* a loaded plan: when it was last written (zero: a new plan) */
     pdisk anc;
     GPtrArray *members;  /* pdisk*: CHILD first, then the disks between it and the ancestor */
     GPtrArray *children; /* pdisk*: CHILD's children, to relink */
@@ -456,6 +457,25 @@ static int gather(vh_disk *top, vh_disk *anc, uint8_t *buf, uint64_t voff, uint6
     return 0;
 }
 
+/*
+ * Whether a merged member was written after the loaded plan was last saved (its ctime is not
+ * older than the plan's): the merge never writes them, but between an interruption and the
+ * resume nothing holds them, and a write below the offset recorded as copied would be lost
+ * when the member is removed. Equal times count as changed (coarse file-system clocks).
+ */
+static bool changed_since_saved(const plan *p, vh_disk *top, vh_disk *anc)
+{
+    if (p->saved.tv_sec == 0 && p->saved.tv_nsec == 0)
+        return false;
+    for (vh_disk *d = top; d && d != anc; d = d->parent) {
+        struct stat st;
+        if (fstat(d->file.fd, &st) < 0 || st.st_ctim.tv_sec > p->saved.tv_sec ||
+            (st.st_ctim.tv_sec == p->saved.tv_sec && st.st_ctim.tv_nsec >= p->saved.tv_nsec))
+            return true;
+    }
+    return false;
+}
+
 static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
 {
     g_autoptr(vh_disk) top = NULL;
@@ -463,6 +483,13 @@ static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
     int r = open_plan_chain(p, &top, &anc, err);
     if (r < 0)
         return r;
+    if (p->copied > 0 && changed_since_saved(p, top, anc)) {
+        say(o,
+            "%s: a merged disk changed since the merge was interrupted; copying again from "
+            "the start",
+            p->anc.rel);
+        p->copied = 0;
+    }
     g_autofree uint8_t *buf = g_malloc(CHUNK);
     uint64_t off = p->copied, recorded = p->copied;
     while (off < p->size) {
@@ -617,6 +644,7 @@ static int load_plan(int meta_fd, const char *root, const char *name, plan **out
         return r;
     if (strcmp(name + strlen("merge-"), p->id) != 0)
         return vh_fail(err, EINVAL, "%s: names another merge (%s)", shown, p->id);
+    p->saved = st.st_mtim;
     *out = g_steal_pointer(&p);
     return 0;
 }
