@@ -172,10 +172,44 @@ def write_after_interruption_kept(root, fmt):
         check(top == want, f"{fmt}: a refused resume changed what top reads")
 
 
+def write_before_removal_kept(root, fmt):
+    """A merge stopped at its first removal (EIO injected into unlinkat: CHILD's content is in
+    the ancestor, its children relinked); CHILD is then written; the resume must not remove it
+    with that write."""
+    store = os.path.join(root, f"remove-{fmt}")
+    S = lambda r: os.path.join(store, r)
+    data = os.urandom(1 << 20)
+    for n in range(1, 40):
+        shutil.rmtree(store, ignore_errors=True)
+        os.makedirs(store)
+        vhdheal("create", "--format", fmt, "--size", "16M", S("base." + fmt))
+        vhdheal("create", "--parent", S("base." + fmt), S("top." + fmt))
+        vhdheal("write", S("top." + fmt), "0", input=data)
+        subprocess.run(["strace", "-f", "-o", "/dev/null", "-e",
+                        f"inject=unlinkat:error=EIO:when={n}", VHDHEAL, "merge",
+                        S("top." + fmt)], capture_output=True)
+        plans = glob.glob(S(".vhdheal/merge-*"))
+        if (plans and "phase\tremove" in open(plans[0]).read()
+                and os.path.exists(S("top." + fmt))):
+            break
+    else:
+        check(False, f"{fmt}: the merge never stopped at its removal")
+        return
+    w = vhdheal("write", S("top." + fmt), str(2 << 20), input=b"\x5a" * 4096, ok=False)
+    if w.returncode != 0:
+        print(f"{fmt}: the write before the removal was refused: {w.stderr[-120:]!r}")
+        return
+    want = vhdheal("read", S("top." + fmt)).stdout
+    vhdheal("merge", "--resume", "--store", store, ok=False)
+    check(os.path.exists(S("top." + fmt)) and vhdheal("read", S("top." + fmt)).stdout == want,
+          f"{fmt}: the resumed merge removed CHILD with a write made after the interruption")
+
+
 def body(root, fmt):
     truncating_open_refused(root, fmt)
     read_only_members_held(root, fmt)
     write_after_interruption_kept(root, fmt)
+    write_before_removal_kept(root, fmt)
 
 
 if __name__ == "__main__":
