@@ -460,17 +460,24 @@ static int gather(vh_disk *top, vh_disk *anc, uint8_t *buf, uint64_t voff, uint6
 /*
  * Whether a merged member was written after the loaded plan was last saved (its ctime is not
  * older than the plan's): the merge never writes them, but between an interruption and the
- * resume nothing holds them, and a write below the offset recorded as copied would be lost
- * when the member is removed. Equal times count as changed (coarse file-system clocks).
+ * resume nothing holds them, and a write below the offset recorded as copied, or after the
+ * copy, would be lost when the member is removed (such a member is copied again, or kept).
+ * Equal times count as changed (coarse file-system clocks).
  */
-static bool changed_since_saved(const plan *p, vh_disk *top, vh_disk *anc)
+static bool written_since_saved(const plan *p, const struct stat *st)
 {
     if (p->saved.tv_sec == 0 && p->saved.tv_nsec == 0)
         return false;
+    return st->st_ctim.tv_sec > p->saved.tv_sec ||
+           (st->st_ctim.tv_sec == p->saved.tv_sec && st->st_ctim.tv_nsec >= p->saved.tv_nsec);
+}
+
+/* written_since_saved for the merged members of an opened plan chain */
+static bool changed_since_saved(const plan *p, vh_disk *top, vh_disk *anc)
+{
     for (vh_disk *d = top; d && d != anc; d = d->parent) {
         struct stat st;
-        if (fstat(d->file.fd, &st) < 0 || st.st_ctim.tv_sec > p->saved.tv_sec ||
-            (st.st_ctim.tv_sec == p->saved.tv_sec && st.st_ctim.tv_nsec >= p->saved.tv_nsec))
+        if (fstat(d->file.fd, &st) < 0 || written_since_saved(p, &st))
             return true;
     }
     return false;
@@ -517,6 +524,7 @@ static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
         return r;
     p->copied = p->size;
     p->phase = PHASE_RELINK;
+    p->saved = (struct timespec){0}; /* the members' content is whole in the ancestor */
     return plan_save(p, err);
 }
 
@@ -587,6 +595,8 @@ static int remove_phase(plan *p, const vh_merge_opts *o, GError **err)
             say(o, "%s: already gone", m->rel);
         } else if (st.st_dev != m->dev || st.st_ino != m->ino) {
             say(o, "%s: no longer the merged disk; left alone", m->rel);
+        } else if (written_since_saved(p, &st)) {
+            say(o, "%s: written since the merge was interrupted; left alone", m->rel);
         } else {
             if (unlinkat(dfd, base, 0) < 0 || fsync(dfd) < 0)
                 return vh_fail(err, errno, "%s/%s: removing: %s", p->root, m->rel,
