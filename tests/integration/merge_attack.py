@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""merge_attack.py - what an open through a mount may do to a disk a merge holds (README
-"### `vhdheal convert` and `vhdheal merge`"): while a merge runs (it holds the in-use byte at
-2^62 of each of its disks exclusively, as held here), an open through the mount fails with
-EBUSY and changes nothing: an O_TRUNC open must not empty the disk before it is refused (the
-merge would then copy from, and the user lose, a truncated disk). And a disk its user may not
-write (a read-only VHD its owner merges) is held as every other: while the merge runs, nobody
-marks it in use (a mount would read a disk between CHILD and the ancestor half merged, then
-have it removed under it)."""
+"""merge_attack.py - attacks on `vhdheal merge` and the in-use locks (README "### `vhdheal
+convert` and `vhdheal merge`", doc/design.md "Locks on disk files"):
+- while a merge runs (it holds the in-use byte at 2^62 of each of its disks exclusively, as held
+  here), an open through the mount fails with EBUSY and changes nothing: an O_TRUNC open must
+  not empty the disk before it is refused;
+- a disk its user may not write (a read-only VHD its owner merges) is held as every other, or
+  the merge refused: otherwise a mount marks it in use mid-merge (a disk between CHILD and the
+  ancestor read half merged, then removed under its reader);
+- nothing holds the disks between an interruption and the resume: a VHD CHILD written then,
+  below the offset recorded as copied, or after the copy, must keep that write."""
 import fcntl
 import glob
 import os
