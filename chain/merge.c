@@ -39,6 +39,7 @@ typedef struct plan {
     uint64_t size;
     phase phase;
     uint64_t copied;
+    struct timespec saved; /* a loaded plan: when it was last written (zero: a new plan) */
     pdisk anc;
     GPtrArray *members;  /* pdisk*: CHILD first, then the disks between it and the ancestor */
     GPtrArray *children; /* pdisk*: CHILD's children, to relink */
@@ -294,22 +295,23 @@ static int lock_file(vh_disk *d, GError **err)
 
 /*
  * Claims one disk of the plan (inuse.h): its in-use byte locked exclusively on a descriptor
- * appended to fds (a file the merge may not write, opened read-only, is only probed), then no
- * other lock on it anywhere (a running qemu, a live repair). A disk gone or replaced is left
- * to the phases, which say so.
+ * appended to fds, then no other lock on it anywhere (a running qemu, a live repair). A disk
+ * the merge cannot open for writing is refused: its byte could not be locked exclusively
+ * (F_WRLCK needs a writable descriptor), so a mount could open it during the merge, and the
+ * merge writes or removes every disk it involves. A disk gone or replaced is left to the
+ * phases, which say so.
  */
 static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds, GError **err)
 {
     g_autofree char *abs = g_build_filename(root, d->rel, NULL);
     vh_file f = {.fd = -1};
     g_autoptr(GError) e = NULL;
-    bool writable = true;
     int r = vh_file_open_beneath(&f, rootfd, d->rel, abs, true, &e);
-    if (r == -EACCES || r == -EROFS || r == -EPERM) {
-        g_clear_error(&e);
-        writable = false;
-        r = vh_file_open_beneath(&f, rootfd, d->rel, abs, false, &e);
-    }
+    if (r == -EACCES || r == -EROFS || r == -EPERM)
+        return vh_fail(err, -r,
+                       "%s: cannot be opened for writing (%s), so it cannot be marked in use "
+                       "for the merge (make it writable, or merge as its owner)",
+                       abs, g_strerror(-r));
     struct stat st;
     if (r < 0 || fstat(f.fd, &st) < 0 || st.st_dev != d->dev || st.st_ino != d->ino) {
         vh_file_close(&f);
@@ -319,7 +321,7 @@ static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds,
     f.fd = -1;
     vh_file_close(&f);
     int fd = g_array_index(fds, int, fds->len - 1);
-    if ((r = writable ? vh_lock_inuse(fd, F_WRLCK) : 0) == 0)
+    if ((r = vh_lock_inuse(fd, F_WRLCK)) == 0)
         r = vh_lock_probe(fd);
     if (r == -EBUSY)
         return vh_fail(err, EBUSY,
@@ -455,6 +457,32 @@ static int gather(vh_disk *top, vh_disk *anc, uint8_t *buf, uint64_t voff, uint6
     return 0;
 }
 
+/*
+ * Whether a merged member was written after the loaded plan was last saved (its ctime is not
+ * older than the plan's): the merge never writes them, but between an interruption and the
+ * resume nothing holds them, and a write below the offset recorded as copied, or after the
+ * copy, would be lost when the member is removed (such a member is copied again, or kept).
+ * Equal times count as changed (coarse file-system clocks).
+ */
+static bool written_since_saved(const plan *p, const struct stat *st)
+{
+    if (p->saved.tv_sec == 0 && p->saved.tv_nsec == 0)
+        return false;
+    return st->st_ctim.tv_sec > p->saved.tv_sec ||
+           (st->st_ctim.tv_sec == p->saved.tv_sec && st->st_ctim.tv_nsec >= p->saved.tv_nsec);
+}
+
+/* written_since_saved for the merged members of an opened plan chain */
+static bool changed_since_saved(const plan *p, vh_disk *top, vh_disk *anc)
+{
+    for (vh_disk *d = top; d && d != anc; d = d->parent) {
+        struct stat st;
+        if (fstat(d->file.fd, &st) < 0 || written_since_saved(p, &st))
+            return true;
+    }
+    return false;
+}
+
 static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
 {
     g_autoptr(vh_disk) top = NULL;
@@ -462,6 +490,13 @@ static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
     int r = open_plan_chain(p, &top, &anc, err);
     if (r < 0)
         return r;
+    if (p->copied > 0 && changed_since_saved(p, top, anc)) {
+        say(o,
+            "%s: a merged disk changed since the merge was interrupted; copying again from "
+            "the start",
+            p->anc.rel);
+        p->copied = 0;
+    }
     g_autofree uint8_t *buf = g_malloc(CHUNK);
     uint64_t off = p->copied, recorded = p->copied;
     while (off < p->size) {
@@ -489,6 +524,7 @@ static int copy_phase(plan *p, const vh_merge_opts *o, GError **err)
         return r;
     p->copied = p->size;
     p->phase = PHASE_RELINK;
+    p->saved = (struct timespec){0}; /* the members' content is whole in the ancestor */
     return plan_save(p, err);
 }
 
@@ -559,6 +595,8 @@ static int remove_phase(plan *p, const vh_merge_opts *o, GError **err)
             say(o, "%s: already gone", m->rel);
         } else if (st.st_dev != m->dev || st.st_ino != m->ino) {
             say(o, "%s: no longer the merged disk; left alone", m->rel);
+        } else if (written_since_saved(p, &st)) {
+            say(o, "%s: written since the merge was interrupted; left alone", m->rel);
         } else {
             if (unlinkat(dfd, base, 0) < 0 || fsync(dfd) < 0)
                 return vh_fail(err, errno, "%s/%s: removing: %s", p->root, m->rel,
@@ -616,6 +654,7 @@ static int load_plan(int meta_fd, const char *root, const char *name, plan **out
         return r;
     if (strcmp(name + strlen("merge-"), p->id) != 0)
         return vh_fail(err, EINVAL, "%s: names another merge (%s)", shown, p->id);
+    p->saved = st.st_mtim;
     *out = g_steal_pointer(&p);
     return 0;
 }

@@ -1163,24 +1163,42 @@ static void closed(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_i
 }
 
 /*
- * Opens the store file for lo_open, marked in use (chain/inuse.h) for as long as this open file
- * description lives: a merge is refused meanwhile, and while a merge runs the open is refused
- * (EBUSY). The mark is a read lock: a write-only open is made read-write where the daemon may read.
- * A store without locks (ENOLCK) opens unmarked. The fd, or -1 with errno set.
+ * Opens name under dirfd (a store file, for lo_open and lo_create), marked in use
+ * (chain/inuse.h) for as long as this open file description lives: a merge is refused
+ * meanwhile, and while a merge runs the open is refused (EBUSY). The mark is a read lock: a
+ * write-only open is made read-write where the daemon may read. O_TRUNC is applied only once
+ * the file is marked (a reopen through the marked descriptor), so a refused open changes
+ * nothing. A store without locks (ENOLCK) opens unmarked. The fd, or -1 with errno set.
  */
-static int open_in_use(struct vhfs *fs, const char *path, int flags)
+static int open_in_use(struct vhfs *fs, int dirfd, const char *name, int flags)
 {
-    int fd = -1;
+    int fd = -1, tfd, trunc = flags & O_TRUNC;
+    char path[VHFS_PROCFD_LEN];
 
+    flags &= ~O_TRUNC;
     if ((flags & O_ACCMODE) == O_WRONLY)
-        RETRY_ON_EMFILE(fs, fd, open(path, (flags & ~O_ACCMODE) | O_RDWR));
+        RETRY_ON_EMFILE(fs, fd, openat(dirfd, name, (flags & ~O_ACCMODE) | O_RDWR));
     if (fd < 0)
-        RETRY_ON_EMFILE(fs, fd, open(path, flags));
-    if (fd < 0 || vh_lock_inuse(fd, F_RDLCK) != -EBUSY)
+        RETRY_ON_EMFILE(fs, fd, openat(dirfd, name, flags));
+    if (fd < 0)
+        return -1;
+    if (vh_lock_inuse(fd, F_RDLCK) == -EBUSY) {
+        close(fd);
+        errno = EBUSY;
+        return -1;
+    }
+    if (!trunc)
         return fd;
+    /* the same file, same access; marked before the first descriptor lets its mark go */
+    vhfs_procfd(path, fd);
+    flags = (flags & ~O_ACCMODE) | (fcntl(fd, F_GETFL) & O_ACCMODE);
+    RETRY_ON_EMFILE(fs, tfd, open(path, flags | O_TRUNC));
+    if (tfd >= 0)
+        vh_lock_inuse(tfd, F_RDLCK);
+    int saved = errno;
     close(fd);
-    errno = EBUSY;
-    return -1;
+    errno = saved;
+    return tfd;
 }
 
 static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1202,7 +1220,7 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if ((res = handle_claim(vhfs_of(req), req, &uid)) < 0)
         return reply_err(req, "open", -res);
     vhfs_procfd(path, p.fd);
-    fd = open_in_use(vhfs_of(req), path, backing_flags(fi));
+    fd = open_in_use(vhfs_of(req), AT_FDCWD, path, backing_flags(fi));
     if (fd < 0) {
         res = errno;
         handle_unclaim(vhfs_of(req), uid);
@@ -1259,7 +1277,7 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
             handle_unclaim(fs, uid);
             return reply_err(req, "create", -res);
         }
-        RETRY_ON_EMFILE(fs, fd, openat(d.fd, name, flags, mode));
+        fd = open_in_use(fs, d.fd, name, flags); /* an existing file: as lo_open opens it */
     }
     if (fd < 0) {
         res = errno;
