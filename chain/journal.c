@@ -258,12 +258,24 @@ void vh_journal_close(vh_journal *j)
 
 /* ---------- appending ---------- */
 
+/*
+ * Takes an OFD lock on the whole journal; `wait`: until it is granted. The wait polls
+ * F_OFD_SETLK rather than sleeping in F_OFD_SETLKW: on a FUSE file system (GlusterFS) a
+ * SETLKW already sent cannot be cut short by SIGKILL, so a daemon killed while one thread held
+ * the lock and another waited for it never finished exiting, never closed the holder's
+ * descriptor, and so never let the lock go (shared_gluster hung in its kill rounds).
+ */
 static int lock_fd(int fd, short type, bool wait)
 {
     struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    while (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) < 0) {
-        if (errno != EINTR)
+    gulong pause_us = 500;
+    while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        if (errno == EINTR)
+            continue;
+        if (!wait || (errno != EAGAIN && errno != EACCES))
             return -errno;
+        g_usleep(pause_us);
+        pause_us = MIN(pause_us * 2, 20000);
     }
     return 0;
 }
