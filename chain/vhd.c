@@ -486,6 +486,9 @@ static int load_bat_page(void *ctx, uint64_t page, void *buf, size_t len, GError
 static int bat_get(vh_disk *d, uint32_t blk, uint32_t *e, GError **err)
 {
     vhd_priv *p = vhd_p(d);
+    if (blk >= p->bat_entries) /* the header's count is checked at open; kept as the bound */
+        return vh_fail(err, EINVAL, "%s: block %u past the %u entries of the block table",
+                       d->file.path, blk, p->bat_entries);
     if (p->bat) {
         *e = p->bat[blk];
         return 0;
