@@ -55,6 +55,7 @@ struct vhfs_config {
     bool foreground;          /* -f (or -d) */
     bool debug;               /* -d */
     bool singlethread;        /* -s */
+    bool passthrough;         /* kernel passthrough where the kernel offers it (backing.c) */
 };
 
 /* The largest maxdepth= (its default is the engine's VH_DEFAULT_MAXDEPTH). */
@@ -88,6 +89,11 @@ struct vhfs_inode {
     GList lru;                      /* in vhfs.lru while fd >= 0 and pins == 0 */
     bool hashed;                    /* in vhfs.inodes (a stale entry is not) */
     bool dead;                      /* forgotten while pinned: freed by the last unpin */
+    /* kernel passthrough (backing.c), guarded by vhfs.backing.lock: open files of this inode
+       the kernel serves from the store file, and the id they share; open files it caches */
+    unsigned backed_opens;
+    int backing_id;
+    unsigned cached_opens;
 };
 
 /* The mount. */
@@ -113,6 +119,15 @@ struct vhfs {
     unsigned nfd_owner;        /* fd_owner's length: the descriptor limit */
     unsigned max_user_handles; /* a quarter of what the limit leaves besides the inode cache */
     bool as_root;              /* the daemon runs as root: new objects are given to their creator */
+    struct {                   /* kernel passthrough (backing.c) */
+        int fuse_fd;           /* /dev/fuse, where backing files are registered */
+        gint offered;          /* the kernel's INIT offered FUSE_PASSTHROUGH */
+        gint init_seen;
+        gint active; /* asked for in INIT's reply, and not refused since */
+        gint refused_logged;
+        GMutex lock;     /* guards fd_mode and the inodes' open counts */
+        guint8 *fd_mode; /* per store descriptor: how its open file is served; NULL: off */
+    } backing;
 
     /* views.c's state; NULL with views=off */
     struct vhfs_views *views;
@@ -138,6 +153,23 @@ struct vhfs {
 #define VHFS_MAX_READ (VHFS_MAX_IO - (128u << 10))
 /* The mount's readahead, KiB (main.c raises the kernel's 128 KiB to it when root). */
 #define VHFS_READAHEAD_KB 4096u
+
+/*
+ * Kernel passthrough (backing.c): attached after the mount when -o passthrough is on, healing
+ * writes into STORE and the daemon runs as root; lo_init arms INIT's reply. An open chooses
+ * the inode's mode (the backing id, or -1: served through the daemon, cached) and replies
+ * through vhfs_backing_reply_*; the release says whether a writer was passed through.
+ */
+int vhfs_backing_attach(struct vhfs *fs);
+void vhfs_backing_fini(struct vhfs *fs);
+void vhfs_backing_arm_init(struct vhfs *fs);
+bool vhfs_backing_active(struct vhfs *fs);
+int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi,
+                        int fd, bool writer);
+bool vhfs_backing_release(struct vhfs *fs, struct vhfs_inode *inode, int fd);
+int vhfs_backing_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int backing_id);
+int vhfs_backing_reply_create(fuse_req_t req, const struct fuse_entry_param *e,
+                              const struct fuse_file_info *fi, int backing_id);
 
 /* The low-level operations (passthrough.c). */
 extern const struct fuse_lowlevel_ops vhfs_ops;
@@ -199,6 +231,8 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
  */
 int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode);
 /* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
+/* True when the store index knows the file as a VHD or VHDX disk. */
+bool vhfs_heal_is_disk(struct vhfs *fs, struct vhfs_inode *inode);
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode);
 /* A handle of inode was closed; a writer's close re-reads the file into the index. */
 void vhfs_heal_released(struct vhfs *fs, struct vhfs_inode *inode, bool writer);

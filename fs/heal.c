@@ -458,6 +458,17 @@ int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode)
     return -EBUSY;
 }
 
+bool vhfs_heal_is_disk(struct vhfs *fs, struct vhfs_inode *inode)
+{
+    if (fs->svc == NULL || !S_ISREG(inode->type))
+        return false;
+    g_autofree char *rel = vhfs_inode_path(fs, inode);
+    if (rel == NULL)
+        return true; /* no path to ask about: the answer that keeps the views fresh */
+    g_autoptr(vh_disk_info) info = vh_service_describe(fs->svc, rel, NULL);
+    return info != NULL && info->format != VH_FORMAT_NONE;
+}
+
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode)
 {
     if (fs->svc != NULL)

@@ -41,6 +41,7 @@ struct cmdline {
     char *winroot;
     char *overlaydir;
     char *views;
+    char *passthrough;
     char *maxdepth;
     char *trust;
     int ro;
@@ -76,6 +77,7 @@ static const struct fuse_opt vhfs_opts[] = {
     CMD_OPT("winroot=%s", winroot),
     CMD_OPT("overlaydir=%s", overlaydir),
     CMD_OPT("views=%s", views),
+    CMD_OPT("passthrough=%s", passthrough),
     CMD_OPT("maxdepth=%s", maxdepth),
     CMD_OPT("trust=%s", trust),
     /* Noted and also handed to the kernel. */
@@ -199,6 +201,8 @@ static void print_help(void)
         "  -o winroot=PATH         where Windows hosts see STORE, e.g. \\\\nas\\vms or D:\\VMs\n"
         "                          (in -o, write \\\\ for each \\, or use /: //nas/vms, D:/VMs)\n"
         "  -o views=on|off         the @raw and @chains folders (default on)\n"
+        "  -o passthrough=on|off   let the kernel read and write store files directly where\n"
+        "                          it can (Linux 6.9+, daemon run as root; default on)\n"
         "  -o maxdepth=N           longest chain followed, 1 to %u (default %u)\n"
         "  -o trust=owner|group|any\n"
         "                          whose disks may be a child's parent: its owner's and\n"
@@ -362,6 +366,14 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         }
         cfg->views = v == 1;
     }
+    cfg->passthrough = true;
+    if (c->passthrough != NULL) {
+        if ((v = pick(c->passthrough, onoff, 2)) < 0) {
+            usage_error("invalid value for passthrough: '%s' (use on or off)", c->passthrough);
+            return false;
+        }
+        cfg->passthrough = v == 1;
+    }
     if (c->maxdepth != NULL &&
         !g_ascii_string_to_unsigned(c->maxdepth, 10, 1, VHFS_MAXDEPTH_LIMIT, &depth, &err)) {
         usage_error("invalid value for maxdepth: '%s' (use a number from 1 to %u)", c->maxdepth,
@@ -448,6 +460,7 @@ static void cmdline_clear(struct cmdline *c)
     free(c->winroot);
     free(c->overlaydir);
     free(c->views);
+    free(c->passthrough);
     free(c->maxdepth);
     free(c->trust);
 }
@@ -632,6 +645,8 @@ int main(int argc, char *argv[])
     if (fuse_session_mount(fs.se, fs.cfg.mountpoint) != 0)
         goto out_signals;
     raise_readahead(fs.cfg.mountpoint);
+    if (vhfs_backing_attach(&fs) < 0)
+        goto out_unmount;
     vhfs_log(LOG_INFO, "serving %s at %s (heal=%s, healmode=%s, views=%s, maxdepth=%u%s)",
              fs.cfg.store, fs.cfg.mountpoint,
              (const char *[]){"auto", "manual", "off"}[fs.cfg.heal],
@@ -672,6 +687,7 @@ out_session:
     fuse_session_destroy(fs.se);
     fs.se = NULL;
 out_fs:
+    vhfs_backing_fini(&fs);
     vhfs_views_fini(&fs);
     vhfs_fini(&fs);
 out:

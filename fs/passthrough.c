@@ -1141,8 +1141,9 @@ static int backing_flags(struct fuse_file_info *fi)
     return flags | O_CLOEXEC;
 }
 
-/* Fills fi for an open store file fd and counts writers. */
-static void opened(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi, int fd)
+/* Fills fi for an open store file fd and counts writers. Returns the backing id the kernel is
+   to serve the open from (backing.c), or -1: served through the daemon. */
+static int opened(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi, int fd)
 {
     fi->fh = (uint64_t)fd;
     /* The page cache survives opens; writes go through it, changes behind our back are caught
@@ -1152,10 +1153,14 @@ static void opened(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_i
     fi->noflush = !writable(fi->flags);
     if (writable(fi->flags))
         vhfs_heal_writer_opened(fs, inode); /* never while a repair rewrites the file */
+    return vhfs_backing_choose(fs, inode, fi, fd, writable(fi->flags));
 }
 
 static void closed(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi)
 {
+    /* a writer the kernel served wrote without telling the views: they are told now */
+    if (vhfs_backing_release(fs, inode, (int)fi->fh))
+        vhfs_views_changed(fs, inode);
     handle_disown(fs, (int)fi->fh);
     close((int)fi->fh);
     if (writable(fi->flags))
@@ -1228,10 +1233,10 @@ static void lo_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     unpin(&p);
     handle_own(vhfs_of(req), fd, uid);
-    opened(vhfs_of(req), inode, fi, fd);
+    int backing_id = opened(vhfs_of(req), inode, fi, fd);
     if (rewritten)
         fi->keep_cache = 0; /* the kernel drops the pages it cached of the old bytes */
-    if (fuse_reply_open(req, fi) != 0)
+    if (vhfs_backing_reply_open(req, fi, backing_id) != 0)
         closed(vhfs_of(req), inode, fi);
 }
 
@@ -1294,8 +1299,8 @@ static void lo_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         return reply_err(req, "create", -res);
     }
     inode = inode_by_ino(fs, e.ino);
-    opened(fs, inode, fi, fd);
-    if (fuse_reply_create(req, &e, fi) != 0) {
+    int backing_id = opened(fs, inode, fi, fd);
+    if (vhfs_backing_reply_create(req, &e, fi, backing_id) != 0) {
         closed(vhfs_of(req), inode, fi);
         inode_unref(fs, inode, 1);
     }
@@ -1583,6 +1588,7 @@ static void lo_init(void *userdata, struct fuse_conn_info *conn)
     /* The kernel keeps the smaller of this and the bdi's readahead, which main.c raised. */
     conn->max_readahead = VHFS_READAHEAD_KB << 10;
     conn->time_gran = 1;
+    vhfs_backing_arm_init(userdata); /* asks for kernel passthrough where it is offered */
     vhfs_debug("init: capable 0x%x, want 0x%x", conn->capable, conn->want);
 }
 
