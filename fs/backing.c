@@ -146,19 +146,19 @@ static bool amend_open(struct iovec *iov, int count, int backing_id, char *copy,
 static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
     struct vhfs *fs = session_fs(userdata);
-    struct fuse_init_out init;
+    struct fuse_init_out init_out;
     char open_reply[sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out)];
     struct iovec amended[2];
     ssize_t n;
 
-    if (!arm_init && arm_backing_id < 0)
-        return writev(fd, iov, count);
-    if (count != 2)
+    bool init = arm_init;
+
+    arm_init = false; /* armed for one message */
+    if ((!init && arm_backing_id < 0) || count != 2)
         return writev(fd, iov, count);
     memcpy(amended, iov, sizeof(amended));
-    if (arm_init) {
-        arm_init = false;
-        if (!amend_init(amended, count, &init))
+    if (init) {
+        if (!amend_init(amended, count, &init_out))
             return writev(fd, iov, count);
         n = writev(fd, amended, count);
         if (n >= 0)
@@ -224,8 +224,9 @@ static int register_backing(struct vhfs *fs, int fd)
         return id;
     int err = errno;
     /* Not permitted (no CAP_SYS_ADMIN, or the kernel turned INIT's request down) holds for
-       every file: stop trying. Other refusals (ELOOP: a stacked store) are per file. */
-    if (err == EPERM || err == ENOTTY || err == EINVAL)
+       every file: stop trying. Other refusals are per file (ELOOP: a stacked store; EINVAL: a
+       file system without read_iter/write_iter). */
+    if (err == EPERM || err == ENOTTY)
         g_atomic_int_set(&fs->backing.active, 0);
     if (!g_atomic_int_get(&fs->backing.refused_logged)) {
         g_atomic_int_set(&fs->backing.refused_logged, 1);
@@ -237,9 +238,11 @@ static int register_backing(struct vhfs *fs, int fd)
     return -err;
 }
 
-static bool may_pass(struct vhfs *fs, struct vhfs_inode *inode, int fd)
+/* Open files whose mode is kept: regular files, once attached. Every one of them is counted,
+   also after passthrough was turned off, while an inode still has open files passed through. */
+static bool counted(struct vhfs *fs, struct vhfs_inode *inode, int fd)
 {
-    return vhfs_backing_active(fs) && S_ISREG(inode->type) && fd >= 0 &&
+    return fs->backing.fd_mode != NULL && S_ISREG(inode->type) && fd >= 0 &&
            (unsigned)fd < fs->nfd_owner;
 }
 
@@ -248,14 +251,14 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
 {
     int id = -1;
 
-    if (!may_pass(fs, inode, fd))
+    if (!counted(fs, inode, fd))
         return -1;
     bool disk_writer = writer && vhfs_heal_is_disk(fs, inode);
     g_mutex_lock(&fs->backing.lock);
     guint8 mode = FD_CACHED;
     if (inode->backed_opens > 0) {
         id = inode->backing_id;
-    } else if (inode->cached_opens == 0 && !disk_writer) {
+    } else if (inode->cached_opens == 0 && !disk_writer && vhfs_backing_active(fs)) {
         id = register_backing(fs, fd);
         if (id >= 0)
             inode->backing_id = id;
