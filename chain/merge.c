@@ -282,10 +282,10 @@ static bool same_file(const vh_disk *d, const pdisk *p, bool check_id)
 /* The ancestor's data range, locked for the copy (inuse.h; the claim holds its in-use byte). */
 static int lock_file(vh_disk *d, GError **err)
 {
-    int r = vh_lock_data(d->file.fd, F_WRLCK, false);
+    int r = vh_lock_data(d->file.fd, F_WRLCK, 0);
     if (r == 0)
         return 0;
-    if (r == -EAGAIN || r == -EACCES)
+    if (r == -EAGAIN)
         return vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it",
                        d->file.path);
     return vh_fail(err, -r, "%s: cannot lock: %s", d->file.path, g_strerror(-r));
