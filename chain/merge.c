@@ -644,12 +644,16 @@ static int load_plan(int meta_fd, const char *root, const char *name, plan **out
     if (!S_ISREG(st.st_mode) || st.st_size > (off_t)PLAN_MAX)
         return vh_fail(err, EINVAL, "%s: not a merge plan (not a regular file, or too large)",
                        shown);
+    /* a plan names the files the merge writes and removes: only one we (or root) wrote */
+    int r = vh_file_trusted(&st, shown, "merge plan", err);
+    if (r < 0)
+        return r;
     g_autofree char *text = g_malloc0((gsize)st.st_size + 1);
     ssize_t n = vh_read_full(fd, text, (size_t)st.st_size, 0);
     if (n != st.st_size || memchr(text, '\0', (size_t)n))
         return vh_fail(err, EINVAL, "%s: cannot be read whole, or holds NUL bytes", shown);
     g_autoptr(plan) p = plan_new(root);
-    int r = plan_parse(p, shown, text, err);
+    r = plan_parse(p, shown, text, err);
     if (r < 0)
         return r;
     if (strcmp(name + strlen("merge-"), p->id) != 0)
