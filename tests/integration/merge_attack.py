@@ -12,7 +12,9 @@ convert` and `vhdheal merge`", doc/design.md "Locks on disk files"):
   below the offset recorded as copied, or after the copy, must keep that write;
 - a merge plan names the files a resume writes and removes: one owned by another user, or one
   its group or others may write, is refused (exit 2, named) and the store left unchanged; the
-  same plan, ours again and 0600, is resumed."""
+  same plan, ours again and 0600, is resumed;
+- `merge --dry-run` of disks in use (open through a mount, locked by qemu) is refused exactly as
+  the merge is (exit 2, the same message), and writes nothing."""
 import fcntl
 import glob
 import hashlib
@@ -265,7 +267,52 @@ def plan_owner_checked(root, fmt):
     check(vhdheal("read", S("base." + fmt)).stdout == want, f"{fmt}: the resumed merge's base")
 
 
+def dry_run_sees_in_use(root, fmt):
+    """top open through a mount, then base locked as qemu locks it (byte 100, shared): `merge
+    --dry-run top` fails as `merge top` does (same exit code, same message naming the disk) and
+    leaves the store as it was (no plan, no journal, no .vhdheal/); free, it describes the merge."""
+    store = os.path.join(root, f"dry-{fmt}")
+    mnt = os.path.join(root, "mnt")
+    S = lambda r: os.path.join(store, r)
+    os.makedirs(store)
+    create(S("base." + fmt), fmt, size="16M")
+    child(S("top." + fmt), S("base." + fmt))
+    fill(S("top." + fmt), 3, offsets=(0, 1 << 20))
+    m = Mount(store, mnt, os.path.join(root, f"dry-{fmt}.log"))
+    try:
+        held = os.open(os.path.join(mnt, "top." + fmt), os.O_RDONLY)
+        qemu = os.open(S("base." + fmt), os.O_RDONLY)
+        for name, holder in (("top", held), ("base", qemu)):
+            if name == "base":
+                os.close(held)
+                fcntl.fcntl(qemu, fcntl.F_OFD_SETLK,
+                            struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 100, 1, 0))
+            before = store_hashes(store)
+            had_meta = os.path.exists(S(".vhdheal"))
+            dry = subprocess.run([VHDHEAL, "merge", "--dry-run", S("top." + fmt)],
+                                 capture_output=True)
+            want = f"{name}.{fmt}: in use".encode()
+            check(dry.returncode == 2 and want in dry.stderr and b"would" not in dry.stdout,
+                  f"{fmt}: a dry run with {name} in use: exit {dry.returncode}, {dry.stderr!r}")
+            check(store_hashes(store) == before and os.path.exists(S(".vhdheal")) == had_meta,
+                  f"{fmt}: a refused dry run with {name} in use changed the store")
+            real = subprocess.run([VHDHEAL, "merge", S("top." + fmt)], capture_output=True)
+            check(real.returncode == dry.returncode and real.stderr == dry.stderr,
+                  f"{fmt}: {name} in use: the merge says {real.returncode} {real.stderr!r}, "
+                  f"the dry run {dry.returncode} {dry.stderr!r}")
+        os.close(qemu)
+        before = store_hashes(store)
+        dry = subprocess.run([VHDHEAL, "merge", "--dry-run", S("top." + fmt)], capture_output=True)
+        check(dry.returncode == 0 and b"would copy" in dry.stdout,
+              f"{fmt}: a dry run of free disks: {dry.returncode} {dry.stderr!r}")
+        check(store_hashes(store) == before and not glob.glob(S(".vhdheal/*")),
+              f"{fmt}: a dry run wrote to the store")
+    finally:
+        m.stop()
+
+
 def body(root, fmt):
+    dry_run_sees_in_use(root, fmt)
     plan_owner_checked(root, fmt)
     truncating_open_refused(root, fmt)
     read_only_members_held(root, fmt)
