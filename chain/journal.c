@@ -309,6 +309,23 @@ static int journal_follow(vh_journal *j, GError **err)
 }
 
 /*
+ * A compaction that failed (a read-only .vhdheal/, a full disk) leaves the journal as it was and
+ * the repair goes on, but the journal keeps growing: a warning (the engine's, as
+ * report_recovery's in reconnect.c), once per process and errno, not at every repair.
+ */
+static void warn_not_compacted(const vh_journal *j, const GError *e)
+{
+    static guint warned[8]; /* one bit per errno, those past 255 sharing the last */
+    int code = vh_error_errno(e);
+    guint bit = (guint)CLAMP(code, 0, 255);
+    guint mask = 1u << (bit % 32);
+    if (g_atomic_int_or(&warned[bit / 32], mask) & mask)
+        return;
+    g_warning("%s: not compacted, it keeps growing (errno %d, %s): %s", j->path, code,
+              g_strerror(code), e->message);
+}
+
+/*
  * Takes the journal's OFD write lock on the file its name holds now (a compaction by another
  * process may have replaced the one open), and sets *end to its size under the lock. The start
  * of a repair (`begin`) first compacts a journal grown past compact_at().
@@ -340,8 +357,12 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
         *end = (uint64_t)st.st_size;
         if (begin && !compacted && *end > compact_at()) {
             compacted = true;
-            if (compact(j, *end, NULL) > 0) /* failing, it leaves the journal as it was */
+            g_autoptr(GError) e = NULL;
+            int c = compact(j, *end, &e);
+            if (c > 0)
                 continue;
+            if (c < 0) /* the journal as it was: the repair goes on */
+                warn_not_compacted(j, e);
         }
         return 0;
     }
@@ -1167,7 +1188,8 @@ static int compact(vh_journal *j, uint64_t size, GError **err)
     r = 0;
     if (cc.dropped_repairs > 0) {
         walk_text(text, len, keep_item, &cc);
-        r = replace_journal(j, cc.out, err) < 0 ? -EIO : 1;
+        r = replace_journal(j, cc.out, err);
+        r = r < 0 ? r : 1;
     }
     g_hash_table_destroy(cc.bytes);
     g_hash_table_destroy(cc.drop);
