@@ -164,30 +164,35 @@ static void test_wait_released_by_thread(void **state)
     close(b);
 }
 
-/* No bound: a lock another process holds is taken when that process exits. */
+/* No bound: a lock another process holds is taken when that process exits (200 ms after the
+ * parent says it starts waiting). */
 static void test_wait_unbounded_released_by_child(void **state)
 {
     g_autofree char *p = tpath("f");
-    int ready[2];
+    int ready[2], go[2];
     assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(go), 0);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        char c;
         int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0 || vh_lock_wait(fd, F_WRLCK, 0, 0, 0) < 0 || write(ready[1], "x", 1) != 1)
+        if (fd < 0 || vh_lock_wait(fd, F_WRLCK, 0, 0, 0) < 0 || write(ready[1], "x", 1) != 1 ||
+            read(go[0], &c, 1) != 1)
             _exit(2);
-        g_usleep(300 * 1000);
+        g_usleep(200 * 1000);
         _exit(0); /* the lock goes with the process */
     }
     close(ready[1]);
+    close(go[0]);
     char c;
     assert_int_equal(read(ready[0], &c, 1), 1);
     close(ready[0]);
     int a = open_rw(p);
-    assert_int_equal(vh_lock_wait(a, F_WRLCK, 0, 0, 0), -EAGAIN);
-    gint64 t0 = g_get_monotonic_time();
+    assert_int_equal(vh_lock_wait(a, F_WRLCK, 0, 0, 0), -EAGAIN); /* held until go */
+    assert_int_equal(write(go[1], "x", 1), 1);
+    close(go[1]);
     assert_int_equal(vh_lock_wait(a, F_WRLCK, 0, 0, -1), 0);
-    assert_true(ms_since(t0) >= 150);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
