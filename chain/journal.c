@@ -313,16 +313,15 @@ static int journal_follow(vh_journal *j, GError **err)
  * the repair goes on, but the journal keeps growing: a warning (the engine's, as
  * report_recovery's in reconnect.c), once per process and errno, not at every repair.
  */
-static void warn_not_compacted(const vh_journal *j, const GError *e)
+static void warn_not_compacted(const vh_journal *j, int code, const GError *e)
 {
     static guint warned[8]; /* one bit per errno, those past 255 sharing the last */
-    int code = vh_error_errno(e);
     guint bit = (guint)CLAMP(code, 0, 255);
     guint mask = 1u << (bit % 32);
     if (g_atomic_int_or(&warned[bit / 32], mask) & mask)
         return;
     g_warning("%s: not compacted, it keeps growing (errno %d, %s): %s", j->path, code,
-              g_strerror(code), e->message);
+              g_strerror(code), e ? e->message : "");
 }
 
 /*
@@ -362,7 +361,7 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
             if (c > 0)
                 continue;
             if (c < 0) /* the journal as it was: the repair goes on */
-                warn_not_compacted(j, e);
+                warn_not_compacted(j, -c, e);
         }
         return 0;
     }
