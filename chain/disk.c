@@ -130,18 +130,11 @@ int vh_disk_open(const char *path, vh_open_flags flags, vh_disk **out, GError **
 
 #define SETTLE_WAIT_MS 2000
 
-/* Takes a shared OFD lock on fd, waiting at most SETTLE_WAIT_MS (F_OFD_SETLKW has no timeout). */
+/* Takes a shared OFD lock on the data range of fd (a repair's, inuse.h), waiting at most
+ * SETTLE_WAIT_MS for a repair that holds it. */
 static bool lock_shared_bounded(int fd)
 {
-    for (int waited = 0; waited <= SETTLE_WAIT_MS; waited += 10) {
-        int r = vh_lock_data(fd, F_RDLCK, false); /* a repair's range (inuse.h) */
-        if (r == 0)
-            return true;
-        if (r != -EAGAIN && r != -EACCES && r != -EINTR)
-            return false;
-        g_usleep(10 * 1000);
-    }
-    return false;
+    return vh_lock_data(fd, F_RDLCK, SETTLE_WAIT_MS) == 0;
 }
 
 int vh_disk_open_settled(vh_file *f, vh_open_flags flags, vh_disk **out, GError **err)
@@ -172,7 +165,7 @@ int vh_disk_open_settled_as(vh_file *f, vh_format fmt, vh_open_flags flags, vh_d
     again.size = fstat(again.fd, &st) == 0 ? (uint64_t)st.st_size : 0; /* as the writer left it */
     r = vh_disk_open_file(&again, flags, out, err);
     if (r == 0)
-        vh_lock_data((*out)->file.fd, F_UNLCK, false);
+        vh_lock_data((*out)->file.fd, F_UNLCK, 0);
     return r;
 }
 

@@ -9,13 +9,34 @@
 #include "io.h"
 #include "resolve.h"
 
-int vh_lock_data(int fd, short type, bool wait)
+#define PAUSE_MIN_US 500
+#define PAUSE_MAX_US 20000
+
+int vh_lock_wait(int fd, short type, off_t start, off_t len, int timeout_ms)
 {
-    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = VH_INUSE_BYTE};
-    while (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) < 0)
-        if (errno != EINTR || !wait)
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+    gint64 deadline = g_get_monotonic_time() + (gint64)MAX(timeout_ms, 0) * 1000;
+    gulong pause_us = PAUSE_MIN_US;
+    while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != EACCES)
             return -errno;
+        if (errno == EINTR)
+            continue;
+        if (timeout_ms >= 0) {
+            gint64 left = deadline - g_get_monotonic_time();
+            if (left <= 0)
+                return -EAGAIN; /* EACCES is the same conflict (POSIX allows either) */
+            pause_us = (gulong)MIN((gint64)pause_us, left);
+        }
+        g_usleep(pause_us);
+        pause_us = MIN(pause_us * 2, PAUSE_MAX_US);
+    }
     return 0;
+}
+
+int vh_lock_data(int fd, short type, int timeout_ms)
+{
+    return vh_lock_wait(fd, type, 0, VH_INUSE_BYTE, timeout_ms);
 }
 
 int vh_lock_inuse(int fd, short type)

@@ -31,10 +31,18 @@ struct vh_chain; /* resolve.h */
 #define VH_INUSE_BYTE ((off_t)1 << 62)
 
 /*
- * Locks the data range of fd with `type` (F_RDLCK, F_WRLCK, F_UNLCK); wait: F_OFD_SETLKW, else
- * F_OFD_SETLK. 0, or -errno (-EAGAIN or -EACCES: another open file description holds it).
+ * Locks [start, start + len) of fd (len 0: to the end of any file) with `type` (F_RDLCK,
+ * F_WRLCK, F_UNLCK), waiting at most timeout_ms for another holder to let it go (0: one try;
+ * negative: no bound). The one way this code waits for an OFD lock: F_OFD_SETLK polled with a
+ * pause growing from 0.5 to 20 ms, never F_OFD_SETLKW, since on a FUSE file system (a GlusterFS
+ * client mount) a SETLKW already sent cannot be cut short even by SIGKILL (doc/journal.md
+ * "Appending"). 0, -EAGAIN when another open file description still holds a conflicting lock
+ * at the end, or another -errno.
  */
-int vh_lock_data(int fd, short type, bool wait);
+int vh_lock_wait(int fd, short type, off_t start, off_t len, int timeout_ms);
+
+/* vh_lock_wait on the data range of fd. */
+int vh_lock_data(int fd, short type, int timeout_ms);
 
 /*
  * The in-use byte of fd, the one function both sides use: F_RDLCK marks the file in use (the

@@ -302,6 +302,16 @@ int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *pat
     return adopt_fd(f, fd, path, writable, known ? &st : NULL, err);
 }
 
+int vh_file_trusted(const struct stat *st, const char *name, const char *what, GError **err)
+{
+    if ((st->st_uid == geteuid() || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH)))
+        return 0;
+    return vh_fail(err, EPERM,
+                   "%s: owned by user %u, mode %04o: refusing to read it as a %s (only files of "
+                   "this user or root that others may not write are read)",
+                   name, (unsigned)st->st_uid, (unsigned)(st->st_mode & 07777), what);
+}
+
 void vh_file_close(vh_file *f)
 {
     if (!f)

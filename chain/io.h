@@ -72,6 +72,13 @@ int vh_openat2(int dirfd, const char *rel, uint64_t flags, uint64_t mode, uint64
 
 int vh_file_open_beneath(vh_file *f, int dirfd, const char *rel, const char *path, bool writable,
                          GError **err);
+/*
+ * Whether a file of the engine's own (an overlay patch file, a merge plan), whose fstat is st,
+ * may be read: owned by the caller (effective uid) or root, and writable by no one else (no
+ * group or world write), since checks of its content cannot stop a forger. 0, or -EPERM with a
+ * message naming `name` and what the file is to be (`what`).
+ */
+int vh_file_trusted(const struct stat *st, const char *name, const char *what, GError **err);
 /* Creates a new file (O_EXCL) for writing. */
 int vh_file_create(vh_file *f, const char *path, GError **err);
 void vh_file_close(vh_file *f);

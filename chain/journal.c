@@ -258,34 +258,6 @@ void vh_journal_close(vh_journal *j)
 
 /* ---------- appending ---------- */
 
-/*
- * Takes an OFD lock on the whole journal; `wait`: until it is granted. The wait polls
- * F_OFD_SETLK rather than sleeping in F_OFD_SETLKW: on a FUSE file system (GlusterFS) a
- * SETLKW already sent cannot be cut short by SIGKILL, so a daemon killed while one thread held
- * the lock and another waited for it never finished exiting, never closed the holder's
- * descriptor, and so never let the lock go (shared_gluster hung in its kill rounds).
- */
-static int lock_fd(int fd, short type, bool wait)
-{
-    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
-    gulong pause_us = 500;
-    while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
-        if (errno == EINTR)
-            continue;
-        if (!wait || (errno != EAGAIN && errno != EACCES))
-            return -errno;
-        g_usleep(pause_us);
-        pause_us = MIN(pause_us * 2, 20000);
-    }
-    return 0;
-}
-
-/*
- * Appends one record durably: under an OFD write lock on the journal (exclusive across
- * processes and hosts), at the end as found under that lock; a torn tail left by a crash is
- * first closed with TORN_MARK so that this record starts a line of its own. A record that could
- * not be written whole is cut off again, and the error returned.
- */
 static int compact(vh_journal *j, uint64_t size, GError **err);
 
 /*
@@ -337,6 +309,22 @@ static int journal_follow(vh_journal *j, GError **err)
 }
 
 /*
+ * A compaction that failed (a read-only .vhdheal/, a full disk) leaves the journal as it was and
+ * the repair goes on, but the journal keeps growing: a warning (the engine's, as
+ * report_recovery's in reconnect.c), once per process and errno, not at every repair.
+ */
+static void warn_not_compacted(const vh_journal *j, int code, const GError *e)
+{
+    static guint warned[8]; /* one bit per errno, those past 255 sharing the last */
+    guint bit = (guint)CLAMP(code, 0, 255);
+    guint mask = 1u << (bit % 32);
+    if (g_atomic_int_or(&warned[bit / 32], mask) & mask)
+        return;
+    g_warning("%s: not compacted, it keeps growing (errno %d, %s): %s", j->path, code,
+              g_strerror(code), e ? e->message : "");
+}
+
+/*
  * Takes the journal's OFD write lock on the file its name holds now (a compaction by another
  * process may have replaced the one open), and sets *end to its size under the lock. The start
  * of a repair (`begin`) first compacts a journal grown past compact_at().
@@ -345,7 +333,8 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
 {
     bool compacted = false;
     for (int tries = 0; tries < 100; tries++) {
-        int r = lock_fd(j->file.fd, F_WRLCK, true);
+        /* the whole journal, waiting as long as it takes (inuse.h: polled, never SETLKW) */
+        int r = vh_lock_wait(j->file.fd, F_WRLCK, 0, 0, -1);
         if (r < 0)
             return vh_fail(err, -r, "%s: cannot lock the journal: %s", j->path, g_strerror(-r));
         struct stat st;
@@ -353,13 +342,13 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
         if (r == 0 && fstat(j->file.fd, &st) < 0)
             r = -errno;
         if (r < 0) {
-            lock_fd(j->file.fd, F_UNLCK, false);
+            vh_lock_wait(j->file.fd, F_UNLCK, 0, 0, 0);
             return vh_fail(err, -r, "%s: %s", j->path, g_strerror(-r));
         }
         if (r == 1) { /* replaced while we waited: lock the new one */
             if ((r = journal_reopen(j, err)) < 0) {
                 /* still holding the old file: its other users would wait for ever */
-                lock_fd(j->file.fd, F_UNLCK, false);
+                vh_lock_wait(j->file.fd, F_UNLCK, 0, 0, 0);
                 return r;
             }
             continue;
@@ -367,8 +356,12 @@ static int lock_current(vh_journal *j, bool begin, uint64_t *end, GError **err)
         *end = (uint64_t)st.st_size;
         if (begin && !compacted && *end > compact_at()) {
             compacted = true;
-            if (compact(j, *end, NULL) > 0) /* failing, it leaves the journal as it was */
+            g_autoptr(GError) e = NULL;
+            int c = compact(j, *end, &e);
+            if (c > 0)
                 continue;
+            if (c < 0) /* the journal as it was: the repair goes on */
+                warn_not_compacted(j, -c, e);
         }
         return 0;
     }
@@ -407,7 +400,7 @@ static int append_record(vh_journal *j, const char *payload, GError **err)
         vh_fail_prefix(err, "journal: appending a record");
     }
     g_string_free(rec, TRUE);
-    lock_fd(j->file.fd, F_UNLCK, false);
+    vh_lock_wait(j->file.fd, F_UNLCK, 0, 0, 0);
 out:
     g_mutex_unlock(&j->lock);
     return r;
@@ -1194,7 +1187,8 @@ static int compact(vh_journal *j, uint64_t size, GError **err)
     r = 0;
     if (cc.dropped_repairs > 0) {
         walk_text(text, len, keep_item, &cc);
-        r = replace_journal(j, cc.out, err) < 0 ? -EIO : 1;
+        r = replace_journal(j, cc.out, err);
+        r = r < 0 ? r : 1;
     }
     g_hash_table_destroy(cc.bytes);
     g_hash_table_destroy(cc.drop);
@@ -1471,8 +1465,8 @@ int vh_journal_recover(vh_journal *j, const char *child_rel, vh_recover_stats *s
                  e->message);
             continue;
         }
-        int l = vh_lock_data(f.fd, F_WRLCK, false); /* inuse.h */
-        if (l == -EAGAIN || l == -EACCES)
+        int l = vh_lock_data(f.fd, F_WRLCK, 0); /* inuse.h */
+        if (l == -EAGAIN)
             st->busy++; /* a live repair: its owner finishes it */
         else if (l < 0)
             r = vh_fail(err, -l, "%s: cannot lock: %s", f.path, g_strerror(-l));
@@ -1616,8 +1610,8 @@ int vh_journal_undo(vh_journal *j, const char *id, GError **err)
     vh_file f;
     if ((r = open_child(j, p->info.child, &f, err)) < 0)
         return r;
-    r = vh_lock_data(f.fd, F_WRLCK, false); /* inuse.h */
-    if (r == -EAGAIN || r == -EACCES)
+    r = vh_lock_data(f.fd, F_WRLCK, 0); /* inuse.h */
+    if (r == -EAGAIN)
         r = vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it", f.path);
     else if (r < 0)
         r = vh_fail(err, -r, "%s: cannot lock: %s", f.path, g_strerror(-r));

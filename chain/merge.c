@@ -282,10 +282,10 @@ static bool same_file(const vh_disk *d, const pdisk *p, bool check_id)
 /* The ancestor's data range, locked for the copy (inuse.h; the claim holds its in-use byte). */
 static int lock_file(vh_disk *d, GError **err)
 {
-    int r = vh_lock_data(d->file.fd, F_WRLCK, false);
+    int r = vh_lock_data(d->file.fd, F_WRLCK, 0);
     if (r == 0)
         return 0;
-    if (r == -EAGAIN || r == -EACCES)
+    if (r == -EAGAIN)
         return vh_fail(err, EBUSY, "%s: in use: another process or host holds a lock on it",
                        d->file.path);
     return vh_fail(err, -r, "%s: cannot lock: %s", d->file.path, g_strerror(-r));
@@ -299,9 +299,12 @@ static int lock_file(vh_disk *d, GError **err)
  * the merge cannot open for writing is refused: its byte could not be locked exclusively
  * (F_WRLCK needs a writable descriptor), so a mount could open it during the merge, and the
  * merge writes or removes every disk it involves. A disk gone or replaced is left to the
- * phases, which say so.
+ * phases, which say so. Without `hold` (a dry run) the same checks take no lock: only whether
+ * another holder has one, so that a dry run refuses what the merge would refuse and disturbs
+ * no one.
  */
-static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds, GError **err)
+static int claim_disk(int rootfd, const char *root, const pdisk *d, bool hold, GArray *fds,
+                      GError **err)
 {
     g_autofree char *abs = g_build_filename(root, d->rel, NULL);
     vh_file f = {.fd = -1};
@@ -321,7 +324,7 @@ static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds,
     f.fd = -1;
     vh_file_close(&f);
     int fd = g_array_index(fds, int, fds->len - 1);
-    if ((r = vh_lock_inuse(fd, F_WRLCK)) == 0)
+    if (!hold || (r = vh_lock_inuse(fd, F_WRLCK)) == 0)
         r = vh_lock_probe(fd);
     if (r == -EBUSY)
         return vh_fail(err, EBUSY,
@@ -331,21 +334,22 @@ static int claim_disk(int rootfd, const char *root, const pdisk *d, GArray *fds,
     return r < 0 ? vh_fail(err, -r, "%s: cannot lock: %s", abs, g_strerror(-r)) : 0;
 }
 
-/* Claims every disk the plan still involves; *out: the descriptors, for vh_inuse_release. */
-static int claim_plan(const plan *p, GArray **out, GError **err)
+/* Claims every disk the plan still involves (hold: see claim_disk); *out: the descriptors, for
+ * vh_inuse_release. */
+static int claim_plan(const plan *p, bool hold, GArray **out, GError **err)
 {
     *out = NULL;
     vh_autofd int rootfd = open(p->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0)
         return vh_fail(err, errno, "%s: %s", p->root, g_strerror(errno));
     GArray *fds = g_array_new(FALSE, FALSE, sizeof(int));
-    int r = claim_disk(rootfd, p->root, &p->anc, fds, err);
+    int r = claim_disk(rootfd, p->root, &p->anc, hold, fds, err);
     for (guint k = 0; r == 0 && k < p->members->len; k++)
         if (!((pdisk *)p->members->pdata[k])->done)
-            r = claim_disk(rootfd, p->root, p->members->pdata[k], fds, err);
+            r = claim_disk(rootfd, p->root, p->members->pdata[k], hold, fds, err);
     for (guint k = 0; r == 0 && k < p->children->len; k++)
         if (!((pdisk *)p->children->pdata[k])->done)
-            r = claim_disk(rootfd, p->root, p->children->pdata[k], fds, err);
+            r = claim_disk(rootfd, p->root, p->children->pdata[k], hold, fds, err);
     if (r < 0) {
         vh_inuse_release(fds);
         return r;
@@ -644,12 +648,16 @@ static int load_plan(int meta_fd, const char *root, const char *name, plan **out
     if (!S_ISREG(st.st_mode) || st.st_size > (off_t)PLAN_MAX)
         return vh_fail(err, EINVAL, "%s: not a merge plan (not a regular file, or too large)",
                        shown);
+    /* a plan names the files the merge writes and removes: only one we (or root) wrote */
+    int r = vh_file_trusted(&st, shown, "merge plan", err);
+    if (r < 0)
+        return r;
     g_autofree char *text = g_malloc0((gsize)st.st_size + 1);
     ssize_t n = vh_read_full(fd, text, (size_t)st.st_size, 0);
     if (n != st.st_size || memchr(text, '\0', (size_t)n))
         return vh_fail(err, EINVAL, "%s: cannot be read whole, or holds NUL bytes", shown);
     g_autoptr(plan) p = plan_new(root);
-    int r = plan_parse(p, shown, text, err);
+    r = plan_parse(p, shown, text, err);
     if (r < 0)
         return r;
     if (strcmp(name + strlen("merge-"), p->id) != 0)
@@ -706,7 +714,7 @@ static int resume_all(int meta_fd, const char *root, const vh_merge_opts *o, GEr
         say(o, "resuming merge %s (%s of %s into %s)", p->id, phase_names[p->phase],
             ((pdisk *)p->members->pdata[0])->rel, p->anc.rel);
         GArray *claim = NULL;
-        if ((r = claim_plan(p, &claim, err)) == 0)
+        if ((r = claim_plan(p, true, &claim, err)) == 0)
             r = run_plan(p, o, err);
         vh_inuse_release(claim);
         if (r < 0)
@@ -893,13 +901,15 @@ int vh_merge(const char *child, const vh_merge_opts *o, GError **err)
     g_autoptr(plan) p = NULL;
     if ((r = make_plan(store, c, ak, o, &p, err)) < 0)
         return r;
-    if (o->dry_run)
+    GArray *claim = NULL;
+    if ((r = claim_plan(p, !o->dry_run, &claim, err)) < 0) /* refused before anything is written */
+        return r;
+    if (o->dry_run) {
+        vh_inuse_release(claim);
         return describe(store, c, p, o, err);
+    }
     p->meta_fd = meta;
     meta = -1;
-    GArray *claim = NULL;
-    if ((r = claim_plan(p, &claim, err)) < 0) /* refused before anything is written */
-        return r;
     if ((r = plan_save(p, err)) == 0)
         r = run_plan(p, o, err);
     vh_inuse_release(claim);

@@ -36,7 +36,8 @@ typedef struct vh_merge_opts {
     const char *store; /* NULL: determined from CHILD as for every command */
     const char *into;  /* the ancestor (a path), or NULL for CHILD's parent */
     bool force;        /* merge although the ancestor has other children (they change) */
-    bool dry_run;      /* check and describe only: nothing is written or created */
+    bool dry_run;      /* check (a disk in use is refused, EBUSY, as by the claim: no lock is
+                        * taken) and describe only: nothing is written or created */
     vh_bytes_progress_fn progress;
     void *progress_ctx;
     vh_merge_log_fn log;

@@ -325,12 +325,8 @@ vh_patch *vh_patch_file_load(int dirfd, const char *name, vh_patch_origin *o, GE
     }
     /* Only a file that we (or root) wrote and no one else may change: its checks cannot stop a
      * forger (a patch hashing no base byte, or one appended past the end, presents any disk). */
-    if ((st.st_uid != geteuid() && st.st_uid != 0) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+    if (vh_file_trusted(&st, name, "patch file", err) < 0) {
         vh_file_close(&f);
-        vh_fail(err, EPERM,
-                "%s: owned by user %u, mode %04o: not written by us (only files of this user or "
-                "root that others may not write are read)",
-                name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
         return NULL;
     }
     if (f.size > VH_PATCH_FILE_MAX_SIZE) {

@@ -239,18 +239,14 @@ static int check_identity(const vh_disk *c, const vh_disk *p, const char *parent
  * mount holds on a file open through it): EBUSY when another holder (process or host) has one. */
 static int lock_child(vh_file *f, GError **err)
 {
-    for (int waited = 0;; waited += 10) {
-        int r = vh_lock_data(f->fd, F_WRLCK, false);
-        if (r == 0)
-            return 0;
-        if (r != -EAGAIN && r != -EACCES && r != -EINTR)
-            return vh_fail(err, -r, "%s: cannot lock: %s", f->path, g_strerror(-r));
-        if (waited >= LOCK_WAIT_MS)
-            return vh_fail(err, EBUSY,
-                           "%s: in use: another process or host holds a lock on it (waited %d s)",
-                           f->path, LOCK_WAIT_MS / 1000);
-        g_usleep(10 * 1000);
-    }
+    int r = vh_lock_data(f->fd, F_WRLCK, LOCK_WAIT_MS);
+    if (r == -EAGAIN)
+        return vh_fail(err, EBUSY,
+                       "%s: in use: another process or host holds a lock on it (waited %d s)",
+                       f->path, LOCK_WAIT_MS / 1000);
+    if (r < 0)
+        return vh_fail(err, -r, "%s: cannot lock: %s", f->path, g_strerror(-r));
+    return 0;
 }
 
 typedef struct {

@@ -15,12 +15,21 @@
 static bool log_foreground = true;
 static bool log_debug;
 
+/* The engine's warnings (g_warning: recovery's notes, a journal compaction that failed) go to
+ * the mount's log: a daemon's stderr is /dev/null. */
+static void engine_warning(const gchar *domain, GLogLevelFlags level, const gchar *msg,
+                           gpointer data)
+{
+    vhfs_log(LOG_WARNING, "%s", msg);
+}
+
 void vhfs_log_init(bool foreground, bool debug)
 {
     log_foreground = foreground;
     log_debug = debug;
     if (!foreground)
         openlog("vhdhealfs", LOG_PID, LOG_DAEMON);
+    g_log_set_handler(NULL, G_LOG_LEVEL_WARNING, engine_warning, NULL);
 }
 
 bool vhfs_log_debug_enabled(void)

@@ -143,8 +143,18 @@ static void print_help(FILE *f)
                "Exit status: 0 success, 1 broken links found or left, 2 usage or I/O error.\n");
 }
 
+/* The engine's warnings (g_warning: recovery's notes, a journal compaction that failed) as the
+ * CLI's own: one line on stderr, control characters escaped (paths come from the store). */
+static void engine_warning(const gchar *domain, GLogLevelFlags level, const gchar *msg,
+                           gpointer data)
+{
+    g_autofree char *shown = vh_cli_printable(msg);
+    fprintf(stderr, "vhdheal: warning: %s\n", shown);
+}
+
 int main(int argc, char **argv)
 {
+    g_log_set_handler(NULL, G_LOG_LEVEL_WARNING, engine_warning, NULL);
     if (argc < 2) {
         print_help(stderr);
         return VH_EXIT_USAGE;

@@ -3,8 +3,11 @@
 """journal_compaction.py - a compaction of the repair journal (doc/journal.md "Compaction")
 killed (SIGKILL, injected by strace) at each of its steps while another process's repair is
 live: after `vhdheal check`, no repair is left unfinished, none was lost, every listed
-committed repair is undone byte for byte, and the next compaction works; and a planted
-journal.new (file, symbolic link, FIFO, hard link to the journal) is removed, not followed."""
+committed repair is undone byte for byte, and the next compaction works; a planted
+journal.new (file, symbolic link, FIFO, hard link to the journal) is removed, not followed; and
+a folder planted there (which stops root too) fails the compaction but not the repair, with one
+warning naming the journal and the errno in vhdheal's stderr and in the mount's log."""
+import errno
 import hashlib
 import os
 import re
@@ -16,6 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mounttest  # noqa: E402
 from vhdtest import VHDHEAL, check, finish, vhdheal  # noqa: E402
 
 LIMIT = "30000"  # VHDHEAL_TEST_JOURNAL_COMPACT_AT: six VHD repairs pass it
@@ -178,6 +182,49 @@ def planted(kind):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def planted_dir():
+    """A folder at journal.new: vhdheal repair, then the mount's heal on open, repair c0 all the
+    same, each saying once, in its own log, that the journal was not compacted and why."""
+    root = tempfile.mkdtemp(prefix="vh-plant-")
+    try:
+        store, kids, orig = make_store(root, "vhd")
+        store = os.path.realpath(store)
+        journal = os.path.join(store, ".vhdheal", "journal")
+        os.mkdir(journal + ".new")
+        size = os.path.getsize(journal)
+        why = f"{journal}: not compacted, it keeps growing (errno {errno.EEXIST}, "
+        r = subprocess.run([VHDHEAL, "repair", "--store", store, os.path.join(store, kids[0])],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, VHDHEAL_TEST_JOURNAL_COMPACT_AT=LIMIT))
+        said = [ln for ln in r.stderr.splitlines() if "not compacted" in ln]
+        check(r.returncode == 0 and os.path.getsize(journal) > size,
+              f"a folder at journal.new: the repair: {r.returncode} {r.stderr[:300]}")
+        check(len(said) == 1 and said[0].startswith("vhdheal: warning: " + why),
+              f"the repair's warnings: {said or r.stderr[:600]}")
+        undo_id = re.search(r"undo id: (\S+)", r.stdout).group(1)
+        vhdheal("undo", "--store", store, undo_id)  # c0's link is broken again
+        mnt = os.path.join(root, "mnt")
+        os.mkdir(mnt)
+        log = os.path.join(root, "mount.log")
+        os.environ["VHDHEAL_TEST_JOURNAL_COMPACT_AT"] = LIMIT
+        try:
+            m = mounttest.Mount(store, mnt, log)
+        finally:
+            del os.environ["VHDHEAL_TEST_JOURNAL_COMPACT_AT"]
+        try:
+            with open(os.path.join(mnt, kids[0]), "rb") as f:  # heals it
+                f.read(512)
+            status = os.getxattr(os.path.join(mnt, kids[0]), "user.vhd.status").decode()
+        finally:
+            m.stop()
+        check(status.startswith("healed"), f"the mount did not heal c0: {status}")
+        said = [ln for ln in m.text().splitlines() if "not compacted" in ln]
+        check(len(said) == 1 and said[0].startswith("vhdhealfs: " + why),
+              f"the mount's log: {said or m.text()[-600:]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     if not shutil.which("strace"):
         if os.environ.get("CI"):
@@ -193,7 +240,8 @@ def main():
                 rounds += 1
     for kind in ("file", "symlink", "fifo", "hardlink"):
         planted(kind)
-    print(f"journal_compaction: {rounds} compactions killed, 4 planted journal.new")
+    planted_dir()
+    print(f"journal_compaction: {rounds} compactions killed, 5 planted journal.new")
     finish("journal_compaction")
 
 

@@ -9,9 +9,16 @@ convert` and `vhdheal merge`", doc/design.md "Locks on disk files"):
   the merge refused: otherwise a mount marks it in use mid-merge (a disk between CHILD and the
   ancestor read half merged, then removed under its reader);
 - nothing holds the disks between an interruption and the resume: a VHD CHILD written then,
-  below the offset recorded as copied, or after the copy, must keep that write."""
+  below the offset recorded as copied, or after the copy, must keep that write;
+- a merge plan names the files a resume writes and removes: one owned by another user, or one
+  its group or others may write, is refused (exit 2, named) and the store left unchanged; the
+  same plan, ours again and 0600, is resumed;
+- `merge --dry-run` of disks in use (open through a mount, locked by qemu) is refused exactly as
+  the merge is (exit 2, the same message), and writes nothing."""
 import fcntl
 import glob
+import hashlib
+import json
 import os
 import shutil
 import struct
@@ -210,7 +217,103 @@ def write_before_removal_kept(root, fmt):
           f"{fmt}: the resumed merge removed CHILD with a write made after the interruption")
 
 
+def store_hashes(store):
+    """Every file under store (the plan too) -> (its bytes' hash, its mode, its owner)."""
+    out = {}
+    for top, _, names in os.walk(store):
+        for n in names:
+            p = os.path.join(top, n)
+            st = os.stat(p)
+            with open(p, "rb") as f:
+                out[p] = (hashlib.sha256(f.read()).hexdigest(), st.st_mode, st.st_uid)
+    return out
+
+
+def plan_owner_checked(root, fmt):
+    """A resumable plan (base <- top, copy not begun) owned by nobody, then root's but g+w or
+    o+w: `merge --resume` refuses it, naming it, and writes nothing; 0600 and ours, it runs."""
+    mounttest.require_root("a plan owned by another user")
+    store = os.path.join(root, f"plan-owner-{fmt}")
+    S = lambda r: os.path.join(store, r)
+    os.makedirs(S(".vhdheal"), mode=0o700)
+    vhdheal("create", "--format", fmt, "--size", "16M", S("base." + fmt))
+    vhdheal("create", "--parent", S("base." + fmt), S("top." + fmt))
+    vhdheal("write", S("top." + fmt), "4097", input=b"merged" * 1000)
+    want = vhdheal("read", S("top." + fmt)).stdout
+
+    def line(tag, name):
+        st = os.stat(S(name))
+        ident = json.loads(vhdheal("info", "--json", S(name)).stdout)["disks"][0]["id"]
+        return f"{tag}\t{name}\t{st.st_dev}\t{st.st_ino}\t{fmt}\t{ident}\t0\n"
+    plan = S(".vhdheal/merge-7-a")
+    with open(plan, "w") as f:
+        f.write(f"vhdheal-merge/1\nid\t7-a\nsize\t{16 << 20}\nphase\tcopy\ncopied\t0\n" +
+                line("ancestor", "base." + fmt) + line("member", "top." + fmt) + "end\n")
+    for owner, mode, what in (("nobody", 0o600, "owned by nobody"),
+                              ("root", 0o620, "group-writable"),
+                              ("root", 0o602, "world-writable")):
+        shutil.chown(plan, owner)
+        os.chmod(plan, mode)
+        before = store_hashes(store)
+        r = subprocess.run([VHDHEAL, "merge", "--resume", "--store", store], capture_output=True)
+        check(r.returncode == 2 and b"merge-7-a" in r.stderr and b"owned by user" in r.stderr,
+              f"{fmt}: a plan {what}: exit {r.returncode}, {r.stderr!r}")
+        check(store_hashes(store) == before, f"{fmt}: a refused plan ({what}) changed the store")
+    shutil.chown(plan, "root")
+    os.chmod(plan, 0o600)
+    r = subprocess.run([VHDHEAL, "merge", "--resume", "--store", store], capture_output=True)
+    check(r.returncode == 0 and not os.path.exists(S("top." + fmt)) and not os.path.exists(plan),
+          f"{fmt}: the plan, ours again, was not resumed: {r.stderr!r}")
+    check(vhdheal("read", S("base." + fmt)).stdout == want, f"{fmt}: the resumed merge's base")
+
+
+def dry_run_sees_in_use(root, fmt):
+    """top open through a mount, then base locked as qemu locks it (byte 100, shared): `merge
+    --dry-run top` fails as `merge top` does (same exit code, same message naming the disk) and
+    leaves the store as it was (no plan, no journal, no .vhdheal/); free, it describes the merge."""
+    store = os.path.join(root, f"dry-{fmt}")
+    mnt = os.path.join(root, "mnt")
+    S = lambda r: os.path.join(store, r)
+    os.makedirs(store)
+    create(S("base." + fmt), fmt, size="16M")
+    child(S("top." + fmt), S("base." + fmt))
+    fill(S("top." + fmt), 3, offsets=(0, 1 << 20))
+    m = Mount(store, mnt, os.path.join(root, f"dry-{fmt}.log"))
+    try:
+        held = os.open(os.path.join(mnt, "top." + fmt), os.O_RDONLY)
+        qemu = os.open(S("base." + fmt), os.O_RDONLY)
+        for name, holder in (("top", held), ("base", qemu)):
+            if name == "base":
+                os.close(held)
+                fcntl.fcntl(qemu, fcntl.F_OFD_SETLK,
+                            struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 100, 1, 0))
+            before = store_hashes(store)
+            had_meta = os.path.exists(S(".vhdheal"))
+            dry = subprocess.run([VHDHEAL, "merge", "--dry-run", S("top." + fmt)],
+                                 capture_output=True)
+            want = f"{name}.{fmt}: in use".encode()
+            check(dry.returncode == 2 and want in dry.stderr and b"would" not in dry.stdout,
+                  f"{fmt}: a dry run with {name} in use: exit {dry.returncode}, {dry.stderr!r}")
+            check(store_hashes(store) == before and os.path.exists(S(".vhdheal")) == had_meta,
+                  f"{fmt}: a refused dry run with {name} in use changed the store")
+            real = subprocess.run([VHDHEAL, "merge", S("top." + fmt)], capture_output=True)
+            check(real.returncode == dry.returncode and real.stderr == dry.stderr,
+                  f"{fmt}: {name} in use: the merge says {real.returncode} {real.stderr!r}, "
+                  f"the dry run {dry.returncode} {dry.stderr!r}")
+        os.close(qemu)
+        before = store_hashes(store)
+        dry = subprocess.run([VHDHEAL, "merge", "--dry-run", S("top." + fmt)], capture_output=True)
+        check(dry.returncode == 0 and b"would copy" in dry.stdout,
+              f"{fmt}: a dry run of free disks: {dry.returncode} {dry.stderr!r}")
+        check(store_hashes(store) == before and not glob.glob(S(".vhdheal/*")),
+              f"{fmt}: a dry run wrote to the store")
+    finally:
+        m.stop()
+
+
 def body(root, fmt):
+    dry_run_sees_in_use(root, fmt)
+    plan_owner_checked(root, fmt)
     truncating_open_refused(root, fmt)
     read_only_members_held(root, fmt)
     write_after_interruption_kept(root, fmt)

@@ -1024,6 +1024,79 @@ static void compaction_under_concurrent_repairs(void **state)
     g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
 }
 
+/* One repair of the fixture's child, committed then undone (it reads as it did). */
+static void repair_and_undo(fixture *fx, vh_journal *j)
+{
+    assert_int_equal(do_repair(j, fx->child, NULL), 0);
+    g_autoptr(GPtrArray) list = NULL;
+    assert_int_equal(vh_journal_list(j, &list, NULL), 0);
+    vh_repair_info *done = find_info(list, "child.vhd", VH_REPAIR_COMMITTED);
+    assert_non_null(done);
+    assert_int_equal(vh_journal_undo(j, done->id, NULL), 0);
+}
+
+static void keep_warning(const gchar *domain, GLogLevelFlags level, const gchar *msg, gpointer data)
+{
+    g_ptr_array_add(data, g_strdup(msg));
+}
+
+static goffset size_of(const char *path)
+{
+    GStatBuf st;
+    assert_int_equal(g_stat(path, &st), 0);
+    return st.st_size;
+}
+
+/*
+ * A compaction that cannot write journal.new (a folder planted there, which stops root too) is
+ * one warning (g_warning, as the engine's others) naming the journal and the errno, once per
+ * process and cause however many repairs meet it; the repairs themselves go on. Once
+ * journal.new can be made again the journal is compacted.
+ */
+static void failed_compaction_warns_once(void **state)
+{
+    fixture *fx = *state;
+    g_setenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT", "4096", TRUE);
+    g_autoptr(GPtrArray) warnings = g_ptr_array_new_with_free_func(g_free);
+    guint handler = g_log_set_handler(NULL, G_LOG_LEVEL_WARNING, keep_warning, warnings);
+    g_autofree char *jp = journal_path(fx);
+    g_autofree char *planted = g_strconcat(jp, ".new", NULL);
+    g_autofree char *inside = g_build_filename(planted, "x", NULL);
+    g_autoptr(vh_journal) j = NULL;
+    assert_int_equal(vh_journal_open(fx->store, &j, NULL), 0);
+    assert_int_equal(g_mkdir(planted, 0700), 0);
+    assert_true(g_file_set_contents(inside, "x", 1, NULL));
+    int rounds = 0;
+    while (warnings->len == 0) { /* until the journal passes 4096 bytes at a repair's start */
+        assert_true(rounds++ < 100);
+        repair_and_undo(fx, j);
+    }
+    assert_true(size_of(jp) > 4096);
+    for (int k = 0; k < 3; k++) {
+        goffset before = size_of(jp);
+        repair_and_undo(fx, j);
+        assert_true(size_of(jp) > before); /* not compacted: it grew */
+        assert_int_equal(warnings->len, 1);
+    }
+    const char *w = warnings->pdata[0];
+    print_message("# %s\n", w);
+    g_autofree char *code = g_strdup_printf("errno %d", EEXIST);
+    assert_non_null(strstr(w, jp));
+    assert_non_null(strstr(w, code));
+    assert_non_null(strstr(w, g_strerror(EEXIST)));
+    g_autoptr(GBytes) child_now = file_bytes(fx->child);
+    assert_true(g_bytes_equal(child_now, fx->original));
+    assert_int_equal(g_unlink(inside), 0);
+    assert_int_equal(g_rmdir(planted), 0);
+    goffset before = size_of(jp);
+    repair_and_undo(fx, j);
+    assert_true(size_of(jp) < before); /* compacted at last */
+    assert_int_equal(count_in_journal(fx, "COMPACTED\t"), 1);
+    assert_int_equal(warnings->len, 1);
+    g_log_remove_handler(NULL, handler);
+    g_unsetenv("VHDHEAL_TEST_JOURNAL_COMPACT_AT");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1042,6 +1115,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(unchanged_bytes_are_not_journaled, setup, teardown),
         cmocka_unit_test_setup_teardown(compaction_keeps_what_recovery_needs, setup, teardown),
         cmocka_unit_test_setup_teardown(compaction_under_concurrent_repairs, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_compaction_warns_once, setup, teardown),
         cmocka_unit_test(vhd_damaged_range),
         cmocka_unit_test(vhdx_damaged_range),
         cmocka_unit_test(damage_after_a_commit_spares_it),
