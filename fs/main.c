@@ -350,7 +350,7 @@ static bool overlaydir_from_cmdline(const struct cmdline *c, struct vhfs_config 
                     cfg->store);
         return false;
     }
-    return overlaydir_claim(c, cfg);
+    return true;
 }
 
 /* Checks the values of c into cfg. Reports each problem; false on a usage error. */
@@ -468,7 +468,8 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         usage_error("overlaydir '%s' lies inside MOUNTPOINT '%s'", c->overlaydir, c->mountpoint);
         return false;
     }
-    return true;
+    /* after every check of the values: a command line refused here writes nothing */
+    return cfg->overlaydir == NULL || overlaydir_claim(c, cfg);
 }
 
 static void config_clear(struct vhfs_config *cfg)

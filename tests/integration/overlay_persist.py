@@ -272,6 +272,7 @@ def refusals(root, store, mnt):
         check(p.returncode == 2 and msg in err,
               f"overlaydir {what}: exit {p.returncode}, stderr {err!r}")
         check(not os.path.ismount(mnt), f"overlaydir {what}: mounted")
+        check(not os.path.lexists(os.path.join(d, MARKER)), f"overlaydir {what}: marked")
 
 
 def main():
