@@ -316,6 +316,11 @@ int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, b
     return 0;
 }
 
+bool vh_overlay_writes_dir(vh_overlay *o)
+{
+    return o->dir_fd >= 0 && o->dir_write;
+}
+
 /* Does an entry own rel's patch file? The caller holds dir_lock. */
 static bool owned(vh_overlay *o, const char *rel)
 {

@@ -89,6 +89,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_overlay, vh_overlay_free)
  */
 int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, bool write,
                        GError **err);
+/* Does the table write its folder (set with `write`, and marked as the store's)? */
+bool vh_overlay_writes_dir(vh_overlay *o);
 /* Called for each patch file loaded into the table. */
 typedef void (*vh_overlay_loaded_fn)(void *ctx, const vh_patch_origin *origin);
 /*

@@ -284,10 +284,17 @@ static int publish(int dirfd, const char *tmp, const char *name, bool noreplace)
     if (errno != EINVAL && errno != ENOSYS)
         return -errno;
     /* a file system without RENAME_NOREPLACE (some network ones): link refuses an existing name */
-    if (linkat(dirfd, tmp, dirfd, name, 0) < 0)
+    if (linkat(dirfd, tmp, dirfd, name, 0) == 0) {
+        unlinkat(dirfd, tmp, 0);
+        return 0;
+    }
+    if (errno != EPERM && errno != EOPNOTSUPP)
         return -errno;
-    unlinkat(dirfd, tmp, 0);
-    return 0;
+    /* nor hard links (FAT, some SMB servers): look, then rename (only a narrower race) */
+    struct stat st;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return -EEXIST;
+    return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
 }
 
 /*

@@ -23,7 +23,8 @@ someone who is not the daemon (README "Overlay healing", doc/design.md "The patc
   dangling), a folder, a FIFO, 1 GiB, binary. The mount refuses to start (exit 2, a message
   naming the marker and why), vhdheal read --overlay refuses too (exit 2), nothing in DIR
   changes (the marker is not replaced, no patch file removed); with the good marker back the
-  kept repair is presented again.
+  kept repair is presented again. A DIR where no marker can be written (a read-only bind
+  mount) is logged and only read: the mount heals in memory and writes nothing there.
 """
 import hashlib
 import os
@@ -282,6 +283,31 @@ def marker(root, fmt):
               f"{fmt}: the good marker back: the kept repair is presented ({st!r})")
     finally:
         m.stop()
+    # a DIR that cannot be marked: read, never written
+    empty = os.path.join(root, f"rodir-{fmt}")
+    view = os.path.join(root, f"roview-{fmt}")
+    os.makedirs(empty)
+    os.makedirs(view)
+    subprocess.run(["mount", "--bind", empty, view], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+        rolog = os.path.join(root, f"marker-ro-{fmt}.log")
+        m = Mount(store, mnt, rolog, f"ro,overlaydir={view}")
+        try:
+            with open(os.path.join(mnt, rel), "rb") as f:
+                f.read(512)
+            st, _ = getx(os.path.join(mnt, rel), "user.vhd.status")
+            check((st or "").startswith("healed (overlay) "),
+                  f"{fmt}: a read-only DIR: heals in memory ({st!r})")
+        finally:
+            m.stop()
+        text = m.text()
+        check("cannot mark it" in text and "nothing is written into it" in text and
+              "new ones are kept in memory only" in text,
+              f"{fmt}: a read-only DIR: not logged:\n{text}")
+        check(os.listdir(empty) == [], f"{fmt}: a read-only DIR: written ({os.listdir(empty)})")
+    finally:
+        subprocess.run(["umount", view], check=False)
 
 
 def bind(root, fmt):

@@ -323,6 +323,11 @@ def main():
             # a DIR of the previous version (no marker) gets one at the next mount
             if marker_of(odir):
                 os.unlink(os.path.join(odir, MARKER))
+            legacy = dir_listing(odir)
+            r = vhdheal("check", "--overlay", odir, "--winroot", WINROOT, store, ok=False)
+            check(r.returncode == 0 and dir_listing(odir) == legacy,
+                  f"vhdheal check --overlay of a DIR without a marker: exit {r.returncode}, "
+                  f"DIR now {sorted(os.listdir(odir))} {r.stderr.decode()!r}")
 
             # 2: a remount presents them at once; a child changed while mounted heals again
             mt = Mount(store, mnt, logs[1], opts)
