@@ -14,6 +14,7 @@
  */
 #include "overlay_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -644,6 +645,64 @@ static int marker_verdict(const vh_overlay_marker *m, const char *dir, const cha
                    same ? "/" VH_OVERLAY_MARKER " to let the folder follow it" : "");
 }
 
+/* Does the valid patch file `name` of the folder fit a disk of the store (store_fd)? Invalid
+ * files count as none (*valid stays). */
+static bool patch_fits(int dirfd, int store_fd, const char *store_root, const char *name,
+                       int *valid)
+{
+    vh_patch_origin o;
+    g_autoptr(GError) e = NULL;
+    g_autoptr(vh_patch) p = vh_patch_file_load(dirfd, name, &o, &e);
+    if (!p)
+        return false;
+    g_autofree char *want = vh_patch_file_name(o.rel);
+    bool fits = false;
+    if (strcmp(want, name) == 0) {
+        struct stat st;
+        (*valid)++;
+        fits = vh_patch_file_check(store_fd, store_root, p, &o, &st, &e) == 0;
+    }
+    vh_patch_origin_clear(&o);
+    return fits;
+}
+
+/*
+ * A folder without a marker that holds repairs was made by an earlier version, which wrote no
+ * marker: it is the store's when one of its valid patch files fits a disk of the store (or it has
+ * none). Else it may be another store's, whose repairs the mount would remove as disks gone or
+ * changed: -EXDEV.
+ */
+static int unmarked_fits(int dirfd, const char *dir, const char *store_root, GError **err)
+{
+    vh_autofd int store_fd = open(store_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (store_fd < 0)
+        return vh_fail(err, errno, "%s: %s", store_root, g_strerror(errno));
+    int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (dfd >= 0)
+            close(dfd);
+        return vh_fail(err, e, "overlay folder %s: %s", dir, g_strerror(e));
+    }
+    int valid = 0;
+    bool fits = false;
+    struct dirent *de;
+    while (!fits && (de = readdir(d)))
+        if (de->d_name[0] != '.' && g_str_has_suffix(de->d_name, VH_PATCH_FILE_SUFFIX))
+            fits = patch_fits(dirfd, store_fd, store_root, de->d_name, &valid);
+    closedir(d);
+    if (fits || valid == 0)
+        return 0;
+    g_autofree char *mine = escape_path(store_root);
+    return vh_fail(err, EXDEV,
+                   "overlay folder %s has no marker (%s) and none of the %d repair%s kept there "
+                   "fits a disk of the store %s: it may be another store's folder, made by an "
+                   "earlier version; give each store its own overlay folder, or remove the "
+                   "folder's files if they are stale (nothing in %s was changed)",
+                   dir, VH_OVERLAY_MARKER, valid, valid == 1 ? "" : "s", mine, dir);
+}
+
 int vh_overlay_dir_claim(int dirfd, const char *dir, const char *store_root, bool write,
                          vh_overlay_log_fn log, void *ctx, GError **err)
 {
@@ -659,6 +718,8 @@ int vh_overlay_dir_claim(int dirfd, const char *dir, const char *store_root, boo
             return r;
         }
         if (r < 0 || !write)
+            return r;
+        if (attempt == 0 && (r = unmarked_fits(dirfd, dir, store_root, err)) < 0)
             return r;
         m = (vh_overlay_marker){(char *)store_root, (uint64_t)st.st_dev, (uint64_t)st.st_ino};
         size_t len = 0;

@@ -129,7 +129,9 @@ int vh_overlay_marker_decode(const uint8_t *buf, size_t len, const char *name, v
  * two mounts marking one folder at once, one wins and the other reads its marker). 0: no marker,
  * none written (without `write`, or the write failed: logged; then write nothing into DIR).
  * Negative errno with *err, and nothing written: the marker names another store (-EXDEV, both
- * named), or cannot be trusted (a symlink, not a regular file, another owner, writable by others,
+ * named), or (with `write`) there is none but the folder holds valid patch files of which none
+ * fits a disk of the store (-EXDEV: a folder of an earlier version, maybe another store's), or the
+ * marker cannot be trusted (a symlink, not a regular file, another owner, writable by others,
  * too large, not a marker). `log` (may be NULL) gets the notes: marked, a write that failed, a
  * store folder that is not the one marked.
  */

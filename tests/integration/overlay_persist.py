@@ -19,10 +19,11 @@ mount refuses an overlaydir inside STORE, equal to STORE, under the mount point,
 folder.
 One DIR per STORE (doc/design.md "The marker"): the first mount marks DIR (vhdheal.store, 0600,
 naming STORE); a DIR without a marker (made by the previous version) gets one at the next
-mount, its repairs loaded; a second store given the same DIR is refused at startup (exit 2,
-both stores named) with nothing in DIR touched, and so are vhdheal check/read/info --overlay
-DIR for that store; the first store's patch files are all still there and presented after a
-remount."""
+mount, its repairs loaded (vhdheal --overlay reads it and writes no marker); a second store
+given the same DIR is refused at startup (exit 2, both stores named) with nothing in DIR
+touched, and so are vhdheal check/read/info --overlay DIR for that store; so is a second store
+given the DIR without its marker (none of its repairs fits that store); the first store's patch
+files are all still there and presented after a remount."""
 import hashlib
 import json
 import os
@@ -126,8 +127,23 @@ def other_store(root, store, odir, mnt, chains):
     child(os.path.join(other, crel), base)
     os.makedirs(os.path.join(other, "vhd-moved", "moved"))
     os.rename(base, os.path.join(other, "vhd-moved", "moved", "base.vhd"))
-    before, names = dir_listing(odir), patch_files(odir)
     real, oreal = os.path.realpath(store), os.path.realpath(other)
+    names = patch_files(odir)
+    # DIR as an earlier version left it (no marker): none of its repairs fits the other store
+    mpath = os.path.join(odir, MARKER)
+    with open(mpath, "rb") as f:
+        marker = f.read()
+    os.unlink(mpath)
+    before = dir_listing(odir)
+    rc, err, mounted = try_mount(["-o", "overlaydir=" + odir, other, mnt], mnt)
+    check(rc == 2 and not mounted and "has no marker" in err and oreal in err,
+          f"another store, same DIR without a marker: exit {rc}, mounted {mounted}, {err!r}")
+    check(dir_listing(odir) == before, "another store, same DIR without a marker: DIR changed")
+    with open(mpath, "wb") as f:
+        f.write(marker)
+    os.chmod(mpath, 0o600)
+    # DIR marked as STORE's
+    before = dir_listing(odir)
     rc, err, mounted = try_mount(["-o", "overlaydir=" + odir, other, mnt], mnt)
     check(rc == 2 and not mounted, f"another store, same DIR: exit {rc}, mounted {mounted}, "
           f"stderr {err!r}")

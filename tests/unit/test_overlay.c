@@ -1079,6 +1079,68 @@ static void marker_claim(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A patch file for rel over the file at path, saved into dir. */
+static void save_patch_for(const char *dir, const char *path, const char *rel)
+{
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_autofd int fd = open(path, O_RDONLY);
+    vh_autofd int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    vh_patch_origin o;
+    assert_int_equal(vh_patch_origin_of(&o, p, fd, rel, "healed", 7, NULL), 0);
+    assert_int_equal(vh_patch_file_save(dfd, p, &o, NULL), 0);
+    vh_patch_origin_clear(&o);
+}
+
+/* A folder without a marker (an earlier version's) that holds repairs is marked for a store
+ * only when one of them fits a disk of it: else it may be another store's, and is refused with
+ * nothing written (vhdheal, which writes nothing, still reads it). */
+static void marker_unmarked_folder(void **state)
+{
+    g_autofree char *root = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *a = g_build_filename(root, "a", NULL);
+    g_autofree char *b = g_build_filename(root, "b", NULL);
+    g_autofree char *dir = g_build_filename(root, "ovl", NULL);
+    g_autofree char *mark = g_build_filename(dir, VH_OVERLAY_MARKER, NULL);
+    for (const char *d = a; d; d = d == a ? b : d == b ? dir : NULL)
+        assert_int_equal(g_mkdir_with_parents(d, 0755), 0);
+    uint8_t base[100];
+    for (int i = 0; i < 100; i++)
+        base[i] = (uint8_t)(i * 3);
+    g_autofree char *fa = g_build_filename(a, "c.vhd", NULL);
+    g_autofree char *fb = g_build_filename(b, "c.vhd", NULL); /* the same path, another file */
+    g_autofree char *ga = g_build_filename(a, "only-a.vhd", NULL);
+    assert_true(g_file_set_contents(fa, (char *)base, 100, NULL));
+    assert_true(g_file_set_contents(fb, (char *)base, 100, NULL));
+    assert_true(g_file_set_contents(ga, (char *)base, 100, NULL));
+    save_patch_for(dir, fa, "c.vhd");
+    save_patch_for(dir, ga, "only-a.vhd");
+    g_autofree char *junk = g_build_filename(dir, "ffff.vhpatch", NULL);
+    assert_true(g_file_set_contents(junk, "VHPATCH\nnonsense", -1, NULL));
+    g_autofree char *before = listing(dir);
+    int logged = 0;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(claim(dir, b, true, &logged, &err), -EXDEV);
+    if (!strstr(err->message, "none of the 2 repairs") || !strstr(err->message, b))
+        fail_msg("%s", err->message);
+    g_clear_error(&err);
+    assert_int_equal(logged, 0);
+    g_autofree char *after = listing(dir);
+    assert_string_equal(before, after);
+    assert_int_equal(claim(dir, b, false, &logged, NULL), 0); /* vhdheal: read, not marked */
+    /* one of them fits a's disks: a's folder */
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    assert_true(g_file_test(mark, G_FILE_TEST_IS_REGULAR));
+    /* only junk, or nothing: marked */
+    assert_int_equal(unlink(mark), 0);
+    g_autofree char *na = vh_patch_file_name("c.vhd"), *ng = vh_patch_file_name("only-a.vhd");
+    g_autofree char *pa = g_build_filename(dir, na, NULL), *pg = g_build_filename(dir, ng, NULL);
+    assert_int_equal(unlink(pa), 0);
+    assert_int_equal(unlink(pg), 0);
+    assert_int_equal(claim(dir, b, true, &logged, NULL), 1);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1098,6 +1160,7 @@ int main(void)
         cmocka_unit_test(marker_round_trip),
         cmocka_unit_test(marker_hostile_text),
         cmocka_unit_test(marker_claim),
+        cmocka_unit_test(marker_unmarked_folder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
