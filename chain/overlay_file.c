@@ -517,7 +517,7 @@ static char *parse_path(const char *s, size_t n)
     return g_string_free(g_steal_pointer(&out), FALSE);
 }
 
-/* Line `k` (1-based) of the marker: "KEY VALUE"; the value and its length, or NULL. */
+/* The value of a marker line "KEY VALUE" (n bytes at line) and its length; NULL for another key. */
 static const char *line_value(const char *line, size_t n, const char *key, size_t *vlen)
 {
     size_t k = strlen(key);
