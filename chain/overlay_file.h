@@ -89,8 +89,8 @@ int vh_patch_file_check(int store_fd, const char *store_root, const vh_patch *p,
 /*
  * The marker: one overlay folder per store. Patch files name their disks by paths below the store,
  * so a folder given to two stores would find the other store's disks "gone" and remove their
- * files: DIR/VH_OVERLAY_MARKER names the one store the folder belongs to (doc/design.md "The
- * marker"). A text file, one spelling per marker:
+ * files: DIR/VH_OVERLAY_MARKER names the one store the folder belongs to
+ * (doc/design.md "The marker"). A text file, one spelling per marker:
  *
  *   vhdheal overlay folder 1\n
  *   store PATH\n          the store's canonical path; bytes below 0x20, 0x7f and '\' as \xHH
