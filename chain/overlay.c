@@ -299,15 +299,26 @@ int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, b
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return vh_fail(err, errno, "overlay folder %s: %s", dir, g_strerror(errno));
+    /* another store's folder is refused; one whose marker cannot be written is only read */
+    int mine = vh_overlay_dir_claim(fd, dir, store_root, write, o->log, o->log_ctx, err);
+    if (mine < 0) {
+        close(fd);
+        return mine;
+    }
     if (o->dir_fd >= 0)
         close(o->dir_fd);
     o->dir_fd = fd;
-    o->dir_write = write;
+    o->dir_write = write && mine == 1;
     g_free(o->dir);
     o->dir = g_strdup(dir);
     g_free(o->store_root);
     o->store_root = g_strdup(store_root);
     return 0;
+}
+
+bool vh_overlay_writes_dir(vh_overlay *o)
+{
+    return o->dir_fd >= 0 && o->dir_write;
 }
 
 /* Does an entry own rel's patch file? The caller holds dir_lock. */
@@ -425,16 +436,17 @@ static bool load_one(vh_overlay *o, int store_fd, const char *name, vh_overlay_l
     return ok;
 }
 
-/* A save's temporary file (".NAME.RANDOM.tmp") older than any save lasts was left by a daemon
- * killed in the save: removed (and logged) when we write the folder. A fresh one may be the save
- * of another mount of the store in flight: it stays. */
+/* A save's temporary file (".NAME.RANDOM.tmp", NAME a patch file's or the marker's) older than
+ * any save lasts was left by a daemon killed in the save: removed (and logged) when we write the
+ * folder. A fresh one may be the save of another mount of the store in flight: it stays. */
 #define TMP_AGE_S 600
 
 static void remove_leftover(vh_overlay *o, const char *name)
 {
     struct stat st;
     if (!o->dir_write || name[0] != '.' || !g_str_has_suffix(name, ".tmp") ||
-        !strstr(name, VH_PATCH_FILE_SUFFIX "."))
+        !(strstr(name, VH_PATCH_FILE_SUFFIX ".") ||
+          g_str_has_prefix(name, "." VH_OVERLAY_MARKER ".")))
         return;
     if (fstatat(o->dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
         st.st_mtime > time(NULL) - TMP_AGE_S)

@@ -83,10 +83,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(vh_overlay, vh_overlay_free)
  * whose realpath is store_root: vh_overlay_load reads its patch files into the table; with
  * `write`, every patch set put with an origin is saved there too, and the file of a patch set
  * dropped (its disk changed) or replaced is removed or replaced. Without `write` (vhdheal)
- * nothing is ever written into the folder.
+ * nothing is ever written into the folder. A folder whose marker names another store, or
+ * cannot be trusted, is refused (overlay_file.h vh_overlay_dir_claim); with `write`, one without
+ * a marker gets one, and is only read when it cannot get one (logged).
  */
 int vh_overlay_set_dir(vh_overlay *o, const char *store_root, const char *dir, bool write,
                        GError **err);
+/* Does the table write its folder (set with `write`, and marked as the store's)? */
+bool vh_overlay_writes_dir(vh_overlay *o);
 /* Called for each patch file loaded into the table. */
 typedef void (*vh_overlay_loaded_fn)(void *ctx, const vh_patch_origin *origin);
 /*

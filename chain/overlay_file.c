@@ -14,8 +14,11 @@
  */
 #include "overlay_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -272,13 +275,38 @@ vh_patch *vh_patch_file_decode(const uint8_t *buf, size_t len, const char *name,
 /* ---------------------------------------------------------------------------------------- */
 /* The folder */
 
-int vh_patch_file_save(int dirfd, const vh_patch *p, const vh_patch_origin *o, GError **err)
+/* Moves tmp to name in the folder; with noreplace, only where name does not exist (-EEXIST). */
+static int publish(int dirfd, const char *tmp, const char *name, bool noreplace)
 {
-    size_t len = 0;
-    g_autofree uint8_t *b = vh_patch_file_encode(p, o, &len, err);
-    if (!b)
-        return -vh_error_errno(*err);
-    g_autofree char *name = vh_patch_file_name(o->rel);
+    if (!noreplace)
+        return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
+    if (renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -errno;
+    /* a file system without RENAME_NOREPLACE (some network ones): link refuses an existing name */
+    if (linkat(dirfd, tmp, dirfd, name, 0) == 0) {
+        unlinkat(dirfd, tmp, 0);
+        return 0;
+    }
+    if (errno != EPERM && errno != EOPNOTSUPP)
+        return -errno;
+    /* nor hard links (FAT, some SMB servers): look, then rename (only a narrower race) */
+    struct stat st;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return -EEXIST;
+    return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
+}
+
+/*
+ * Writes len bytes as the file `name` of the folder open as dirfd, atomically: a temporary
+ * ".NAME.RANDOM.tmp" created O_EXCL|O_NOFOLLOW with mode 0600 (this user's, no one else may read
+ * or change it), fsync, rename to NAME, fsync of the folder. With noreplace, -EEXIST when NAME
+ * exists (nothing changed). `what` says whose file it is in messages.
+ */
+static int save_file(int dirfd, const char *name, const uint8_t *b, size_t len, bool noreplace,
+                     const char *what, GError **err)
+{
     g_autofree char *tmp = g_strdup_printf(".%s.%08x.tmp", name, g_random_int());
     int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
@@ -287,16 +315,26 @@ int vh_patch_file_save(int dirfd, const vh_patch *p, const vh_patch_origin *o, G
     if (r == 0 && fsync(fd) < 0)
         r = -errno;
     close(fd);
-    if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
-        r = -errno;
+    if (r == 0)
+        r = publish(dirfd, tmp, name, noreplace);
     if (r < 0) {
         unlinkat(dirfd, tmp, 0);
-        return vh_fail(err, -r, "overlay folder: writing %s (for %s): %s", name, o->rel,
+        return vh_fail(err, -r, "overlay folder: writing %s (for %s): %s", name, what,
                        g_strerror(-r));
     }
     if (fsync(dirfd) < 0)
         return vh_fail(err, errno, "overlay folder: fsync: %s", g_strerror(errno));
     return 0;
+}
+
+int vh_patch_file_save(int dirfd, const vh_patch *p, const vh_patch_origin *o, GError **err)
+{
+    size_t len = 0;
+    g_autofree uint8_t *b = vh_patch_file_encode(p, o, &len, err);
+    if (!b)
+        return -vh_error_errno(*err);
+    g_autofree char *name = vh_patch_file_name(o->rel);
+    return save_file(dirfd, name, b, len, false, o->rel, err);
 }
 
 int vh_patch_file_remove(int dirfd, const char *rel, GError **err)
@@ -310,37 +348,54 @@ int vh_patch_file_remove(int dirfd, const char *rel, GError **err)
     return 0;
 }
 
-vh_patch *vh_patch_file_load(int dirfd, const char *name, vh_patch_origin *o, GError **err)
+/*
+ * The bytes of the file `name` in the folder open as dirfd (`path` in messages), as untrusted
+ * input: opened beneath the folder passing no symlink, a regular file, owned by this user or
+ * root and writable by no one else (its checks cannot stop a forger: a patch hashing no base
+ * byte, or one appended past the end, presents any disk; a marker names any store), at most max
+ * bytes. NULL with *err (ENOENT when there is no such file).
+ */
+static uint8_t *read_trusted(int dirfd, const char *name, const char *path, const char *what,
+                             uint64_t max, size_t *len, GError **err)
 {
-    memset(o, 0, sizeof *o);
     vh_file f;
-    if (vh_file_open_beneath(&f, dirfd, name, name, false, err) < 0)
+    if (vh_file_open_beneath(&f, dirfd, name, path, false, err) < 0)
         return NULL;
     struct stat st;
-    if (fstat(f.fd, &st) < 0) {
-        int e = errno;
+    int e = 0;
+    if (fstat(f.fd, &st) < 0)
+        e = vh_fail(err, errno, "%s: %s", path, g_strerror(errno));
+    else if (vh_file_trusted(&st, path, what, err) < 0)
+        e = -EPERM;
+    else if (f.size > max)
+        e = vh_fail(err, EFBIG,
+                    "%s: %" G_GUINT64_FORMAT " bytes, more than the %" G_GUINT64_FORMAT
+                    " such a file may have",
+                    path, f.size, max);
+    if (e < 0) {
         vh_file_close(&f);
-        vh_fail(err, e, "%s: %s", name, g_strerror(e));
         return NULL;
-    }
-    /* Only a file that we (or root) wrote and no one else may change: its checks cannot stop a
-     * forger (a patch hashing no base byte, or one appended past the end, presents any disk). */
-    if (vh_file_trusted(&st, name, "patch file", err) < 0) {
-        vh_file_close(&f);
-        return NULL;
-    }
-    if (f.size > VH_PATCH_FILE_MAX_SIZE) {
-        vh_file_close(&f);
-        return bad(err, name, 0, "larger than a patch file may be");
     }
     g_autofree uint8_t *buf = g_malloc(MAX(f.size, 1));
     ssize_t n = vh_read_full(f.fd, buf, (size_t)f.size, 0);
     vh_file_close(&f);
     if (n < 0) {
-        vh_fail(err, (int)-n, "%s: %s", name, g_strerror((int)-n));
+        vh_fail(err, (int)-n, "%s: %s", path, g_strerror((int)-n));
         return NULL;
     }
-    return vh_patch_file_decode(buf, (size_t)n, name, o, err);
+    *len = (size_t)n;
+    return g_steal_pointer(&buf);
+}
+
+vh_patch *vh_patch_file_load(int dirfd, const char *name, vh_patch_origin *o, GError **err)
+{
+    memset(o, 0, sizeof *o);
+    size_t len = 0;
+    g_autofree uint8_t *buf =
+        read_trusted(dirfd, name, name, "patch file", VH_PATCH_FILE_MAX_SIZE, &len, err);
+    if (!buf)
+        return NULL;
+    return vh_patch_file_decode(buf, len, name, o, err);
 }
 
 int vh_patch_file_check(int store_fd, const char *store_root, const vh_patch *p,
@@ -370,4 +425,320 @@ int vh_patch_file_check(int store_fd, const char *store_root, const vh_patch *p,
         r = vh_fail(err, ESTALE, "%s: the bytes under its patches changed", abs);
     vh_file_close(&f);
     return r;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The marker: which store the folder belongs to */
+
+void vh_overlay_marker_clear(vh_overlay_marker *m)
+{
+    g_clear_pointer(&m->store, g_free);
+}
+
+/* Bytes the marker writes as \xHH: the ones that would end or blur a line, and the escape. */
+static bool escaped(uint8_t c)
+{
+    return c < 0x20 || c == 0x7f || c == '\\';
+}
+
+/* path with escaped bytes as \xHH: the form the marker and messages show. */
+static char *escape_path(const char *path)
+{
+    GString *s = g_string_new(NULL);
+    for (const uint8_t *c = (const uint8_t *)path; *c; c++)
+        if (escaped(*c))
+            g_string_append_printf(s, "\\x%02x", *c);
+        else
+            g_string_append_c(s, (char)*c);
+    return g_string_free(s, FALSE);
+}
+
+char *vh_overlay_marker_encode(const vh_overlay_marker *m, size_t *len, GError **err)
+{
+    size_t n = m->store ? strlen(m->store) : 0;
+    if (n == 0 || n >= VH_PATCH_FILE_MAX_PATH || m->store[0] != '/') {
+        vh_fail(err, EINVAL,
+                "overlay folder marker: the store '%s' is not an absolute path "
+                "shorter than %u bytes",
+                m->store ? m->store : "", VH_PATCH_FILE_MAX_PATH);
+        return NULL;
+    }
+    g_autofree char *path = escape_path(m->store);
+    char *text = g_strdup_printf(VH_OVERLAY_MARKER_MAGIC
+                                 "store %s\ndevice %u:%u\ninode %" G_GUINT64_FORMAT "\n",
+                                 path, major((dev_t)m->dev), minor((dev_t)m->dev), m->ino);
+    *len = strlen(text);
+    return text;
+}
+
+/* A number as the encoder writes it: decimal digits, no sign, no leading zero, at most max. */
+static bool parse_number(const char *s, size_t n, uint64_t max, uint64_t *out)
+{
+    if (n == 0 || n > 20 || (n > 1 && s[0] == '0'))
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!g_ascii_isdigit(s[i]) || v > (max - (uint64_t)(s[i] - '0')) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+static int xdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The path of a "store" line (n bytes at s), unescaped; NULL when it is not as the encoder
+ * writes it (a raw byte it escapes, an escape of a byte it does not, NUL, not absolute). */
+static char *parse_path(const char *s, size_t n)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = (uint8_t)s[i];
+        if (c == '\\') {
+            if (i + 3 >= n || s[i + 1] != 'x' || xdigit(s[i + 2]) < 0 || xdigit(s[i + 3]) < 0)
+                return NULL;
+            c = (uint8_t)(xdigit(s[i + 2]) * 16 + xdigit(s[i + 3]));
+            if (c == 0 || !escaped(c))
+                return NULL;
+            i += 3;
+        } else if (escaped(c)) {
+            return NULL;
+        }
+        g_string_append_c(out, (char)c);
+    }
+    if (out->len == 0 || out->len >= VH_PATCH_FILE_MAX_PATH || out->str[0] != '/')
+        return NULL;
+    return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+/* The value of a marker line "KEY VALUE" (n bytes at line) and its length; NULL for another key. */
+static const char *line_value(const char *line, size_t n, const char *key, size_t *vlen)
+{
+    size_t k = strlen(key);
+    if (n <= k + 1 || memcmp(line, key, k) != 0 || line[k] != ' ')
+        return NULL;
+    *vlen = n - k - 1;
+    return line + k + 1;
+}
+
+static int bad_marker(GError **err, const char *name, int line, const char *what)
+{
+    return vh_fail(err, EINVAL, "%s: not an overlay folder marker: %s (line %d)", name, what, line);
+}
+
+int vh_overlay_marker_decode(const uint8_t *buf, size_t len, const char *name, vh_overlay_marker *m,
+                             GError **err)
+{
+    memset(m, 0, sizeof *m);
+    size_t magic = strlen(VH_OVERLAY_MARKER_MAGIC);
+    if (len > VH_OVERLAY_MARKER_MAX_SIZE)
+        return bad_marker(err, name, 1, "too large");
+    if (len < magic || memcmp(buf, VH_OVERLAY_MARKER_MAGIC, magic) != 0)
+        return bad_marker(err, name, 1, "no \"vhdheal overlay folder 1\" line");
+    if (memchr(buf, 0, len))
+        return bad_marker(err, name, 1, "a NUL byte (not text)");
+    if (buf[len - 1] != '\n')
+        return bad_marker(err, name, 1, "its last line does not end (truncated?)");
+    /* the three lines after the magic, each ended by \n, and nothing after them */
+    const char *line[3];
+    size_t n[3];
+    const char *at = (const char *)buf + magic, *end = (const char *)buf + len;
+    for (int k = 0; k < 3; k++) {
+        const char *nl = at < end ? memchr(at, '\n', (size_t)(end - at)) : NULL;
+        if (!nl)
+            return bad_marker(err, name, k + 2, "a line is missing");
+        line[k] = at;
+        n[k] = (size_t)(nl - at);
+        at = nl + 1;
+    }
+    if (at != end)
+        return bad_marker(err, name, 5, "more lines than a marker has");
+    size_t vlen;
+    const char *v = line_value(line[0], n[0], "store", &vlen);
+    g_autofree char *store = v ? parse_path(v, vlen) : NULL;
+    if (!store)
+        return bad_marker(err, name, 2,
+                          "not \"store\" and an absolute path as written by vhdhealfs");
+    v = line_value(line[1], n[1], "device", &vlen);
+    const char *colon = v ? memchr(v, ':', vlen) : NULL;
+    uint64_t maj, min;
+    if (!colon || !parse_number(v, (size_t)(colon - v), UINT32_MAX, &maj) ||
+        !parse_number(colon + 1, vlen - (size_t)(colon - v) - 1, UINT32_MAX, &min))
+        return bad_marker(err, name, 3, "not \"device MAJOR:MINOR\"");
+    uint64_t ino;
+    v = line_value(line[2], n[2], "inode", &vlen);
+    if (!v || !parse_number(v, vlen, UINT64_MAX, &ino))
+        return bad_marker(err, name, 4, "not \"inode NUMBER\"");
+    m->store = g_steal_pointer(&store);
+    m->dev = (uint64_t)makedev((unsigned)maj, (unsigned)min);
+    m->ino = ino;
+    return 0;
+}
+
+static void note(vh_overlay_log_fn log, void *ctx, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static void note(vh_overlay_log_fn log, void *ctx, const char *fmt, ...)
+{
+    if (!log)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *line = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    log(ctx, line);
+}
+
+/* DIR's marker into *m: 1, or 0 when there is none, or -errno with *err (untrusted). */
+static int marker_read(int dirfd, const char *dir, vh_overlay_marker *m, GError **err)
+{
+    g_autofree char *path = g_build_filename(dir, VH_OVERLAY_MARKER, NULL);
+    g_autoptr(GError) e = NULL;
+    size_t len = 0;
+    g_autofree uint8_t *buf = read_trusted(dirfd, VH_OVERLAY_MARKER, path, "folder marker",
+                                           VH_OVERLAY_MARKER_MAX_SIZE, &len, &e);
+    int r;
+    if (buf) {
+        r = vh_overlay_marker_decode(buf, len, path, m, &e);
+    } else {
+        struct stat st; /* none, unless a name is there that does not open (a dangling symlink) */
+        if (vh_error_errno(e) == ENOENT &&
+            fstatat(dirfd, VH_OVERLAY_MARKER, &st, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+            return 0;
+        r = -vh_error_errno(e);
+    }
+    if (r < 0)
+        return vh_fail(err, -r,
+                       "overlay folder %s: %s: which store the folder belongs to is unknown "
+                       "(remove %s if the folder is this store's)",
+                       dir, e->message, path);
+    return 1;
+}
+
+/* Is the marker m (read from DIR) the store's? 1, or -EXDEV naming both. */
+static int marker_verdict(const vh_overlay_marker *m, const char *dir, const char *store_root,
+                          const struct stat *st, vh_overlay_log_fn log, void *ctx, GError **err)
+{
+    g_autofree char *mine = escape_path(store_root), *theirs = escape_path(m->store);
+    if (strcmp(m->store, store_root) == 0) {
+        if (m->ino != (uint64_t)st->st_ino)
+            note(log, ctx,
+                 "overlay folder %s: the store %s is another folder now (inode %ju, marked with "
+                 "inode %" G_GUINT64_FORMAT ": replaced or restored): each repair kept there is "
+                 "checked against its disk",
+                 dir, mine, (uintmax_t)st->st_ino, m->ino);
+        return 1;
+    }
+    bool same = m->dev == (uint64_t)st->st_dev && m->ino == (uint64_t)st->st_ino;
+    return vh_fail(err, EXDEV,
+                   "overlay folder %s belongs to the store %s (its marker %s says so), not to %s: "
+                   "give each store its own overlay folder (nothing in %s was changed)%s%s%s",
+                   dir, theirs, VH_OVERLAY_MARKER, mine, dir,
+                   same ? "; it is the same folder (same device and inode) under another path: "
+                          "if the store was moved, remove "
+                        : "",
+                   same ? dir : "",
+                   same ? "/" VH_OVERLAY_MARKER " to let the folder follow it" : "");
+}
+
+/* Does the valid patch file `name` of the folder fit a disk of the store (store_fd)? Invalid
+ * files count as none (*valid stays). */
+static bool patch_fits(int dirfd, int store_fd, const char *store_root, const char *name,
+                       int *valid)
+{
+    vh_patch_origin o;
+    g_autoptr(GError) e = NULL;
+    g_autoptr(vh_patch) p = vh_patch_file_load(dirfd, name, &o, &e);
+    if (!p)
+        return false;
+    g_autofree char *want = vh_patch_file_name(o.rel);
+    bool fits = false;
+    if (strcmp(want, name) == 0) {
+        struct stat st;
+        (*valid)++;
+        fits = vh_patch_file_check(store_fd, store_root, p, &o, &st, &e) == 0;
+    }
+    vh_patch_origin_clear(&o);
+    return fits;
+}
+
+/*
+ * A folder without a marker that holds repairs was made by an earlier version, which wrote no
+ * marker: it is the store's when one of its valid patch files fits a disk of the store (or it has
+ * none). Else it may be another store's, whose repairs the mount would remove as disks gone or
+ * changed: -EXDEV.
+ */
+static int unmarked_fits(int dirfd, const char *dir, const char *store_root, GError **err)
+{
+    vh_autofd int store_fd = open(store_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (store_fd < 0)
+        return vh_fail(err, errno, "%s: %s", store_root, g_strerror(errno));
+    int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (dfd >= 0)
+            close(dfd);
+        return vh_fail(err, e, "overlay folder %s: %s", dir, g_strerror(e));
+    }
+    int valid = 0;
+    bool fits = false;
+    struct dirent *de;
+    while (!fits && (de = readdir(d)))
+        if (de->d_name[0] != '.' && g_str_has_suffix(de->d_name, VH_PATCH_FILE_SUFFIX))
+            fits = patch_fits(dirfd, store_fd, store_root, de->d_name, &valid);
+    closedir(d);
+    if (fits || valid == 0)
+        return 0;
+    g_autofree char *mine = escape_path(store_root);
+    return vh_fail(err, EXDEV,
+                   "overlay folder %s has no marker (%s) and none of the %d repair%s kept there "
+                   "fits a disk of the store %s: it may be another store's folder, made by an "
+                   "earlier version; give each store its own overlay folder, or remove the "
+                   "folder's files if they are stale (nothing in %s was changed)",
+                   dir, VH_OVERLAY_MARKER, valid, valid == 1 ? "" : "s", mine, dir);
+}
+
+int vh_overlay_dir_claim(int dirfd, const char *dir, const char *store_root, bool write,
+                         vh_overlay_log_fn log, void *ctx, GError **err)
+{
+    struct stat st;
+    if (stat(store_root, &st) < 0)
+        return vh_fail(err, errno, "%s: %s", store_root, g_strerror(errno));
+    for (int attempt = 0;; attempt++) {
+        vh_overlay_marker m = {0};
+        int r = marker_read(dirfd, dir, &m, err);
+        if (r > 0) {
+            r = marker_verdict(&m, dir, store_root, &st, log, ctx, err);
+            vh_overlay_marker_clear(&m);
+            return r;
+        }
+        if (r < 0 || !write)
+            return r;
+        if (attempt == 0 && (r = unmarked_fits(dirfd, dir, store_root, err)) < 0)
+            return r;
+        m = (vh_overlay_marker){(char *)store_root, (uint64_t)st.st_dev, (uint64_t)st.st_ino};
+        size_t len = 0;
+        g_autoptr(GError) e = NULL;
+        g_autofree char *text = vh_overlay_marker_encode(&m, &len, &e);
+        r = text ? save_file(dirfd, VH_OVERLAY_MARKER, (const uint8_t *)text, len, true,
+                             "the marker", &e)
+                 : -vh_error_errno(e);
+        g_autofree char *mine = escape_path(store_root);
+        if (r == 0) {
+            note(log, ctx, "overlay folder %s: marked as the store %s's (%s)", dir, mine,
+                 VH_OVERLAY_MARKER);
+            return 1;
+        }
+        /* another process marked it meanwhile: its marker decides (read again) */
+        if (r != -EEXIST || attempt >= 2) {
+            note(log, ctx,
+                 "overlay folder %s: cannot mark it as the store %s's: %s: nothing is written "
+                 "into it (new repairs are kept in memory only)",
+                 dir, mine, e->message);
+            return 0;
+        }
+    }
 }

@@ -86,4 +86,56 @@ vh_patch *vh_patch_file_load(int dirfd, const char *name, vh_patch_origin *o, GE
 int vh_patch_file_check(int store_fd, const char *store_root, const vh_patch *p,
                         const vh_patch_origin *o, struct stat *st, GError **err);
 
+/*
+ * The marker: one overlay folder per store. Patch files name their disks by paths below the store,
+ * so a folder given to two stores would find the other store's disks "gone" and remove their
+ * files: DIR/VH_OVERLAY_MARKER names the one store the folder belongs to
+ * (doc/design.md "The marker"). A text file, one spelling per marker:
+ *
+ *   vhdheal overlay folder 1\n
+ *   store PATH\n          the store's canonical path; bytes below 0x20, 0x7f and '\' as \xHH
+ *   device MAJOR:MINOR\n  the store folder's, when the marker was written
+ *   inode N\n
+ *
+ * The path decides. Device and inode only explain: a store seen under another path with the same
+ * device and inode was moved (or is seen through a bind mount); the same path with another inode
+ * was replaced or restored (its patch files are then checked one by one, as always). The name is
+ * no patch file's ("<32 hex digits>.vhpatch") and no temporary file's (".NAME.RANDOM.tmp").
+ */
+#define VH_OVERLAY_MARKER "vhdheal.store"
+#define VH_OVERLAY_MARKER_MAGIC "vhdheal overlay folder 1\n"
+/* The largest marker read: the path with every byte escaped, and the other lines. */
+#define VH_OVERLAY_MARKER_MAX_SIZE (4u * VH_PATCH_FILE_MAX_PATH + 128u)
+
+typedef struct vh_overlay_marker {
+    char *store;  /* the store's canonical path */
+    uint64_t dev; /* st_dev of the store folder when marked */
+    uint64_t ino; /* st_ino of the store folder when marked */
+} vh_overlay_marker;
+
+void vh_overlay_marker_clear(vh_overlay_marker *m);
+/* The marker's text (g_free it), *len its length. NULL with *err (EINVAL) when m->store is not an
+ * absolute path shorter than VH_PATCH_FILE_MAX_PATH without NUL. */
+char *vh_overlay_marker_encode(const vh_overlay_marker *m, size_t *len, GError **err);
+/* The marker in buf (len bytes) into *m; -EINVAL with *err naming `name`, the line and what is
+ * wrong when buf is not a marker as vh_overlay_marker_encode writes them (*m is then empty). */
+int vh_overlay_marker_decode(const uint8_t *buf, size_t len, const char *name, vh_overlay_marker *m,
+                             GError **err);
+
+/*
+ * Does the overlay folder open as dirfd (named dir in messages) belong to the store whose
+ * canonical path is store_root? 1: its marker names the store, or (with `write`) the folder had
+ * no marker and now has one naming it (written as patch files are, but never over another's:
+ * two mounts marking one folder at once, one wins and the other reads its marker). 0: no marker,
+ * none written (without `write`, or the write failed: logged; then write nothing into DIR).
+ * Negative errno with *err, and nothing written: the marker names another store (-EXDEV, both
+ * named), or (with `write`) there is none but the folder holds valid patch files of which none
+ * fits a disk of the store (-EXDEV: a folder of an earlier version, maybe another store's), or the
+ * marker cannot be trusted (a symlink, not a regular file, another owner, writable by others,
+ * too large, not a marker). `log` (may be NULL) gets the notes: marked, a write that failed, a
+ * store folder that is not the one marked.
+ */
+int vh_overlay_dir_claim(int dirfd, const char *dir, const char *store_root, bool write,
+                         vh_overlay_log_fn log, void *ctx, GError **err);
+
 #endif

@@ -123,8 +123,11 @@ int vhfs_heal_start(struct vhfs *fs)
             vhfs_log(LOG_ERR, "overlaydir: %s", err->message);
             g_clear_error(&err);
         } else {
-            vhfs_log(LOG_NOTICE, "overlaydir %s: %d repair%s loaded, new ones are kept there",
-                     fs->cfg.overlaydir, n, n == 1 ? "" : "s");
+            vhfs_log(LOG_NOTICE, "overlaydir %s: %d repair%s loaded, new ones are kept %s",
+                     fs->cfg.overlaydir, n, n == 1 ? "" : "s",
+                     vh_overlay_writes_dir(vh_service_overlay(fs->svc))
+                         ? "there"
+                         : "in memory only (the folder is not marked as STORE's)");
         }
     }
     fs->scan_thread = g_thread_new("vhfs-scan", scan_main, fs);

@@ -28,6 +28,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "overlay_file.h"
 #include "winpath.h"
 
 #define EXIT_USAGE 2
@@ -292,6 +293,34 @@ static bool store_holds(const char *store, const char *dir)
     }
 }
 
+static void overlaydir_note(void *ctx, const char *line)
+{
+    (void)ctx;
+    vhfs_log(LOG_NOTICE, "%s", line);
+}
+
+/* One overlay folder per STORE (doc/design.md "The marker"): DIR's marker must name STORE, and
+   DIR without one gets one now, before the mount; a folder of another store, or one whose marker
+   cannot be trusted, is a usage error and nothing in it is touched. */
+static bool overlaydir_claim(const struct cmdline *c, const struct vhfs_config *cfg)
+{
+    g_autoptr(GError) err = NULL;
+    int fd = open(cfg->overlaydir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0) {
+        usage_error("overlaydir '%s': %s", c->overlaydir, g_strerror(errno));
+        return false;
+    }
+    int r =
+        vh_overlay_dir_claim(fd, cfg->overlaydir, cfg->store, true, overlaydir_note, NULL, &err);
+    close(fd);
+    if (r < 0) {
+        usage_error("overlaydir '%s': %s", c->overlaydir, err->message);
+        return false;
+    }
+    return true;
+}
+
 /* overlaydir=DIR (doc/design.md "Overlay healing"): an existing folder outside STORE (a patch
    file inside it would be a write into STORE); implies healmode=overlay. After STORE is set. */
 static bool overlaydir_from_cmdline(const struct cmdline *c, struct vhfs_config *cfg)
@@ -439,7 +468,8 @@ static bool config_from_cmdline(struct cmdline *c, struct vhfs_config *cfg)
         usage_error("overlaydir '%s' lies inside MOUNTPOINT '%s'", c->overlaydir, c->mountpoint);
         return false;
     }
-    return true;
+    /* after every check of the values: a command line refused here writes nothing */
+    return cfg->overlaydir == NULL || overlaydir_claim(c, cfg);
 }
 
 static void config_clear(struct vhfs_config *cfg)

@@ -10,6 +10,10 @@
  * input byte for byte (the format has one spelling for each patch set). Each input is tried as
  * it is and with its last 4 bytes replaced by the CRC-32C of the rest, so that mutations reach
  * the field checks behind the checksum.
+ *
+ * The same bytes are also given to vh_overlay_marker_decode (the folder's marker, doc/design.md
+ * "The marker"): a marker that decodes names an absolute path without NUL, and encoding it gives
+ * back the input byte for byte (one spelling per marker).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,8 +67,27 @@ static void one(const uint8_t *data, size_t size)
     vh_patch_origin_clear(&o);
 }
 
+static void marker(const uint8_t *data, size_t size)
+{
+    vh_overlay_marker m;
+    g_autoptr(GError) err = NULL;
+    if (vh_overlay_marker_decode(data, size, "fuzz", &m, &err) < 0) {
+        if (!err || m.store)
+            fail("a refused marker without a message, or with a store");
+        return;
+    }
+    if (m.store[0] != '/' || strlen(m.store) >= VH_PATCH_FILE_MAX_PATH)
+        fail("the marker's store is not an absolute path");
+    size_t len = 0;
+    g_autofree char *again = vh_overlay_marker_encode(&m, &len, NULL);
+    if (!again || len != size || memcmp(again, data, size) != 0)
+        fail("encoding the decoded marker does not give the input back");
+    vh_overlay_marker_clear(&m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    marker(data, size);
     one(data, size);
     if (size >= 4) {
         g_autofree uint8_t *fixed = g_memdup2(data, size);

@@ -136,6 +136,42 @@ class Mount:
             self.proc.wait()
 
 
+def try_mount(args, mnt):
+    """vhdhealfs -f ARGS, expected to refuse: (exit status, stderr, whether it mounted). A daemon
+    that mounts after all is unmounted (its status is then the one after the unmount)."""
+    with tempfile.TemporaryFile() as errf:
+        p = subprocess.Popen([VHDHEALFS, "-f"] + list(args), stdout=subprocess.DEVNULL,
+                             stderr=errf)
+        mounted = False
+        deadline = time.monotonic() + 20
+        while p.poll() is None and time.monotonic() < deadline:
+            if os.path.ismount(mnt):
+                mounted = True
+                subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+                break
+            time.sleep(0.02)
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        errf.seek(0)
+        return rc, errf.read().decode(errors="replace"), mounted
+
+
+def dir_listing(d):
+    """Every entry of folder d: {name: (mode, owner, inode, mtime ns, size, sha256 of a regular
+    file's bytes or a symlink's target)}: what "nothing in d changed" compares."""
+    out = {}
+    for n in os.listdir(d):
+        p = os.path.join(d, n)
+        st = os.lstat(p)
+        body = (os.readlink(p) if os.path.islink(p) else
+                sha(p) if os.path.isfile(p) else None)
+        out[n] = (st.st_mode, st.st_uid, st.st_ino, st.st_mtime_ns, st.st_size, body)
+    return out
+
+
 def getx(path, name):
     """(value as str, 0) or (None, errno)."""
     try:
@@ -217,5 +253,5 @@ def ext(fmt, top=False):
     return ("a" if top else "") + fmt
 
 
-__all__ = ["Mount", "require_fuse", "getx", "setx", "getx_raw", "sha", "create", "child", "fill",
+__all__ = ["Mount", "try_mount", "dir_listing", "require_fuse", "getx", "setx", "getx_raw", "sha", "create", "child", "fill",
            "content", "expected", "pattern", "locators", "parent_id_on_disk", "ext", "check", "run", "vhdheal", "errno"]

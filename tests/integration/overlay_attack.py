@@ -18,6 +18,13 @@ someone who is not the daemon (README "Overlay healing", doc/design.md "The patc
   older than a save can last (a fresh one, maybe another mount's save in flight, stays).
 - bind: DIR given as a path that is STORE's subfolder through a bind mount is refused like
   DIR inside STORE (the mount would write patch files into STORE).
+- marker: DIR's marker (vhdheal.store, doc/design.md "The marker") planted or spoilt by someone
+  else: owned by another user, writable by group or others, a symlink (to a good marker, or
+  dangling), a folder, a FIFO, 1 GiB, binary. The mount refuses to start (exit 2, a message
+  naming the marker and why), vhdheal read --overlay refuses too (exit 2), nothing in DIR
+  changes (the marker is not replaced, no patch file removed); with the good marker back the
+  kept repair is presented again. A DIR where no marker can be written (a read-only bind
+  mount) is logged and only read: the mount heals in memory and writes nothing there.
 """
 import hashlib
 import os
@@ -171,6 +178,7 @@ def crash(root, fmt):
     child(top, base)
     os.rename(base, os.path.join(store, f"moved.{fmt}"))
     log = os.path.join(root, f"crash-{fmt}.log")
+    Mount(store, mnt, log, f"ro,overlaydir={ovl}").stop()  # marks DIR: the next fsync is a save's
     m = Mount(store, mnt, log, f"ro,overlaydir={ovl}",
               wrap=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e",
                     "inject=fsync:signal=SIGKILL:when=1"))
@@ -194,6 +202,112 @@ def crash(root, fmt):
     m.stop()
     check(old is None or not os.path.exists(old), f"{fmt}: the next mount removes the old one")
     check(os.path.exists(fresh), f"{fmt}: a fresh temporary file (another save) stays")
+
+
+def spoil(marker, kind, good, spare):
+    """Puts a marker of `kind` at `marker`; good: a good marker's bytes; spare: a path outside."""
+    if os.path.isdir(marker) and not os.path.islink(marker):
+        os.rmdir(marker)
+    elif os.path.lexists(marker):
+        os.unlink(marker)
+    if kind == "folder":
+        os.mkdir(marker, 0o700)
+        return
+    if kind == "fifo":
+        os.mkfifo(marker, 0o600)
+        return
+    if kind in ("symlink", "dangling symlink"):
+        with open(spare, "wb") as f:
+            f.write(good)
+        os.chmod(spare, 0o600)
+        os.symlink(spare if kind == "symlink" else spare + ".gone", marker)
+        return
+    with open(marker, "wb") as f:
+        f.write(os.urandom(4096) if kind == "binary" else good)
+    os.chmod(marker, {"world-writable": 0o606, "group-writable": 0o620}.get(kind, 0o600))
+    if kind == "another user's":
+        os.chown(marker, NOBODY, NOBODY)
+    if kind == "1 GiB":
+        os.truncate(marker, 1 << 30)
+
+
+def marker(root, fmt):
+    store, mnt = os.path.join(root, "mstore-" + fmt), os.path.join(root, "mnt")
+    ovl = os.path.join(root, "movl-" + fmt)
+    os.makedirs(ovl)
+    base = os.path.join(store, f"base.{fmt}")
+    create(base, fmt, size="4M")
+    rel = f"vm/child.a{fmt}"
+    top = os.path.join(store, rel)
+    child(top, base)
+    os.rename(base, os.path.join(store, f"moved.{fmt}"))
+    log = os.path.join(root, f"marker-{fmt}.log")
+    m = Mount(store, mnt, log, f"ro,overlaydir={ovl}")
+    try:
+        with open(os.path.join(mnt, rel), "rb") as f:
+            f.read(512)  # heals, kept in DIR
+    finally:
+        m.stop()
+    mpath = os.path.join(ovl, "vhdheal.store")
+    check(os.path.isfile(mpath) and os.path.exists(os.path.join(ovl, patch_name(rel))),
+          f"{fmt}: the first mount marks DIR and keeps its repair ({os.listdir(ovl)})")
+    sst = os.stat(store)
+    good = (f"vhdheal overlay folder 1\nstore {os.path.realpath(store)}\n"
+            f"device {os.major(sst.st_dev)}:{os.minor(sst.st_dev)}\ninode {sst.st_ino}\n").encode()
+    if os.path.isfile(mpath):
+        with open(mpath, "rb") as f:
+            check(f.read() == good, f"{fmt}: the marker names the store")
+    spare = os.path.join(root, f"spare-{fmt}.store")
+    for kind, says in (("another user's", "owned by user 65534"),
+                       ("world-writable", "mode 0606"), ("group-writable", "mode 0620"),
+                       ("symlink", "symlink"), ("dangling symlink", "symlink"),
+                       ("folder", "not a regular file"), ("fifo", "not a regular file"),
+                       ("1 GiB", "more than"), ("binary", "not an overlay folder marker")):
+        spoil(mpath, kind, good, spare)
+        before = mounttest.dir_listing(ovl)
+        rc, err, mounted = mounttest.try_mount(["-o", f"ro,overlaydir={ovl}", store, mnt], mnt)
+        check(rc == 2 and not mounted and mpath in err and says in err and "which store" in err,
+              f"{fmt}: a marker {kind}: the mount starts or says something else "
+              f"(exit {rc}, mounted {mounted}): {err.strip()[:300]!r}")
+        got = vhdheal("read", "--overlay", ovl, "--store", store, top, ok=False)
+        e = got.stderr.decode(errors="replace")
+        check(got.returncode == 2 and mpath in e and says in e,
+              f"{fmt}: a marker {kind}: vhdheal read --overlay: exit {got.returncode}: "
+              f"{e.strip()[:300]!r}")
+        check(mounttest.dir_listing(ovl) == before, f"{fmt}: a marker {kind}: DIR changed")
+    spoil(mpath, "good", good, spare)
+    m = Mount(store, mnt, log, f"ro,overlaydir={ovl}")
+    try:
+        st, _ = getx(os.path.join(mnt, rel), "user.vhd.status")
+        check((st or "").startswith("healed (overlay) "),
+              f"{fmt}: the good marker back: the kept repair is presented ({st!r})")
+    finally:
+        m.stop()
+    # a DIR that cannot be marked: read, never written
+    empty = os.path.join(root, f"rodir-{fmt}")
+    view = os.path.join(root, f"roview-{fmt}")
+    os.makedirs(empty)
+    os.makedirs(view)
+    subprocess.run(["mount", "--bind", empty, view], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+        rolog = os.path.join(root, f"marker-ro-{fmt}.log")
+        m = Mount(store, mnt, rolog, f"ro,overlaydir={view}")
+        try:
+            with open(os.path.join(mnt, rel), "rb") as f:
+                f.read(512)
+            st, _ = getx(os.path.join(mnt, rel), "user.vhd.status")
+            check((st or "").startswith("healed (overlay) "),
+                  f"{fmt}: a read-only DIR: heals in memory ({st!r})")
+        finally:
+            m.stop()
+        text = m.text()
+        check("cannot mark it" in text and "nothing is written into it" in text and
+              "new ones are kept in memory only" in text,
+              f"{fmt}: a read-only DIR: not logged:\n{text}")
+        check(os.listdir(empty) == [], f"{fmt}: a read-only DIR: written ({os.listdir(empty)})")
+    finally:
+        subprocess.run(["umount", view], check=False)
 
 
 def bind(root, fmt):
@@ -229,6 +343,7 @@ def main():
         revert(root, fmt)
         crash(root, fmt)
         bind(root, fmt)
+        marker(root, fmt)
 
     mounttest.run_in_root("overlay_attack", run, ("vhd", "vhdx"))
 

@@ -16,7 +16,14 @@ its patch file removed) and heal again on the next open; a later user.vhd.parent
 repair and its file. Hostile files in DIR (bad checksum, a
 path with "..", an absolute path, a symlink) are logged and ignored and the mount starts. The
 mount refuses an overlaydir inside STORE, equal to STORE, under the mount point, or not a
-folder."""
+folder.
+One DIR per STORE (doc/design.md "The marker"): the first mount marks DIR (vhdheal.store, 0600,
+naming STORE); a DIR without a marker (made by the previous version) gets one at the next
+mount, its repairs loaded (vhdheal --overlay reads it and writes no marker); a second store
+given the same DIR is refused at startup (exit 2, both stores named) with nothing in DIR
+touched, and so are vhdheal check/read/info --overlay DIR for that store; so is a second store
+given the DIR without its marker (none of its repairs fits that store); the first store's patch
+files are all still there and presented after a remount."""
 import hashlib
 import json
 import os
@@ -30,8 +37,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vhcraft  # noqa: E402
 import vhdtest  # noqa: E402
-from mounttest import (VHDHEALFS, Mount, check, child, create, expected, ext, fill,  # noqa: E402
-                       getx, require_fuse, setx, sha, vhdheal)
+from mounttest import (VHDHEALFS, Mount, check, child, create, dir_listing,  # noqa: E402
+                       expected, ext, fill, getx, require_fuse, setx, sha, try_mount, vhdheal)
 
 SIZE = 8 << 20
 LAYERS = [(1, (0, 3 << 20)), (2, (1 << 20,))]
@@ -82,6 +89,86 @@ def patch_files(odir):
                   not os.path.islink(os.path.join(odir, n)))
 
 
+MARKER = "vhdheal.store"
+
+
+def marker_of(odir):
+    """DIR's marker: (text, stat), or None when there is none."""
+    p = os.path.join(odir, MARKER)
+    if not os.path.lexists(p):
+        return None
+    with open(p) as f:
+        return f.read(), os.lstat(p)
+
+
+def check_marker(odir, store, what):
+    m = marker_of(odir)
+    check(m is not None, f"{what}: DIR has no marker")
+    if m is None:
+        return
+    text, st = m
+    sst = os.stat(store)
+    want = (f"vhdheal overlay folder 1\nstore {os.path.realpath(store)}\n"
+            f"device {os.major(sst.st_dev)}:{os.minor(sst.st_dev)}\ninode {sst.st_ino}\n")
+    check(text == want, f"{what}: marker {text!r}, want {want!r}")
+    check(st.st_mode & 0o7777 == 0o600 and st.st_uid == os.geteuid(),
+          f"{what}: marker mode {st.st_mode:o} owner {st.st_uid}")
+
+
+def other_store(root, store, odir, mnt, chains):
+    """A second store given the same DIR: refused at mount and by vhdheal --overlay, nothing in
+    DIR touched; the first store's repairs are all still there and presented after a remount."""
+    other = os.path.join(root, "other")
+    crel, _ = chains["vhd-moved"]
+    # the same layout as STORE's vhd-moved chain, its parent moved too: every patch file's path
+    # names nothing there, or a different file
+    base = os.path.join(other, "vhd-moved", "vm", "base.vhd")
+    create(base, "vhd")
+    child(os.path.join(other, crel), base)
+    os.makedirs(os.path.join(other, "vhd-moved", "moved"))
+    os.rename(base, os.path.join(other, "vhd-moved", "moved", "base.vhd"))
+    real, oreal = os.path.realpath(store), os.path.realpath(other)
+    names = patch_files(odir)
+    # DIR as an earlier version left it (no marker): none of its repairs fits the other store
+    mpath = os.path.join(odir, MARKER)
+    marker = None
+    if os.path.isfile(mpath):  # (checked by check_marker)
+        with open(mpath, "rb") as f:
+            marker = f.read()
+        os.unlink(mpath)
+    before = dir_listing(odir)
+    rc, err, mounted = try_mount(["-o", "overlaydir=" + odir, other, mnt], mnt)
+    check(rc == 2 and not mounted and "has no marker" in err and oreal in err,
+          f"another store, same DIR without a marker: exit {rc}, mounted {mounted}, {err!r}")
+    check(dir_listing(odir) == before, "another store, same DIR without a marker: DIR changed")
+    if marker is not None:
+        with open(mpath, "wb") as f:
+            f.write(marker)
+        os.chmod(mpath, 0o600)
+    # DIR marked as STORE's
+    before = dir_listing(odir)
+    rc, err, mounted = try_mount(["-o", "overlaydir=" + odir, other, mnt], mnt)
+    check(rc == 2 and not mounted, f"another store, same DIR: exit {rc}, mounted {mounted}, "
+          f"stderr {err!r}")
+    check(real in err and oreal in err and "belongs to the store" in err,
+          f"another store, same DIR: the message names both stores: {err!r}")
+    check(dir_listing(odir) == before, "another store, same DIR: DIR changed")
+    # vhdheal --overlay for that store: the same refusal, a usage error, nothing written
+    top = os.path.join(other, crel)
+    for args in (("check", "--overlay", odir, other),
+                 ("read", "--overlay", odir, "--store", other, top),
+                 ("info", "--overlay", odir, "--store", other, top)):
+        r = vhdheal(*args, ok=False)
+        e = r.stderr.decode()
+        check(r.returncode == 2 and real in e and oreal in e and "belongs to the store" in e,
+              f"vhdheal {args[0]} --overlay DIR of another store: exit {r.returncode}, {e!r}")
+    check(dir_listing(odir) == before, "vhdheal --overlay for another store: DIR changed")
+    # the first store's repairs: all kept, all presented
+    check(patch_files(odir) == names and len(names) == len(chains),
+          f"another store, same DIR: patch files now {patch_files(odir)}, were {names}")
+    return other
+
+
 def patch_name(rel):
     """The patch file of a store path (doc/design.md "The patch file")."""
     return hashlib.sha256(rel.encode()).hexdigest()[:32] + ".vhpatch"
@@ -128,7 +215,7 @@ def patch_file(rel, st, note="hostile"):
 def hostile(root, store, odir, chains):
     """Files in DIR that must be ignored (and logged); returns their names."""
     names = []
-    some = sorted(os.listdir(odir))[0]
+    some = patch_files(odir)[0]
     with open(os.path.join(odir, some), "rb") as f:
         good = bytearray(f.read())
     good[200] ^= 0x40  # the checksum no longer matches
@@ -204,6 +291,7 @@ def refusals(root, store, mnt):
         check(p.returncode == 2 and msg in err,
               f"overlaydir {what}: exit {p.returncode}, stderr {err!r}")
         check(not os.path.ismount(mnt), f"overlaydir {what}: mounted")
+        check(not os.path.lexists(os.path.join(d, MARKER)), f"overlaydir {what}: marked")
 
 
 def main():
@@ -233,10 +321,32 @@ def main():
                 healed("first mount", mnt, chains, ref, chains)
                 check(len(patch_files(odir)) == len(chains),
                       f"first mount: patch files {patch_files(odir)}")
+                check_marker(odir, store, "first mount")
             finally:
                 mt.stop()
             check(sums(store) == before, "first mount: a store file changed")
             cli(store, odir, chains, ref)
+
+            # one DIR, one STORE: another store's mount is refused, this one's repairs stay
+            other = other_store(root, store, odir, mnt, chains)
+            other_before = sums(other)
+            mt = Mount(store, mnt, logs[3], opts)
+            try:
+                healed("after another store's mount", mnt, chains, ref, chains)
+                text = mt.text()
+                check(f"{len(chains)} repairs loaded" in text,
+                      f"after another store's mount: load line:\n{text}")
+            finally:
+                mt.stop()
+            check(sums(other) == other_before, "the other store changed")
+            # a DIR of the previous version (no marker) gets one at the next mount
+            if marker_of(odir):
+                os.unlink(os.path.join(odir, MARKER))
+            legacy = dir_listing(odir)
+            r = vhdheal("check", "--overlay", odir, "--winroot", WINROOT, store, ok=False)
+            check(r.returncode == 0 and dir_listing(odir) == legacy,
+                  f"vhdheal check --overlay of a DIR without a marker: exit {r.returncode}, "
+                  f"DIR now {sorted(os.listdir(odir))} {r.stderr.decode()!r}")
 
             # 2: a remount presents them at once; a child changed while mounted heals again
             mt = Mount(store, mnt, logs[1], opts)
@@ -244,6 +354,8 @@ def main():
                 healed("remount", mnt, chains, ref, chains)
                 text = mt.text()
                 check(f"{len(chains)} repairs loaded" in text, f"remount: load line:\n{text}")
+                check_marker(odir, store, "remount of a DIR without a marker")
+                check("marked as the store" in text, f"remount: no marking logged:\n{text}")
                 check(not any(("healed " + c) in text for c, _ in chains.values()),
                       f"remount: a heal was logged:\n{text}")
                 crel = chains["vhdx-moved"][0]

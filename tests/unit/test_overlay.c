@@ -14,6 +14,7 @@
 #include <glib/gstdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -727,6 +728,8 @@ static void overlay_table_dir(void **state)
     int logged = 0;
     vh_overlay *o = vh_overlay_new(count_any, &logged);
     assert_int_equal(vh_overlay_set_dir(o, store, dir, true, NULL), 0);
+    assert_int_equal(logged, 1); /* the folder is marked as the store's */
+    logged = 0;
     g_autoptr(vh_patch) p = sample_patch();
     vh_autofd int fd = open(f, O_RDONLY);
     struct stat st;
@@ -775,6 +778,369 @@ static void overlay_table_dir(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Marker tests (doc/design.md "The marker") */
+
+static void assert_marker_refused(const char *text, size_t len)
+{
+    vh_overlay_marker m;
+    g_autoptr(GError) err = NULL;
+    if (vh_overlay_marker_decode((const uint8_t *)text, len, "m", &m, &err) != -EINVAL)
+        fail_msg("decoded: %.*s", (int)len, text);
+    assert_null(m.store);
+    assert_non_null(err);
+    assert_non_null(strstr(err->message, "not an overlay folder marker"));
+}
+
+/* One spelling: the text as documented, decoded back to the same marker; bytes that would
+ * blur a line are escaped and come back. */
+static void marker_round_trip(void **state)
+{
+    vh_overlay_marker m = {g_strdup("/srv/vms"), makedev(8, 1), 131073}, back;
+    size_t len = 0;
+    g_autofree char *text = vh_overlay_marker_encode(&m, &len, NULL);
+    assert_string_equal(text,
+                        "vhdheal overlay folder 1\nstore /srv/vms\ndevice 8:1\ninode 131073\n");
+    assert_int_equal(len, strlen(text));
+    assert_int_equal(vh_overlay_marker_decode((uint8_t *)text, len, "m", &back, NULL), 0);
+    assert_string_equal(back.store, m.store);
+    assert_true(back.dev == m.dev && back.ino == m.ino);
+    vh_overlay_marker_clear(&back);
+    vh_overlay_marker_clear(&m);
+
+    m = (vh_overlay_marker){g_strdup("/a\nb\\c\td\x7f\xc3\xa9"), makedev(259, 70000), UINT64_MAX};
+    g_autofree char *odd = vh_overlay_marker_encode(&m, &len, NULL);
+    assert_string_equal(odd, "vhdheal overlay folder 1\nstore /a\\x0ab\\x5cc\\x09d\\x7f\xc3\xa9\n"
+                             "device 259:70000\ninode 18446744073709551615\n");
+    assert_int_equal(vh_overlay_marker_decode((uint8_t *)odd, len, "m", &back, NULL), 0);
+    assert_string_equal(back.store, m.store);
+    assert_true(back.dev == m.dev && back.ino == m.ino);
+    vh_overlay_marker_clear(&back);
+    /* every truncation is refused */
+    for (size_t k = 0; k < len; k++)
+        assert_marker_refused(odd, k);
+    vh_overlay_marker_clear(&m);
+
+    /* not an absolute path: nothing to write */
+    const char *bad[] = {"", "srv/vms", NULL};
+    for (size_t k = 0; k < G_N_ELEMENTS(bad); k++) {
+        m = (vh_overlay_marker){(char *)bad[k], 1, 1};
+        g_autoptr(GError) err = NULL;
+        assert_null(vh_overlay_marker_encode(&m, &len, &err));
+        assert_int_equal(vh_error_errno(err), EINVAL);
+    }
+    g_autofree char *longp = g_strnfill(VH_PATCH_FILE_MAX_PATH, 'a');
+    longp[0] = '/';
+    m = (vh_overlay_marker){longp, 1, 1};
+    assert_null(vh_overlay_marker_encode(&m, &len, NULL));
+}
+
+/* What the encoder never writes never decodes: binary, another version, a raw control byte, an
+ * escape it does not make, numbers spelt otherwise, lines missing or added, too large. */
+static void marker_hostile_text(void **state)
+{
+#define M "vhdheal overlay folder 1\n"
+    const char *bad[] = {
+        "",
+        M,
+        "vhdheal overlay folder 2\nstore /s\ndevice 8:1\ninode 2\n",
+        "VHDHEAL overlay folder 1\nstore /s\ndevice 8:1\ninode 2\n",
+        M "store /s\ndevice 8:1\ninode 2",        /* no last newline */
+        M "store /s\ndevice 8:1\ninode 2\n\n",    /* a line more */
+        M "store /s\ndevice 8:1\ninode 2\nx 1\n", /* a line more */
+        M "store /s\ndevice 8:1\n",               /* a line less */
+        M "store s\ndevice 8:1\ninode 2\n",       /* relative */
+        M "store  /s\ndevice 8:1\ninode 2\n",     /* " /s" */
+        M "store\n/s\ndevice 8:1\ninode 2\n",
+        M "store /\\x00s\ndevice 8:1\ninode 2\n",  /* NUL by escape */
+        M "store /\\x41\ndevice 8:1\ninode 2\n",   /* 'A' needs no escape */
+        M "store /\\x0A\ndevice 8:1\ninode 2\n",   /* upper case hex */
+        M "store /\\x0\ndevice 8:1\ninode 2\n",    /* short escape */
+        M "store /\\\ndevice 8:1\ninode 2\n",      /* a lone backslash */
+        M "store /a\\n\ndevice 8:1\ninode 2\n",    /* not our escape */
+        M "store /a\tb\ndevice 8:1\ninode 2\n",    /* raw tab */
+        M "store /a\rb\ndevice 8:1\ninode 2\n",    /* raw CR */
+        M "store /s\r\ndevice 8:1\r\ninode 2\r\n", /* CRLF */
+        M "store /s\ndevice 8\ninode 2\n",
+        M "store /s\ndevice 8:01\ninode 2\n",
+        M "store /s\ndevice -8:1\ninode 2\n",
+        M "store /s\ndevice 8:1:1\ninode 2\n",
+        M "store /s\ndevice 4294967296:1\ninode 2\n",
+        M "store /s\ndevice 8:1\ninode 02\n",
+        M "store /s\ndevice 8:1\ninode +2\n",
+        M "store /s\ndevice 8:1\ninode 2x\n",
+        M "store /s\ndevice 8:1\ninode 18446744073709551616\n",
+        M "store /s\ndevice 8:1\ninode \n",
+        M "store /s\ninode 2\ndevice 8:1\n", /* out of order */
+        M "device 8:1\nstore /s\ninode 2\n",
+    };
+    for (size_t k = 0; k < G_N_ELEMENTS(bad); k++)
+        assert_marker_refused(bad[k], strlen(bad[k]));
+    /* a NUL byte anywhere; binary */
+    const char good[] = M "store /s\ndevice 8:1\ninode 2\n";
+    for (size_t k = strlen(M); k < sizeof good - 1; k++) {
+        g_autofree char *c = g_memdup2(good, sizeof good - 1);
+        c[k] = '\0';
+        assert_marker_refused(c, sizeof good - 1);
+    }
+    uint8_t bin[4096];
+    for (size_t i = 0; i < sizeof bin; i++)
+        bin[i] = (uint8_t)(i * 151 + 7);
+    assert_marker_refused((char *)bin, sizeof bin);
+    memcpy(bin, M, strlen(M)); /* the magic, then binary */
+    bin[sizeof bin - 1] = '\n';
+    assert_marker_refused((char *)bin, sizeof bin);
+    /* too large, even when well formed */
+    GString *big = g_string_new(M "store /");
+    while (big->len <= VH_OVERLAY_MARKER_MAX_SIZE)
+        g_string_append(big, "a");
+    g_string_append(big, "\ndevice 8:1\ninode 2\n");
+    assert_marker_refused(big->str, big->len);
+    g_string_free(big, TRUE);
+#undef M
+}
+
+static gint by_name(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The folder's whole listing, each entry's kind, owner, mode, inode, times and bytes: what
+ * "nothing in the folder changed" means. */
+static char *listing(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    assert_non_null(d);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    const char *n;
+    while ((n = g_dir_read_name(d)))
+        g_ptr_array_add(names, g_strdup(n));
+    g_ptr_array_sort(names, by_name);
+    GString *out = g_string_new(NULL);
+    for (guint i = 0; i < names->len; i++) {
+        g_autofree char *p = g_build_filename(dir, names->pdata[i], NULL);
+        struct stat st;
+        assert_int_equal(lstat(p, &st), 0);
+        g_string_append_printf(out, "%s %o %u %ju %jd.%09ld %jd\n", (char *)names->pdata[i],
+                               (unsigned)st.st_mode, (unsigned)st.st_uid, (uintmax_t)st.st_ino,
+                               (intmax_t)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                               (intmax_t)st.st_size);
+        g_autofree char *bytes = NULL;
+        gsize len = 0;
+        if (S_ISREG(st.st_mode) && g_file_get_contents(p, &bytes, &len, NULL))
+            g_string_append_len(out, bytes, (gssize)len);
+        else if (S_ISLNK(st.st_mode))
+            g_string_append(out, bytes = g_file_read_link(p, NULL));
+    }
+    return g_string_free(out, FALSE);
+}
+
+static int claim(const char *dir, const char *store, bool write, int *logged, GError **err)
+{
+    vh_autofd int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    assert_true(fd >= 0);
+    return vh_overlay_dir_claim(fd, dir, store, write, count_any, logged, err);
+}
+
+/* A hostile marker put in place by `make` is refused by the mount's claim and vhdheal's, and
+ * nothing in the folder changes. */
+static void refused_marker(const char *dir, const char *store, int want_errno, const char *says)
+{
+    g_autofree char *before = listing(dir);
+    for (int write = 0; write < 2; write++) {
+        g_autoptr(GError) err = NULL;
+        int logged = 0;
+        assert_int_equal(claim(dir, store, write, &logged, &err), -want_errno);
+        if (!strstr(err->message, says) || !strstr(err->message, "which store"))
+            fail_msg("%s", err->message);
+        assert_int_equal(logged, 0);
+        g_autofree char *after = listing(dir);
+        assert_string_equal(before, after);
+    }
+}
+
+/* One folder, one store: marked on the first claim that writes, the same store's claims pass,
+ * another store's are refused naming both, with nothing written; hostile markers are refused. */
+static void marker_claim(void **state)
+{
+    g_autofree char *root = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *a = g_build_filename(root, "a", NULL);
+    g_autofree char *b = g_build_filename(root, "b", NULL);
+    g_autofree char *dir = g_build_filename(root, "ovl", NULL);
+    g_autofree char *mark = g_build_filename(dir, VH_OVERLAY_MARKER, NULL);
+    for (const char *d = a; d; d = d == a ? b : d == b ? dir : NULL)
+        assert_int_equal(g_mkdir_with_parents(d, 0755), 0);
+    /* a folder of the previous version: a patch file, no marker */
+    g_autofree char *patch =
+        g_build_filename(dir, "0123456789abcdef0123456789abcdef.vhpatch", NULL);
+    assert_true(g_file_set_contents(patch, "kept as it is", -1, NULL));
+    int logged = 0;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(claim(dir, a, false, &logged, NULL), 0); /* vhdheal writes nothing */
+    assert_false(g_file_test(mark, G_FILE_TEST_EXISTS));
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    assert_int_equal(logged, 1);
+    struct stat st, sa;
+    assert_int_equal(lstat(mark, &st), 0);
+    assert_int_equal(stat(a, &sa), 0);
+    assert_true(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0600 && st.st_uid == geteuid());
+    g_autofree char *text = NULL;
+    gsize len = 0;
+    assert_true(g_file_get_contents(mark, &text, &len, NULL));
+    vh_overlay_marker m;
+    assert_int_equal(vh_overlay_marker_decode((uint8_t *)text, len, mark, &m, NULL), 0);
+    assert_string_equal(m.store, a);
+    assert_true(m.dev == (uint64_t)sa.st_dev && m.ino == (uint64_t)sa.st_ino);
+    vh_overlay_marker_clear(&m);
+    g_autofree char *content = NULL;
+    assert_true(g_file_get_contents(patch, &content, NULL, NULL));
+    assert_string_equal(content, "kept as it is");
+
+    /* the same store again: nothing written, nothing logged */
+    g_autofree char *marked = listing(dir);
+    logged = 0;
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    assert_int_equal(claim(dir, a, false, &logged, NULL), 1);
+    assert_int_equal(logged, 0);
+    g_autofree char *again = listing(dir);
+    assert_string_equal(marked, again);
+
+    /* another store: refused, both named, nothing written */
+    for (int write = 0; write < 2; write++) {
+        assert_int_equal(claim(dir, b, write, &logged, &err), -EXDEV);
+        assert_non_null(strstr(err->message, a));
+        assert_non_null(strstr(err->message, b));
+        assert_null(strstr(err->message, "same device and inode"));
+        g_clear_error(&err);
+        g_autofree char *after = listing(dir);
+        assert_string_equal(marked, after);
+    }
+    /* ... and so is the table's folder (the mount's service, vhdheal) */
+    vh_overlay *o = vh_overlay_new(count_any, &logged);
+    assert_int_equal(vh_overlay_set_dir(o, b, dir, true, &err), -EXDEV);
+    g_clear_error(&err);
+    vh_overlay_free(o);
+
+    /* the store moved: the same folder under another path is refused, with the way out */
+    g_autofree char *moved = g_build_filename(root, "a-moved", NULL);
+    assert_int_equal(rename(a, moved), 0);
+    assert_int_equal(claim(dir, moved, true, &logged, &err), -EXDEV);
+    assert_non_null(strstr(err->message, "same device and inode"));
+    assert_non_null(strstr(err->message, mark));
+    g_clear_error(&err);
+    /* another folder at the store's path (replaced, restored): its own, noted */
+    assert_int_equal(g_mkdir_with_parents(a, 0755), 0);
+    logged = 0;
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    assert_int_equal(logged, 1);
+    g_autofree char *still = listing(dir);
+    assert_string_equal(marked, still);
+
+    /* hostile markers: writable by others, a symlink (to a good marker, dangling), not a
+     * regular file, too large, binary; never replaced */
+    assert_int_equal(chmod(mark, 0666), 0);
+    refused_marker(dir, a, EPERM, "mode 0666");
+    assert_int_equal(chmod(mark, 0620), 0);
+    refused_marker(dir, a, EPERM, "mode 0620");
+    assert_int_equal(chmod(mark, 0600), 0);
+    if (geteuid() == 0) {
+        assert_int_equal(chown(mark, 65534, 65534), 0);
+        refused_marker(dir, a, EPERM, "owned by user 65534");
+        assert_int_equal(chown(mark, 0, 0), 0);
+    }
+    g_autofree char *good = g_build_filename(root, "good.store", NULL);
+    assert_int_equal(rename(mark, good), 0);
+    assert_int_equal(symlink(good, mark), 0);
+    refused_marker(dir, a, EXDEV, "symlink");
+    assert_int_equal(unlink(mark), 0);
+    assert_int_equal(symlink("/nonexistent/vhdheal.store", mark), 0);
+    refused_marker(dir, a, EXDEV, "symlink");
+    assert_int_equal(unlink(mark), 0);
+    assert_int_equal(mkdir(mark, 0700), 0);
+    refused_marker(dir, a, EINVAL, "not a regular file");
+    assert_int_equal(rmdir(mark), 0);
+    assert_int_equal(mkfifo(mark, 0600), 0);
+    refused_marker(dir, a, EINVAL, "not a regular file");
+    assert_int_equal(unlink(mark), 0);
+    {
+        g_autofree char *huge = g_strnfill(VH_OVERLAY_MARKER_MAX_SIZE + 1, 'x');
+        assert_true(g_file_set_contents(mark, huge, -1, NULL));
+        assert_int_equal(chmod(mark, 0600), 0);
+        refused_marker(dir, a, EFBIG, "more than");
+        uint8_t bin[512];
+        for (size_t i = 0; i < sizeof bin; i++)
+            bin[i] = (uint8_t)(i * 151 + 7);
+        assert_true(g_file_set_contents(mark, (char *)bin, sizeof bin, NULL));
+        refused_marker(dir, a, EINVAL, "not an overlay folder marker");
+    }
+    /* the good one back: the folder is a's again */
+    assert_int_equal(rename(good, mark), 0);
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A patch file for rel over the file at path, saved into dir. */
+static void save_patch_for(const char *dir, const char *path, const char *rel)
+{
+    g_autoptr(vh_patch) p = sample_patch();
+    vh_autofd int fd = open(path, O_RDONLY);
+    vh_autofd int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    vh_patch_origin o;
+    assert_int_equal(vh_patch_origin_of(&o, p, fd, rel, "healed", 7, NULL), 0);
+    assert_int_equal(vh_patch_file_save(dfd, p, &o, NULL), 0);
+    vh_patch_origin_clear(&o);
+}
+
+/* A folder without a marker (an earlier version's) that holds repairs is marked for a store
+ * only when one of them fits a disk of it: else it may be another store's, and is refused with
+ * nothing written (vhdheal, which writes nothing, still reads it). */
+static void marker_unmarked_folder(void **state)
+{
+    g_autofree char *root = g_dir_make_tmp("vh-overlay-XXXXXX", NULL);
+    g_autofree char *a = g_build_filename(root, "a", NULL);
+    g_autofree char *b = g_build_filename(root, "b", NULL);
+    g_autofree char *dir = g_build_filename(root, "ovl", NULL);
+    g_autofree char *mark = g_build_filename(dir, VH_OVERLAY_MARKER, NULL);
+    for (const char *d = a; d; d = d == a ? b : d == b ? dir : NULL)
+        assert_int_equal(g_mkdir_with_parents(d, 0755), 0);
+    uint8_t base[100];
+    for (int i = 0; i < 100; i++)
+        base[i] = (uint8_t)(i * 3);
+    g_autofree char *fa = g_build_filename(a, "c.vhd", NULL);
+    g_autofree char *fb = g_build_filename(b, "c.vhd", NULL); /* the same path, another file */
+    g_autofree char *ga = g_build_filename(a, "only-a.vhd", NULL);
+    assert_true(g_file_set_contents(fa, (char *)base, 100, NULL));
+    assert_true(g_file_set_contents(fb, (char *)base, 100, NULL));
+    assert_true(g_file_set_contents(ga, (char *)base, 100, NULL));
+    save_patch_for(dir, fa, "c.vhd");
+    save_patch_for(dir, ga, "only-a.vhd");
+    g_autofree char *junk = g_build_filename(dir, "ffff.vhpatch", NULL);
+    assert_true(g_file_set_contents(junk, "VHPATCH\nnonsense", -1, NULL));
+    g_autofree char *before = listing(dir);
+    int logged = 0;
+    g_autoptr(GError) err = NULL;
+    assert_int_equal(claim(dir, b, true, &logged, &err), -EXDEV);
+    if (!strstr(err->message, "none of the 2 repairs") || !strstr(err->message, b))
+        fail_msg("%s", err->message);
+    g_clear_error(&err);
+    assert_int_equal(logged, 0);
+    g_autofree char *after = listing(dir);
+    assert_string_equal(before, after);
+    assert_int_equal(claim(dir, b, false, &logged, NULL), 0); /* vhdheal: read, not marked */
+    /* one of them fits a's disks: a's folder */
+    assert_int_equal(claim(dir, a, true, &logged, NULL), 1);
+    assert_true(g_file_test(mark, G_FILE_TEST_IS_REGULAR));
+    /* only junk, or nothing: marked */
+    assert_int_equal(unlink(mark), 0);
+    g_autofree char *na = vh_patch_file_name("c.vhd"), *ng = vh_patch_file_name("only-a.vhd");
+    g_autofree char *pa = g_build_filename(dir, na, NULL), *pg = g_build_filename(dir, ng, NULL);
+    assert_int_equal(unlink(pa), 0);
+    assert_int_equal(unlink(pg), 0);
+    assert_int_equal(claim(dir, b, true, &logged, NULL), 1);
+    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -791,6 +1157,10 @@ int main(void)
         cmocka_unit_test(file_path_escapes),
         cmocka_unit_test(file_save_load_check),
         cmocka_unit_test(overlay_table_dir),
+        cmocka_unit_test(marker_round_trip),
+        cmocka_unit_test(marker_hostile_text),
+        cmocka_unit_test(marker_claim),
+        cmocka_unit_test(marker_unmarked_folder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
