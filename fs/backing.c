@@ -27,11 +27,15 @@
  * What is not passed through, and why:
  *   - overlay healing (healmode=overlay, -o ro): a patched disk's bytes are not the store
  *     file's, and a patch can appear while the file is open;
- *   - a disk (a file the store index knows as VHD or VHDX) opened for writing while the inode
- *     is cached or not open: its writes go through the daemon, which tells the views of every
- *     chain holding it before the write returns (views.c). A disk already open in passthrough
- *     gets a writer in passthrough with FOPEN_DIRECT_IO: its reads and writes go to the daemon
- *     all the same; only mmap uses the backing file.
+ *   - a disk (a file the store index knows as VHD or VHDX), whatever its open's access. The
+ *     kernel maps a file in passthrough by mapping the backing file in its place, so the open
+ *     file is released at close() while the mapping lives on: the disk would no longer be in
+ *     use (a merge could run under the mapping) and a writer's mapped writes would reach the
+ *     store without the daemon telling the views. Served through the daemon, a mapping holds
+ *     the open file (and its in-use mark) until munmap, and its writes come back as writes.
+ *     A file that becomes a disk while open in passthrough keeps the mode (the kernel allows
+ *     no other) until its last close; a writer joining it gets FOPEN_DIRECT_IO, so that its
+ *     reads and writes go to the daemon all the same (only its mmap uses the backing file).
  * A writer of any other file in passthrough tells the views when it closes (lo_release).
  */
 #include "fs.h"
@@ -250,12 +254,12 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
 
     if (!may_pass(fs, inode, fd))
         return -1;
-    bool disk_writer = writer && vhfs_heal_is_disk(fs, inode);
+    bool disk = vhfs_heal_is_disk(fs, inode);
     g_mutex_lock(&fs->backing.lock);
     guint8 mode = FD_CACHED;
     if (inode->backed_opens > 0) {
         id = inode->backing_id;
-    } else if (inode->cached_opens == 0 && !disk_writer) {
+    } else if (inode->cached_opens == 0 && !disk) {
         id = register_backing(fs, fd);
         if (id >= 0)
             inode->backing_id = id;
@@ -264,8 +268,9 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
         inode->backed_opens++;
         mode = writer ? FD_BACKED_WRITER : FD_BACKED;
         fi->keep_cache = 0;
-        /* A disk already passed through gets its writer's I/O in the daemon (see the top). */
-        if (disk_writer)
+        /* A file that became a disk while passed through: its writers' I/O goes to the daemon
+           (see the top). */
+        if (disk && writer)
             fi->direct_io = 1;
     } else {
         inode->cached_opens++;
