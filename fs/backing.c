@@ -22,7 +22,8 @@
  * open with EIO). So the mode is chosen per inode at its first open and kept while any open file
  * lasts, with one backing id shared by them all (closed at the last release). Registering a
  * backing file takes CAP_SYS_ADMIN; without it, or on a kernel without passthrough, or when the
- * store file cannot be a backing file (ELOOP: a store on overlayfs), every open stays cached.
+ * store file cannot be a backing file (ELOOP: a store on overlayfs; no O_DIRECT: ramfs, see
+ * takes_direct), every open stays cached.
  *
  * What is not passed through, and why:
  *   - overlay healing (healmode=overlay, -o ro): a patched disk's bytes are not the store
@@ -218,6 +219,46 @@ bool vhfs_backing_active(struct vhfs *fs)
 
 /* --- choosing the mode of an open --- */
 
+static void log_refused(struct vhfs *fs, int err)
+{
+    if (!g_atomic_int_get(&fs->backing.refused_logged)) {
+        g_atomic_int_set(&fs->backing.refused_logged, 1);
+        vhfs_log(LOG_INFO,
+                 "kernel passthrough: a store file was refused as backing file (%s); "
+                 "such files are served through the daemon",
+                 g_strerror(err));
+    }
+}
+
+/*
+ * The kernel opens the backing file anew for each open file in passthrough, with that open's
+ * flags: one with O_DIRECT, on a file system without it (ramfs), fails there, and the caller's
+ * open with it (EIO), where the daemon serves O_DIRECT opens from a plain descriptor. So a
+ * store file is passed through only once it took an O_DIRECT open, asked once per inode and
+ * outside the lock (an open on a network store takes its time). A refusal other than EINVAL
+ * (EMFILE) is asked again at the next open.
+ */
+static bool takes_direct(struct vhfs *fs, struct vhfs_inode *inode, int fd)
+{
+    char path[VHFS_PROCFD_LEN];
+    int known = g_atomic_int_get(&inode->backing_direct);
+
+    if (known != 0)
+        return known > 0;
+    vhfs_procfd(path, fd);
+    int dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+    if (dfd < 0) {
+        int err = errno;
+        log_refused(fs, err);
+        if (err == EINVAL)
+            g_atomic_int_set(&inode->backing_direct, -1);
+        return false;
+    }
+    close(dfd);
+    g_atomic_int_set(&inode->backing_direct, 1);
+    return true;
+}
+
 /* Registers inode's backing file (fd, an open store file); its id, or -errno. */
 static int register_backing(struct vhfs *fs, int fd)
 {
@@ -231,13 +272,7 @@ static int register_backing(struct vhfs *fs, int fd)
        every file: stop trying. Other refusals (ELOOP: a stacked store) are per file. */
     if (err == EPERM || err == ENOTTY || err == EINVAL)
         g_atomic_int_set(&fs->backing.active, 0);
-    if (!g_atomic_int_get(&fs->backing.refused_logged)) {
-        g_atomic_int_set(&fs->backing.refused_logged, 1);
-        vhfs_log(LOG_INFO,
-                 "kernel passthrough: a store file was refused as backing file (%s); "
-                 "such files are served through the daemon",
-                 g_strerror(err));
-    }
+    log_refused(fs, err);
     return -err;
 }
 
@@ -255,11 +290,12 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
     if (!may_pass(fs, inode, fd))
         return -1;
     bool disk = vhfs_heal_is_disk(fs, inode);
+    bool direct = !disk && takes_direct(fs, inode, fd);
     g_mutex_lock(&fs->backing.lock);
     guint8 mode = FD_CACHED;
     if (inode->backed_opens > 0) {
         id = inode->backing_id;
-    } else if (inode->cached_opens == 0 && !disk) {
+    } else if (inode->cached_opens == 0 && !disk && direct) {
         id = register_backing(fs, fd);
         if (id >= 0)
             inode->backing_id = id;

@@ -94,6 +94,7 @@ struct vhfs_inode {
     unsigned backed_opens;
     int backing_id;
     unsigned cached_opens;
+    gint backing_direct; /* atomic: the store file takes O_DIRECT: 1, does not: -1, unknown: 0 */
 };
 
 /* The mount. */
