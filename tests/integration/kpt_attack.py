@@ -6,7 +6,8 @@ mount is the store file's.
 - a mapping lives on after close(): a disk mapped through the mount (read-only, or read-write
   by a writer that joined readers) must stay in use (the byte 2^62, doc/design.md
   "Locks on disk files") until the mapping goes, so that a merge is refused meanwhile, as it
-  is for a mapping of a file the daemon serves;
+  is for a mapping of a file the daemon serves; also a disk replaced behind the mount's back
+  under its name and reached through the mount's cached entry;
 - a write through a mapping of a disk, made durable by msync, must reach a `.raw` file held
   open (README "What the views show, and when") before the writer closes;
 - an O_DIRECT open of a file already open through the mount, on a STORE whose file system
@@ -123,6 +124,40 @@ def mapping_keeps_disk_in_use(root, fmt):
                 os.unlink(S(n))
 
 
+def replaced_disk_in_use(root):
+    """base <- top, top looked up through the mount, then replaced behind its back: moved to
+    other.vhd and a plain file put in its name. An open of top through the mount's cached entry
+    reaches the disk (now other.vhd), which the index does not know by the inode's name: it is a
+    disk all the same, and a mapping of it must keep it in use."""
+    store, mnt = os.path.join(root, "replaced"), os.path.join(root, "mnt")
+    S, M = (lambda r: os.path.join(store, r)), (lambda r: os.path.join(mnt, r))
+    create(S("base.vhd"), "vhd", size="8M")
+    child(S("top.vhd"), S("base.vhd"))
+    fill(S("top.vhd"), 5)
+    m = Mount(store, mnt, os.path.join(root, "replaced.log"))
+    try:
+        os.stat(M("top.vhd"))  # the kernel keeps the entry (60 s)
+        os.link(S("top.vhd"), S("other.vhd"))
+        os.unlink(S("top.vhd"))
+        with open(S("top.vhd"), "wb") as f:
+            f.write(b"plain" * 20000)
+        fd = os.open(M("top.vhd"), os.O_RDONLY)
+        check(os.fstat(fd).st_ino == os.stat(S("other.vhd")).st_ino,
+              "the open through the cached entry did not reach the moved disk")
+        a = map_shared(fd)
+        os.close(fd)
+        time.sleep(0.3)
+        check(in_use(S("other.vhd")),
+              "a mapping of a disk replaced behind the mount left it not in use")
+        r = subprocess.run([VHDHEAL, "merge", S("other.vhd")], capture_output=True)
+        check(r.returncode == 2 and b"in use" in r.stderr and os.path.exists(S("other.vhd")),
+              f"merge of a disk replaced behind the mount and mapped through it: exit "
+              f"{r.returncode}, {r.stderr[-160:]!r} (refused as in use expected)")
+        LIBC.munmap(a, PAGE)
+    finally:
+        m.stop()
+
+
 def mapped_write_reaches_raw(root):
     """A fixed VHD (its sector 0 at file offset 0), read through a held-open @raw file; a
     reader opens it, then a writer, whose mapping writes sector 0 and msyncs: the held @raw file
@@ -192,7 +227,8 @@ def needs():
 
 def body(root):
     attacks = [served_by_kernel, lambda r: mapping_keeps_disk_in_use(r, "vhd"),
-               lambda r: mapping_keeps_disk_in_use(r, "vhdx"), mapped_write_reaches_raw,
+               lambda r: mapping_keeps_disk_in_use(r, "vhdx"), replaced_disk_in_use,
+               mapped_write_reaches_raw,
                direct_open_on_ramfs]
     for attack in attacks:  # each runs even when one before it raised
         try:
