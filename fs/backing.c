@@ -22,16 +22,21 @@
  * open with EIO). So the mode is chosen per inode at its first open and kept while any open file
  * lasts, with one backing id shared by them all (closed at the last release). Registering a
  * backing file takes CAP_SYS_ADMIN; without it, or on a kernel without passthrough, or when the
- * store file cannot be a backing file (ELOOP: a store on overlayfs), every open stays cached.
+ * store file cannot be a backing file (ELOOP: a store on overlayfs; no O_DIRECT: ramfs, see
+ * takes_direct), every open stays cached.
  *
  * What is not passed through, and why:
  *   - overlay healing (healmode=overlay, -o ro): a patched disk's bytes are not the store
  *     file's, and a patch can appear while the file is open;
- *   - a disk (a file the store index knows as VHD or VHDX) opened for writing while the inode
- *     is cached or not open: its writes go through the daemon, which tells the views of every
- *     chain holding it before the write returns (views.c). A disk already open in passthrough
- *     gets a writer in passthrough with FOPEN_DIRECT_IO: its reads and writes go to the daemon
- *     all the same; only mmap uses the backing file.
+ *   - a disk (a file the store index knows as VHD or VHDX), whatever its open's access. The
+ *     kernel maps a file in passthrough by mapping the backing file in its place, so the open
+ *     file is released at close() while the mapping lives on: the disk would no longer be in
+ *     use (a merge could run under the mapping) and a writer's mapped writes would reach the
+ *     store without the daemon telling the views. Served through the daemon, a mapping holds
+ *     the open file (and its in-use mark) until munmap, and its writes come back as writes.
+ *     A file that becomes a disk while open in passthrough keeps the mode (the kernel allows
+ *     no other) until its last close; a writer joining it gets FOPEN_DIRECT_IO, so that its
+ *     reads and writes go to the daemon all the same (only its mmap uses the backing file).
  * A writer of any other file in passthrough tells the views when it closes (lo_release).
  */
 #include "fs.h"
@@ -214,6 +219,46 @@ bool vhfs_backing_active(struct vhfs *fs)
 
 /* --- choosing the mode of an open --- */
 
+static void log_refused(struct vhfs *fs, int err)
+{
+    if (!g_atomic_int_get(&fs->backing.refused_logged)) {
+        g_atomic_int_set(&fs->backing.refused_logged, 1);
+        vhfs_log(LOG_INFO,
+                 "kernel passthrough: a store file was refused as backing file (%s); "
+                 "such files are served through the daemon",
+                 g_strerror(err));
+    }
+}
+
+/*
+ * The kernel opens the backing file anew for each open file in passthrough, with that open's
+ * flags: one with O_DIRECT, on a file system without it (ramfs), fails there, and the caller's
+ * open with it (EIO), where the daemon serves O_DIRECT opens from a plain descriptor. So a
+ * store file is passed through only once it took an O_DIRECT open, asked once per inode and
+ * outside the lock (an open on a network store takes its time). A refusal other than EINVAL
+ * (EMFILE) is asked again at the next open.
+ */
+static bool takes_direct(struct vhfs *fs, struct vhfs_inode *inode, int fd)
+{
+    char path[VHFS_PROCFD_LEN];
+    int known = g_atomic_int_get(&inode->backing_direct);
+
+    if (known != 0)
+        return known > 0;
+    vhfs_procfd(path, fd);
+    int dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+    if (dfd < 0) {
+        int err = errno;
+        log_refused(fs, err);
+        if (err == EINVAL)
+            g_atomic_int_set(&inode->backing_direct, -1);
+        return false;
+    }
+    close(dfd);
+    g_atomic_int_set(&inode->backing_direct, 1);
+    return true;
+}
+
 /* Registers inode's backing file (fd, an open store file); its id, or -errno. */
 static int register_backing(struct vhfs *fs, int fd)
 {
@@ -228,13 +273,7 @@ static int register_backing(struct vhfs *fs, int fd)
        file system without read_iter/write_iter). */
     if (err == EPERM || err == ENOTTY)
         g_atomic_int_set(&fs->backing.active, 0);
-    if (!g_atomic_int_get(&fs->backing.refused_logged)) {
-        g_atomic_int_set(&fs->backing.refused_logged, 1);
-        vhfs_log(LOG_INFO,
-                 "kernel passthrough: a store file was refused as backing file (%s); "
-                 "such files are served through the daemon",
-                 g_strerror(err));
-    }
+    log_refused(fs, err);
     return -err;
 }
 
@@ -253,12 +292,16 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
 
     if (!counted(fs, inode, fd))
         return -1;
-    bool disk_writer = writer && vhfs_heal_is_disk(fs, inode);
+    /* Once passthrough is off (or was never on), nothing new is passed through, and a writer
+       joining open files passed through earlier is treated as a disk's (direct I/O). */
+    bool active = vhfs_backing_active(fs);
+    bool disk = active ? vhfs_heal_is_disk(fs, inode) : true;
+    bool direct = active && !disk && takes_direct(fs, inode, fd);
     g_mutex_lock(&fs->backing.lock);
     guint8 mode = FD_CACHED;
     if (inode->backed_opens > 0) {
         id = inode->backing_id;
-    } else if (inode->cached_opens == 0 && !disk_writer && vhfs_backing_active(fs)) {
+    } else if (inode->cached_opens == 0 && direct) {
         id = register_backing(fs, fd);
         if (id >= 0)
             inode->backing_id = id;
@@ -267,8 +310,9 @@ int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_f
         inode->backed_opens++;
         mode = writer ? FD_BACKED_WRITER : FD_BACKED;
         fi->keep_cache = 0;
-        /* A disk already passed through gets its writer's I/O in the daemon (see the top). */
-        if (disk_writer)
+        /* A file that became a disk while passed through: its writers' I/O goes to the daemon
+           (see the top). */
+        if (disk && writer)
             fi->direct_io = 1;
     } else {
         inode->cached_opens++;

@@ -94,6 +94,7 @@ struct vhfs_inode {
     unsigned backed_opens;
     int backing_id;
     unsigned cached_opens;
+    gint backing_direct; /* atomic: the store file takes O_DIRECT: 1, does not: -1, unknown: 0 */
 };
 
 /* The mount. */
@@ -230,9 +231,10 @@ bool vhfs_heal_open(struct vhfs *fs, fuse_req_t req, struct vhfs_inode *inode);
  * overlay mode -EROFS for every disk (other files keep the store's rules); else 0.
  */
 int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode);
-/* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
-/* True when the store index knows the file as a VHD or VHDX disk. */
+/* True when the store index knows the file as a VHD or VHDX disk, or cannot say (its name now
+   holds another file, or none): what keeps a disk with the daemon (backing.c). */
 bool vhfs_heal_is_disk(struct vhfs *fs, struct vhfs_inode *inode);
+/* Counts a new writer of inode; never overlaps a repair (the service's repair lock). */
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode);
 /* A handle of inode was closed; a writer's close re-reads the file into the index. */
 void vhfs_heal_released(struct vhfs *fs, struct vhfs_inode *inode, bool writer);

@@ -469,7 +469,11 @@ bool vhfs_heal_is_disk(struct vhfs *fs, struct vhfs_inode *inode)
     if (rel == NULL)
         return true; /* no path to ask about: the answer that keeps the views fresh */
     g_autoptr(vh_disk_info) info = vh_service_describe(fs->svc, rel, NULL);
-    return info != NULL && info->format != VH_FORMAT_NONE;
+    /* The name may now hold another file (this one moved or replaced behind the mount's back,
+       reached through the kernel's cached entry): no answer about this one, so the same. */
+    if (info == NULL || info->dev != inode->dev || info->ino != inode->ino)
+        return true;
+    return info->format != VH_FORMAT_NONE;
 }
 
 void vhfs_heal_writer_opened(struct vhfs *fs, struct vhfs_inode *inode)
