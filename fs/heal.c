@@ -463,11 +463,11 @@ int vhfs_heal_may_write(struct vhfs *fs, struct vhfs_inode *inode)
 
 bool vhfs_heal_is_disk(struct vhfs *fs, struct vhfs_inode *inode)
 {
-    if (fs->svc == NULL || !S_ISREG(inode->type))
+    if (!S_ISREG(inode->type))
         return false;
-    g_autofree char *rel = vhfs_inode_path(fs, inode);
+    g_autofree char *rel = fs->svc != NULL ? vhfs_inode_path(fs, inode) : NULL;
     if (rel == NULL)
-        return true; /* no path to ask about: the answer that keeps the views fresh */
+        return true; /* no index or no path to ask: the answer that keeps a disk safe */
     g_autoptr(vh_disk_info) info = vh_service_describe(fs->svc, rel, NULL);
     /* The name may now hold another file (this one moved or replaced behind the mount's back,
        reached through the kernel's cached entry): no answer about this one, so the same. */
