@@ -111,9 +111,9 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *userdata)
 }
 
 /* Asks for passthrough in INIT's reply (iov[1], libfuse's whole struct fuse_init_out). */
-static bool amend_init(struct iovec *iov, int count, struct fuse_init_out *copy)
+static bool amend_init(struct iovec *iov, struct fuse_init_out *copy)
 {
-    if (count != 2 || iov[1].iov_len != sizeof(*copy))
+    if (iov[1].iov_len != sizeof(*copy))
         return false;
     memcpy(copy, iov[1].iov_base, sizeof(*copy));
     copy->flags |= KPT_INIT_EXT;
@@ -125,12 +125,12 @@ static bool amend_init(struct iovec *iov, int count, struct fuse_init_out *copy)
 }
 
 /* Marks an OPEN reply (fuse_open_out) or a CREATE reply (fuse_entry_out, fuse_open_out). */
-static bool amend_open(struct iovec *iov, int count, int backing_id, char *copy, size_t cap)
+static bool amend_open(struct iovec *iov, int backing_id, char *copy, size_t cap)
 {
     const struct fuse_out_header *out = iov[0].iov_base;
     size_t at;
 
-    if (count != 2 || iov[0].iov_len != sizeof(*out) || out->error != 0)
+    if (iov[0].iov_len != sizeof(*out) || out->error != 0)
         return false;
     if (iov[1].iov_len == sizeof(struct fuse_open_out))
         at = 0;
@@ -158,19 +158,19 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *userdata)
 
     bool init = arm_init;
 
-    arm_init = false; /* armed for one message */
-    if ((!init && arm_backing_id < 0) || count != 2)
+    arm_init = false;                                /* armed for one message */
+    if ((!init && arm_backing_id < 0) || count != 2) /* a header and one argument */
         return writev(fd, iov, count);
     memcpy(amended, iov, sizeof(amended));
     if (init) {
-        if (!amend_init(amended, count, &init_out))
+        if (!amend_init(amended, &init_out))
             return writev(fd, iov, count);
         n = writev(fd, amended, count);
         if (n >= 0)
             g_atomic_int_set(&fs->backing.active, 1);
         return n;
     }
-    if (!amend_open(amended, count, arm_backing_id, open_reply, sizeof(open_reply)))
+    if (!amend_open(amended, arm_backing_id, open_reply, sizeof(open_reply)))
         return writev(fd, iov, count);
     arm_applied = true;
     return writev(fd, amended, count);
@@ -281,8 +281,7 @@ static int register_backing(struct vhfs *fs, int fd)
    also after passthrough was turned off, while an inode still has open files passed through. */
 static bool counted(struct vhfs *fs, struct vhfs_inode *inode, int fd)
 {
-    return fs->backing.fd_mode != NULL && S_ISREG(inode->type) && fd >= 0 &&
-           (unsigned)fd < fs->nfd_owner;
+    return fs->backing.fd_mode != NULL && S_ISREG(inode->type) && vhfs_fd_in_tables(fs, fd);
 }
 
 int vhfs_backing_choose(struct vhfs *fs, struct vhfs_inode *inode, struct fuse_file_info *fi,
@@ -327,7 +326,7 @@ bool vhfs_backing_release(struct vhfs *fs, struct vhfs_inode *inode, int fd)
     int close_id = -1;
     guint8 mode;
 
-    if (fs->backing.fd_mode == NULL || fd < 0 || (unsigned)fd >= fs->nfd_owner)
+    if (fs->backing.fd_mode == NULL || !vhfs_fd_in_tables(fs, fd))
         return false;
     g_mutex_lock(&fs->backing.lock);
     mode = fs->backing.fd_mode[fd];
@@ -354,25 +353,31 @@ bool vhfs_backing_release(struct vhfs *fs, struct vhfs_inode *inode, int fd)
 
 /* --- replies --- */
 
-int vhfs_backing_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int backing_id)
+/* Arms this thread's next reply with backing_id (-1: none). */
+static void arm_reply(int backing_id)
 {
     arm_backing_id = backing_id;
     arm_applied = false;
-    int res = fuse_reply_open(req, fi);
+}
+
+/* Disarms it; a reply sent (res 0) that was to carry an id but was not marked is logged. */
+static int disarm_reply(int res, int backing_id, const char *what)
+{
     arm_backing_id = -1;
     if (res == 0 && backing_id >= 0 && !arm_applied)
-        vhfs_log(LOG_ERR, "kernel passthrough: an open reply was not marked");
+        vhfs_log(LOG_ERR, "kernel passthrough: %s reply was not marked", what);
     return res;
+}
+
+int vhfs_backing_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int backing_id)
+{
+    arm_reply(backing_id);
+    return disarm_reply(fuse_reply_open(req, fi), backing_id, "an open");
 }
 
 int vhfs_backing_reply_create(fuse_req_t req, const struct fuse_entry_param *e,
                               const struct fuse_file_info *fi, int backing_id)
 {
-    arm_backing_id = backing_id;
-    arm_applied = false;
-    int res = fuse_reply_create(req, e, fi);
-    arm_backing_id = -1;
-    if (res == 0 && backing_id >= 0 && !arm_applied)
-        vhfs_log(LOG_ERR, "kernel passthrough: a create reply was not marked");
-    return res;
+    arm_reply(backing_id);
+    return disarm_reply(fuse_reply_create(req, e, fi), backing_id, "a create");
 }

@@ -172,6 +172,12 @@ int vhfs_backing_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int
 int vhfs_backing_reply_create(fuse_req_t req, const struct fuse_entry_param *e,
                               const struct fuse_file_info *fi, int backing_id);
 
+/* Whether fd indexes the per-descriptor tables (fd_owner, backing.fd_mode). */
+static inline bool vhfs_fd_in_tables(const struct vhfs *fs, int fd)
+{
+    return fd >= 0 && (unsigned)fd < fs->nfd_owner;
+}
+
 /* The low-level operations (passthrough.c). */
 extern const struct fuse_lowlevel_ops vhfs_ops;
 

@@ -504,7 +504,7 @@ static void handle_unclaim(struct vhfs *fs, uid_t uid)
 /* The claimed handle is the backing descriptor fd; handle_disown gives it back at release. */
 static void handle_own(struct vhfs *fs, int fd, uid_t uid)
 {
-    if (uid != 0 && fd >= 0 && (unsigned)fd < fs->nfd_owner)
+    if (uid != 0 && vhfs_fd_in_tables(fs, fd))
         fs->fd_owner[fd] = uid + 1;
     else
         handle_unclaim(fs, uid);
@@ -512,7 +512,7 @@ static void handle_own(struct vhfs *fs, int fd, uid_t uid)
 
 static void handle_disown(struct vhfs *fs, int fd)
 {
-    if (fd < 0 || (unsigned)fd >= fs->nfd_owner || fs->fd_owner[fd] == 0)
+    if (!vhfs_fd_in_tables(fs, fd) || fs->fd_owner[fd] == 0)
         return;
     uid_t uid = fs->fd_owner[fd] - 1;
     fs->fd_owner[fd] = 0;
