@@ -221,14 +221,19 @@ void vh_info_printf(vh_info_fn fn, void *ctx, const char *key, const char *fmt, 
     fn(ctx, key, v);
 }
 
-static int check_range(vh_disk *d, uint64_t voff, size_t len, GError **err)
+int vh_virtual_range_check(const char *path, uint64_t voff, size_t len, uint64_t size, GError **err)
 {
-    if (!vh_range_ok(voff, len, d->virtual_size))
+    if (!vh_range_ok(voff, len, size))
         return vh_fail(err, EINVAL,
                        "%s: virtual range %" G_GUINT64_FORMAT
                        "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
-                       d->file.path, voff, len, d->virtual_size);
+                       path, voff, len, size);
     return 0;
+}
+
+static int check_range(vh_disk *d, uint64_t voff, size_t len, GError **err)
+{
+    return vh_virtual_range_check(d->file.path, voff, len, d->virtual_size, err);
 }
 
 static int read_from_parent(vh_disk *d, uint8_t *buf, uint64_t voff, size_t len, GError **err)

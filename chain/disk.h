@@ -187,6 +187,10 @@ void vh_disk_set_parent(vh_disk *child, vh_disk *parent);
 
 /* Reads virtual bytes through the chain. Range must lie within virtual_size. */
 int vh_disk_read(vh_disk *d, void *buf, uint64_t voff, size_t len, GError **err);
+/* 0 when [voff, voff+len) lies within a virtual disk of `size` bytes (the file `path`, for the
+ * message); else -EINVAL with *err. */
+int vh_virtual_range_check(const char *path, uint64_t voff, size_t len, uint64_t size,
+                           GError **err);
 /* Writes virtual bytes (any alignment): partial sectors are merged with the chain's content. */
 int vh_disk_write(vh_disk *d, const void *buf, uint64_t voff, size_t len, GError **err);
 int vh_disk_flush(vh_disk *d, GError **err);

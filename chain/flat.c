@@ -207,11 +207,9 @@ static void prefetch_data(const vh_run *runs, vh_disk *const *owners, guint n)
 
 int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
 {
-    if (!vh_range_ok(off, len, vh_flat_size(f)))
-        return vh_fail(err, EINVAL,
-                       "%s: virtual range %" G_GUINT64_FORMAT
-                       "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
-                       f->members[0].path, off, len, vh_flat_size(f));
+    int bad = vh_virtual_range_check(f->members[0].path, off, len, vh_flat_size(f), err);
+    if (bad < 0)
+        return bad;
     uint8_t *p = buf;
     bool hint = true;
     while (len > 0) {
@@ -243,11 +241,9 @@ int vh_flat_read(vh_flat *f, void *buf, uint64_t off, size_t len, GError **err)
 
 int vh_flat_pieces(vh_flat *f, uint64_t off, size_t len, GArray *pieces, GError **err)
 {
-    if (!vh_range_ok(off, len, vh_flat_size(f)))
-        return vh_fail(err, EINVAL,
-                       "%s: virtual range %" G_GUINT64_FORMAT
-                       "+%zu lies past the virtual size %" G_GUINT64_FORMAT,
-                       f->members[0].path, off, len, vh_flat_size(f));
+    int bad = vh_virtual_range_check(f->members[0].path, off, len, vh_flat_size(f), err);
+    if (bad < 0)
+        return bad;
     guint first = pieces->len;
     bool hint = true;
     while (len > 0) {
